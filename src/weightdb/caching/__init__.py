@@ -1,0 +1,1 @@
+"""Offline cache analysis: request traces and their replay under each policy, Belady included."""

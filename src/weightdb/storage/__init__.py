@@ -1,0 +1,1 @@
+"""Storage layer: catalog, page format and files, buffer pool and replacement policies."""

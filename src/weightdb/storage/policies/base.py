@@ -1,0 +1,35 @@
+"""The interface between the buffer pool and a replacement policy.
+
+The pool owns frames, pins and the byte budget; a policy only ranks resident pages. The pool
+tells the policy about every request (with the model that made it), every page that enters or
+leaves the pool, and asks it for a victim among the pages that are not pinned.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+
+
+class ReplacementPolicy(ABC):
+    """Chooses which resident page to evict. Implementations must be deterministic."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def on_request(self, page_id: int, model: str | None, hit: bool) -> None:
+        """A page was requested (hit or miss), on behalf of ``model`` when known."""
+
+    @abstractmethod
+    def on_insert(self, page_id: int) -> None:
+        """A page became resident (after a miss)."""
+
+    @abstractmethod
+    def on_remove(self, page_id: int) -> None:
+        """A page left the pool (evicted or invalidated)."""
+
+    @abstractmethod
+    def victim(self, evictable: Callable[[int], bool]) -> int | None:
+        """The resident page to evict next among those ``evictable`` accepts, or None."""
+
+
+PageModels = Callable[[int], Iterable[str]]
+"""Which models reference a page: what sharing-aware policies know and others ignore."""

@@ -1,0 +1,1 @@
+"""Model zoo: reproducible, offline model families with lineage, data splits and accuracy."""
