@@ -78,4 +78,6 @@ def from_numpy(dtype: np.dtype) -> DType:
     for d in _ALL:
         if d.numpy == dtype:
             return d
-    raise UnsupportedDTypeError(f"numpy dtype {dtype} is not supported; weightdb stores {SUPPORTED}")
+    raise UnsupportedDTypeError(
+        f"numpy dtype {dtype} is not supported; weightdb stores {SUPPORTED}"
+    )

@@ -3,6 +3,10 @@
 The pool owns frames, pins and the byte budget; a policy only ranks resident pages. The pool
 tells the policy about every request (with the model that made it), every page that enters or
 leaves the pool, and asks it for a victim among the pages that are not pinned.
+
+Call order for one request: ``on_request`` first, hit or miss, so that a policy has counted the
+request before it must choose room for it; on a miss, ``victim`` and ``on_remove`` for each page
+evicted until the new page fits; then ``on_insert`` for the new page.
 """
 
 from abc import ABC, abstractmethod

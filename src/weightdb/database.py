@@ -1,0 +1,293 @@
+"""A weightdb database: one directory with ``catalog.sqlite``, ``pages/`` and ``config.toml``.
+
+``Database`` ties the storage layer together (catalog, page files, buffer pool, writer lock)
+and is the Python API. Import and export logic live in ``weightdb.ingest``; this module
+decides where things are and keeps the invariants: writers hold the writer lock, every change
+commits in one catalog transaction, and files no committed row refers to are removed.
+"""
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
+from weightdb.ingest import exporter
+from weightdb.ingest.importer import import_source
+from weightdb.ingest.npz_format import from_arrays
+from weightdb.ingest.open_source import open_source
+from weightdb.names import check_model_name
+from weightdb.storage import dtypes, reclaim
+from weightdb.storage.blocking import BlockLayout
+from weightdb.storage.buffer_pool import BufferPool, PoolStats
+from weightdb.storage.catalog import Catalog
+from weightdb.storage.page_files import PageLocation, PageReader, segment_number
+from weightdb.storage.policies import make_policy
+from weightdb.storage.settings import Settings, read_settings, write_settings
+from weightdb.storage.stored_tensor import StoredTensor
+from weightdb.storage.verify import verify_pages
+from weightdb.storage.writer_lock import WriterLock
+from weightdb.units import parse_size
+
+CATALOG = "catalog.sqlite"
+PAGES = "pages"
+CONFIG = "config.toml"
+LOCK = "writer.lock"
+
+Progress = Callable[[int], None]
+"""Called with the number of bytes processed since the last call."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    format: str
+    tensors: int
+    logical_bytes: int
+    has_graph: bool
+    source_digest: str
+    created_at: str
+
+
+class Database:
+    """Open with ``weightdb.connect(path)``; use as a context manager or call ``close()``."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        settings: Settings | None = None,
+        budget_bytes: int | None = None,
+        policy: str = "lru",
+    ) -> None:
+        self.path = Path(path)
+        config = self.path / CONFIG
+        if not config.is_file():
+            if not create:
+                raise DatabaseNotFoundError(
+                    f"no weightdb database at {self.path}; create one with "
+                    f"`weightdb init {self.path}`"
+                )
+            self._create(settings or Settings())
+        elif settings is not None and read_settings(config) != settings.validate():
+            raise WeightDBError(
+                f"{self.path} already exists with different settings; settings are fixed "
+                "when a database is created"
+            )
+        self.settings = read_settings(config)
+        self.pages_dir = self.path / PAGES
+        self.catalog = Catalog(self.path / CATALOG, create=False)
+        self.writer_lock = WriterLock(self.path / LOCK)
+        self._locations: dict[int, PageLocation] = {}
+        self._locations_lock = threading.Lock()
+        self.reader = PageReader(self.pages_dir)
+        self.pool = BufferPool(
+            self.reader, self.locate_page, budget_bytes, make_policy(policy, self.page_models)
+        )
+
+    def _create(self, settings: Settings) -> None:
+        settings.validate()
+        if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
+            raise WeightDBError(
+                f"{self.path} exists and is not an empty directory; choose a new path for the "
+                "database"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / PAGES).mkdir(exist_ok=True)
+        Catalog(self.path / CATALOG, create=True).close()
+        # config.toml last: its presence is what marks a complete database.
+        tmp = self.path / (CONFIG + ".tmp")
+        write_settings(tmp, settings)
+        tmp.replace(self.path / CONFIG)
+
+    # -- storage plumbing ---------------------------------------------------------------
+
+    def locate_page(self, page_id: int) -> PageLocation:
+        with self._locations_lock:
+            location = self._locations.get(page_id)
+        if location is None:
+            row = self.catalog.conn.execute(
+                "SELECT page_id, file, offset, length, checksum FROM pages WHERE page_id = ?",
+                (page_id,),
+            ).fetchone()
+            if row is None:
+                raise WeightDBError(f"page {page_id} is not in the catalog")
+            location = PageLocation(*row)
+            with self._locations_lock:
+                self._locations[page_id] = location
+        return location
+
+    def page_models(self, page_id: int) -> list[str]:
+        """Names of the models whose tensors reference a block on this page."""
+        rows = self.catalog.conn.execute(
+            "SELECT DISTINCT m.name FROM blocks b JOIN tensor_blocks tb USING (block_id) "
+            "JOIN tensors t USING (tensor_id) JOIN models m USING (model_id) "
+            "WHERE b.page_id = ? ORDER BY m.name",
+            (page_id,),
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def collect_garbage(self) -> list[str]:
+        """Delete page files no committed page refers to (left by a crashed writer).
+
+        Callers hold the writer lock, so no write in progress can own such a file.
+        """
+        referenced = {f for (f,) in self.catalog.conn.execute("SELECT DISTINCT file FROM pages")}
+        removed = []
+        for file in self.pages_dir.iterdir():
+            if segment_number(file.name) is not None and file.name not in referenced:
+                self.reader.forget(file.name)
+                file.unlink()
+                removed.append(file.name)
+        return removed
+
+    def next_ids(self) -> tuple[int, int, int]:
+        """Next block id, page id and segment number; valid while the writer lock is held."""
+        conn = self.catalog.conn
+        block = conn.execute("SELECT COALESCE(MAX(block_id), 0) + 1 FROM blocks").fetchone()[0]
+        page = conn.execute("SELECT COALESCE(MAX(page_id), 0) + 1 FROM pages").fetchone()[0]
+        numbers = [segment_number(f.name) for f in self.pages_dir.iterdir()]
+        segment = max([n for n in numbers if n is not None], default=0) + 1
+        return block, page, segment
+
+    def model_id(self, name: str) -> int:
+        row = self.catalog.conn.execute(
+            "SELECT model_id FROM models WHERE name = ?", (check_model_name(name),)
+        ).fetchone()
+        if row is None:
+            known = [n for (n,) in self.catalog.conn.execute("SELECT name FROM models LIMIT 20")]
+            hint = f"; stored models: {', '.join(known)}" if known else "; the database is empty"
+            raise ModelNotFoundError(f"no model named {name!r}{hint}")
+        return row[0]
+
+    # -- the Python API -----------------------------------------------------------------
+
+    def import_model(
+        self, source: str | Path, name: str, *, progress: Progress | None = None
+    ) -> ModelInfo:
+        """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder."""
+        check_model_name(name)
+        with open_source(Path(source)) as opened:
+            import_source(self, opened, name, progress)
+        return self.model(name)
+
+    def import_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> ModelInfo:
+        """Import in-memory numpy arrays as a model (no graph)."""
+        check_model_name(name)
+        with from_arrays(arrays) as opened:
+            import_source(self, opened, name, None)
+        return self.model(name)
+
+    def export_model(
+        self, name: str, path: str | Path, *, progress: Progress | None = None
+    ) -> Path:
+        """Write a model to ``.safetensors``, ``.npz`` or (if it has a graph) ``.onnx``."""
+        return exporter.export_model(self, name, Path(path), progress)
+
+    def remove_model(self, name: str) -> None:
+        """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""
+        reclaim.remove_model(self, name)
+
+    def models(self) -> list[ModelInfo]:
+        rows = self.catalog.conn.execute(
+            "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
+            "m.graph IS NOT NULL, m.source_digest, m.created_at "
+            "FROM models m LEFT JOIN tensors t USING (model_id) GROUP BY m.model_id ORDER BY m.name"
+        ).fetchall()
+        return [ModelInfo(*row[:4], bool(row[4]), *row[5:]) for row in rows]
+
+    def model(self, name: str) -> ModelInfo:
+        self.model_id(name)  # a clear error for unknown names
+        return next(m for m in self.models() if m.name == name)
+
+    def tensors(self, name: str) -> dict[str, StoredTensor]:
+        """The stored tensors of a model, in source order, readable block by block."""
+        model_id = self.model_id(name)
+        conn = self.catalog.conn
+        result: dict[str, StoredTensor] = {}
+        for tensor_id, tname, dtype, shape, block_rows, block_cols in conn.execute(
+            "SELECT tensor_id, name, dtype, shape, block_rows, block_cols FROM tensors "
+            "WHERE model_id = ? ORDER BY position",
+            (model_id,),
+        ).fetchall():
+            layout = BlockLayout(tuple(json.loads(shape)), block_rows, block_cols)
+            locations = np.zeros((*layout.grid, 2), dtype=np.int64)
+            for i, j, page_id, slot in conn.execute(
+                "SELECT tb.block_row, tb.block_col, b.page_id, b.slot FROM tensor_blocks tb "
+                "JOIN blocks b USING (block_id) WHERE tb.tensor_id = ?",
+                (tensor_id,),
+            ):
+                locations[i, j] = (page_id, slot)
+            result[tname] = StoredTensor(
+                tname, dtypes.by_name(dtype).numpy, layout.shape, layout, locations, self.pool, name
+            )
+        return result
+
+    def stats(self) -> dict:
+        """Counts and bytes; the keys of ``weightdb stats --json``."""
+        conn = self.catalog.conn
+        models = conn.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+        tensors, logical = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM tensors"
+        ).fetchone()
+        blocks, stored, refs = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), COALESCE(SUM(refs), 0) FROM blocks"
+        ).fetchone()
+        pages, page_bytes = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM pages"
+        ).fetchone()
+        files = [f for f in self.pages_dir.iterdir() if segment_number(f.name) is not None]
+        pool = self.pool.stats()
+        return {
+            "models": models,
+            "tensors": tensors,
+            "logical_bytes": logical,
+            "stored_bytes": stored,
+            "distinct_blocks": blocks,
+            "block_references": refs,
+            "dedup_ratio": logical / stored if stored else 1.0,
+            "pages": pages,
+            "page_bytes": page_bytes,
+            "page_files": len(files),
+            "page_file_bytes": sum(f.stat().st_size for f in files),
+            "block_shape": list(self.settings.block_shape),
+            "page_size": self.settings.page_size,
+            "buffer_pool": pool_stats_dict(pool),
+        }
+
+    def verify(self, progress: Progress | None = None) -> int:
+        """Read every page and check its checksum and directory; returns pages checked."""
+        return verify_pages(self, progress)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.catalog.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def pool_stats_dict(stats: PoolStats) -> dict:
+    return {**vars(stats), "hit_ratio": stats.hit_ratio}
+
+
+def connect(
+    path: str | Path,
+    *,
+    create: bool = True,
+    settings: Settings | None = None,
+    budget: int | str | None = None,
+    policy: str = "lru",
+) -> Database:
+    """Open the database at ``path``, creating it (with ``settings``) if it does not exist."""
+    budget_bytes = None if budget is None else parse_size(budget)
+    return Database(
+        path, create=create, settings=settings, budget_bytes=budget_bytes, policy=policy
+    )

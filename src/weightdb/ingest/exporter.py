@@ -1,0 +1,79 @@
+"""Export: a stored model back to a file, bit-identical to what was imported.
+
+Files are written under a temporary name and renamed into place, so an interrupted export
+never leaves a partial file under the requested name.
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from weightdb.errors import WeightDBError
+from weightdb.ingest.onnx_format import assemble_onnx, save_onnx
+from weightdb.ingest.safetensors_format import write_safetensors
+from weightdb.storage import dtypes
+
+if TYPE_CHECKING:
+    from weightdb.database import Database, Progress
+
+FORMATS = (".safetensors", ".onnx", ".npz")
+
+
+def export_model(db: "Database", name: str, path: Path, progress: "Progress | None") -> Path:
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise WeightDBError(
+            f"cannot export to {path}: the file name must end in {', '.join(FORMATS)}"
+        )
+    tensors = db.tensors(name)
+    graph, metadata = db.catalog.conn.execute(
+        "SELECT graph, metadata FROM models WHERE name = ?", (name,)
+    ).fetchone()
+    metadata = json.loads(metadata)
+    if suffix == ".onnx" and graph is None:
+        raise WeightDBError(
+            f"model {name!r} was imported without a graph, so it cannot be exported as ONNX; "
+            "export it as .safetensors or .npz"
+        )
+    if not path.parent.is_dir():
+        raise WeightDBError(f"cannot export to {path}: folder {path.parent} does not exist")
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        if suffix == ".safetensors":
+            with tmp.open("wb") as out:
+                write_safetensors(
+                    out,
+                    [(t.name, dtypes.from_numpy(t.dtype), t.shape) for t in tensors.values()],
+                    _chunks(tensors, progress),
+                    metadata.get("safetensors_metadata"),
+                )
+        elif suffix == ".npz":
+            with tmp.open("wb") as out:
+                np.savez(out, **_whole(tensors, progress))
+        else:
+            model = assemble_onnx(graph, metadata, _whole(tensors, progress))
+            save_onnx(model, tmp, data_name=path.name + ".data")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _chunks(tensors, progress):
+    for tensor in tensors.values():
+        for band in tensor.row_bands():
+            if progress:
+                progress(band.nbytes)
+            yield tensor.name, band
+
+
+def _whole(tensors, progress) -> dict[str, np.ndarray]:
+    arrays = {}
+    for tensor in tensors.values():
+        arrays[tensor.name] = tensor.read()
+        if progress:
+            progress(tensor.nbytes)
+    return arrays

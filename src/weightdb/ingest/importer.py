@@ -1,0 +1,112 @@
+"""Import: cut every tensor of a source into blocks, store new blocks, commit one transaction.
+
+The model becomes visible only at the commit, with all its tensors; a crash before it leaves
+page files that no catalog row refers to, and the next writer deletes them.
+"""
+
+import hashlib
+import json
+import sqlite3
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from weightdb.errors import ModelExistsError
+from weightdb.ingest.source import ModelSource
+from weightdb.storage.block_writer import BlockWriter
+from weightdb.storage.blocking import as_matrix, layout_for
+
+if TYPE_CHECKING:
+    from weightdb.database import Database, Progress
+
+
+def _refuse_existing(db: "Database", name: str) -> None:
+    if db.catalog.conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone():
+        raise ModelExistsError(
+            f"a model named {name!r} already exists; choose another name or remove it first "
+            f"(`weightdb rm {name}`)"
+        )
+
+
+def import_source(
+    db: "Database", source: ModelSource, name: str, progress: "Progress | None"
+) -> None:
+    _refuse_existing(db, name)
+    with db.writer_lock:
+        db.collect_garbage()
+        block_id, page_id, segment = db.next_ids()
+        writer = BlockWriter(
+            db.catalog.conn,
+            db.pool,
+            db.pages_dir,
+            db.settings.page_size,
+            db.settings.segment_bytes,
+            block_id,
+            page_id,
+            segment,
+        )
+        try:
+            tensor_rows, block_rows, digest = _write_blocks(db, source, writer, progress)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+        refs = Counter(row[3] for row in block_rows)
+        try:
+            with db.catalog.transaction() as conn:
+                _refuse_existing(db, name)
+                cursor = conn.execute(
+                    "INSERT INTO models(name, format, graph, source_digest, status, metadata) "
+                    "VALUES (?, ?, ?, ?, 'ready', ?)",
+                    (name, source.format, source.graph, digest, json.dumps(source.metadata)),
+                )
+                model_id = cursor.lastrowid
+                writer.insert_rows(conn, refs)
+                tensor_ids = []
+                for row in tensor_rows:
+                    cursor = conn.execute(
+                        "INSERT INTO tensors(model_id, position, name, dtype, shape, block_rows, "
+                        "block_cols, nbytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (model_id, *row),
+                    )
+                    tensor_ids.append(cursor.lastrowid)
+                conn.executemany(
+                    "INSERT INTO tensor_blocks(tensor_id, block_row, block_col, block_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(tensor_ids[t], i, j, b) for t, i, j, b in block_rows],
+                )
+        except (ModelExistsError, sqlite3.Error):
+            db.collect_garbage()
+            raise
+
+
+def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, progress):
+    """Store every block; return tensor rows, (tensor index, i, j, block id) rows and a content
+    digest of the whole model (names, dtypes, shapes and block digests, in order)."""
+    tensor_rows, block_rows = [], []
+    model_digest = hashlib.sha256()
+    for position, entry in enumerate(source.tensors):
+        layout = layout_for(entry.shape, db.settings.block_shape)
+        array = entry.load()
+        if array.shape != entry.shape or array.dtype != entry.dtype.numpy:
+            raise AssertionError(f"reader returned {array.dtype}{array.shape} for {entry.name}")
+        matrix = as_matrix(array)
+        model_digest.update(json.dumps([entry.name, entry.dtype.name, entry.shape]).encode())
+        for i, j in layout.positions():
+            r0, r1, c0, c1 = layout.bounds(i, j)
+            block_id, block_digest = writer.add(entry.dtype.name, matrix[r0:r1, c0:c1])
+            block_rows.append((position, i, j, block_id))
+            model_digest.update(block_digest)
+            if progress:
+                progress((r1 - r0) * (c1 - c0) * entry.dtype.itemsize)
+        tensor_rows.append(
+            (
+                position,
+                entry.name,
+                entry.dtype.name,
+                json.dumps(list(entry.shape)),
+                layout.block_rows,
+                layout.block_cols,
+                entry.nbytes,
+            )
+        )
+    return tensor_rows, block_rows, model_digest.hexdigest()

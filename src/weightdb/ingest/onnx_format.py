@@ -1,0 +1,97 @@
+"""ONNX files: initializers become stored tensors, the rest of the graph is kept as is.
+
+Initializers of at most ``INLINE_MAX_BYTES`` (shape constants, scalars) stay inside the graph:
+storing them as blocks would only add catalog rows. The original initializer order is kept in
+the model's metadata so that export rebuilds the same graph.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from weightdb.errors import SourceFormatError
+from weightdb.ingest.source import ModelSource, TensorEntry
+from weightdb.storage import dtypes
+
+INLINE_MAX_BYTES = 256
+
+
+def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple):
+    def load() -> np.ndarray:
+        if tensor.HasField("raw_data"):
+            return np.frombuffer(tensor.raw_data, dtype=dtype.numpy).reshape(shape)
+        return numpy_helper.to_array(tensor).astype(dtype.numpy, copy=False).reshape(shape)
+
+    return load
+
+
+def read_onnx(path: Path) -> onnx.ModelProto:
+    """Load and check an ONNX file (external data is resolved inside the file's folder only)."""
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(path))
+    except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
+        raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
+    except RuntimeError as error:  # onnx reports damaged protobufs this way in some versions
+        raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
+    if model.graph.sparse_initializer:
+        raise SourceFormatError(
+            f"{path} has sparse initializers, which weightdb does not import; densify them first"
+        )
+    return model
+
+
+def open_onnx(path: Path) -> ModelSource:
+    model = read_onnx(path)
+    tensors = []
+    order = [tensor.name for tensor in model.graph.initializer]
+    kept = []
+    for tensor in model.graph.initializer:
+        dtype = dtypes.from_onnx(tensor.data_type)
+        shape = tuple(int(d) for d in tensor.dims)
+        entry = TensorEntry(tensor.name, dtype, shape, _load_initializer(tensor, dtype, shape))
+        if entry.nbytes <= INLINE_MAX_BYTES:
+            kept.append(tensor)
+        else:
+            tensors.append(entry)
+    graph = onnx.ModelProto()
+    graph.CopyFrom(model)
+    del graph.graph.initializer[:]
+    graph.graph.initializer.extend(kept)
+    return ModelSource(
+        format="onnx",
+        tensors=tensors,
+        graph=graph.SerializeToString(),
+        metadata={"initializer_order": order},
+    )
+
+
+def assemble_onnx(graph: bytes, metadata: dict, stored: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The full ONNX model: the stored graph with every initializer back in its place."""
+    model = onnx.ModelProto()
+    model.ParseFromString(graph)
+    inline = {tensor.name: tensor for tensor in model.graph.initializer}
+    initializers = []
+    for name in metadata["initializer_order"]:
+        if name in inline:
+            initializers.append(inline[name])
+        else:
+            initializers.append(numpy_helper.from_array(stored[name], name))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(initializers)
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, data_name: str) -> None:
+    """Save, moving weights to ``data_name`` beside it when protobuf's 2 GiB limit needs it."""
+    large = sum(len(t.raw_data) for t in model.graph.initializer) > 1536 * 1024 * 1024
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=large,
+        all_tensors_to_one_file=True,
+        location=data_name,
+    )

@@ -1,0 +1,143 @@
+"""The buffer pool: verified pages in memory under a byte budget, with pins and a policy.
+
+Pinned pages are never evicted. Before a page is read, unpinned pages are evicted (in the
+order the replacement policy chooses) until the new page fits, so resident bytes never exceed
+the budget, pinned pages included. When pinned pages leave no room, the request fails with
+the budget it would need, instead of overrunning memory.
+"""
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from weightdb.errors import BudgetExceededError
+from weightdb.storage.page_files import PageLocation, PageReader
+from weightdb.storage.page_format import Page
+from weightdb.storage.policies import ReplacementPolicy
+from weightdb.storage.policies.lru import LRUPolicy
+from weightdb.units import format_size
+
+
+@dataclass
+class PoolStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    bytes_read: int = 0
+    resident_pages: int = 0
+    resident_bytes: int = 0
+    pinned_pages: int = 0
+    budget_bytes: int | None = None
+
+    @property
+    def hit_ratio(self) -> float:
+        requests = self.hits + self.misses
+        return self.hits / requests if requests else 0.0
+
+
+@dataclass
+class _Frame:
+    page: Page
+    pins: int = 0
+
+
+class BufferPool:
+    """Frames keyed by page id. Thread-safe; ``budget_bytes=None`` means unlimited."""
+
+    def __init__(
+        self,
+        reader: PageReader,
+        locate: Callable[[int], PageLocation],
+        budget_bytes: int | None = None,
+        policy: ReplacementPolicy | None = None,
+    ) -> None:
+        self._reader = reader
+        self._locate = locate
+        self.budget_bytes = budget_bytes
+        self.policy = policy or LRUPolicy()
+        self._frames: dict[int, _Frame] = {}
+        self._resident_bytes = 0
+        self._lock = threading.RLock()
+        self._stats = PoolStats()
+
+    def pin(self, page_id: int, model: str | None = None) -> Page:
+        """Return the page, resident and pinned until the matching ``unpin``."""
+        with self._lock:
+            frame = self._frames.get(page_id)
+            self.policy.on_request(page_id, model, hit=frame is not None)
+            if frame is not None:
+                self._stats.hits += 1
+            else:
+                self._stats.misses += 1
+                frame = self._load(page_id)
+            frame.pins += 1
+            return frame.page
+
+    def unpin(self, page_id: int) -> None:
+        with self._lock:
+            frame = self._frames[page_id]
+            if frame.pins <= 0:
+                raise RuntimeError(f"page {page_id} unpinned more often than pinned")
+            frame.pins -= 1
+
+    @contextmanager
+    def pinned(self, page_id: int, model: str | None = None) -> Iterator[Page]:
+        page = self.pin(page_id, model)
+        try:
+            yield page
+        finally:
+            self.unpin(page_id)
+
+    def _load(self, page_id: int) -> _Frame:
+        location = self._locate(page_id)
+        self._make_room(location)
+        page = self._reader.read(location)
+        frame = _Frame(page)
+        self._frames[page_id] = frame
+        self._resident_bytes += page.nbytes
+        self._stats.bytes_read += page.nbytes
+        self.policy.on_insert(page_id)
+        return frame
+
+    def _make_room(self, location: PageLocation) -> None:
+        if self.budget_bytes is None:
+            return
+        while self._resident_bytes + location.length > self.budget_bytes:
+            victim = self.policy.victim(lambda page: self._frames[page].pins == 0)
+            if victim is None:
+                pinned = self._resident_bytes
+                raise BudgetExceededError(
+                    f"buffer pool budget {format_size(self.budget_bytes)} is too small: "
+                    f"page {location.page_id} needs {format_size(location.length)} while "
+                    f"pinned pages hold {format_size(pinned)}; raise the budget to at least "
+                    f"{pinned + location.length} bytes ({format_size(pinned + location.length)})"
+                )
+            self._evict(victim)
+            self._stats.evictions += 1
+
+    def _evict(self, page_id: int) -> None:
+        frame = self._frames.pop(page_id)
+        self._resident_bytes -= frame.page.nbytes
+        self.policy.on_remove(page_id)
+
+    def discard(self, page_ids: set[int]) -> None:
+        """Drop unpinned copies of pages that a layout change retired."""
+        with self._lock:
+            for page_id in page_ids & self._frames.keys():
+                if self._frames[page_id].pins == 0:
+                    self._evict(page_id)
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            snapshot = PoolStats(**vars(self._stats))
+            snapshot.resident_pages = len(self._frames)
+            snapshot.resident_bytes = self._resident_bytes
+            snapshot.pinned_pages = sum(1 for f in self._frames.values() if f.pins)
+            snapshot.budget_bytes = self.budget_bytes
+            return snapshot
+
+    def resident(self) -> dict[int, int]:
+        """Resident page ids and their pin counts (for tests and the stats tables)."""
+        with self._lock:
+            return {page_id: frame.pins for page_id, frame in self._frames.items()}

@@ -1,0 +1,128 @@
+"""The catalog: SQLite (WAL) holding the relations of DESIGN.md. It is the single commit point.
+
+Every statement binds user strings as parameters; none is ever formatted into SQL text.
+"""
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from weightdb.errors import FormatVersionError
+
+CATALOG_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    model_id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    format TEXT NOT NULL,           -- safetensors | hf-directory | npz | onnx | pytorch | arrays
+    graph BLOB,                     -- ONNX ModelProto without its stored initializers
+    source_digest TEXT NOT NULL,    -- sha256 over the imported tensors (names, dtypes, shapes, bytes)
+    status TEXT NOT NULL,           -- ready
+    metadata TEXT NOT NULL,         -- JSON: source metadata needed to export faithfully
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS tensors (
+    tensor_id INTEGER PRIMARY KEY,
+    model_id INTEGER NOT NULL REFERENCES models(model_id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,      -- order in the source, kept for export
+    name TEXT NOT NULL,
+    dtype TEXT NOT NULL,
+    shape TEXT NOT NULL,            -- JSON list
+    block_rows INTEGER NOT NULL,
+    block_cols INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    UNIQUE (model_id, name)
+);
+CREATE TABLE IF NOT EXISTS tensor_blocks (
+    tensor_id INTEGER NOT NULL REFERENCES tensors(tensor_id) ON DELETE CASCADE,
+    block_row INTEGER NOT NULL,
+    block_col INTEGER NOT NULL,
+    block_id INTEGER NOT NULL REFERENCES blocks(block_id),
+    PRIMARY KEY (tensor_id, block_row, block_col)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tensor_blocks_by_block ON tensor_blocks(block_id);
+CREATE TABLE IF NOT EXISTS blocks (
+    block_id INTEGER PRIMARY KEY,
+    digest BLOB NOT NULL,           -- sha256 of dtype, shape and bytes
+    dtype TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    page_id INTEGER NOT NULL REFERENCES pages(page_id),
+    slot INTEGER NOT NULL,
+    refs INTEGER NOT NULL           -- tensor_blocks rows that point here
+);
+CREATE INDEX IF NOT EXISTS blocks_by_digest ON blocks(digest);
+CREATE INDEX IF NOT EXISTS blocks_by_page ON blocks(page_id);
+CREATE TABLE IF NOT EXISTS pages (
+    page_id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    checksum INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pages_by_file ON pages(file);
+CREATE TABLE IF NOT EXISTS quality (
+    model_id INTEGER NOT NULL REFERENCES models(model_id) ON DELETE CASCADE,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    dataset TEXT NOT NULL,
+    measured_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+"""
+
+
+class Catalog:
+    """A connection to ``catalog.sqlite``. One per thread; writers also hold the writer lock."""
+
+    def __init__(self, path: Path, create: bool) -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        if create:
+            with self.transaction():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('catalog_version', ?)",
+                    (str(CATALOG_VERSION),),
+                )
+        self._check_version()
+
+    def _check_version(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > CATALOG_VERSION:
+            raise FormatVersionError(
+                f"{self.path} has catalog format {version}, newer than this weightdb reads "
+                f"({CATALOG_VERSION}); upgrade weightdb to open it"
+            )
+        if version < 1:
+            raise FormatVersionError(f"{self.path} is not a weightdb catalog (no version)")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic catalog change: BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def close(self) -> None:
+        self.conn.close()

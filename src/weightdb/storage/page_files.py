@@ -1,0 +1,143 @@
+"""Page files: append-only segment files under ``pages/`` that hold pages back to back.
+
+A writer only ever creates new segment files, so pages are immutable once written. Pages start
+at 4 KiB aligned offsets. File names are generated here from segment numbers; no user string
+ever becomes part of a path.
+"""
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from weightdb.errors import CorruptPageError
+from weightdb.storage.page_format import Page, parse_page
+
+FILE_ALIGN = 4096
+SEGMENT_PREFIX = "seg-"
+SEGMENT_SUFFIX = ".pages"
+
+
+def segment_name(number: int) -> str:
+    return f"{SEGMENT_PREFIX}{number:08d}{SEGMENT_SUFFIX}"
+
+
+def segment_number(name: str) -> int | None:
+    """The number of a segment file name, or None for files that are not segments."""
+    if not (name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX)):
+        return None
+    digits = name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
+    return int(digits) if digits.isdigit() else None
+
+
+@dataclass(frozen=True)
+class PageLocation:
+    page_id: int
+    file: str
+    offset: int
+    length: int
+    checksum: int
+
+
+class SegmentWriter:
+    """Appends pages to new segment files, rolling over at ``segment_bytes``."""
+
+    def __init__(self, directory: Path, first_segment: int, segment_bytes: int) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self._next_segment = first_segment
+        self._file = None
+        self._name = ""
+        self._offset = 0
+        self.files: list[str] = []
+
+    def append(self, page_id: int, page: bytes) -> PageLocation:
+        if self._file is None or self._offset + len(page) > self.segment_bytes:
+            self._roll()
+        assert self._file is not None
+        offset = self._offset
+        self._file.write(page)
+        padding = -len(page) % FILE_ALIGN
+        if padding:
+            self._file.write(b"\0" * padding)
+        self._offset += len(page) + padding
+        self._file.flush()  # so this write can read its own pages back for byte comparison
+        checksum = int.from_bytes(page[8:12], "little")
+        return PageLocation(page_id, self._name, offset, len(page), checksum)
+
+    def _roll(self) -> None:
+        self._close_current()
+        self._name = segment_name(self._next_segment)
+        self._next_segment += 1
+        # "xb": never overwrite an existing file, even one a crashed writer left behind.
+        self._file = open(self.directory / self._name, "xb")  # noqa: SIM115 -- closed in _close_current
+        self._offset = 0
+        self.files.append(self._name)
+
+    def _close_current(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+    def finish(self) -> None:
+        """Make every written page durable (file data and directory entries)."""
+        self._close_current()
+        fsync_directory(self.directory)
+
+    def abort(self) -> None:
+        """Close and delete what this writer created; used when an import fails cleanly."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        for name in self.files:
+            (self.directory / name).unlink(missing_ok=True)
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PageReader:
+    """Reads and verifies pages with ``pread`` on cached file descriptors (thread-safe)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def _fd(self, name: str) -> int:
+        with self._lock:
+            fd = self._fds.get(name)
+            if fd is None:
+                try:
+                    fd = os.open(self.directory / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise CorruptPageError(
+                        f"page file {self.directory / name} is missing; the database is damaged"
+                    ) from None
+                self._fds[name] = fd
+            return fd
+
+    def read(self, location: PageLocation) -> Page:
+        data = os.pread(self._fd(location.file), location.length, location.offset)
+        where = f"{self.directory / location.file} at offset {location.offset}"
+        return parse_page(data, location.page_id, where)
+
+    def forget(self, name: str) -> None:
+        """Drop the cached descriptor of a file that is about to be deleted."""
+        with self._lock:
+            fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()

@@ -1,0 +1,68 @@
+"""Database settings, kept in ``config.toml`` beside the catalog.
+
+Block shape and page size are fixed when a database is created: every stored block and page
+depends on them. The defaults come from the sweep in ``benchmarks/storage.py``.
+"""
+
+import tomllib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from weightdb.errors import FormatVersionError, WeightDBError
+from weightdb.storage.page_format import page_overhead
+
+FORMAT_VERSION = 1
+WIDEST_ITEMSIZE = 8  # float64 / int64
+
+
+@dataclass(frozen=True)
+class Settings:
+    block_rows: int = 256
+    block_cols: int = 256
+    page_size: int = 4 * 1024 * 1024
+    segment_bytes: int = 1024 * 1024 * 1024
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        return self.block_rows, self.block_cols
+
+    def validate(self) -> "Settings":
+        if self.block_rows < 1 or self.block_cols < 1:
+            raise WeightDBError(
+                f"block shape must be positive, got {self.block_rows},{self.block_cols}"
+            )
+        needed = page_overhead(1) + self.block_rows * self.block_cols * WIDEST_ITEMSIZE
+        if self.page_size < needed:
+            raise WeightDBError(
+                f"page size {self.page_size} bytes cannot hold one {self.block_rows}x"
+                f"{self.block_cols} block of 8-byte values; use a page size of at least "
+                f"{needed} bytes or a smaller block shape"
+            )
+        if self.segment_bytes < self.page_size:
+            raise WeightDBError("segment size must be at least the page size")
+        return self
+
+
+def write_settings(path: Path, settings: Settings) -> None:
+    lines = ["# weightdb database settings; fixed at creation.\n"]
+    lines += [f"{key} = {value}\n" for key, value in asdict(settings).items()]
+    path.write_text("".join(lines))
+
+
+def read_settings(path: Path) -> Settings:
+    try:
+        values = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise WeightDBError(f"cannot read database settings {path}: {error}") from None
+    version = values.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise FormatVersionError(
+            f"the database at {path.parent} has format version {version}, newer than this "
+            f"weightdb reads ({FORMAT_VERSION}); upgrade weightdb to open it"
+        )
+    known = set(Settings.__dataclass_fields__)
+    unknown = set(values) - known
+    if unknown:
+        raise WeightDBError(f"{path} has unknown settings: {', '.join(sorted(unknown))}")
+    return Settings(**values).validate()
