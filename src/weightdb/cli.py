@@ -4,16 +4,31 @@ Commands that touch a database take it from ``--db PATH`` or ``WEIGHTDB_DB``. Er
 fix print one line on stderr and exit with status 1.
 """
 
+import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
 
 from weightdb.caching.cli import app as cache_app
+from weightdb.database import Database, connect
+from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
+from weightdb.storage.settings import Settings
+from weightdb.units import format_size, parse_size
 from weightdb.zoo.cli import app as zoo_app
 
 app = typer.Typer(
@@ -27,7 +42,7 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class _State:
@@ -45,6 +60,157 @@ def _global(
     ] = None,
 ) -> None:
     state.db_path = db
+
+
+def _open_db(create: bool = False) -> Database:
+    if state.db_path is None:
+        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
+    return connect(state.db_path, create=create)
+
+
+def _size(text: str, option: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+def _progress(description: str):
+    """A rich progress bar over bytes, and the (done, total) callback that advances it."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = bar.add_task(description, total=None)
+    return bar, lambda done, total: bar.update(task, advance=done, total=total)
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Directory to create the database in.")],
+    block_shape: Annotated[
+        str, typer.Option(help="Block shape R,C that tensors are cut into.")
+    ] = "{},{}".format(*Settings().block_shape),
+    page_size: Annotated[str, typer.Option(help="Page size, e.g. 4MiB.")] = "4MiB",
+) -> None:
+    """Create an empty database."""
+    try:
+        rows, cols = (int(x) for x in block_shape.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{block_shape!r} is not R,C (two integers)", param_hint="--block-shape"
+        ) from None
+    settings = Settings(block_rows=rows, block_cols=cols, page_size=_size(page_size, "--page-size"))
+    if (path / "config.toml").exists():
+        raise WeightDBError(f"a database already exists at {path}")
+    with connect(path, create=True, settings=settings) as db:
+        console.print(
+            f"created database {db.path} (blocks {rows}x{cols}, pages {format_size(db.settings.page_size)})"
+        )
+
+
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help=".safetensors, .npz, .onnx, .pt or HF folder.")],
+    name: Annotated[str, typer.Option("--name", help="Name of the model in the database.")],
+) -> None:
+    """Import a model; blocks identical to stored ones are stored once."""
+    with _open_db() as db:
+        before = db.stats()["stored_bytes"]
+        bar, advance = _progress(f"importing {name}")
+        with bar:
+            info = db.import_model(source, name, progress=advance)
+        added = db.stats()["stored_bytes"] - before
+        console.print(
+            f"imported {info.name}: {info.tensors} tensors, {format_size(info.logical_bytes)}; "
+            f"{format_size(added)} of new blocks stored"
+        )
+
+
+@app.command()
+def export(
+    name: Annotated[str, typer.Argument(help="Model to export.")],
+    out: Annotated[Path, typer.Argument(help="Output file: .safetensors, .onnx or .npz.")],
+) -> None:
+    """Export a model, bit-identical to what was imported."""
+    with _open_db() as db:
+        bar, advance = _progress(f"exporting {name}")
+        with bar:
+            db.export_model(name, out, progress=advance)
+        console.print(f"wrote {out}")
+
+
+@app.command("ls")
+def list_models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List stored models."""
+    with _open_db() as db:
+        models = db.models()
+    if as_json:
+        print(json.dumps([asdict(m) for m in models], indent=2))
+        return
+    table = Table("model", "format", "tensors", "bytes", "graph", "imported")
+    for m in models:
+        table.add_row(
+            m.name,
+            m.format,
+            str(m.tensors),
+            format_size(m.logical_bytes),
+            "yes" if m.has_graph else "no",
+            m.created_at,
+        )
+    console.print(table)
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Storage statistics: logical versus stored bytes, blocks and pages."""
+    with _open_db() as db:
+        numbers = db.stats()
+    if as_json:
+        print(json.dumps(numbers, indent=2))
+        return
+    table = Table("statistic", "value", title=f"weightdb {state.db_path}")
+    for key in ("models", "tensors", "distinct_blocks", "block_references", "pages", "page_files"):
+        table.add_row(key, f"{numbers[key]:,}")
+    for key in ("logical_bytes", "stored_bytes", "page_bytes", "page_file_bytes"):
+        table.add_row(key, format_size(numbers[key]))
+    table.add_row("dedup_ratio", f"{numbers['dedup_ratio']:.2f}x")
+    console.print(table)
+
+
+@app.command("rm")
+def remove(name: Annotated[str, typer.Argument(help="Model to remove.")]) -> None:
+    """Remove a model; blocks no other model uses are freed."""
+    with _open_db() as db:
+        db.remove_model(name)
+    console.print(f"removed {name}")
+
+
+@app.command()
+def verify() -> None:
+    """Read every page and check its checksum against the catalog."""
+    with _open_db() as db:
+        bar, advance = _progress("verifying pages")
+        with bar:
+            pages = db.verify(progress=advance)
+    console.print(f"ok: {pages} pages verified")
+
+
+@app.command()
+def demo(
+    path: Annotated[Path, typer.Option(help="Where to build the demo database.")] = Path("demo-db"),
+) -> None:
+    """Build two models that share weights, import them, and show what was stored."""
+    run_demo(path, console)
 
 
 def main() -> None:

@@ -37,8 +37,8 @@ PAGES = "pages"
 CONFIG = "config.toml"
 LOCK = "writer.lock"
 
-Progress = Callable[[int], None]
-"""Called with the number of bytes processed since the last call."""
+Progress = Callable[[int, int], None]
+"""Called with (bytes processed since the last call, total bytes of the operation)."""
 
 
 @dataclass(frozen=True)

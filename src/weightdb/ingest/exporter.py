@@ -63,17 +63,19 @@ def export_model(db: "Database", name: str, path: Path, progress: "Progress | No
 
 
 def _chunks(tensors, progress):
+    total = sum(t.nbytes for t in tensors.values())
     for tensor in tensors.values():
         for band in tensor.row_bands():
             if progress:
-                progress(band.nbytes)
+                progress(band.nbytes, total)
             yield tensor.name, band
 
 
 def _whole(tensors, progress) -> dict[str, np.ndarray]:
     arrays = {}
+    total = sum(t.nbytes for t in tensors.values())
     for tensor in tensors.values():
         arrays[tensor.name] = tensor.read()
         if progress:
-            progress(tensor.nbytes)
+            progress(tensor.nbytes, total)
     return arrays

@@ -97,7 +97,7 @@ def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, prog
             block_rows.append((position, i, j, block_id))
             model_digest.update(block_digest)
             if progress:
-                progress((r1 - r0) * (c1 - c0) * entry.dtype.itemsize)
+                progress((r1 - r0) * (c1 - c0) * entry.dtype.itemsize, source.nbytes)
         tensor_rows.append(
             (
                 position,

@@ -13,6 +13,7 @@ def verify_pages(db: "Database", progress: "Progress | None" = None) -> int:
     first damaged page, naming it. Returns the number of pages checked."""
     conn = db.catalog.conn
     checked = 0
+    total = conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
     for (page_id,) in conn.execute("SELECT page_id FROM pages ORDER BY page_id").fetchall():
         location = db.locate_page(page_id)
         page = db.reader.read(location)
@@ -27,5 +28,5 @@ def verify_pages(db: "Database", progress: "Progress | None" = None) -> int:
                 )
         checked += 1
         if progress:
-            progress(location.length)
+            progress(location.length, total)
     return checked
