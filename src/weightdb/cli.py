@@ -110,7 +110,8 @@ def init(
         raise WeightDBError(f"a database already exists at {path}")
     with connect(path, create=True, settings=settings) as db:
         console.print(
-            f"created database {db.path} (blocks {rows}x{cols}, pages {format_size(db.settings.page_size)})"
+            f"created database {db.path} (blocks {rows}x{cols}, "
+            f"pages {format_size(db.settings.page_size)})"
         )
 
 

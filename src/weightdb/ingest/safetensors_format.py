@@ -5,6 +5,7 @@ we need three things the library does not give numpy users: bfloat16, precise er
 truncated or inconsistent files, and streaming export of models larger than memory.
 """
 
+import itertools
 import json
 import mmap
 import struct
@@ -71,7 +72,7 @@ def _entries(
             )
         records.append((name, dtype, shape, begin, end))
     records.sort(key=lambda record: record[3])
-    for previous, current in zip(records, records[1:], strict=False):
+    for previous, current in itertools.pairwise(records):
         if current[3] < previous[4]:
             raise SourceFormatError(
                 f"{path}: tensors {previous[0]!r} and {current[0]!r} overlap in the data section"

@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS models (
     name TEXT NOT NULL UNIQUE,
     format TEXT NOT NULL,           -- safetensors | hf-directory | npz | onnx | pytorch | arrays
     graph BLOB,                     -- ONNX ModelProto without its stored initializers
-    source_digest TEXT NOT NULL,    -- sha256 over the imported tensors (names, dtypes, shapes, bytes)
+    source_digest TEXT NOT NULL,    -- sha256 over tensor names, dtypes, shapes, block digests
     status TEXT NOT NULL,           -- ready
     metadata TEXT NOT NULL,         -- JSON: source metadata needed to export faithfully
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))

@@ -73,7 +73,7 @@ def from_onnx(code: int) -> DType:
 
 
 def from_numpy(dtype: np.dtype) -> DType:
-    """Map a little-endian (or byte-order free) numpy dtype; callers convert big-endian data first."""
+    """Map a little-endian numpy dtype; callers convert big-endian data first."""
     dtype = np.dtype(dtype)
     for d in _ALL:
         if d.numpy == dtype:
