@@ -1,0 +1,56 @@
+"""Run benchmark suites and assemble benchmarks/results/REPORT.md.
+
+    python -m benchmarks.run [--quick] [SUITE ...]
+
+Each suite is a module here with ``run(quick, out_dir) -> dict`` that writes
+``<suite>.json`` and ``<suite>.md``; the report stitches the markdown together with the
+machine facts, so one file answers "what did the last run measure, and where".
+"""
+
+import argparse
+import importlib
+import json
+import time
+
+from benchmarks.common import RESULTS_DIR, machine
+
+SUITES = ["storage", "packing", "engine", "caching"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="*", default=SUITES, help=f"any of {SUITES}")
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    args = parser.parse_args()
+    unknown = set(args.suites) - set(SUITES)
+    if unknown:
+        parser.error(f"unknown suites {sorted(unknown)}; choose from {SUITES}")
+    for suite in args.suites:
+        print(f"== {suite}", flush=True)
+        start = time.perf_counter()
+        importlib.import_module(f"benchmarks.{suite}").run(args.quick, RESULTS_DIR)
+        print(f"== {suite} done in {time.perf_counter() - start:.0f}s", flush=True)
+    write_report()
+
+
+def write_report() -> None:
+    facts = machine()
+    parts = [
+        "# weightdb benchmark report",
+        "",
+        f"Machine: {facts['platform']}, {facts['cpus']} CPUs, "
+        f"{facts['memory_bytes'] / 2**30:.0f} GiB; Python {facts['python']}; "
+        f"versions {json.dumps(facts['versions'])}; written {facts['when']}.",
+        "",
+        "Rerun with `make bench` (or `make bench-quick`); one suite with "
+        "`python -m benchmarks.run SUITE`.",
+    ]
+    for suite in SUITES:
+        md = RESULTS_DIR / f"{suite}.md"
+        if md.exists():
+            parts += ["", md.read_text().strip()]
+    (RESULTS_DIR / "REPORT.md").write_text("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
