@@ -8,7 +8,7 @@ it will be needed per unit of time. Evicting the lowest priority maximises the b
 save per byte of pool, whatever the page sizes, since both grow with the page's size. A new page
 of a popular model is known to be valuable on its first request.
 
-The decay (a half-life of a few passes over the pages seen so far) lets the ranking follow a
+The decay (a half-life of some tens of passes over the pages seen so far) lets the ranking follow a
 shift in popularity. Ties, which are the rule among pages of one sharing set, go to the most
 recently requested page: in a model's front-to-back read that page is needed last next time, and
 the pool keeps a fixed part of an oversized set instead of cycling through all of it like LRU.
@@ -20,34 +20,45 @@ from collections import Counter
 from weightdb.storage.policies.base import PageModels
 from weightdb.storage.policies.ranked import RankedPolicy
 
-HALF_LIFE_PASSES = 4.0
-"""Half-life of a request's weight, in page requests per distinct page seen."""
+HALF_LIFE_PASSES = 64.0
+"""Half-life of a request's weight, in page requests per distinct page seen; tuned on Zipf."""
+PRIOR_REQUESTS = 1.0
+"""Requests credited to a model when it is first seen, so shared pages rank high from the start."""
 _MAX_LOG_WEIGHT = 500.0  # renormalise before exp() gets near float overflow
 
 
 class WeightDBPolicy(RankedPolicy):
     name = "weightdb"
 
-    def __init__(self, page_models: PageModels, half_life_passes: float = HALF_LIFE_PASSES) -> None:
+    def __init__(
+        self,
+        page_models: PageModels,
+        half_life_passes: float = HALF_LIFE_PASSES,
+        prior_requests: float = PRIOR_REQUESTS,
+    ) -> None:
         super().__init__()
+        self._prior_requests = prior_requests
         self._page_models = page_models
         self._decay_per_page = math.log(2) / half_life_passes
         self._models: dict[int, tuple[str, ...]] = {}  # page -> models referencing it
         self._model_pages: Counter[str] = Counter()  # model -> pages seen that it references
         self._log_weight = 0.0  # log of the weight of a request made now
         self._demand: Counter[str] = Counter()  # model -> decayed page requests, scaled
+        self._prior: dict[str, float] = {}  # model -> decayed pseudo-requests, scaled
+        self._changes = 0  # bumped whenever a model's rate may have changed
         self._priority_memo: dict[tuple[str, ...], tuple[int, float]] = {}
 
     def on_request(self, page_id: int, model: str | None, hit: bool) -> None:
         self._learn(page_id)
         if model is not None and model not in self._models[page_id]:
             self._models[page_id] = tuple(sorted((*self._models[page_id], model)))
-            self._model_pages[model] += 1
+            self._count_page_of(model)
         self._log_weight += self._decay_per_page / len(self._models)
         if self._log_weight > _MAX_LOG_WEIGHT:
             self._rescale()
         if model is not None:
             self._demand[model] += math.exp(self._log_weight)
+            self._changes += 1
         super().on_request(page_id, model, hit)
 
     def on_insert(self, page_id: int) -> None:
@@ -59,22 +70,32 @@ class WeightDBPolicy(RankedPolicy):
 
     def _priority(self, models: tuple[str, ...]) -> float:
         memo = self._priority_memo.get(models)
-        if memo is not None and memo[0] == self._clock:
+        if memo is not None and memo[0] == self._changes:
             return memo[1]
-        value = sum(self._demand[model] / self._model_pages[model] for model in models)
-        self._priority_memo[models] = (self._clock, value)
+        value = sum(
+            self._demand[model] / self._model_pages[model] + self._prior[model] for model in models
+        )
+        self._priority_memo[models] = (self._changes, value)
         return value
 
     def _learn(self, page_id: int) -> None:
         if page_id not in self._models:
-            models = tuple(sorted(set(self._page_models(page_id))))
-            self._models[page_id] = models
-            self._model_pages.update(models)
+            self._models[page_id] = tuple(sorted(set(self._page_models(page_id))))
+            for model in self._models[page_id]:
+                self._count_page_of(model)
+
+    def _count_page_of(self, model: str) -> None:
+        if model not in self._prior:
+            self._prior[model] = self._prior_requests * math.exp(self._log_weight)
+        self._model_pages[model] += 1
+        self._changes += 1
 
     def _rescale(self) -> None:
         scale = math.exp(-self._log_weight)
         for model in self._demand:
             self._demand[model] *= scale
+        for model in self._prior:
+            self._prior[model] *= scale
         self._log_weight = 0.0
-        self._priority_memo.clear()
+        self._changes += 1
         self._rebuild()
