@@ -1,0 +1,247 @@
+"""Neural-network ops: MatMul, Gemm, normalizations, convolution and pooling.
+
+Convolution is im2col followed by one matrix product per group; the product is a parameter so
+the blocked Conv (weights streamed from storage) reuses everything here but the multiply.
+"""
+
+from collections.abc import Callable, Sequence
+from math import ceil, prod
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from weightdb.engine.errors import UnsupportedModelError
+from weightdb.engine.ops import op
+
+# (cols, first output channel, end output channel) -> cols @ kernel_matrix[first:end].T
+KernelProduct = Callable[[np.ndarray, int, int], np.ndarray]
+
+
+@op("MatMul")
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.matmul(a, b)
+
+
+def gemm_epilogue(
+    product: np.ndarray, c: np.ndarray | None, alpha: float, beta: float
+) -> np.ndarray:
+    """alpha * product + beta * c, in place on the freshly computed product."""
+    if alpha != 1.0:
+        product *= product.dtype.type(alpha)
+    if c is not None and beta != 0.0:
+        product += c if beta == 1.0 else c * c.dtype.type(beta)
+    return product
+
+
+@op("Gemm", since=11)
+def gemm(
+    a: np.ndarray,
+    b: np.ndarray,
+    c: np.ndarray | None = None,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    transA: int = 0,
+    transB: int = 0,
+) -> np.ndarray:
+    product = np.matmul(a.T if transA else a, b.T if transB else b)
+    return gemm_epilogue(product, c, alpha, beta)
+
+
+@op("LayerNormalization", since=17)
+def layer_norm(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None = None,
+    *,
+    axis: int = -1,
+    epsilon: float = 1e-5,
+    stash_type: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    axes = tuple(range(axis % x.ndim, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    y = x - mean
+    inv_std = np.square(y).mean(axis=axes, keepdims=True)
+    inv_std += x.dtype.type(epsilon)
+    np.sqrt(inv_std, out=inv_std)
+    np.reciprocal(inv_std, out=inv_std)
+    y *= inv_std
+    y *= scale
+    if bias is not None:
+        y += bias
+    return y, mean, inv_std
+
+
+@op("BatchNormalization", since=9)
+def batch_norm(
+    x: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray,
+    mean: np.ndarray,
+    var: np.ndarray,
+    *,
+    epsilon: float = 1e-5,
+    momentum: float = 0.9,
+    training_mode: int = 0,
+) -> np.ndarray:
+    if training_mode:
+        raise UnsupportedModelError("BatchNormalization in training mode is not supported")
+    channel = (-1,) + (1,) * (x.ndim - 2)
+    factor = scale / np.sqrt(var + x.dtype.type(epsilon))
+    shift = bias - mean * factor
+    return x * factor.reshape(channel) + shift.reshape(channel)
+
+
+def _window_geometry(
+    sizes: Sequence[int],
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    pads: Sequence[int] | None,
+    auto_pad: str,
+    ceil_mode: int = 0,
+) -> tuple[list[int], list[int], list[int]]:
+    """Padding before, padding after (ceil_mode's extra included) and output size per axis."""
+    n = len(sizes)
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        totals = [
+            max((ceil(size / s) - 1) * s + span - size, 0)
+            for size, s, span in zip(sizes, strides, spans, strict=True)
+        ]
+        small = [t // 2 for t in totals]
+        large = [t - t // 2 for t in totals]
+        begin, end = (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+    elif auto_pad == "VALID" or pads is None:
+        begin, end = [0] * n, [0] * n
+    else:
+        begin, end = list(pads[:n]), list(pads[n:])
+    outs = []
+    for axis in range(n):
+        room = sizes[axis] + begin[axis] + end[axis] - spans[axis]
+        count = (ceil(room / strides[axis]) if ceil_mode else room // strides[axis]) + 1
+        if ceil_mode and (count - 1) * strides[axis] >= sizes[axis] + begin[axis]:
+            count -= 1  # the last window may not start in the padding (PyTorch and ORT agree)
+        outs.append(count)
+    extra_end = [
+        max(end[a], (outs[a] - 1) * strides[a] + spans[a] - sizes[a] - begin[a]) for a in range(n)
+    ]
+    return begin, extra_end, outs
+
+
+def _windows(
+    x: np.ndarray,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    begin: Sequence[int],
+    end: Sequence[int],
+    fill: float,
+) -> np.ndarray:
+    """View of shape (N, C, *out, *kernel): every window of the padded input (a view, no copy)."""
+    n = len(kernel)
+    widths = [(0, 0), (0, 0), *zip(begin, end, strict=True)]
+    padded = np.pad(x, widths, constant_values=fill) if any(begin) or any(end) else x
+    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
+    view = sliding_window_view(padded, spans, axis=tuple(range(2, 2 + n)))
+    steps = [slice(None, None, s) for s in strides]
+    taps = [slice(None, None, d) for d in dilations]
+    return view[(slice(None), slice(None), *steps, *taps)]
+
+
+def convolve(
+    x: np.ndarray,
+    bias: np.ndarray | None,
+    weight_shape: Sequence[int],
+    product: KernelProduct,
+    *,
+    auto_pad: str = "NOTSET",
+    dilations: Sequence[int] | None = None,
+    group: int = 1,
+    kernel_shape: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+) -> np.ndarray:
+    """ONNX Conv given the kernel only through ``product`` (and its shape)."""
+    out_channels, group_in = weight_shape[0], weight_shape[1]
+    kernel = list(kernel_shape or weight_shape[2:])
+    n = len(kernel)
+    strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
+    begin, end, outs = _window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    group_out = out_channels // group
+    batch = x.shape[0]
+    results = []
+    for g in range(group):
+        part = x[:, g * group_in : (g + 1) * group_in]
+        windows = _windows(part, kernel, strides, dilations, begin, end, 0.0)
+        # (N, C, *out, *k) -> (N, *out, C, *k): one row per output position, C*k columns.
+        order = (0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
+        cols = windows.transpose(order).reshape(batch * prod(outs), group_in * prod(kernel))
+        results.append(product(cols, g * group_out, (g + 1) * group_out))
+    y = results[0] if group == 1 else np.concatenate(results, axis=1)
+    if bias is not None:
+        y += bias
+    # (N*out, C_out) -> (N, C_out, *out)
+    y = y.reshape(batch, *outs, out_channels)
+    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+
+
+@op("Conv", since=11)
+def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes) -> np.ndarray:
+    matrix = w.reshape(w.shape[0], -1)
+    return convolve(x, b, w.shape, lambda cols, r0, r1: cols @ matrix[r0:r1].T, **attributes)
+
+
+def _pool(
+    x: np.ndarray,
+    reducer: str,
+    *,
+    kernel_shape: Sequence[int],
+    auto_pad: str = "NOTSET",
+    ceil_mode: int = 0,
+    count_include_pad: int = 0,
+    dilations: Sequence[int] | None = None,
+    pads: Sequence[int] | None = None,
+    strides: Sequence[int] | None = None,
+    storage_order: int = 0,
+) -> np.ndarray:
+    n = len(kernel_shape)
+    strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
+    begin, end, _ = _window_geometry(
+        x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
+    )
+    kernel_axes = tuple(range(-n, 0))
+    args = (kernel_shape, strides, dilations, begin, end)
+    if reducer == "max":
+        return _windows(x, *args, fill=-np.inf).max(axis=kernel_axes)
+    total = _windows(x, *args, fill=0.0).sum(axis=kernel_axes)
+    # Divide by how many real (or, with count_include_pad, explicitly padded) cells each window
+    # covers; the extra cells of ceil_mode never count.
+    counted = np.ones((1, 1, *x.shape[2:]), x.dtype)
+    if count_include_pad and pads is not None:
+        explicit = [(0, 0), (0, 0), *zip(pads[:n], pads[n:], strict=True)]
+        counted = np.pad(counted, explicit, constant_values=1.0)
+        begin = [b - p for b, p in zip(begin, pads[:n], strict=True)]
+        end = [e - p for e, p in zip(end, pads[n:], strict=True)]
+    counts = _windows(counted, kernel_shape, strides, dilations, begin, end, 0.0)
+    return (total / counts.sum(axis=kernel_axes)).astype(x.dtype, copy=False)
+
+
+@op("MaxPool", since=10)
+def max_pool(x: np.ndarray, **attributes) -> np.ndarray:
+    return _pool(x, "max", **attributes)
+
+
+@op("AveragePool", since=10)
+def average_pool(x: np.ndarray, **attributes) -> np.ndarray:
+    return _pool(x, "mean", **attributes)
+
+
+@op("GlobalAveragePool")
+def global_average_pool(x: np.ndarray) -> np.ndarray:
+    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+@op("GlobalMaxPool")
+def global_max_pool(x: np.ndarray) -> np.ndarray:
+    return x.max(axis=tuple(range(2, x.ndim)), keepdims=True)
