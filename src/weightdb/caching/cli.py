@@ -82,13 +82,15 @@ def compare_command(
         print(json.dumps([result.to_json() for result in results], indent=2))
         return
     opt_bytes = results[-1].bytes_read
-    table = Table(title=f"{trace.name}: policies against opt")
-    columns = ["policy", *_cells(results[0]), "bytes vs opt"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "policy" else "right")
+    table = Table(title=f"{trace.name}: {results[0].requests} requests, policies against opt")
+    table.add_column("policy", no_wrap=True)
+    metrics = [metric for metric in _cells(results[0]) if metric != "requests"]
+    for metric in [*metrics, "bytes vs opt"]:
+        table.add_column(metric, justify="right")
     for result in results:
+        cells = _cells(result)
         ratio = result.bytes_read / opt_bytes if opt_bytes else 1.0
-        table.add_row(result.policy, *_cells(result).values(), f"{ratio:.3f}")
+        table.add_row(result.policy, *(cells[metric] for metric in metrics), f"{ratio:.3f}")
     console.print(table)
 
 
