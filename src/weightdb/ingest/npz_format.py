@@ -12,14 +12,17 @@ from weightdb.storage import dtypes
 
 
 def _entry(name: str, array: np.ndarray, where: str) -> TensorEntry:
-    if array.dtype.kind == "V":
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    try:
+        dtype = dtypes.from_numpy(array.dtype)
+    except UnsupportedDTypeError:
+        if array.dtype.kind != "V":
+            raise
         raise UnsupportedDTypeError(
             f"{where}: array {name!r} has raw dtype {array.dtype}; npz cannot carry bfloat16 or "
             "structured dtypes, so import such models from safetensors"
-        )
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    dtype = dtypes.from_numpy(array.dtype)
+        ) from None
     return TensorEntry(name, dtype, tuple(array.shape), lambda: array)
 
 

@@ -1,0 +1,5 @@
+"""`python -m weightdb` runs the CLI."""
+
+from weightdb.cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""The CLI contract other tools rely on: commands, --db / WEIGHTDB_DB, JSON, exit codes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+WEIGHTDB = [sys.executable, "-m", "weightdb"]
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*WEIGHTDB, *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.safetensors"
+    rng = np.random.default_rng(0)
+    save_file({"w": rng.standard_normal((100, 70)).astype(np.float32), "b": np.ones(70)}, path)
+    return path
+
+
+def test_init_import_export_ls_stats(tmp_path, model_file):
+    db = str(tmp_path / "db")
+    assert cli("init", db, "--block-shape", "32,16", "--page-size", "64KiB").returncode == 0
+    assert cli("--db", db, "import", str(model_file), "--name", "m1").returncode == 0
+    result = cli("import", str(model_file), "--name", "m2", env={"WEIGHTDB_DB": db})
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "out.safetensors"
+    assert cli("--db", db, "export", "m2", str(out)).returncode == 0
+    original, exported = load_file(model_file), load_file(out)
+    assert all(original[k].tobytes() == exported[k].tobytes() for k in original)
+
+    listing = json.loads(cli("--db", db, "ls", "--json").stdout)
+    assert [m["name"] for m in listing] == ["m1", "m2"]
+    stats = json.loads(cli("--db", db, "stats", "--json").stdout)
+    model_bytes = 100 * 70 * 4 + 70 * 8
+    assert stats["models"] == 2 and stats["tensors"] == 4
+    assert stats["logical_bytes"] == 2 * model_bytes
+    assert stats["stored_bytes"] == model_bytes
+    assert stats["distinct_blocks"] == 4 * 5 + 1  # 100x70 in 32x16 blocks; the bias fits one
+    assert stats["pages"] >= 1 and stats["page_file_bytes"] >= stats["stored_bytes"]
+    assert stats["block_shape"] == [32, 16] and stats["page_size"] == 64 * 1024
+
+    table = cli("--db", db, "stats")
+    assert "stored_bytes" in table.stdout and table.returncode == 0
+    assert cli("--db", db, "verify").returncode == 0
+    assert cli("--db", db, "rm", "m1").returncode == 0
+    assert [m["name"] for m in json.loads(cli("--db", db, "ls", "--json").stdout)] == ["m2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["ls"], "no database given"),
+        (["--db", "{tmp}/missing", "ls"], "weightdb init"),
+        (["--db", "{db}", "export", "nope", "{tmp}/x.safetensors"], "no model named 'nope'"),
+        (["--db", "{db}", "import", "{tmp}/nothing.safetensors", "--name", "x"], "does not exist"),
+        (["--db", "{db}", "import", "{model}", "--name", "bad/name"], "not allowed"),
+        (["init", "{tmp}/other", "--page-size", "lots"], "cannot read size"),
+        (["init", "{tmp}/other", "--block-shape", "3"], "R,C"),
+        (["init", "{tmp}/other", "--block-shape", "512,512", "--page-size", "1MiB"], "cannot hold"),
+    ],
+)
+def test_errors_go_to_stderr_with_a_non_zero_exit(tmp_path, model_file, args, message):
+    db = tmp_path / "db"
+    assert cli("init", str(db)).returncode == 0
+    filled = [a.format(tmp=tmp_path, db=db, model=model_file) for a in args]
+    result = cli(*filled, env={"WEIGHTDB_DB": ""})
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_and_shows_what_was_stored(tmp_path):
+    result = cli("demo", "--path", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "byte-identical to its source file: True" in result.stdout
+    stats = json.loads(cli("--db", str(tmp_path / "demo"), "stats", "--json").stdout)
+    assert stats["models"] == 2
+    assert stats["stored_bytes"] < 0.51 * stats["logical_bytes"]

@@ -1,0 +1,178 @@
+"""Storage invariants: exact dedup, checksums, the buffer pool budget, reclaiming space."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import weightdb
+from weightdb.errors import BudgetExceededError, CorruptPageError
+from weightdb.storage import block_writer
+from weightdb.storage.page_format import HEADER
+
+
+def small_model(rng, rows: int = 100, cols: int = 40) -> dict[str, np.ndarray]:
+    return {
+        "w": rng.standard_normal((rows, cols)).astype(np.float32),
+        "b": rng.standard_normal(cols).astype(np.float32),
+    }
+
+
+def test_importing_a_model_twice_adds_no_block_bytes(db, rng):
+    arrays = small_model(rng)
+    db.import_arrays("first", arrays)
+    before = db.stats()
+    db.import_arrays("second", arrays)
+    after = db.stats()
+    assert after["stored_bytes"] == before["stored_bytes"]
+    assert after["distinct_blocks"] == before["distinct_blocks"]
+    assert after["pages"] == before["pages"]
+    assert after["logical_bytes"] == 2 * before["logical_bytes"]
+    assert after["block_references"] == 2 * before["block_references"]
+
+
+def test_identical_blocks_inside_one_model_are_stored_once(db):
+    zeros = np.zeros((64, 32), np.float32)  # 4 x 4 blocks of 16 x 8, all equal
+    db.import_arrays("z", {"a": zeros, "b": zeros.copy()})
+    stats = db.stats()
+    assert stats["distinct_blocks"] == 1
+    assert stats["block_references"] == 32
+
+
+def test_fine_tune_shares_unchanged_blocks(db, rng):
+    base = small_model(rng, 64, 32)
+    tuned = {k: v.copy() for k, v in base.items()}
+    tuned["w"][0, 0] += 1.0  # touches exactly one 16x8 block
+    db.import_arrays("base", base)
+    blocks_before = db.stats()["distinct_blocks"]
+    db.import_arrays("tuned", tuned)
+    assert db.stats()["distinct_blocks"] == blocks_before + 1
+
+
+def test_digest_collision_never_merges_different_blocks(db, rng, monkeypatch):
+    monkeypatch.setattr(block_writer, "block_digest", lambda *args: b"same digest")
+    first, second = small_model(rng), small_model(rng)
+    db.import_arrays("a", first)
+    db.import_arrays("b", second)
+    assert np.array_equal(db.tensors("a")["w"].read(), first["w"])
+    assert np.array_equal(db.tensors("b")["w"].read(), second["w"])
+
+
+def test_blocks_are_read_only_zero_copy_views_of_the_page(db, rng):
+    db.import_arrays("m", small_model(rng))
+    tensor = db.tensors("m")["w"]
+    with tensor.block(0, 0) as block:
+        assert not block.flags.writeable
+        page_id = int(tensor.locations[0, 0, 0])
+        page = db.pool.pin(page_id)
+        assert np.shares_memory(block, np.frombuffer(page.data, np.uint8))
+        db.pool.unpin(page_id)
+    assert all(pins == 0 for pins in db.pool.resident().values())
+
+
+def corrupt_one_byte(db_path: Path, offset_in_page: int) -> str:
+    page_file = next((db_path / "pages").iterdir())
+    data = bytearray(page_file.read_bytes())
+    data[offset_in_page] ^= 0x01
+    page_file.write_bytes(bytes(data))
+    return page_file.name
+
+
+@pytest.mark.parametrize("offset", [HEADER.size + 3, 2000, 20])
+def test_a_flipped_byte_fails_the_next_read_naming_the_page(tmp_path, rng, offset):
+    path = tmp_path / "db"
+    with weightdb.connect(path) as db:
+        db.import_arrays("m", small_model(rng))
+    name = corrupt_one_byte(path, offset)
+    with weightdb.connect(path) as db:
+        with pytest.raises(CorruptPageError, match=rf"page 1 in .*{name}"):
+            db.tensors("m")["w"].read()
+        with pytest.raises(CorruptPageError, match="page 1"):
+            db.verify()
+
+
+def test_verify_passes_on_a_healthy_database(db, rng):
+    db.import_arrays("m", small_model(rng))
+    assert db.verify() == db.stats()["pages"]
+
+
+def test_removing_a_model_frees_only_its_own_blocks(db, rng):
+    base = small_model(rng, 64, 32)
+    tuned = {k: v.copy() for k, v in base.items()}
+    tuned["w"][:16] += 1.0
+    db.import_arrays("base", base)
+    db.import_arrays("tuned", tuned)
+    both = db.stats()
+    db.remove_model("base")
+    assert np.array_equal(db.tensors("tuned")["w"].read(), tuned["w"])
+    after = db.stats()
+    assert after["distinct_blocks"] == both["distinct_blocks"] - 4  # base's own first block row
+    db.remove_model("tuned")
+    empty = db.stats()
+    assert (empty["distinct_blocks"], empty["pages"], empty["page_files"]) == (0, 0, 0)
+    assert not any((db.path / "pages").iterdir())
+
+
+def pool_db(tmp_path: Path, rng, budget: int):
+    path = tmp_path / "pooldb"
+    if not path.exists():
+        with weightdb.connect(path, settings=weightdb.Settings(16, 8, 8192)) as db:
+            db.import_arrays("m", {"w": rng.standard_normal((400, 64)).astype(np.float32)})
+    return weightdb.connect(path, budget=budget)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    budget_pages=st.integers(min_value=2, max_value=6),
+    accesses=st.lists(st.tuples(st.integers(0, 24), st.integers(0, 7), st.booleans()), max_size=60),
+)
+def test_pool_never_exceeds_its_budget_under_random_pinned_access(
+    tmp_path_factory, budget_pages, accesses
+):
+    rng = np.random.default_rng(0)
+    tmp_path = tmp_path_factory.mktemp("pool")
+    expected = rng.standard_normal((400, 64)).astype(np.float32)
+    with pool_db(tmp_path, np.random.default_rng(0), budget=budget_pages * 8192) as db:
+        tensor = db.tensors("m")["w"]
+        held = []
+        for i, j, keep in accesses:
+            try:
+                context = tensor.block(i, j)
+                block = context.__enter__()
+            except BudgetExceededError:
+                assert len(held) >= budget_pages - 1  # only a full pinned set may refuse
+                continue
+            r0, r1, c0, c1 = tensor.layout.bounds(i, j)
+            assert np.array_equal(block, expected[r0:r1, c0:c1])
+            if keep and len(held) < budget_pages:
+                held.append(context)
+            else:
+                context.__exit__(None, None, None)
+            stats = db.pool.stats()
+            assert stats.resident_bytes <= budget_pages * 8192
+        for context in held:
+            context.__exit__(None, None, None)
+        assert all(pins == 0 for pins in db.pool.resident().values())
+
+
+def test_a_request_larger_than_the_budget_fails_naming_the_budget_needed(tmp_path, rng):
+    needed = r"raise the budget to at least \d+ bytes"
+    with (
+        pool_db(tmp_path, rng, budget=1000) as db,
+        pytest.raises(BudgetExceededError, match=needed),
+    ):
+        db.tensors("m")["w"].read()
+
+
+def test_pinned_pages_are_never_evicted(tmp_path, rng):
+    with pool_db(tmp_path, rng, budget=2 * 8192) as db:
+        tensor = db.tensors("m")["w"]
+        with tensor.block(0, 0):
+            pinned_page = int(tensor.locations[0, 0, 0])
+            for i in range(tensor.layout.grid[0]):
+                for j in range(tensor.layout.grid[1]):
+                    with tensor.block(i, j):
+                        assert pinned_page in db.pool.resident()
+        assert db.pool.stats().evictions > 0
