@@ -1,5 +1,80 @@
 """`weightdb packing ...` commands."""
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from weightdb.packing.instance import load_instance
+from weightdb.packing.solve import ALGORITHMS, DEFAULT_ALGORITHM, PackingResult, solve
 
 app = typer.Typer(help="Page-packing algorithms on instance files.", no_args_is_help=True)
+
+
+def _known_algorithm(name: str) -> str:
+    if name not in ALGORITHMS:
+        raise typer.BadParameter(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
+    return name
+
+
+@app.command("solve")
+def solve_command(
+    instance_path: Annotated[
+        Path, typer.Argument(metavar="INSTANCE.json", help="Instance in the netsdb-packing format.")
+    ],
+    algorithm: Annotated[
+        str,
+        typer.Option(
+            "--algorithm",
+            "-a",
+            callback=_known_algorithm,
+            help=f"One of {', '.join(ALGORITHMS)}.",
+        ),
+    ] = DEFAULT_ALGORITHM,
+    layout_path: Annotated[
+        Path | None,
+        typer.Option("--layout", help="Write the layout (page index -> block ids) here."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", min=0.001, help="Seconds allowed for `optimal`.")
+    ] = 60.0,
+) -> None:
+    """Pack an instance's blocks into pages and report pages, copies and pages read per model."""
+    result = solve(load_instance(instance_path), algorithm, time_limit)
+    if layout_path is not None:
+        pages = {str(index): list(page) for index, page in enumerate(result.layout.pages)}
+        layout_path.write_text(json.dumps(pages) + "\n")
+    if as_json:
+        typer.echo(json.dumps(result.summary(), indent=2))
+    else:
+        _print_table(result)
+
+
+def _print_table(result: PackingResult) -> None:
+    summary = result.summary()
+    console = Console()
+    table = Table(title=f"{summary['instance']}: {result.algorithm}", show_header=False)
+    facts = {
+        "pages": summary["pages"],
+        "lower bound (ceil(distinct / l))": summary["lower_bound_pages"],
+        "distinct / stored blocks": f"{summary['distinct_blocks']} / {summary['stored_blocks']}",
+        "copied blocks": summary["copied_blocks"],
+        "pages read per request (frequency-weighted)": summary["weighted_pages_read"],
+        "seconds": f"{summary['seconds']:.3f}",
+    }
+    if result.proved_optimal is not None:
+        facts["proved optimal"] = "yes" if result.proved_optimal else "no (time limit)"
+        facts["proved bound"] = summary["bound_pages"]
+    for name, pages in summary["netsdb_reference_pages"].items():
+        facts[f"netsDB {name}"] = pages
+    for name, value in facts.items():
+        table.add_row(name, str(value))
+    console.print(table)
+    models = Table("model", "blocks", "pages read", "frequency")
+    for model, row in summary["models"].items():
+        models.add_row(model, str(row["blocks"]), str(row["pages_read"]), f"{row['frequency']:g}")
+    console.print(models)

@@ -36,10 +36,11 @@ class _DissolveSearch:
             for signature, blocks in groups.items()
         }
         self.load: Counter[Signature] = Counter({s: len(b) for s, b in groups.items()})
-        self.users: dict[Signature, set[Signature]] = defaultdict(set)
-        """Page type -> the signatures with blocks on pages of that type."""
+        self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
+        """Page type -> the signatures with blocks on pages of that type (an ordered set, so
+        that ties break the same way in every process)."""
         for signature in groups:
-            self.users[signature].add(signature)
+            self.users[signature][signature] = None
 
     def run(self) -> None:
         improved = True
@@ -131,4 +132,4 @@ class _DissolveSearch:
             self.load[page_type] -= units
         for page_type in new - old:
             self.load[page_type] += units
-            self.users[page_type].add(signature)
+            self.users[page_type][signature] = None
