@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
+from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
 from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
 from weightdb.ingest import exporter
 from weightdb.ingest.importer import import_source
 from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
 from weightdb.names import check_model_name
+from weightdb.serving.prepared_models import PreparedModels
 from weightdb.storage import dtypes, reclaim
 from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
@@ -88,6 +91,7 @@ class Database:
         self.pool = BufferPool(
             self.reader, self.locate_page, budget_bytes, make_policy(policy, self.page_models)
         )
+        self.prepared = PreparedModels(self)
 
     def _create(self, settings: Settings) -> None:
         settings.validate()
@@ -154,6 +158,10 @@ class Database:
         segment = max([n for n in numbers if n is not None], default=0) + 1
         return block, page, segment
 
+    def layout_generation(self) -> int:
+        """A number that changes whenever a commit moves blocks to other pages."""
+        return int(self.catalog.get_meta("layout_generation", "0"))
+
     def model_id(self, name: str) -> int:
         row = self.catalog.conn.execute(
             "SELECT model_id FROM models WHERE name = ?", (check_model_name(name),)
@@ -172,6 +180,8 @@ class Database:
         """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder."""
         check_model_name(name)
         with open_source(Path(source)) as opened:
+            if opened.graph is not None:
+                check_graph(opened.graph, Path(source))
             import_source(self, opened, name, progress)
         return self.model(name)
 
@@ -191,6 +201,15 @@ class Database:
     def remove_model(self, name: str) -> None:
         """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""
         reclaim.remove_model(self, name)
+
+    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run a model on ``inputs`` (graph input name -> array); every weight block is read
+        through the buffer pool. Returns graph output name -> array."""
+        return self.prepared.get(name).run(inputs)
+
+    def inputs(self, name: str) -> list[InputSpec]:
+        """The graph inputs a model expects: names, dtypes and dims (None or a name if free)."""
+        return self.prepared.get(name).inputs
 
     def models(self) -> list[ModelInfo]:
         rows = self.catalog.conn.execute(
@@ -272,6 +291,17 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_graph(graph: bytes, source: Path) -> None:
+    """Refuse, at import, a graph the engine could not run, listing every offending op."""
+    model = onnx.ModelProto()
+    model.ParseFromString(graph)
+    problems = unsupported_ops(model)
+    if problems:
+        raise UnsupportedModelError(
+            f"{source} uses ops weightdb cannot run: {', '.join(problems)}; nothing was imported"
+        )
 
 
 def pool_stats_dict(stats: PoolStats) -> dict:

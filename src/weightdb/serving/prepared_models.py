@@ -1,0 +1,55 @@
+"""Compiled models kept ready between predictions, invalidated when a model changes.
+
+Compiling a graph costs far more than a small prediction, so the database keeps the most
+recently used ``PreparedModel``s. An entry is keyed by the model's catalog row id and the
+catalog's layout generation, so a re-imported model, or a layout change, is compiled afresh
+while in-flight predictions finish on the objects they hold.
+"""
+
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import onnx
+
+from weightdb.engine import PreparedModel, prepare
+from weightdb.errors import WeightDBError
+
+if TYPE_CHECKING:
+    from weightdb.database import Database
+
+
+class PreparedModels:
+    def __init__(self, db: "Database", capacity: int = 32) -> None:
+        self._db = db
+        self._capacity = capacity
+        self._entries: OrderedDict[str, tuple[tuple, PreparedModel]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> PreparedModel:
+        key = (self._db.model_id(name), self._db.layout_generation())
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and entry[0] == key:
+                self._entries.move_to_end(name)
+                return entry[1]
+        prepared = self._compile(name)
+        with self._lock:
+            self._entries[name] = (key, prepared)
+            self._entries.move_to_end(name)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        return prepared
+
+    def _compile(self, name: str) -> PreparedModel:
+        (graph,) = self._db.catalog.conn.execute(
+            "SELECT graph FROM models WHERE name = ?", (name,)
+        ).fetchone()
+        if graph is None:
+            raise WeightDBError(
+                f"model {name!r} has weights but no graph, so it cannot predict; import it from "
+                "an ONNX file (or a PyTorch module with from_torch)"
+            )
+        model = onnx.ModelProto()
+        model.ParseFromString(graph)
+        return prepare(model, self._db.tensors(name))
