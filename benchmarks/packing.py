@@ -13,9 +13,10 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, markdown_table, write_results
 from weightdb.packing import ALGORITHMS, PackingError, load_instance, solve
+from weightdb.packing.instance import REFERENCE_INSTANCES
 from weightdb.packing.synthetic import fine_tune_families
 
-REFERENCE = Path(__file__).parents[1].parent / "shared" / "reference" / "netsdb-packing"
+REFERENCE = REFERENCE_INSTANCES
 HEURISTICS = [name for name in ALGORITHMS if name != "optimal"]
 
 

@@ -21,11 +21,12 @@ from weightdb.packing import (
     pack,
     solve,
 )
-from weightdb.packing.instance import parse_instance
+from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
 from weightdb.packing.synthetic import fine_tune_families
 
-REFERENCE = Path(__file__).parents[1].parent / "shared" / "reference" / "netsdb-packing"
+REFERENCE = REFERENCE_INSTANCES
 REFERENCE_FILES = sorted(REFERENCE.glob("*.json"))
+assert REFERENCE_FILES, f"no reference instances in {REFERENCE}"
 HEURISTICS = [name for name in ALGORITHMS if name != "optimal"]
 
 

@@ -18,6 +18,11 @@ Signature = frozenset[str]
 """The set of models that use a block. Blocks with equal signatures are interchangeable."""
 
 
+REFERENCE_INSTANCES = Path(__file__).parent / "reference"
+"""The netsDB artifact's instances with the page counts its algorithms reach (shipped with
+the package so tests, benchmarks and users have them without the shared folder)."""
+
+
 class PackingError(WeightDBError):
     """A packing instance or request that cannot be solved as given."""
 
