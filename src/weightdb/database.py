@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pyarrow as pa
 
 from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
 from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
@@ -23,6 +24,7 @@ from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
 from weightdb.names import check_model_name
 from weightdb.serving.prepared_models import PreparedModels
+from weightdb.sql.session import SQLSession
 from weightdb.storage import dtypes, reclaim
 from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
@@ -92,6 +94,7 @@ class Database:
             self.reader, self.locate_page, budget_bytes, make_policy(policy, self.page_models)
         )
         self.prepared = PreparedModels(self)
+        self._sql_session: SQLSession | None = None
 
     def _create(self, settings: Settings) -> None:
         settings.validate()
@@ -211,6 +214,14 @@ class Database:
         """The graph inputs a model expects: names, dtypes and dims (None or a name if free)."""
         return self.prepared.get(name).inputs
 
+    def sql(self, query: str, parameters: list | None = None) -> pa.Table:
+        """Run SQL in DuckDB over the database's feature tables (``features.duckdb``), with
+        ``predict``, ``predict_label``, ``embed`` and the ``weightdb.models``, ``.tensors``,
+        ``.pages`` and ``.cache`` tables. ``?`` placeholders take ``parameters``."""
+        if self._sql_session is None:
+            self._sql_session = SQLSession(self)
+        return self._sql_session.query(query, parameters)
+
     def models(self) -> list[ModelInfo]:
         rows = self.catalog.conn.execute(
             "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
@@ -283,6 +294,8 @@ class Database:
         return verify_pages(self, progress)
 
     def close(self) -> None:
+        if self._sql_session is not None:
+            self._sql_session.close()
         self.reader.close()
         self.catalog.close()
 

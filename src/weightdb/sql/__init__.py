@@ -1,0 +1,1 @@
+"""SQL over features and models: DuckDB with weightdb's functions and catalog tables."""

@@ -1,0 +1,50 @@
+"""The DuckDB side of a database: ``features.duckdb`` in the database folder holds the user's
+own tables (features, labels); weightdb's functions and catalog tables are added to it."""
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import pyarrow as pa
+
+from weightdb.errors import WeightDBError
+from weightdb.sql import catalog_tables, functions
+
+if TYPE_CHECKING:
+    from weightdb.database import Database
+
+FEATURES = "features.duckdb"
+
+
+class SQLError(WeightDBError):
+    """A SQL statement failed: syntax, a missing table, or a weightdb function's complaint."""
+
+
+class SQLSession:
+    def __init__(self, db: "Database") -> None:
+        self._db = db
+        self._con = duckdb.connect(str(Path(db.path) / FEATURES))
+        functions.register(self._con, db)
+        self._lock = threading.Lock()
+
+    def query(self, query: str, parameters: list | None = None) -> pa.Table:
+        """Run one statement to completion and return its result as an Arrow table.
+
+        Eager on purpose: errors (including a weightdb function's) surface here, inside the
+        lock, and ``?`` parameters are bound by DuckDB, never formatted into the text.
+        """
+        with self._lock:
+            catalog_tables.refresh(self._con, self._db)
+            try:
+                return self._con.execute(query, parameters or []).to_arrow_table()
+            except duckdb.Error as error:
+                raise SQLError(_clean(error)) from None
+
+    def close(self) -> None:
+        self._con.close()
+
+
+def _clean(error: duckdb.Error) -> str:
+    """DuckDB's message without the wrapper text around a Python function's exception."""
+    return str(error).replace("Python exception occurred while executing the UDF: ", "")
