@@ -26,11 +26,15 @@ from weightdb.engine.weights import StoredWeight, read_region
 PANEL_BYTES = 8 << 20
 
 
+def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
+    """[start, stop) cut at multiples of ``block``."""
+    edges = [start, *range((start // block + 1) * block, stop, block), stop]
+    return list(pairwise(edges))
+
+
 def _panels(start: int, stop: int, block: int, bytes_per_line: int) -> list[tuple[int, int]]:
     """[start, stop) cut at block boundaries into panels of at most PANEL_BYTES (>= one block)."""
-    width = block * max(1, PANEL_BYTES // (block * bytes_per_line))
-    edges = [start, *range((start // width + 1) * width, stop, width), stop]
-    return list(pairwise(edges))
+    return _spans(start, stop, block * max(1, PANEL_BYTES // (block * bytes_per_line)))
 
 
 @contextmanager
@@ -46,14 +50,50 @@ def _panel(
         yield read_region(weight, rows, cols, dtype)
 
 
+def _product(
+    x: np.ndarray, weight: StoredWeight, transposed: bool, first: int, end: int
+) -> np.ndarray:
+    """x @ W[:, first:end], or x @ W[first:end].T when ``transposed``; x is 2-D (m, k).
+
+    Two physical plans for the same join. Few rows: multiply block by block and add the partial
+    products of one output block (nothing copied, extra adds ~ m * n per inner block). Many rows:
+    stack each panel's blocks into scratch and run one GEMM (a copy ~ k * n). The cheaper wins.
+    """
+    layout = weight.layout
+    rows, cols = layout.matrix_shape
+    if transposed:
+        out_block, inner_block, inner = layout.block_rows, layout.block_cols, cols
+    else:
+        out_block, inner_block, inner = layout.block_cols, layout.block_rows, rows
+    m = x.shape[0]
+    out = np.empty((m, end - first), x.dtype)
+    inner_spans = _spans(0, inner, inner_block)
+    if m * (len(inner_spans) - 1) >= inner:
+        for o0, o1 in _panels(first, end, out_block, inner * x.dtype.itemsize):
+            span = ((o0, o1), (0, inner)) if transposed else ((0, inner), (o0, o1))
+            with _panel(weight, *span, x.dtype) as panel:
+                np.matmul(x, panel.T if transposed else panel, out=out[:, o0 - first : o1 - first])
+        return out
+    partial = np.empty((m, out_block), x.dtype)
+    for o0, o1 in _spans(first, end, out_block):
+        target = out[:, o0 - first : o1 - first]
+        b = o0 // out_block
+        lo, hi = o0 - b * out_block, o1 - b * out_block
+        for k, (k0, k1) in enumerate(inner_spans):
+            with weight.block(*((b, k) if transposed else (k, b))) as block:
+                operand = block[lo:hi].T if transposed else block[:, lo:hi]
+                if k == 0:
+                    np.matmul(x[:, k0:k1], operand, out=target)
+                else:
+                    np.matmul(x[:, k0:k1], operand, out=partial[:, : o1 - o0])
+                    target += partial[:, : o1 - o0]
+    return out
+
+
 def matmul(x: np.ndarray, weight: StoredWeight) -> np.ndarray:
     """x @ W for a 2-D stored W of shape (K, N); x has any leading dimensions."""
     k, n = weight.layout.matrix_shape
-    rows = x.reshape(-1, k)
-    out = np.empty((rows.shape[0], n), x.dtype)
-    for c0, c1 in _panels(0, n, weight.layout.block_cols, k * x.dtype.itemsize):
-        with _panel(weight, (0, k), (c0, c1), x.dtype) as panel:
-            np.matmul(rows, panel, out=out[:, c0:c1])
+    out = _product(x.reshape(-1, k), weight, False, 0, n)
     return out.reshape(*x.shape[:-1], n)
 
 
@@ -61,17 +101,16 @@ def matmul_transposed(
     x: np.ndarray, weight: StoredWeight, first: int = 0, end: int | None = None
 ) -> np.ndarray:
     """x @ W[first:end].T for W viewed as a matrix (N, K): Gemm with transB=1, Conv kernels."""
-    n, k = weight.layout.matrix_shape
-    end = n if end is None else end
-    out = np.empty((x.shape[0], end - first), x.dtype)
-    for r0, r1 in _panels(first, end, weight.layout.block_rows, k * x.dtype.itemsize):
-        with _panel(weight, (r0, r1), (0, k), x.dtype) as panel:
-            np.matmul(x, panel.T, out=out[:, r0 - first : r1 - first])
-    return out
+    n = weight.layout.matrix_shape[0]
+    return _product(x, weight, True, first, n if end is None else end)
 
 
 def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
-    """W[indices] along axis 0, reading only the row blocks that hold a requested index."""
+    """W[indices] along axis 0, reading only the row blocks that hold a requested index.
+
+    Requests are grouped by block with one sort; each block then serves all its requests with one
+    vectorized copy per block column.
+    """
     layout = weight.layout
     rows, cols = layout.matrix_shape
     ids = indices.reshape(-1).astype(np.int64, copy=False)
@@ -82,17 +121,15 @@ def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
         raise ExecutionError(
             f"index {bad} is out of range for {weight.name!r}, which has {rows} rows"
         )
+    order = np.argsort(ids)
+    block_of = ids[order] // layout.block_rows
+    cuts = np.flatnonzero(np.diff(block_of)) + 1
     out = np.empty((ids.size, cols), weight.dtype)
-    block_of = ids // layout.block_rows
-    order = np.argsort(block_of, kind="stable")
-    blocks, starts = np.unique(block_of[order], return_index=True)
-    ends = [*starts[1:], ids.size]
-    grid_cols = layout.grid[1]
-    for i, start, stop in zip(blocks.tolist(), starts.tolist(), ends, strict=True):
-        positions = order[start:stop]
+    column_spans = list(enumerate(_spans(0, cols, layout.block_cols)))
+    for positions in np.split(order, cuts):
+        i = int(ids[positions[0]]) // layout.block_rows
         local = ids[positions] - i * layout.block_rows
-        for j in range(grid_cols):
-            _, _, c0, c1 = layout.bounds(i, j)
+        for j, (c0, c1) in column_spans:
             with weight.block(i, j) as block:
                 out[positions, c0:c1] = block[local]
     return out.reshape(*indices.shape, *weight.shape[1:])
