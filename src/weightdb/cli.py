@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -27,6 +28,7 @@ from weightdb.database import Database, connect
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
+from weightdb.serving.tensor_files import read_inputs, write_outputs
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size, parse_size
 from weightdb.zoo.cli import app as zoo_app
@@ -62,10 +64,12 @@ def _global(
     state.db_path = db
 
 
-def _open_db(create: bool = False) -> Database:
+def _open_db(budget: str | None = None) -> Database:
     if state.db_path is None:
         raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
-    return connect(state.db_path, create=create)
+    return connect(
+        state.db_path, create=False, budget=None if budget is None else _size(budget, "--budget")
+    )
 
 
 def _size(text: str, option: str) -> int:
@@ -204,6 +208,67 @@ def verify() -> None:
         with bar:
             pages = db.verify(progress=advance)
     console.print(f"ok: {pages} pages verified")
+
+
+BudgetOption = Annotated[
+    str | None, typer.Option("--budget", help="Buffer pool budget, e.g. 64MiB (default: no limit).")
+]
+
+
+@app.command()
+def predict(
+    name: Annotated[str, typer.Argument(help="Model to run.")],
+    input_file: Annotated[
+        Path, typer.Option("--input", help=".npz/.npy/.parquet with one entry per graph input.")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write outputs to .npz/.npy/.parquet.")
+    ] = None,
+    budget: BudgetOption = None,
+) -> None:
+    """Run a model on inputs from a file; weights stream through the buffer pool."""
+    with _open_db(budget) as db:
+        outputs = db.predict(name, read_inputs(input_file, db.inputs(name)))
+        pool = db.pool.stats()
+    if output is not None:
+        write_outputs(output, outputs)
+    table = Table("output", "dtype", "shape", "first row")
+    for key, array in outputs.items():
+        first = (
+            np.array2string(array.reshape(len(array), -1)[0][:6], precision=4) if array.size else ""
+        )
+        table.add_row(key, str(array.dtype), str(list(array.shape)), first)
+    console.print(table)
+    console.print(
+        f"read {format_size(pool.bytes_read)} from storage ({pool.misses} page reads, "
+        f"{pool.hits} hits, {pool.evictions} evictions)" + (f"; wrote {output}" if output else "")
+    )
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="One SQL statement (DuckDB dialect).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    budget: BudgetOption = None,
+) -> None:
+    """Run SQL over feature tables with predict(), predict_label(), embed() and weightdb.*."""
+    with _open_db(budget) as db:
+        result = db.sql(query)
+    rows = result.to_pylist()
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(*result.column_names)
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row.values()))
+    console.print(table)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list) and len(value) > 8:
+        shown = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in value[:8])
+        return f"[{shown}, ... ({len(value)} values)]"
+    return str(value)
 
 
 @app.command()

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
 from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
-from weightdb.ingest import exporter
+from weightdb.ingest import exporter, torch_export
 from weightdb.ingest.importer import import_source
 from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
@@ -187,6 +187,21 @@ class Database:
                 check_graph(opened.graph, Path(source))
             import_source(self, opened, name, progress)
         return self.model(name)
+
+    def from_torch(
+        self,
+        module,
+        example_inputs: tuple,
+        *,
+        name: str,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+    ) -> ModelInfo:
+        """Import a PyTorch module: exported to ONNX (batch dimension free), then imported."""
+        check_model_name(name)
+        names = {"input_names": input_names, "output_names": output_names}
+        with torch_export.exported(module, example_inputs, **names) as folder:
+            return self.import_model(Path(folder) / "model.onnx", name)
 
     def import_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> ModelInfo:
         """Import in-memory numpy arrays as a model (no graph)."""

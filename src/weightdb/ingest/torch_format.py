@@ -11,7 +11,7 @@ from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
 
-def _torch():
+def require_torch():
     try:
         import torch
     except ImportError:
@@ -23,7 +23,7 @@ def _torch():
 
 def tensor_to_numpy(tensor) -> np.ndarray:
     """Bit-exact numpy view of a CPU tensor, bfloat16 included (numpy lacks it natively)."""
-    torch = _torch()
+    torch = require_torch()
     tensor = tensor.detach().cpu().contiguous()
     if tensor.dtype == torch.bfloat16:
         return tensor.view(torch.int16).numpy().view(dtypes.by_name("bfloat16").numpy)
@@ -46,7 +46,7 @@ def _state_dict(loaded: object, path: Path) -> Mapping:
 
 
 def open_torch(path: Path) -> ModelSource:
-    torch = _torch()
+    torch = require_torch()
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for damaged or unsafe files
