@@ -194,3 +194,59 @@ def test_nan_features_are_computed_not_rejected(text_model, models):
 def test_token_id_outside_the_vocabulary_is_a_clear_error(text_model):
     with pytest.raises(ExecutionError, match=r"index 5000 is out of range for 'embedding\.weight'"):
         text_model.run({"ids": np.array([[1, 5000]])})
+
+
+def _single_node_model(node, shapes: dict[str, list[int]], tmp_path, weight=None):
+    """A one-node float32 graph over inputs ``shapes`` (plus an optional initializer 'w')."""
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [] if weight is None else [onnx.numpy_helper.from_array(weight, "w")]
+    graph = helper.make_graph([node], "g", inputs, [output], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    path = tmp_path / "node.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+WINDOW_CASES = {
+    "maxpool-pads-ceil": helper.make_node(
+        "MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 1], ceil_mode=1
+    ),
+    "avgpool-include-pad": helper.make_node(
+        "AveragePool", ["x"], ["y"], kernel_shape=[3, 2], pads=[1, 1, 1, 1], count_include_pad=1
+    ),
+    "avgpool-exclude-pad-ceil": helper.make_node(
+        "AveragePool",
+        ["x"],
+        ["y"],
+        kernel_shape=[3, 3],
+        strides=[2, 2],
+        pads=[1, 1, 1, 1],
+        ceil_mode=1,
+    ),
+    "conv-stride-dilation": helper.make_node(
+        "Conv", ["x", "w"], ["y"], strides=[2, 1], dilations=[1, 2], pads=[1, 2, 0, 1]
+    ),
+    "conv-same-groups": helper.make_node(
+        "Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", group=2, strides=[2, 2]
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES)
+def test_window_geometry_matches_onnxruntime(case, tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 4, 9, 10), dtype=np.float32)
+    node = WINDOW_CASES[case]
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    weight = rng.standard_normal((6, 4 // groups, 3, 3), dtype=np.float32)
+    path = _single_node_model(
+        node, {"x": list(x.shape)}, tmp_path, weight if node.op_type == "Conv" else None
+    )
+    (want,) = onnxruntime_run(path, {"x": x})
+    graph, weights, _ = stored(path, (4, 8), min_elements=1)
+
+    got = prepare(graph, weights).run({"x": x})["y"]
+
+    assert got.shape == want.shape
+    assert relative_error(got, want) < 1e-5

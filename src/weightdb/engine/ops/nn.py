@@ -4,11 +4,10 @@ Convolution is im2col followed by one matrix product per group; the product is a
 the blocked Conv (weights streamed from storage) reuses everything here but the multiply.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from math import ceil, prod
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from weightdb.engine.errors import UnsupportedModelError
 from weightdb.engine.ops import op
@@ -129,24 +128,28 @@ def _window_geometry(
     return begin, extra_end, outs
 
 
-def _windows(
+def _taps(
     x: np.ndarray,
     kernel: Sequence[int],
     strides: Sequence[int],
     dilations: Sequence[int],
-    begin: Sequence[int],
-    end: Sequence[int],
+    padding: tuple[Sequence[int], Sequence[int], Sequence[int]],
     fill: float,
-) -> np.ndarray:
-    """View of shape (N, C, *out, *kernel): every window of the padded input (a view, no copy)."""
-    n = len(kernel)
+) -> Iterator[np.ndarray]:
+    """Per kernel offset, the (N, C, *out) view of the padded input that this offset reads.
+
+    Pooling and im2col loop over the few kernel offsets with whole-array operations instead of
+    reducing strided windows, which numpy does slowly.
+    """
+    begin, end, outs = padding
     widths = [(0, 0), (0, 0), *zip(begin, end, strict=True)]
     padded = np.pad(x, widths, constant_values=fill) if any(begin) or any(end) else x
-    spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
-    view = sliding_window_view(padded, spans, axis=tuple(range(2, 2 + n)))
-    steps = [slice(None, None, s) for s in strides]
-    taps = [slice(None, None, d) for d in dilations]
-    return view[(slice(None), slice(None), *steps, *taps)]
+    for offset in np.ndindex(*kernel):
+        index = [
+            slice(o * d, o * d + (n - 1) * s + 1, s)
+            for o, d, n, s in zip(offset, dilations, outs, strides, strict=True)
+        ]
+        yield padded[(slice(None), slice(None), *index)]
 
 
 def convolve(
@@ -167,16 +170,18 @@ def convolve(
     kernel = list(kernel_shape or weight_shape[2:])
     n = len(kernel)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
-    begin, end, outs = _window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    padding = _window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    outs = padding[2]
     group_out = out_channels // group
     batch = x.shape[0]
     results = []
     for g in range(group):
         part = x[:, g * group_in : (g + 1) * group_in]
-        windows = _windows(part, kernel, strides, dilations, begin, end, 0.0)
-        # (N, C, *out, *k) -> (N, *out, C, *k): one row per output position, C*k columns.
-        order = (0, *range(2, 2 + n), 1, *range(2 + n, 2 + 2 * n))
-        cols = windows.transpose(order).reshape(batch * prod(outs), group_in * prod(kernel))
+        # im2col: one row per output position, columns ordered (C, *k) like the kernel matrix.
+        cols = np.empty((batch, *outs, group_in, prod(kernel)), x.dtype)
+        for t, tap in enumerate(_taps(part, kernel, strides, dilations, padding, 0.0)):
+            cols[..., t] = np.moveaxis(tap, 1, -1)
+        cols = cols.reshape(batch * prod(outs), group_in * prod(kernel))
         results.append(product(cols, g * group_out, (g + 1) * group_out))
     y = results[0] if group == 1 else np.concatenate(results, axis=1)
     if bias is not None:
@@ -207,24 +212,34 @@ def _pool(
 ) -> np.ndarray:
     n = len(kernel_shape)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
-    begin, end, _ = _window_geometry(
+    padding = _window_geometry(
         x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
     )
-    kernel_axes = tuple(range(-n, 0))
-    args = (kernel_shape, strides, dilations, begin, end)
+    geometry = (kernel_shape, strides, dilations, padding)
     if reducer == "max":
-        return _windows(x, *args, fill=-np.inf).max(axis=kernel_axes)
-    total = _windows(x, *args, fill=0.0).sum(axis=kernel_axes)
+        return _accumulate(_taps(x, *geometry, fill=-np.inf), np.maximum)
+    total = _accumulate(_taps(x, *geometry, fill=0.0), np.add)
     # Divide by how many real (or, with count_include_pad, explicitly padded) cells each window
     # covers; the extra cells of ceil_mode never count.
     counted = np.ones((1, 1, *x.shape[2:]), x.dtype)
+    begin, end, outs = padding
     if count_include_pad and pads is not None:
         explicit = [(0, 0), (0, 0), *zip(pads[:n], pads[n:], strict=True)]
         counted = np.pad(counted, explicit, constant_values=1.0)
         begin = [b - p for b, p in zip(begin, pads[:n], strict=True)]
         end = [e - p for e, p in zip(end, pads[n:], strict=True)]
-    counts = _windows(counted, kernel_shape, strides, dilations, begin, end, 0.0)
-    return (total / counts.sum(axis=kernel_axes)).astype(x.dtype, copy=False)
+    counts = _accumulate(
+        _taps(counted, kernel_shape, strides, dilations, (begin, end, outs), 0.0), np.add
+    )
+    total /= counts
+    return total
+
+
+def _accumulate(taps: Iterator[np.ndarray], ufunc: np.ufunc) -> np.ndarray:
+    result = next(taps).copy()
+    for tap in taps:
+        ufunc(result, tap, out=result)
+    return result
 
 
 @op("MaxPool", since=10)
