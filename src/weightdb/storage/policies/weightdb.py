@@ -6,12 +6,15 @@ page requests divided by the number of pages it references (one request reads ea
 once), and a page's priority is the sum of the rates of its models: the expected number of times
 it will be needed per unit of time. Evicting the lowest priority maximises the bytes that hits
 save per byte of pool, whatever the page sizes, since both grow with the page's size. A new page
-of a popular model is known to be valuable on its first request.
+of a popular model is known to be valuable on its first request, and a small prior per model
+makes shared pages rank high before any rate is known. Models seen requesting a page count as
+referencing it, so sharing the catalog lookup does not report is learnt from the requests.
 
-The decay (a half-life of some tens of passes over the pages seen so far) lets the ranking follow a
-shift in popularity. Ties, which are the rule among pages of one sharing set, go to the most
+The decay (a half-life of some hundreds of passes over the pages seen so far) lets the ranking
+follow a shift in popularity. Ties, the rule among pages of one sharing set, go to the most
 recently requested page: in a model's front-to-back read that page is needed last next time, and
-the pool keeps a fixed part of an oversized set instead of cycling through all of it like LRU.
+the pool keeps hitting part of a set larger than it can hold instead of cycling through all of
+it like LRU.
 """
 
 import math
@@ -20,7 +23,7 @@ from collections import Counter
 from weightdb.storage.policies.base import PageModels
 from weightdb.storage.policies.ranked import RankedPolicy
 
-HALF_LIFE_PASSES = 64.0
+HALF_LIFE_PASSES = 512.0
 """Half-life of a request's weight, in page requests per distinct page seen; tuned on Zipf."""
 PRIOR_REQUESTS = 1.0
 """Requests credited to a model when it is first seen, so shared pages rank high from the start."""
