@@ -150,11 +150,12 @@ class PreparedModel:
         for r, index in last_read.items():
             if r not in kept:
                 releases.setdefault(index, []).append(r)
+        reused = _reusable(steps, releases, kept)
         self._steps = [
             _Step(
                 node.name or node.op_type,
                 node.op_type,
-                kernel,
+                reused.get(k, kernel),
                 ins,
                 outs,
                 tuple(releases.get(k, ())),
@@ -237,6 +238,47 @@ def _plan_node(
         results = bound(*(constants[key] for key in keys))
     constants.update(zip(node.output, _as_tuple(results), strict=False))
     return None
+
+
+# Ops whose first output is always a new array, never a view of an input.
+_FRESH = {
+    "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Conv", "Gelu", "Erf", "Softmax",
+    "LayerNormalization", "BatchNormalization", "Relu", "Sigmoid", "Tanh", "Where",
+}  # fmt: skip
+_IN_PLACE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+
+
+def _reusable(steps: list, releases: dict[int, list[int]], kept: set[int]) -> dict[int, Kernel]:
+    """Kernels that write an Add/Sub/Mul result into a dying operand instead of a new array.
+
+    Saves an allocation and a pass over memory per bias add, residual and scale. An operand
+    qualifies when it dies at this step, came from an op that returns new arrays, and every op
+    that read it returns new arrays too (so no view of it outlives this step).
+    """
+    fresh, readers = set(), {}
+    for node, _, ins, outs in steps:
+        if node.op_type in _FRESH:
+            fresh.add(outs[0])
+        for r in ins:
+            readers.setdefault(r, set()).add(node.op_type)
+    kernels = {}
+    for k, (node, _, ins, _) in enumerate(steps):
+        if node.op_type not in _IN_PLACE:
+            continue
+        dying = set(releases.get(k, ()))
+        for position, r in enumerate(ins):
+            if r in dying and r in fresh and r not in kept and readers[r] <= _FRESH:
+                kernels[k] = partial(_into, _IN_PLACE[node.op_type], position)
+                break
+    return kernels
+
+
+def _into(ufunc: np.ufunc, position: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ufunc(a, b) written into operand ``position`` when shape and dtype allow."""
+    target = (a, b)[position]
+    if a.dtype == b.dtype and target.shape == np.broadcast_shapes(a.shape, b.shape):
+        return ufunc(a, b, out=target)
+    return ufunc(a, b)
 
 
 def _checked(spec: InputSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> np.ndarray:
