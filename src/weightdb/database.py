@@ -233,9 +233,16 @@ class Database:
         """Run SQL in DuckDB over the database's feature tables (``features.duckdb``), with
         ``predict``, ``predict_label``, ``embed`` and the ``weightdb.models``, ``.tensors``,
         ``.pages`` and ``.cache`` tables. ``?`` placeholders take ``parameters``."""
+        return self._sql().query(query, parameters)
+
+    def load_table(self, name: str, data: pa.Table) -> None:
+        """Store an Arrow table (e.g. features and labels) as a DuckDB table for ``sql``."""
+        self._sql().load_table(name, data)
+
+    def _sql(self) -> SQLSession:
         if self._sql_session is None:
             self._sql_session = SQLSession(self)
-        return self._sql_session.query(query, parameters)
+        return self._sql_session
 
     def models(self) -> list[ModelInfo]:
         rows = self.catalog.conn.execute(

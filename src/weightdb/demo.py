@@ -1,79 +1,123 @@
-"""`weightdb demo`: the first tour. Two models that share weights go in; we show what was kept.
+"""`weightdb demo`: the first tour, on an embedded database in a folder.
 
-The second model is a "fine-tune" of the first: its embedding and first layer are frozen
-(bit-identical), its head retrained. Exact deduplication stores the frozen part once.
+Two digit classifiers are trained in seconds on scikit-learn's bundled digits: a base, and a
+fine-tune whose first layer is frozen (bit-identical to the base's) and whose head was
+retrained. Both go in through ``from_torch`` (ONNX graph plus weights); exact deduplication
+stores the frozen layer once; a DuckDB table of digits is then scored by both models in SQL.
 """
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from weightdb.database import connect
-from weightdb.ingest.safetensors_format import write_safetensors
-from weightdb.storage import dtypes
+from weightdb.database import Database, connect
 from weightdb.units import format_size
 
+HIDDEN = 512
 
-def demo_models(seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    base = {
-        "embedding.weight": rng.standard_normal((8000, 256), dtype=np.float32),
-        "fc1.weight": rng.standard_normal((512, 256), dtype=np.float32) * 0.05,
-        "fc1.bias": np.zeros(512, np.float32),
-        "head.weight": rng.standard_normal((10, 512), dtype=np.float32) * 0.05,
-        "head.bias": np.zeros(10, np.float32),
-    }
-    finetune = dict(base)
-    finetune["head.weight"] = base["head.weight"] + rng.normal(0, 1e-3, (10, 512)).astype(
-        np.float32
+
+def train_models(seed: int = 0):
+    """The base and the fine-tune (first layer frozen), and the digits test split."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(seed)
+    digits = load_digits()
+    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(digits.target)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    train, test = order[:1400], order[1400:]
+
+    def fit(model, params, epochs):
+        optimizer = torch.optim.Adam(params, lr=3e-3)
+        for _ in range(epochs):
+            for batch in train.split(64):
+                optimizer.zero_grad()
+                torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+                optimizer.step()
+        return model.eval()
+
+    base = torch.nn.Sequential(
+        torch.nn.Linear(64, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10)
     )
-    finetune["head.bias"] = rng.normal(0, 1e-3, 10).astype(np.float32)
-    return {"classifier_base": base, "classifier_finetune": finetune}
+    fit(base, base.parameters(), epochs=8)
+    tuned = torch.nn.Sequential(
+        torch.nn.Linear(64, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10)
+    )
+    tuned.load_state_dict(base.state_dict())
+    tuned[0].requires_grad_(False)
+    fit(tuned, tuned[2].parameters(), epochs=4)
+    return {"digits_base": base, "digits_finetune": tuned}, x[test].numpy(), y[test].numpy()
 
 
-def save_model(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    with path.open("wb") as out:
-        write_safetensors(
-            out,
-            [(n, dtypes.from_numpy(a.dtype), a.shape) for n, a in arrays.items()],
-            iter(arrays.items()),
+def _import(db: Database, models: dict, console: Console) -> None:
+    import torch
+
+    table = Table("model", "tensors", "model bytes", "new bytes stored", "stored in total")
+    for name, module in models.items():
+        before = db.stats()["stored_bytes"]
+        info = db.from_torch(
+            module,
+            (torch.zeros(1, 64),),
+            name=name,
+            input_names=["pixels"],
+            output_names=["logits"],
         )
+        after = db.stats()["stored_bytes"]
+        table.add_row(
+            name,
+            str(info.tensors),
+            format_size(info.logical_bytes),
+            format_size(after - before),
+            format_size(after),
+        )
+    console.print(table)
+    stats = db.stats()
+    console.print(
+        f"{stats['models']} models, {format_size(stats['logical_bytes'])} of weights stored in "
+        f"{format_size(stats['stored_bytes'])} ({stats['distinct_blocks']} distinct blocks on "
+        f"{stats['pages']} pages): the frozen layer is stored once"
+    )
+
+
+def _score_in_sql(db: Database, pixels: np.ndarray, labels: np.ndarray, console: Console) -> None:
+    import pyarrow as pa
+
+    features = pa.table(
+        {
+            "id": np.arange(len(labels)),
+            "pixels": pa.array(list(pixels.astype(np.float32))),
+            "label": labels,
+        }
+    )
+    db.load_table("digits", features)
+    query = """
+        SELECT m.name AS model,
+               count(*) AS rows,
+               round(avg((predict_label(m.name, d.pixels) = d.label)::INT), 4) AS accuracy
+        FROM digits d CROSS JOIN weightdb.models m
+        GROUP BY m.name ORDER BY m.name
+    """
+    console.print(f"[bold]SQL[/]: {' '.join(query.split())}")
+    result = db.sql(query)
+    table = Table(*result.column_names)
+    for row in result.to_pylist():
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
 
 
 def run_demo(path: Path, console: Console) -> None:
     if path.exists():
         shutil.rmtree(path)
-    with tempfile.TemporaryDirectory() as tmp, connect(path) as db:
-        console.rule("[bold]weightdb demo: two models that share weights")
-        table = Table("model", "tensors", "model bytes", "new bytes stored", "stored in total")
-        for name, arrays in demo_models().items():
-            file = Path(tmp) / f"{name}.safetensors"
-            save_model(file, arrays)
-            before = db.stats()["stored_bytes"]
-            info = db.import_model(file, name)
-            after = db.stats()["stored_bytes"]
-            table.add_row(
-                name,
-                str(info.tensors),
-                format_size(info.logical_bytes),
-                format_size(after - before),
-                format_size(after),
-            )
-        console.print(table)
-        stats = db.stats()
-        console.print(
-            f"{stats['models']} models, {format_size(stats['logical_bytes'])} of tensors stored "
-            f"in {format_size(stats['stored_bytes'])} ({stats['distinct_blocks']} distinct "
-            f"blocks on {stats['pages']} pages): {stats['dedup_ratio']:.2f}x less than one "
-            "file per model"
-        )
-        out = Path(tmp) / "roundtrip.safetensors"
-        db.export_model("classifier_finetune", out)
-        original = Path(tmp) / "classifier_finetune.safetensors"
-        same = out.read_bytes() == original.read_bytes()
-        console.print(f"export of classifier_finetune is byte-identical to its source file: {same}")
+    console.rule("[bold]weightdb demo")
+    console.print("training two digit classifiers (a base and a fine-tune with a frozen layer)")
+    models, pixels, labels = train_models()
+    with connect(path) as db:
+        console.rule("[bold]1. import: shared weights are stored once")
+        _import(db, models, console)
+        console.rule("[bold]2. score a feature table in SQL with both models")
+        _score_in_sql(db, pixels, labels, console)
     console.print(f"database left at {path}; try `weightdb --db {path} stats`")

@@ -37,12 +37,34 @@ class SQLSession:
         with self._lock:
             catalog_tables.refresh(self._con, self._db)
             try:
-                return self._con.execute(query, parameters or []).to_arrow_table()
+                relation = self._con.sql(query, params=parameters)
+                return pa.table({}) if relation is None else relation.to_arrow_table()
             except duckdb.Error as error:
                 raise SQLError(_clean(error)) from None
 
+    def load_table(self, name: str, table: pa.Table) -> None:
+        """Store an Arrow table as DuckDB table ``name`` (replacing one of that name)."""
+        with self._lock:
+            self._con.register("_weightdb_load", table)
+            try:
+                self._con.execute(
+                    f"CREATE OR REPLACE TABLE {quote_identifier(name)} AS "
+                    "SELECT * FROM _weightdb_load"
+                )
+            except duckdb.Error as error:
+                raise SQLError(_clean(error)) from None
+            finally:
+                self._con.unregister("_weightdb_load")
+
     def close(self) -> None:
         self._con.close()
+
+
+def quote_identifier(name: str) -> str:
+    """A SQL identifier for any string: double quotes around it, inner quotes doubled."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise SQLError(f"{name!r} cannot be a table name")
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _clean(error: duckdb.Error) -> str:
