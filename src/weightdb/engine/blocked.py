@@ -1,13 +1,10 @@
 """Operators whose weight operand is a stored tensor, executed block by block.
 
 A weight is the relation {(i, j) -> block}. ``x @ W`` is a join of x's column ranges with W's
-blocks on the inner index i and a sum grouped by the output block column j; we let BLAS do the
-grouped sum by handing it a panel: the blocks of one or more adjacent block columns stacked over
-all i (at most ``PANEL_BYTES``, at least one block column). One GEMM per panel keeps the block
-loop coarse and the multiply fast; a panel that is exactly one block is used in place, pinned for
-the duration of its GEMM, otherwise it is copied out block by block and each block is pinned
-only for its copy. An embedding lookup is a join of the requested ids with the row blocks that
-hold them: blocks holding no requested id are never read.
+blocks on the inner index and a sum grouped by the output block (see ``_product`` for the two
+physical plans). An embedding lookup is a join of the requested ids with the row blocks that
+hold them: blocks holding no requested id are never read. Every block is pinned only while an
+operator copies or multiplies it.
 """
 
 from collections.abc import Iterator

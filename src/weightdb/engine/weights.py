@@ -67,11 +67,8 @@ class InMemoryWeight:
         self._matrix = as_matrix(np.ascontiguousarray(array))
         self._matrix.flags.writeable = False
 
-    def block(self, i: int, j: int) -> AbstractContextManager[np.ndarray]:
-        return self._pin(i, j)
-
     @contextmanager
-    def _pin(self, i: int, j: int) -> Iterator[np.ndarray]:
+    def block(self, i: int, j: int) -> Iterator[np.ndarray]:
         r0, r1, c0, c1 = self.layout.bounds(i, j)
         yield self._matrix[r0:r1, c0:c1]
 
