@@ -78,6 +78,9 @@ def build_family(
     torch.set_num_threads(1)  # the same float sums on any machine: builds are deterministic
     try:
         parts = family.build(context)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     finally:
         torch.set_num_threads(threads)
     manifest = FamilyManifest(
