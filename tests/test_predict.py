@@ -19,7 +19,7 @@ from weightdb.errors import BudgetExceededError
 # Pages small enough that a tenth of each model still holds a page (the CNN is only 8 KB).
 SETTINGS = {
     "mlp": weightdb.Settings(block_rows=16, block_cols=16, page_size=4096),
-    "cnn": weightdb.Settings(block_rows=8, block_cols=8, page_size=640),
+    "cnn": weightdb.Settings(block_rows=4, block_cols=8, page_size=256),
     "text": weightdb.Settings(block_rows=16, block_cols=16, page_size=4096),
 }
 FEATURES = {

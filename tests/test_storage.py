@@ -115,6 +115,10 @@ def test_removing_a_model_frees_only_its_own_blocks(db, rng):
     assert not any((db.path / "pages").iterdir())
 
 
+# The largest page of the pool test database: 8 KiB of blocks plus header and directory.
+PAGE = 8192 + 64 + 48 * 64
+
+
 def pool_db(tmp_path: Path, rng, budget: int):
     path = tmp_path / "pooldb"
     if not path.exists():
@@ -134,7 +138,7 @@ def test_pool_never_exceeds_its_budget_under_random_pinned_access(
     rng = np.random.default_rng(0)
     tmp_path = tmp_path_factory.mktemp("pool")
     expected = rng.standard_normal((400, 64)).astype(np.float32)
-    with pool_db(tmp_path, np.random.default_rng(0), budget=budget_pages * 8192) as db:
+    with pool_db(tmp_path, np.random.default_rng(0), budget=budget_pages * PAGE) as db:
         tensor = db.tensors("m")["w"]
         held = []
         for i, j, keep in accesses:
@@ -151,7 +155,7 @@ def test_pool_never_exceeds_its_budget_under_random_pinned_access(
             else:
                 context.__exit__(None, None, None)
             stats = db.pool.stats()
-            assert stats.resident_bytes <= budget_pages * 8192
+            assert stats.resident_bytes <= budget_pages * PAGE
         for context in held:
             context.__exit__(None, None, None)
         assert all(pins == 0 for pins in db.pool.resident().values())
@@ -167,7 +171,7 @@ def test_a_request_larger_than_the_budget_fails_naming_the_budget_needed(tmp_pat
 
 
 def test_pinned_pages_are_never_evicted(tmp_path, rng):
-    with pool_db(tmp_path, rng, budget=2 * 8192) as db:
+    with pool_db(tmp_path, rng, budget=2 * PAGE) as db:
         tensor = db.tensors("m")["w"]
         with tensor.block(0, 0):
             pinned_page = int(tensor.locations[0, 0, 0])

@@ -47,3 +47,7 @@ class BudgetExceededError(WeightDBError):
 
 class ConcurrentWriteError(WeightDBError):
     """Another process is writing to the database."""
+
+
+class StorageFullError(WeightDBError):
+    """The disk ran out of space during a write; nothing was committed."""

@@ -4,13 +4,14 @@ The model becomes visible only at the commit, with all its tensors; a crash befo
 page files that no catalog row refers to, and the next writer deletes them.
 """
 
+import errno
 import hashlib
 import json
 import sqlite3
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from weightdb.errors import ModelExistsError
+from weightdb.errors import ModelExistsError, StorageFullError
 from weightdb.ingest.source import ModelSource
 from weightdb.storage.block_writer import BlockWriter
 from weightdb.storage.blocking import as_matrix, layout_for
@@ -33,22 +34,24 @@ def import_source(
     _refuse_existing(db, name)
     with db.writer_lock:
         db.collect_garbage()
-        block_id, page_id, segment = db.next_ids()
         writer = BlockWriter(
             db.catalog.conn,
             db.pool,
             db.pages_dir,
             db.settings.page_size,
             db.settings.segment_bytes,
-            block_id,
-            page_id,
-            segment,
+            db.next_ids(),
         )
         try:
             tensor_rows, block_rows, digest = _write_blocks(db, source, writer, progress)
             writer.finish()
-        except BaseException:
+        except BaseException as error:
             writer.abort()
+            if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+                raise StorageFullError(
+                    f"the disk holding {db.pages_dir} is full; nothing of {name!r} was "
+                    "imported: free space and retry"
+                ) from error
             raise
         refs = Counter(row[3] for row in block_rows)
         try:

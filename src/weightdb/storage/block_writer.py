@@ -2,14 +2,18 @@
 
 A block whose dtype, shape and bytes equal a block already stored (in the database or earlier
 in this write) is not written again: its digest is looked up, then the bytes are compared, so
-a digest collision can never merge two different blocks. New blocks are appended to pages
-built in memory and flushed to a new segment file; nothing becomes visible until the caller
-commits the rows this writer returns.
+a digest collision can never merge two different blocks. Nothing becomes visible until the
+caller commits the rows this writer returns.
+
+Each block is copied once, from its source straight into a page buffer, and hashed there.
+Two page buffers alternate: while one fills, the other is checksummed and written by a
+background thread (hashlib, zlib and writes release the GIL, so both cores work).
 """
 
 import hashlib
 import sqlite3
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,61 +37,64 @@ class _NewBlock:
     rows: int
     cols: int
     nbytes: int
-    page_id: int = -1
-    slot: int = -1
+    page_id: int
+    slot: int
 
 
-@dataclass
 class BlockWriter:
-    conn: sqlite3.Connection
-    pool: BufferPool
-    pages_dir: Path
-    page_size: int
-    segment_bytes: int
-    next_block_id: int
-    next_page_id: int
-    next_segment: int
-    new_blocks: list[_NewBlock] = field(default_factory=list)
-    new_pages: list[PageLocation] = field(default_factory=list)
-    reused_bytes: int = 0
-
-    def __post_init__(self) -> None:
-        self._segments = SegmentWriter(self.pages_dir, self.next_segment, self.segment_bytes)
-        self._page = PageBuilder(self.page_size)
-        self._page_bytes: dict[int, bytes] = {}  # block id -> bytes, for the open page
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        pool: BufferPool,
+        pages_dir: Path,
+        page_size: int,
+        segment_bytes: int,
+        next_ids: tuple[int, int, int],
+    ) -> None:
+        self.conn = conn
+        self.pool = pool
+        self.next_block_id, self.next_page_id, first_segment = next_ids
+        self.new_blocks: list[_NewBlock] = []
+        self._segments = SegmentWriter(pages_dir, first_segment, segment_bytes)
+        self._reader = PageReader(pages_dir)
+        self._builders = [PageBuilder(page_size), PageBuilder(page_size)]
+        self._in_flight: list[Future | None] = [None, None]  # last write from each builder
+        self._current = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightdb-pages")
+        self._writes: dict[int, Future[PageLocation]] = {}
         self._written: dict[bytes, list[_NewBlock]] = {}  # digest -> blocks of this write
-        self._locations: dict[int, PageLocation] = {}
-        self._reader = PageReader(self.pages_dir)
+
+    @property
+    def _page(self) -> PageBuilder:
+        return self._builders[self._current]
 
     def add(self, dtype: str, block: np.ndarray) -> tuple[int, bytes]:
         """Store a 2-D block (or find its twin); return its block id and content digest."""
-        data = np.ascontiguousarray(block)
-        raw = data.reshape(-1).view(np.uint8).data if data.size else b""
-        rows, cols = data.shape
-        digest = block_digest(dtype, rows, cols, raw)
-        existing = self._find(digest, raw)
-        if existing is not None:
-            self.reused_bytes += len(raw)
-            return existing, digest
-        new = _NewBlock(self.next_block_id, digest, dtype, rows, cols, len(raw))
-        self.next_block_id += 1
-        if not self._page.fits(len(raw)):
+        rows, cols = block.shape
+        if not self._page.fits(block.nbytes):
             self._flush_page()
-        new.page_id = self.next_page_id
-        raw = bytes(raw)
-        new.slot = self._page.add(new.block_id, dtype, rows, cols, raw)
-        self._page_bytes[new.block_id] = raw
+        space = self._page.reserve(block.nbytes)
+        np.copyto(np.frombuffer(space, dtype=block.dtype).reshape(rows, cols), block)
+        digest = block_digest(dtype, rows, cols, space)
+        existing = self._find(digest, space)
+        if existing is not None:
+            return existing, digest
+        slot = self._page.commit(self.next_block_id, dtype, rows, cols, block.nbytes)
+        new = _NewBlock(
+            self.next_block_id, digest, dtype, rows, cols, block.nbytes, self.next_page_id, slot
+        )
+        self.next_block_id += 1
         self._written.setdefault(digest, []).append(new)
         self.new_blocks.append(new)
         return new.block_id, digest
 
-    def _find(self, digest: bytes, raw: bytes | memoryview) -> int | None:
+    def _find(self, digest: bytes, raw: memoryview) -> int | None:
         for candidate in self._written.get(digest, ()):
-            if candidate.block_id in self._page_bytes:
-                stored = self._page_bytes[candidate.block_id]
+            if candidate.page_id == self.next_page_id:  # still in the open page
+                stored = self._page.block_bytes(candidate.slot)
             else:
-                page = self._reader.read(self._locations[candidate.page_id])
-                stored = page.block_bytes(candidate.slot)
+                location = self._writes[candidate.page_id].result()
+                stored = self._reader.read(location).block_bytes(candidate.slot)
             if stored == raw:
                 return candidate.block_id
         rows = self.conn.execute(
@@ -102,20 +109,35 @@ class BlockWriter:
     def _flush_page(self) -> None:
         if not len(self._page):
             return
-        location = self._segments.append(self.next_page_id, self._page.build(self.next_page_id))
-        self.new_pages.append(location)
-        self._locations[location.page_id] = location
+        page_id = self.next_page_id
+        pieces, length, checksum = self._page.build(page_id)
+        write = self._io.submit(self._segments.append, page_id, pieces, length, checksum)
+        self._writes[page_id] = write
+        self._in_flight[self._current] = write
         self.next_page_id += 1
-        self._page = PageBuilder(self.page_size)
-        self._page_bytes = {}
+        self._current ^= 1
+        previous = self._in_flight[self._current]
+        if previous is not None:
+            previous.result()  # the other buffer's page is on its way to disk: reuse it
+        self._page.reset()
+
+    @property
+    def new_pages(self) -> list[PageLocation]:
+        return [write.result() for write in self._writes.values()]
 
     def finish(self) -> None:
         """Flush the last page and make all written pages durable before the commit."""
-        self._flush_page()
-        self._segments.finish()
-        self._reader.close()
+        try:
+            self._flush_page()
+            for write in self._writes.values():
+                write.result()
+            self._segments.finish()
+        finally:
+            self._io.shutdown()
+            self._reader.close()
 
     def abort(self) -> None:
+        self._io.shutdown(wait=True)
         self._reader.close()
         self._segments.abort()
 
@@ -125,11 +147,11 @@ class BlockWriter:
             "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
             [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in self.new_pages],
         )
-        new_ids = set()
-        rows = []
-        for b in self.new_blocks:
-            new_ids.add(b.block_id)
-            rows.append(
+        new_ids = {b.block_id for b in self.new_blocks}
+        conn.executemany(
+            "INSERT INTO blocks(block_id, digest, dtype, rows, cols, nbytes, page_id, slot, refs)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
                 (
                     b.block_id,
                     b.digest,
@@ -141,11 +163,8 @@ class BlockWriter:
                     b.slot,
                     refs.get(b.block_id, 0),
                 )
-            )
-        conn.executemany(
-            "INSERT INTO blocks(block_id, digest, dtype, rows, cols, nbytes, page_id, slot, refs)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+                for b in self.new_blocks
+            ],
         )
         conn.executemany(
             "UPDATE blocks SET refs = refs + ? WHERE block_id = ?",

@@ -46,40 +46,41 @@ class SegmentWriter:
         self.directory = directory
         self.segment_bytes = segment_bytes
         self._next_segment = first_segment
-        self._file = None
+        self._fd: int | None = None
         self._name = ""
         self._offset = 0
         self.files: list[str] = []
 
-    def append(self, page_id: int, page: bytes) -> PageLocation:
-        if self._file is None or self._offset + len(page) > self.segment_bytes:
+    def append(
+        self, page_id: int, pieces: list[memoryview | bytes], length: int, checksum: int
+    ) -> PageLocation:
+        """Write one page (given as pieces totalling ``length`` bytes) at the end."""
+        if self._fd is None or self._offset + length > self.segment_bytes:
             self._roll()
-        assert self._file is not None
+        assert self._fd is not None
         offset = self._offset
-        self._file.write(page)
-        padding = -len(page) % FILE_ALIGN
-        if padding:
-            self._file.write(b"\0" * padding)
-        self._offset += len(page) + padding
-        self._file.flush()  # so this write can read its own pages back for byte comparison
-        checksum = int.from_bytes(page[8:12], "little")
-        return PageLocation(page_id, self._name, offset, len(page), checksum)
+        padding = -length % FILE_ALIGN
+        written = os.writev(self._fd, [*pieces, bytes(padding)] if padding else pieces)
+        if written != length + padding:
+            raise OSError(f"short write to {self.directory / self._name}: {written} bytes")
+        self._offset += length + padding
+        return PageLocation(page_id, self._name, offset, length, checksum)
 
     def _roll(self) -> None:
         self._close_current()
         self._name = segment_name(self._next_segment)
         self._next_segment += 1
-        # "xb": never overwrite an existing file, even one a crashed writer left behind.
-        self._file = open(self.directory / self._name, "xb")  # noqa: SIM115 -- closed in _close_current
+        # O_EXCL: never overwrite an existing file, even one a crashed writer left behind.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        self._fd = os.open(self.directory / self._name, flags, 0o644)
         self._offset = 0
         self.files.append(self._name)
 
     def _close_current(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
     def finish(self) -> None:
         """Make every written page durable (file data and directory entries)."""
@@ -88,9 +89,9 @@ class SegmentWriter:
 
     def abort(self) -> None:
         """Close and delete what this writer created; used when an import fails cleanly."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         for name in self.files:
             (self.directory / name).unlink(missing_ok=True)
 

@@ -1,20 +1,24 @@
-"""The on-disk format of one page: a checksummed header, a block directory, and block bytes.
+"""The on-disk format of one page: a checksummed header, block data, and a block directory.
 
-    offset 0   magic      8 bytes  b"WDBPAGE\\0"
-           8   checksum   u32      CRC-32 of every byte from offset 12 to the page's end
-          12   version    u16      page format version
-          14   flags      u16      reserved, 0
-          16   blocks     u32      number of directory entries
-          20   page id    u64
-          28   length     u64      bytes used by this page (header + directory + data)
-          36   reserved   12 bytes
-          48   directory  blocks x 48 bytes: block id u64, offset u64, nbytes u64,
-                          rows u64, cols u64, dtype u8, 7 reserved bytes
-               data       each block's bytes, C order, at a 64-byte aligned offset
+    offset 0   magic       8 bytes  b"WDBPAGE\\0"
+           8   checksum    u32      CRC-32 of every byte from offset 12 to the page's end
+          12   version     u16      page format version
+          14   flags       u16      reserved, 0
+          16   blocks      u32      number of directory entries
+          20   page id     u64
+          28   length      u64      bytes of this page: header, data and directory
+          36   directory   u64      offset of the directory
+          44   reserved    20 bytes
+          64   data        each block's bytes, C order, at 64-byte aligned offsets
+               directory   blocks x 48 bytes: block id u64, offset u64, nbytes u64,
+                           rows u64, cols u64, dtype u8, 7 reserved bytes
 
-Pages are self-describing (a directory entry carries the block's dtype and shape), so a page
-can be checked and read without the catalog. The checksum covers the version, so a page of
-an unknown version is reported as such, not as corruption.
+The page size setting bounds the data area, so a page of 4 MiB holds exactly 4 MiB of blocks
+(16 blocks of 256x256 float32, 64 of 128x128); header and directory come on top. Blocks are
+written straight into the page buffer as they arrive and the directory follows them, so a
+block is copied once on its way to disk. Pages are self-describing (an entry carries the
+block's dtype and shape) and the checksum covers the version, so a page of an unknown version
+is reported as such, not as corruption.
 """
 
 import struct
@@ -28,9 +32,11 @@ from weightdb.storage import dtypes
 
 MAGIC = b"WDBPAGE\0"
 VERSION = 1
-HEADER = struct.Struct("<8sIHHIQQ12x")
+HEADER = struct.Struct("<8sIHHIQQQ20x")
+DATA_START = HEADER.size
 ENTRY = struct.Struct("<QQQQQB7x")
 ALIGN = 64
+# On-disk dtype codes: append only, never renumber.
 DTYPE_CODES = [
     "float64",
     "float32",
@@ -60,54 +66,59 @@ class BlockEntry:
     dtype: str
 
 
-def page_overhead(block_count: int) -> int:
-    """Bytes a page spends on its header and directory before the first block."""
-    return _align(HEADER.size + ENTRY.size * block_count)
-
-
 class PageBuilder:
-    """Collects blocks for one page until the next one would not fit in ``capacity`` bytes."""
+    """Fills one reusable page buffer: ``reserve`` space, write a block there, ``commit`` it.
+
+    A block that turns out to be a duplicate is simply not committed; the next reservation
+    reuses its space.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._blocks: list[tuple[int, str, int, int, bytes | memoryview]] = []
-        self._data_bytes = 0
+        self.buffer = bytearray(DATA_START + capacity)
+        self.entries: list[tuple[int, int, int, int, int, int]] = []
+        self._end = DATA_START
 
     def __len__(self) -> int:
-        return len(self._blocks)
+        return len(self.entries)
 
     def fits(self, nbytes: int) -> bool:
-        return page_overhead(len(self._blocks) + 1) + self._data_bytes + nbytes <= self.capacity
+        return self._end + nbytes <= len(self.buffer)
 
-    def add(self, block_id: int, dtype: str, rows: int, cols: int, data: bytes | memoryview) -> int:
-        """Append a block and return its slot in the page directory."""
-        if not self.fits(len(data)):
-            raise ValueError("block does not fit in this page; start a new page")
-        self._blocks.append((block_id, dtype, rows, cols, data))
-        self._data_bytes += _align(len(data))
-        return len(self._blocks) - 1
+    def reserve(self, nbytes: int) -> memoryview:
+        """Writable space for the next block's bytes (call ``fits`` first)."""
+        return memoryview(self.buffer)[self._end : self._end + nbytes]
 
-    def build(self, page_id: int) -> bytes:
-        """Serialize the page; its length is a multiple of 64 bytes and at most the capacity."""
-        data_start = page_overhead(len(self._blocks))
-        buffer = bytearray(data_start + self._data_bytes)
-        offset = data_start
-        for slot, (block_id, dtype, rows, cols, data) in enumerate(self._blocks):
-            ENTRY.pack_into(
-                buffer,
-                HEADER.size + slot * ENTRY.size,
-                block_id,
-                offset,
-                len(data),
-                rows,
-                cols,
-                _CODE_OF[dtype],
-            )
-            buffer[offset : offset + len(data)] = data
-            offset += _align(len(data))
-        HEADER.pack_into(buffer, 0, MAGIC, 0, VERSION, 0, len(self._blocks), page_id, len(buffer))
-        struct.pack_into("<I", buffer, 8, zlib.crc32(memoryview(buffer)[12:]))
-        return bytes(buffer)
+    def commit(self, block_id: int, dtype: str, rows: int, cols: int, nbytes: int) -> int:
+        """Keep the bytes last written to ``reserve(nbytes)``; returns the block's slot."""
+        self.entries.append((block_id, self._end, nbytes, rows, cols, _CODE_OF[dtype]))
+        self._end = min(_align(self._end + nbytes), len(self.buffer))
+        return len(self.entries) - 1
+
+    def block_bytes(self, slot: int) -> memoryview:
+        _, offset, nbytes, *_ = self.entries[slot]
+        return memoryview(self.buffer)[offset : offset + nbytes]
+
+    def build(self, page_id: int) -> tuple[list[memoryview | bytes], int, int]:
+        """The page as pieces to write in order, its length and its checksum.
+
+        The pieces point into this builder's buffer: write them before calling ``reset``.
+        """
+        directory = bytearray(ENTRY.size * len(self.entries))
+        for slot, entry in enumerate(self.entries):
+            ENTRY.pack_into(directory, slot * ENTRY.size, *entry)
+        length = self._end + len(directory)
+        HEADER.pack_into(
+            self.buffer, 0, MAGIC, 0, VERSION, 0, len(self.entries), page_id, length, self._end
+        )
+        data = memoryview(self.buffer)[: self._end]
+        checksum = zlib.crc32(directory, zlib.crc32(data[12:]))
+        struct.pack_into("<I", self.buffer, 8, checksum)
+        return [data, bytes(directory)], length, checksum
+
+    def reset(self) -> None:
+        self.entries = []
+        self._end = DATA_START
 
 
 class Page:
@@ -139,30 +150,28 @@ def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
 
     ``where`` names the file and offset for error messages, so a corrupt page can be found.
     """
+    name = f"page {expected_page_id} in {where}"
     if len(data) < HEADER.size:
         raise CorruptPageError(
-            f"page {expected_page_id} in {where} is truncated: {len(data)} bytes, "
-            f"shorter than the {HEADER.size}-byte page header"
+            f"{name} is truncated: {len(data)} bytes, shorter than the page header"
         )
-    magic, checksum, version, _flags, count, page_id, length = HEADER.unpack_from(data, 0)
+    magic, checksum, version, _flags, count, page_id, length, directory = HEADER.unpack_from(
+        data, 0
+    )
     if magic != MAGIC:
-        raise CorruptPageError(f"page {expected_page_id} in {where} has no page header (bad magic)")
+        raise CorruptPageError(f"{name} has no page header (bad magic)")
     if length != len(data):
-        raise CorruptPageError(
-            f"page {expected_page_id} in {where} is damaged: header says {length} bytes, "
-            f"read {len(data)}"
-        )
+        raise CorruptPageError(f"{name} is damaged: header says {length} bytes, read {len(data)}")
     actual = zlib.crc32(memoryview(data)[12:])
     if actual != checksum:
         raise CorruptPageError(
-            f"page {expected_page_id} in {where} failed its checksum "
-            f"(stored {checksum:#010x}, computed {actual:#010x}); the page file is corrupt, "
-            "restore the database from a backup"
+            f"{name} failed its checksum (stored {checksum:#010x}, computed {actual:#010x}); "
+            "the page file is corrupt, restore the database from a backup"
         )
     if version != VERSION:
         raise FormatVersionError(
-            f"page {expected_page_id} in {where} has page format {version}; this weightdb "
-            f"reads format {VERSION}: upgrade weightdb"
+            f"{name} has page format {version}; this weightdb reads format {VERSION}: "
+            "upgrade weightdb"
         )
     if page_id != expected_page_id:
         raise CorruptPageError(
@@ -170,7 +179,7 @@ def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
         )
     entries = []
     for slot in range(count):
-        fields = ENTRY.unpack_from(data, HEADER.size + slot * ENTRY.size)
+        fields = ENTRY.unpack_from(data, directory + slot * ENTRY.size)
         block_id, offset, nbytes, rows, cols, code = fields
         entries.append(BlockEntry(block_id, offset, nbytes, rows, cols, DTYPE_CODES[code]))
     return Page(data, entries, page_id)

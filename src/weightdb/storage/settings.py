@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from weightdb.errors import FormatVersionError, WeightDBError
-from weightdb.storage.page_format import page_overhead
 
 FORMAT_VERSION = 1
 WIDEST_ITEMSIZE = 8  # float64 / int64
@@ -32,7 +31,7 @@ class Settings:
             raise WeightDBError(
                 f"block shape must be positive, got {self.block_rows},{self.block_cols}"
             )
-        needed = page_overhead(1) + self.block_rows * self.block_cols * WIDEST_ITEMSIZE
+        needed = self.block_rows * self.block_cols * WIDEST_ITEMSIZE
         if self.page_size < needed:
             raise WeightDBError(
                 f"page size {self.page_size} bytes cannot hold one {self.block_rows}x"
