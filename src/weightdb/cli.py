@@ -24,7 +24,7 @@ from rich.progress import (
 from rich.table import Table
 
 from weightdb.caching.cli import app as cache_app
-from weightdb.database import Database, connect
+from weightdb.database import DEFAULT_BUDGET, Database, connect
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
@@ -68,7 +68,9 @@ def _open_db(budget: str | None = None) -> Database:
     if state.db_path is None:
         raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
     return connect(
-        state.db_path, create=False, budget=None if budget is None else _size(budget, "--budget")
+        state.db_path,
+        create=False,
+        budget=DEFAULT_BUDGET if budget is None else _size(budget, "--budget"),
     )
 
 
@@ -211,7 +213,8 @@ def verify() -> None:
 
 
 BudgetOption = Annotated[
-    str | None, typer.Option("--budget", help="Buffer pool budget, e.g. 64MiB (default: no limit).")
+    str | None,
+    typer.Option("--budget", help=f"Buffer pool budget, e.g. 64MiB (default {DEFAULT_BUDGET})."),
 ]
 
 

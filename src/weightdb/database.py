@@ -343,15 +343,22 @@ def pool_stats_dict(stats: PoolStats) -> dict:
     return {**vars(stats), "hit_ratio": stats.hit_ratio}
 
 
+DEFAULT_BUDGET = "1GiB"
+
+
 def connect(
     path: str | Path,
     *,
     create: bool = True,
     settings: Settings | None = None,
-    budget: int | str | None = None,
+    budget: int | str | None = DEFAULT_BUDGET,
     policy: str = "lru",
 ) -> Database:
-    """Open the database at ``path``, creating it (with ``settings``) if it does not exist."""
+    """Open the database at ``path``, creating it (with ``settings``) if it does not exist.
+
+    ``budget`` bounds the buffer pool (bytes or a size such as ``"256MiB"``; None for no
+    bound): every read of weights, including export and prediction, goes through it.
+    """
     budget_bytes = None if budget is None else parse_size(budget)
     return Database(
         path, create=create, settings=settings, budget_bytes=budget_bytes, policy=policy

@@ -1,7 +1,7 @@
 """Export: a stored model back to a file, bit-identical to what was imported.
 
-Files are written under a temporary name and renamed into place, so an interrupted export
-never leaves a partial file under the requested name.
+Files are written under a temporary name, made durable, and renamed into place, so an
+interrupted export (or a power loss) never leaves a partial file under the requested name.
 """
 
 import json
@@ -15,6 +15,7 @@ from weightdb.errors import WeightDBError
 from weightdb.ingest.onnx_format import assemble_onnx, save_onnx
 from weightdb.ingest.safetensors_format import write_safetensors
 from weightdb.storage import dtypes
+from weightdb.storage.page_files import fsync_directory
 
 if TYPE_CHECKING:
     from weightdb.database import Database, Progress
@@ -56,10 +57,20 @@ def export_model(db: "Database", name: str, path: Path, progress: "Progress | No
         else:
             model = assemble_onnx(graph, metadata, _whole(tensors, progress))
             save_onnx(model, tmp, data_name=path.name + ".data")
+        _fsync(tmp)
         os.replace(tmp, path)
+        fsync_directory(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _chunks(tensors, progress):

