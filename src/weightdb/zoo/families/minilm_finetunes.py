@@ -42,7 +42,7 @@ def build(context: BuildContext) -> dict[str, Any]:
     """Two fine-tunes per task: everything trainable, and the lower k layers frozen."""
     full = context.full
     per_class, max_length = (1000, 48) if full else (60, 16)
-    steps, batch, lower = (300, 32, 4) if full else (8, 16, 3)
+    steps, batch, lower = (200, 16, 4) if full else (8, 16, 3)
     tasks = prepare(context, load_tasks(context), per_class, max_length)
     models = []
     for number, task in enumerate(tasks):
