@@ -12,25 +12,25 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from weightdb.caching.cli import app as cache_app
-from weightdb.database import DEFAULT_BUDGET, Database, connect
+from weightdb.cli_common import (
+    BudgetOption,
+    byte_progress,
+    console,
+    err_console,
+    open_db,
+    size_option,
+    state,
+)
+from weightdb.database import connect
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
 from weightdb.serving.tensor_files import read_inputs, write_outputs
 from weightdb.storage.settings import Settings
-from weightdb.units import format_size, parse_size
+from weightdb.units import format_size
 from weightdb.zoo.cli import app as zoo_app
 
 app = typer.Typer(
@@ -43,16 +43,6 @@ app.add_typer(packing_app, name="packing")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 
-console = Console()
-err_console = Console(stderr=True, soft_wrap=True)
-
-
-class _State:
-    db_path: Path | None = None
-
-
-state = _State()
-
 
 @app.callback()
 def _global(
@@ -62,38 +52,6 @@ def _global(
     ] = None,
 ) -> None:
     state.db_path = db
-
-
-def _open_db(budget: str | None = None) -> Database:
-    if state.db_path is None:
-        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
-    return connect(
-        state.db_path,
-        create=False,
-        budget=DEFAULT_BUDGET if budget is None else _size(budget, "--budget"),
-    )
-
-
-def _size(text: str, option: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint=option) from None
-
-
-def _progress(description: str):
-    """A rich progress bar over bytes, and the (done, total) callback that advances it."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-    return bar, lambda done, total: bar.update(task, advance=done, total=total)
 
 
 @app.command()
@@ -111,7 +69,9 @@ def init(
         raise typer.BadParameter(
             f"{block_shape!r} is not R,C (two integers)", param_hint="--block-shape"
         ) from None
-    settings = Settings(block_rows=rows, block_cols=cols, page_size=_size(page_size, "--page-size"))
+    settings = Settings(
+        block_rows=rows, block_cols=cols, page_size=size_option(page_size, "--page-size")
+    )
     if (path / "config.toml").exists():
         raise WeightDBError(f"a database already exists at {path}")
     with connect(path, create=True, settings=settings) as db:
@@ -127,9 +87,9 @@ def import_(
     name: Annotated[str, typer.Option("--name", help="Name of the model in the database.")],
 ) -> None:
     """Import a model; blocks identical to stored ones are stored once."""
-    with _open_db() as db:
+    with open_db() as db:
         before = db.stats()["stored_bytes"]
-        bar, advance = _progress(f"importing {name}")
+        bar, advance = byte_progress(f"importing {name}")
         with bar:
             info = db.import_model(source, name, progress=advance)
         added = db.stats()["stored_bytes"] - before
@@ -145,8 +105,8 @@ def export(
     out: Annotated[Path, typer.Argument(help="Output file: .safetensors, .onnx or .npz.")],
 ) -> None:
     """Export a model, bit-identical to what was imported."""
-    with _open_db() as db:
-        bar, advance = _progress(f"exporting {name}")
+    with open_db() as db:
+        bar, advance = byte_progress(f"exporting {name}")
         with bar:
             db.export_model(name, out, progress=advance)
         console.print(f"wrote {out}")
@@ -157,7 +117,7 @@ def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List stored models."""
-    with _open_db() as db:
+    with open_db() as db:
         models = db.models()
     if as_json:
         print(json.dumps([asdict(m) for m in models], indent=2))
@@ -180,7 +140,7 @@ def stats(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Storage statistics: logical versus stored bytes, blocks and pages."""
-    with _open_db() as db:
+    with open_db() as db:
         numbers = db.stats()
     if as_json:
         print(json.dumps(numbers, indent=2))
@@ -197,7 +157,7 @@ def stats(
 @app.command("rm")
 def remove(name: Annotated[str, typer.Argument(help="Model to remove.")]) -> None:
     """Remove a model; blocks no other model uses are freed."""
-    with _open_db() as db:
+    with open_db() as db:
         db.remove_model(name)
     console.print(f"removed {name}")
 
@@ -205,17 +165,11 @@ def remove(name: Annotated[str, typer.Argument(help="Model to remove.")]) -> Non
 @app.command()
 def verify() -> None:
     """Read every page and check its checksum against the catalog."""
-    with _open_db() as db:
-        bar, advance = _progress("verifying pages")
+    with open_db() as db:
+        bar, advance = byte_progress("verifying pages")
         with bar:
             pages = db.verify(progress=advance)
     console.print(f"ok: {pages} pages verified")
-
-
-BudgetOption = Annotated[
-    str | None,
-    typer.Option("--budget", help=f"Buffer pool budget, e.g. 64MiB (default {DEFAULT_BUDGET})."),
-]
 
 
 @app.command()
@@ -230,7 +184,7 @@ def predict(
     budget: BudgetOption = None,
 ) -> None:
     """Run a model on inputs from a file; weights stream through the buffer pool."""
-    with _open_db(budget) as db:
+    with open_db(budget) as db:
         outputs = db.predict(name, read_inputs(input_file, db.inputs(name)))
         pool = db.pool.stats()
     if output is not None:
@@ -255,7 +209,7 @@ def sql(
     budget: BudgetOption = None,
 ) -> None:
     """Run SQL over feature tables with predict(), predict_label(), embed() and weightdb.*."""
-    with _open_db(budget) as db:
+    with open_db(budget) as db:
         result = db.sql(query)
     rows = result.to_pylist()
     if as_json:

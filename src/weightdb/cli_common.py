@@ -1,0 +1,68 @@
+"""What every `weightdb` command shares: the --db option's value, opening the database,
+size options, consoles and byte progress bars. Sub-command modules import from here."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from weightdb.database import DEFAULT_BUDGET, Database, connect
+from weightdb.errors import WeightDBError
+from weightdb.units import parse_size
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+class _State:
+    db_path: Path | None = None
+
+
+state = _State()
+
+
+def open_db(budget: str | None = None) -> Database:
+    if state.db_path is None:
+        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
+    return connect(
+        state.db_path,
+        create=False,
+        budget=DEFAULT_BUDGET if budget is None else size_option(budget, "--budget"),
+    )
+
+
+def size_option(text: str, option: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint=option) from None
+
+
+def byte_progress(description: str):
+    """A rich progress bar over bytes, and the (done, total) callback that advances it."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    task = bar.add_task(description, total=None)
+    return bar, lambda done, total: bar.update(task, advance=done, total=total)
+
+
+BudgetOption = Annotated[
+    str | None,
+    typer.Option("--budget", help=f"Buffer pool budget, e.g. 64MiB (default {DEFAULT_BUDGET})."),
+]
