@@ -120,6 +120,15 @@ class Catalog:
             raise
         self.conn.execute("COMMIT")
 
+    @staticmethod
+    def bump_layout_generation(conn: sqlite3.Connection) -> None:
+        """Inside a transaction that changes which bytes a tensor's blocks hold or where they
+        live: tells every process's prepared-model cache to recompile."""
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('layout_generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else default
