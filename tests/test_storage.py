@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightdb
+from weightdb import database
 from weightdb.errors import BudgetExceededError, CorruptPageError
 from weightdb.storage import block_writer
 from weightdb.storage.page_format import HEADER
@@ -109,9 +110,23 @@ def test_removing_a_model_frees_only_its_own_blocks(db, rng):
     assert np.array_equal(db.tensors("tuned")["w"].read(), tuned["w"])
     after = db.stats()
     assert after["distinct_blocks"] == both["distinct_blocks"] - 4  # base's own first block row
+    in_flight = db.tensors("tuned")["w"]  # planned before the removal
     db.remove_model("tuned")
     empty = db.stats()
-    assert (empty["distinct_blocks"], empty["pages"], empty["page_files"]) == (0, 0, 0)
+    assert (empty["distinct_blocks"], empty["pages"]) == (0, 0)
+    # Retired pages stay readable for whoever planned on them, until the grace period ends.
+    db.pool.discard(set(db.pool.resident()))
+    assert np.array_equal(in_flight.read(), tuned["w"])
+    assert empty["page_files"] > 0
+
+
+def test_retired_page_files_are_deleted_after_the_grace_period(db, rng, monkeypatch):
+    db.import_arrays("m", small_model(rng))
+    db.remove_model("m")
+    assert any((db.path / "pages").iterdir())
+    monkeypatch.setattr(database, "RETIRED_GRACE_SECONDS", 0.0)
+    with db.writer_lock:
+        db.collect_garbage()
     assert not any((db.path / "pages").iterdir())
 
 

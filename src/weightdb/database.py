@@ -8,6 +8,7 @@ commits in one catalog transaction, and files no committed row refers to are rem
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ from weightdb.storage.stored_tensor import StoredTensor
 from weightdb.storage.verify import verify_pages
 from weightdb.storage.writer_lock import WriterLock
 from weightdb.units import parse_size
+
+RETIRED_GRACE_SECONDS = 600.0
+"""How long retired pages stay readable: longer than any request may run."""
 
 CATALOG = "catalog.sqlite"
 PAGES = "pages"
@@ -118,8 +122,10 @@ class Database:
             location = self._locations.get(page_id)
         if location is None:
             row = self.catalog.conn.execute(
-                "SELECT page_id, file, offset, length, checksum FROM pages WHERE page_id = ?",
-                (page_id,),
+                "SELECT page_id, file, offset, length, checksum FROM pages WHERE page_id = ? "
+                "UNION ALL SELECT page_id, file, offset, length, checksum FROM retired_pages "
+                "WHERE page_id = ?",
+                (page_id, page_id),
             ).fetchone()
             if row is None:
                 raise WeightDBError(f"page {page_id} is not in the catalog")
@@ -139,11 +145,22 @@ class Database:
         return [name for (name,) in rows]
 
     def collect_garbage(self) -> list[str]:
-        """Delete page files no committed page refers to (left by a crashed writer).
+        """Delete page files no page refers to: left by a crashed writer, or holding only
+        pages retired longer than ``RETIRED_GRACE_SECONDS`` ago.
 
         Callers hold the writer lock, so no write in progress can own such a file.
         """
-        referenced = {f for (f,) in self.catalog.conn.execute("SELECT DISTINCT file FROM pages")}
+        with self.catalog.transaction() as conn:
+            conn.execute(
+                "DELETE FROM retired_pages WHERE retired_at < ?",
+                (time.time() - RETIRED_GRACE_SECONDS,),
+            )
+        referenced = {
+            f
+            for (f,) in self.catalog.conn.execute(
+                "SELECT file FROM pages UNION SELECT file FROM retired_pages"
+            )
+        }
         removed = []
         for file in self.pages_dir.iterdir():
             if segment_number(file.name) is not None and file.name not in referenced:
@@ -156,7 +173,10 @@ class Database:
         """Next block id, page id and segment number; valid while the writer lock is held."""
         conn = self.catalog.conn
         block = conn.execute("SELECT COALESCE(MAX(block_id), 0) + 1 FROM blocks").fetchone()[0]
-        page = conn.execute("SELECT COALESCE(MAX(page_id), 0) + 1 FROM pages").fetchone()[0]
+        page = conn.execute(
+            "SELECT MAX(p) + 1 FROM (SELECT COALESCE(MAX(page_id), 0) AS p FROM pages "
+            "UNION ALL SELECT COALESCE(MAX(page_id), 0) FROM retired_pages)"
+        ).fetchone()[0]
         numbers = [segment_number(f.name) for f in self.pages_dir.iterdir()]
         segment = max([n for n in numbers if n is not None], default=0) + 1
         return block, page, segment

@@ -68,6 +68,17 @@ CREATE TABLE IF NOT EXISTS pages (
     checksum INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pages_by_file ON pages(file);
+-- Pages a layout change or a reclaim took out of use. Readers that planned on them before the
+-- change (in-flight requests, other processes) can still read them, and a writer deletes their
+-- files once they have been retired for longer than the grace period.
+CREATE TABLE IF NOT EXISTS retired_pages (
+    page_id INTEGER PRIMARY KEY,
+    file TEXT NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    checksum INTEGER NOT NULL,
+    retired_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quality (
     model_id INTEGER NOT NULL REFERENCES models(model_id) ON DELETE CASCADE,
     metric TEXT NOT NULL,

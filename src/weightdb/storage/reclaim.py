@@ -1,9 +1,12 @@
 """Freeing space: dropping a model, then the blocks, pages and files nothing refers to.
 
-Rows go in one transaction; files are deleted only after it commits. A crash in between
-leaves unreferenced files, which the next writer's garbage collection removes.
+Rows go in one transaction. Pages leave use by being retired, not deleted: whoever planned a
+read on them before the commit can still make it, and their files are deleted by a later
+writer once the grace period has passed (``Database.collect_garbage``).
 """
 
+import sqlite3
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,17 +35,27 @@ def remove_model(db: "Database", name: str) -> None:
         db.collect_garbage()
 
 
-def reclaim_unreferenced(conn) -> set[int]:
-    """Inside a transaction: delete blocks with no references and pages with no blocks.
+def reclaim_unreferenced(conn: sqlite3.Connection) -> set[int]:
+    """Inside a transaction: delete blocks with no references and retire pages with no blocks.
 
     Returns the retired page ids (a partly used page stays until a repack rewrites it).
     """
     conn.execute("DELETE FROM blocks WHERE refs <= 0")
-    retired = {
+    empty = {
         page_id
         for (page_id,) in conn.execute(
             "SELECT page_id FROM pages WHERE page_id NOT IN (SELECT DISTINCT page_id FROM blocks)"
         )
     }
-    conn.executemany("DELETE FROM pages WHERE page_id = ?", [(p,) for p in retired])
-    return retired
+    retire_pages(conn, empty)
+    return empty
+
+
+def retire_pages(conn: sqlite3.Connection, page_ids: set[int]) -> None:
+    """Inside a transaction: move pages out of use, keeping them readable for a grace period."""
+    conn.executemany(
+        "INSERT INTO retired_pages(page_id, file, offset, length, checksum, retired_at) "
+        "SELECT page_id, file, offset, length, checksum, ? FROM pages WHERE page_id = ?",
+        [(time.time(), page_id) for page_id in page_ids],
+    )
+    conn.executemany("DELETE FROM pages WHERE page_id = ?", [(p,) for p in page_ids])
