@@ -29,6 +29,7 @@ from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
 from weightdb.serving.tensor_files import read_inputs, write_outputs
+from weightdb.storage.repack import DEFAULT_REPACK_ALGORITHM
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
 from weightdb.zoo.cli import app as zoo_app
@@ -151,6 +152,37 @@ def stats(
     for key in ("logical_bytes", "stored_bytes", "page_bytes", "page_file_bytes"):
         table.add_row(key, format_size(numbers[key]))
     table.add_row("dedup_ratio", f"{numbers['dedup_ratio']:.2f}x")
+    console.print(table)
+
+
+@app.command("pack")
+def pack_command(
+    algorithm: Annotated[
+        str, typer.Option(help="Packing algorithm (greedy1 stores every block once).")
+    ] = DEFAULT_REPACK_ALGORITHM,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Repack pages so that every model reads few pages; atomic and crash-safe."""
+    with open_db() as db:
+        report = db.pack(algorithm)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    console.print(
+        f"{report.pages_before} pages -> {report.pages_after} (lower bound "
+        f"{report.lower_bound_pages}, {report.blocks_per_page} blocks per page, "
+        f"{report.seconds:.2f}s)"
+    )
+    table = Table("model", "pages read before", "after", "bytes read before", "after")
+    for name, after in report.pages_read_after.items():
+        before = report.pages_read_before[name]
+        table.add_row(
+            name,
+            str(before["pages"]),
+            str(after["pages"]),
+            format_size(before["bytes"]),
+            format_size(after["bytes"]),
+        )
     console.print(table)
 
 

@@ -32,6 +32,7 @@ from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
 from weightdb.storage.policies import make_policy
+from weightdb.storage.repack import DEFAULT_REPACK_ALGORITHM, RepackReport, pages_read, repack
 from weightdb.storage.settings import Settings, read_settings, write_settings
 from weightdb.storage.stored_tensor import StoredTensor
 from weightdb.storage.verify import verify_pages
@@ -236,6 +237,13 @@ class Database:
         """Write a model to ``.safetensors``, ``.npz`` or (if it has a graph) ``.onnx``."""
         return exporter.export_model(self, name, Path(path), progress)
 
+    def pack(
+        self, algorithm: str = DEFAULT_REPACK_ALGORITHM, frequencies: dict[str, float] | None = None
+    ) -> RepackReport:
+        """Rewrite all pages in the layout of a packing algorithm, so each model reads few
+        pages; atomic, and in-flight reads finish on the old pages."""
+        return repack(self, algorithm, frequencies)
+
     def remove_model(self, name: str) -> None:
         """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""
         reclaim.remove_model(self, name)
@@ -328,6 +336,7 @@ class Database:
             "page_file_bytes": sum(f.stat().st_size for f in files),
             "block_shape": list(self.settings.block_shape),
             "page_size": self.settings.page_size,
+            "pages_read_per_model": pages_read(conn),
             "buffer_pool": pool_stats_dict(pool),
         }
 

@@ -13,10 +13,6 @@ from weightdb.errors import FormatVersionError
 CATALOG_VERSION = 1
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS models (
     model_id INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
@@ -100,17 +96,39 @@ class Catalog:
         self.conn.execute("PRAGMA foreign_keys=ON")
         if create:
             with self.transaction():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
+                self.conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
                 self.conn.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('catalog_version', ?)",
+                    "INSERT INTO meta(key, value) VALUES ('catalog_version', ?)",
                     (str(CATALOG_VERSION),),
                 )
         self._check_version()
+        self._ensure_schema()
+
+    def _ensure_schema(self) -> None:
+        """Create whatever relation is missing: a database made by an earlier build of the
+        same catalog version gains the tables added since, and nothing else changes."""
+        missing = [
+            statement
+            for statement in SCHEMA.split(";")
+            if statement.strip() and not self._exists(statement)
+        ]
+        if missing:
+            with self.transaction():
+                for statement in missing:
+                    self.conn.execute(statement)
+
+    def _exists(self, statement: str) -> bool:
+        name = statement.split("EXISTS", 1)[1].split()[0]
+        row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+        return row is not None
 
     def _check_version(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = 'catalog_version'").fetchone()
+        try:
+            row = self.conn.execute(
+                "SELECT value FROM meta WHERE key = 'catalog_version'"
+            ).fetchone()
+        except sqlite3.OperationalError:
+            row = None
         version = int(row[0]) if row else 0
         if version > CATALOG_VERSION:
             raise FormatVersionError(
