@@ -1,0 +1,12 @@
+"""The KServe v2 (Open Inference Protocol) REST server over a weightdb database.
+
+``app`` holds the routes, ``protocol`` the JSON tensor codec, ``batching`` the request queue and
+dynamic batcher, ``scheduler`` the order in which a round's models run so shared pages are read
+once, ``metrics`` the Prometheus exposition, ``limits`` body size and bearer token checks, and
+``cli`` the ``weightdb serve`` command.
+"""
+
+from weightdb.server.app import create_app
+from weightdb.server.config import ServerConfig
+
+__all__ = ["ServerConfig", "create_app"]

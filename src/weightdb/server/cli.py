@@ -1,0 +1,90 @@
+"""``weightdb serve``: the KServe v2 REST server on uvicorn, bound to localhost by default."""
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from weightdb.cli_common import BudgetOption, console, err_console, open_db, size_option, state
+from weightdb.errors import WeightDBError
+from weightdb.server.app import create_app
+from weightdb.server.config import ServerConfig
+from weightdb.storage.policies import DEFAULT_POLICY, POLICIES, make_policy
+
+_DEFAULTS = ServerConfig()
+
+
+def serve_command(
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but loopback exposes the server.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    budget: BudgetOption = None,
+    policy: Annotated[
+        str, typer.Option(help=f"Buffer pool replacement policy: {', '.join(POLICIES)}.")
+    ] = DEFAULT_POLICY,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="WEIGHTDB_TOKEN",
+            help="Require 'Authorization: Bearer TOKEN' (or set WEIGHTDB_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option(min=1, help="Rows one batch may hold.")
+    ] = _DEFAULTS.max_batch,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a request may wait for others to batch with.")
+    ] = _DEFAULTS.max_wait_ms,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Requests waiting to run; beyond it, 429.")
+    ] = _DEFAULTS.max_queue,
+    timeout_s: Annotated[
+        float, typer.Option(min=0.001, help="Seconds from arrival to answer; beyond it, 504.")
+    ] = _DEFAULTS.timeout_s,
+    max_body: Annotated[
+        str, typer.Option(help="Largest request body, e.g. 64MiB; beyond it, 413.")
+    ] = "64MiB",
+) -> None:
+    """Serve the database over HTTP: KServe v2 REST, Prometheus /metrics, OpenAPI at /docs."""
+    if policy not in POLICIES:
+        raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
+    config = ServerConfig(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        timeout_s=timeout_s,
+        max_body=size_option(max_body, "--max-body"),
+        token=token or None,
+    )
+    with open_db(budget) as db:
+        # open_db takes no policy; the pool has read nothing yet, so replacing it is exact.
+        db.pool.policy = make_policy(policy, db.page_models)
+        console.print(
+            f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
+            f"(docs at /docs){'; bearer token required' if token else ''}"
+        )
+        uvicorn.run(create_app(db, config), host=host, port=port, log_level="warning")
+
+
+def main() -> None:
+    """``python -m weightdb.server --db PATH ...``: this command alone, without the full CLI."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _db_option(
+        db: Annotated[
+            Path | None, typer.Option("--db", envvar="WEIGHTDB_DB", help="Database directory.")
+        ] = None,
+    ) -> None:
+        state.db_path = db
+
+    app.command("serve")(serve_command)
+    try:
+        app()
+    except WeightDBError as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        sys.exit(1)

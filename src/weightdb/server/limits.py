@@ -1,0 +1,78 @@
+"""Protection at the door: a request body size limit and an optional bearer token."""
+
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from weightdb.server.errors import ApiError
+from weightdb.units import format_size
+
+
+class BodyTooLargeError(ApiError):
+    def __init__(self, limit: int):
+        super().__init__(
+            413, f"request body exceeds {format_size(limit)} (the server's --max-body)"
+        )
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a body over ``max_bytes``: at once when Content-Length
+    says so, else as soon as the streamed body passes the limit, before anything parses it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self._app = app
+        self._max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            await _send_error(send, BodyTooLargeError(self._max_bytes))
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self._max_bytes:
+                raise BodyTooLargeError(self._max_bytes)
+            return message
+
+        await self._app(scope, limited, send)
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
+    body = json.dumps({"error": error.detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer_token(token: str) -> Callable[..., Awaitable[None]]:
+    """A route dependency that answers 401 unless the request carries ``Bearer <token>``."""
+    scheme = HTTPBearer(auto_error=False, description="The server's --token / WEIGHTDB_TOKEN.")
+    expected = token.encode()
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:
+        if credentials is None:
+            raise ApiError(
+                401,
+                "missing bearer token: send the header 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise ApiError(401, "wrong bearer token", {"WWW-Authenticate": "Bearer"})
+
+    return check

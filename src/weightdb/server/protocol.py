@@ -1,0 +1,152 @@
+"""The KServe v2 JSON tensor codec: datatypes, request tensors to numpy, numpy to response
+tensors, and model metadata.
+
+A tensor on the wire is ``{"name", "datatype", "shape", "data"}`` with ``data`` in row-major
+order, flat or nested. Decoding checks what the wire format alone can check (known datatype,
+element count, values of the declared kind); whether the model accepts the tensor is the
+engine's check, made when the request runs.
+"""
+
+import math
+
+import numpy as np
+import onnx
+
+from weightdb.database import Database
+from weightdb.errors import WeightDBError
+from weightdb.server.errors import ApiError
+from weightdb.server.schemas import (
+    InferInput,
+    InferRequest,
+    ModelMetadata,
+    TensorMetadata,
+)
+from weightdb.storage import dtypes
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype("?"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+_BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
+# The kinds of JSON values (as numpy infers them) each kind of datatype accepts.
+_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "OUSb"}
+
+
+class ProtocolError(ApiError):
+    """A request that is not a valid KServe v2 request (400)."""
+
+    def __init__(self, message: str):
+        super().__init__(400, message)
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    try:
+        return _BY_DTYPE[np.dtype(dtype)]
+    except KeyError:
+        raise WeightDBError(f"dtype {dtype} has no KServe v2 datatype") from None
+
+
+def decode_request(request: InferRequest) -> dict[str, np.ndarray]:
+    """Input name -> array; every input named once, shaped and typed as declared."""
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in request.inputs:
+        if tensor.name in arrays:
+            raise ProtocolError(f"input {tensor.name!r} is given more than once")
+        arrays[tensor.name] = decode_tensor(tensor)
+    return arrays
+
+
+def decode_tensor(tensor: InferInput) -> np.ndarray:
+    where = f"input {tensor.name!r}"
+    dtype = DATATYPES.get(tensor.datatype)
+    if dtype is None:
+        raise ProtocolError(
+            f"{where}: unknown datatype {tensor.datatype!r}; use one of {', '.join(DATATYPES)}"
+        )
+    if any(d < 0 for d in tensor.shape):
+        raise ProtocolError(f"{where}: shape {tensor.shape} has a negative dimension")
+    try:
+        values = np.asarray(tensor.data, dtype=object if dtype.kind == "O" else None)
+    except ValueError:
+        raise ProtocolError(f"{where}: data is ragged (nested lists of unequal lengths)") from None
+    if values.size and values.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        raise ProtocolError(
+            f"{where}: datatype {tensor.datatype} but data holds {_kind_name(values.dtype)}"
+        )
+    expected = math.prod(tensor.shape)
+    if values.size != expected:
+        raise ProtocolError(
+            f"{where}: shape {tensor.shape} needs {expected} values, data has {values.size}"
+        )
+    if dtype.kind in "iu" and values.size:
+        limits = np.iinfo(dtype)
+        if values.min() < limits.min or values.max() > limits.max:
+            raise ProtocolError(f"{where}: a value is outside the range of {tensor.datatype}")
+    return values.astype(dtype, copy=False).reshape(tensor.shape)
+
+
+def _kind_name(dtype: np.dtype) -> str:
+    return {"b": "booleans", "i": "integers", "u": "integers", "f": "floats"}.get(
+        dtype.kind, "strings or mixed values"
+    )
+
+
+def encode_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> dict:
+    """The response body (an ``InferResponse``), limited to the outputs the request names (all
+    when it names none). Built as a plain dict: validating every value again would only cost."""
+    wanted = [o.name for o in request.outputs] if request.outputs else list(outputs)
+    unknown = [name for name in wanted if name not in outputs]
+    if unknown:
+        raise ProtocolError(
+            f"requested outputs {unknown} do not exist; the model has {list(outputs)}"
+        )
+    tensors = [
+        {
+            "name": name,
+            "datatype": datatype_of(outputs[name].dtype),
+            "shape": list(outputs[name].shape),
+            "data": outputs[name].ravel().tolist(),
+        }
+        for name in wanted
+    ]
+    return {"model_name": model, "id": request.id, "outputs": tensors}
+
+
+def model_metadata(db: Database, name: str) -> ModelMetadata:
+    """Inputs and outputs with datatypes and shapes (-1 for a free dimension).
+
+    Output types come from the stored graph's declared outputs; the engine needs only names.
+    """
+    inputs = [
+        TensorMetadata(name=s.name, datatype=datatype_of(s.dtype), shape=_wire_shape(s.dims))
+        for s in db.inputs(name)
+    ]
+    (graph,) = db.catalog.conn.execute(
+        "SELECT graph FROM models WHERE model_id = ?", (db.model_id(name),)
+    ).fetchone()
+    model = onnx.ModelProto()
+    model.ParseFromString(graph)
+    outputs = []
+    for value in model.graph.output:
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+        dtype = dtypes.from_onnx(tensor.elem_type).numpy
+        outputs.append(
+            TensorMetadata(name=value.name, datatype=datatype_of(dtype), shape=_wire_shape(dims))
+        )
+    return ModelMetadata(name=name, inputs=inputs, outputs=outputs)
+
+
+def _wire_shape(dims: tuple[int | str | None, ...]) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in dims]
