@@ -16,7 +16,7 @@ import numpy as np
 from weightdb.engine.errors import ExecutionError
 from weightdb.engine.ops import Kernel
 from weightdb.engine.ops.nn import convolve, gemm_epilogue
-from weightdb.engine.weights import StoredWeight, read_region
+from weightdb.engine.weights import InMemoryWeight, StoredWeight, read_region
 
 # Scratch bytes for one panel: large enough for one GEMM per weight of a BERT-base-sized layer,
 # small next to a buffer-pool budget.
@@ -106,7 +106,7 @@ def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
     """W[indices] along axis 0, reading only the row blocks that hold a requested index.
 
     Requests are grouped by block with one sort; each block then serves all its requests with one
-    vectorized copy per block column.
+    vectorized copy per block column. A resident weight serves them all with one ``take``.
     """
     layout = weight.layout
     rows, cols = layout.matrix_shape
@@ -118,6 +118,8 @@ def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
         raise ExecutionError(
             f"index {bad} is out of range for {weight.name!r}, which has {rows} rows"
         )
+    if isinstance(weight, InMemoryWeight):
+        return np.take(weight.matrix, ids, axis=0).reshape(*indices.shape, *weight.shape[1:])
     order = np.argsort(ids)
     block_of = ids[order] // layout.block_rows
     cuts = np.flatnonzero(np.diff(block_of)) + 1

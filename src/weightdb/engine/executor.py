@@ -4,7 +4,8 @@
 picks the blockwise kernel for ops whose weight operand is stored, folds the subgraphs that
 depend on constants alone, orders the rest topologically and assigns every value a register.
 ``run`` is then a flat loop over the plan that drops each intermediate after its last reader,
-so peak memory follows the live activations, not the whole graph.
+so peak memory follows the live activations, not the whole graph. Streamed weights that fit in
+their buffer pool are kept resident for the prepared model's lifetime (``keep_resident``).
 """
 
 import heapq
@@ -20,7 +21,7 @@ from onnx import numpy_helper
 from weightdb.engine import blocked
 from weightdb.engine.errors import ExecutionError, InvalidInputError, UnsupportedModelError
 from weightdb.engine.ops import OPS, Kernel
-from weightdb.engine.weights import StoredWeight, materialize
+from weightdb.engine.weights import StoredWeight, keep_resident, materialize
 from weightdb.errors import UnsupportedDTypeError
 from weightdb.storage import dtypes
 
@@ -139,10 +140,12 @@ class PreparedModel:
                 last_read[r] = index
             steps.append((node, kernel, inputs, tuple(register(n) for n in node.output)))
         outputs = [register(name) for name in self.outputs]
+        streamed = {key.weight.name: key.weight for key in registers if isinstance(key, _Streamed)}
+        resident = keep_resident(self, list(streamed.values()))
         self._initial: list = [None] * len(registers)
         for key, r in registers.items():
             if isinstance(key, _Streamed):
-                self._initial[r] = key.weight
+                self._initial[r] = resident.get(key.weight.name, key.weight)
             elif key in constants:
                 self._initial[r] = constants[key]
         kept = set(outputs) | {r for key, r in registers.items() if self._initial[r] is not None}

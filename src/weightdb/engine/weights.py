@@ -2,11 +2,14 @@
 
 Storage hands the engine one ``StoredWeight`` per large initializer. The engine reads it only
 through ``block``, so every byte flows through the buffer pool and is pinned only while an
-operator uses it. ``InMemoryWeight`` is the same contract over a numpy array, for running a graph
-without a database (benchmarks, checks at import).
+operator uses it. ``InMemoryWeight`` is the same contract over a numpy array: for running a
+graph without a database (benchmarks, checks at import), and as the resident copy a prepared
+model keeps of its weights when they fit in their pool (``keep_resident``).
 """
 
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
@@ -15,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from weightdb.storage.blocking import BlockLayout, as_matrix, layout_for
+from weightdb.storage.buffer_pool import BufferPool
 
 
 class StoredWeight(Protocol):
@@ -28,15 +32,40 @@ class StoredWeight(Protocol):
         ...
 
 
+class InMemoryWeight:
+    """A ``StoredWeight`` over a numpy array, cut on the same block grid storage would use.
+
+    Kernels read ``matrix`` directly instead of copying blocks out of it. Blocks and regions
+    come out contiguous, as storage's do, so a kernel multiplies the very same operands either
+    way and results are bitwise equal to streaming the weight through the pool.
+    """
+
+    def __init__(self, name: str, array: np.ndarray, layout: BlockLayout):
+        self.name = name
+        self.dtype = array.dtype
+        self.shape = tuple(array.shape)
+        self.layout = layout
+        self.matrix = as_matrix(np.ascontiguousarray(array))
+        self.matrix.flags.writeable = False
+
+    @contextmanager
+    def block(self, i: int, j: int) -> Iterator[np.ndarray]:
+        r0, r1, c0, c1 = self.layout.bounds(i, j)
+        yield np.ascontiguousarray(self.matrix[r0:r1, c0:c1])
+
+
 def read_region(
     weight: StoredWeight, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype
 ) -> np.ndarray:
-    """Copy rows [r0, r1) x cols [c0, c1) of the matrix view out of the blocks that cover it.
+    """Rows [r0, r1) x cols [c0, c1) of the matrix view as a contiguous array of ``dtype``.
 
-    Each block is pinned only for its copy, so the buffer pool never holds more than one block of
-    this weight on our behalf.
+    An in-memory weight answers with a view when it can. A stored one is copied out of the
+    blocks that cover the region, each pinned only for its copy, so the buffer pool never holds
+    more than one block of this weight on our behalf.
     """
     (r0, r1), (c0, c1) = rows, cols
+    if isinstance(weight, InMemoryWeight):
+        return np.ascontiguousarray(weight.matrix[r0:r1, c0:c1], dtype=dtype)
     layout = weight.layout
     out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
     for i in range(r0 // layout.block_rows, -(-r1 // layout.block_rows)):
@@ -56,21 +85,47 @@ def materialize(weight: StoredWeight) -> np.ndarray:
     return read_region(weight, (0, rows), (0, cols), weight.dtype).reshape(weight.shape)
 
 
-class InMemoryWeight:
-    """A ``StoredWeight`` over a numpy array, cut on the same block grid storage would use."""
+class _ResidentBytes:
+    """Bytes of resident copies per buffer pool, kept within that pool's budget."""
 
-    def __init__(self, name: str, array: np.ndarray, block_shape: tuple[int, int]):
-        self.name = name
-        self.dtype = array.dtype
-        self.shape = tuple(array.shape)
-        self.layout = layout_for(self.shape, block_shape)
-        self._matrix = as_matrix(np.ascontiguousarray(array))
-        self._matrix.flags.writeable = False
+    def __init__(self) -> None:
+        self._used: weakref.WeakKeyDictionary[BufferPool, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
-    @contextmanager
-    def block(self, i: int, j: int) -> Iterator[np.ndarray]:
-        r0, r1, c0, c1 = self.layout.bounds(i, j)
-        yield self._matrix[r0:r1, c0:c1]
+    def reserve(self, pool: BufferPool, nbytes: int) -> bool:
+        with self._lock:
+            used = self._used.get(pool, 0)
+            if pool.budget_bytes is not None and used + nbytes > pool.budget_bytes:
+                return False
+            self._used[pool] = used + nbytes
+            return True
+
+    def release(self, pool: BufferPool, nbytes: int) -> None:
+        with self._lock:
+            self._used[pool] -= nbytes
+
+
+_RESIDENT = _ResidentBytes()
+
+
+def keep_resident(owner: object, weights: Sequence[StoredWeight]) -> dict[str, InMemoryWeight]:
+    """Copies of ``weights`` (name -> copy) that live as long as ``owner``, if they fit.
+
+    Pinning and copying every block on every call costs more than the arithmetic of a
+    batch-256 MLP. When all of ``weights`` fit in their buffer pool's budget next to the
+    resident copies of other live models, they are read through the pool once and kept
+    assembled; otherwise (a budget below the model, weights outside a pool) the result is empty
+    and every call streams. Copies count against the budget only here, not in the pool: the
+    memory weights use is bounded by twice the budget.
+    """
+    pools = {getattr(w, "pool", None) for w in weights}
+    if len(pools) != 1 or not isinstance(pool := pools.pop(), BufferPool):
+        return {}
+    nbytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in weights)
+    if not _RESIDENT.reserve(pool, nbytes):
+        return {}
+    weakref.finalize(owner, _RESIDENT.release, pool, nbytes)
+    return {w.name: InMemoryWeight(w.name, materialize(w), w.layout) for w in weights}
 
 
 def split_initializers(
@@ -84,7 +139,8 @@ def split_initializers(
         dims = tuple(tensor.dims)
         if int(np.prod(dims)) >= min_elements:
             array = numpy_helper.to_array(tensor)
-            weights[tensor.name] = InMemoryWeight(tensor.name, array, block_shape)
+            layout = layout_for(tuple(array.shape), block_shape)
+            weights[tensor.name] = InMemoryWeight(tensor.name, array, layout)
         else:
             kept.append(tensor)
     del stripped.graph.initializer[:]
