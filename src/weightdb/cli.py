@@ -6,6 +6,7 @@ fix print one line on stderr and exit with status 1.
 
 import json
 import sys
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -17,6 +18,7 @@ from rich.table import Table
 from weightdb.caching.cli import app as cache_app
 from weightdb.cli_common import (
     BudgetOption,
+    PolicyOption,
     byte_progress,
     console,
     err_console,
@@ -24,7 +26,7 @@ from weightdb.cli_common import (
     size_option,
     state,
 )
-from weightdb.database import connect
+from weightdb.database import Database, connect
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
@@ -62,6 +64,9 @@ def init(
         str, typer.Option(help="Block shape R,C that tensors are cut into.")
     ] = "{},{}".format(*Settings().block_shape),
     page_size: Annotated[str, typer.Option(help="Page size, e.g. 4MiB.")] = "4MiB",
+    policy: Annotated[
+        str, typer.Option(help="Buffer pool replacement policy.")
+    ] = Settings().policy,
 ) -> None:
     """Create an empty database."""
     try:
@@ -71,7 +76,10 @@ def init(
             f"{block_shape!r} is not R,C (two integers)", param_hint="--block-shape"
         ) from None
     settings = Settings(
-        block_rows=rows, block_cols=cols, page_size=size_option(page_size, "--page-size")
+        block_rows=rows,
+        block_cols=cols,
+        page_size=size_option(page_size, "--page-size"),
+        policy=policy,
     )
     if (path / "config.toml").exists():
         raise WeightDBError(f"a database already exists at {path}")
@@ -204,6 +212,16 @@ def verify() -> None:
     console.print(f"ok: {pages} pages verified")
 
 
+TraceOption = Annotated[
+    Path | None,
+    typer.Option("--trace", help="Record every page request to this file (for cache simulate)."),
+]
+
+
+def _tracing(db: Database, path: Path | None):
+    return db.record_trace(path) if path is not None else nullcontext()
+
+
 @app.command()
 def predict(
     name: Annotated[str, typer.Argument(help="Model to run.")],
@@ -214,9 +232,11 @@ def predict(
         Path | None, typer.Option("--output", help="Write outputs to .npz/.npy/.parquet.")
     ] = None,
     budget: BudgetOption = None,
+    policy: PolicyOption = None,
+    trace: TraceOption = None,
 ) -> None:
     """Run a model on inputs from a file; weights stream through the buffer pool."""
-    with open_db(budget) as db:
+    with open_db(budget, policy) as db, _tracing(db, trace):
         outputs = db.predict(name, read_inputs(input_file, db.inputs(name)))
         pool = db.pool.stats()
     if output is not None:
@@ -239,9 +259,11 @@ def sql(
     query: Annotated[str, typer.Argument(help="One SQL statement (DuckDB dialect).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
     budget: BudgetOption = None,
+    policy: PolicyOption = None,
+    trace: TraceOption = None,
 ) -> None:
     """Run SQL over feature tables with predict(), predict_label(), embed() and weightdb.*."""
-    with open_db(budget) as db:
+    with open_db(budget, policy) as db, _tracing(db, trace):
         result = db.sql(query)
     rows = result.to_pylist()
     if as_json:

@@ -30,13 +30,14 @@ class _State:
 state = _State()
 
 
-def open_db(budget: str | None = None) -> Database:
+def open_db(budget: str | None = None, policy: str | None = None) -> Database:
     if state.db_path is None:
         raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
     return connect(
         state.db_path,
         create=False,
         budget=DEFAULT_BUDGET if budget is None else size_option(budget, "--budget"),
+        policy=policy,
     )
 
 
@@ -65,4 +66,11 @@ def byte_progress(description: str):
 BudgetOption = Annotated[
     str | None,
     typer.Option("--budget", help=f"Buffer pool budget, e.g. 64MiB (default {DEFAULT_BUDGET})."),
+]
+
+PolicyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--policy", help="Buffer pool replacement policy (default: the database's setting)."
+    ),
 ]

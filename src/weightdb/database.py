@@ -9,7 +9,8 @@ commits in one catalog transaction, and files no committed row refers to are rem
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 import pyarrow as pa
 
+from weightdb.caching.recorder import TraceRecorder
 from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
 from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
 from weightdb.ingest import exporter, torch_export
@@ -72,7 +74,7 @@ class Database:
         create: bool = True,
         settings: Settings | None = None,
         budget_bytes: int | None = None,
-        policy: str = "lru",
+        policy: str | None = None,
     ) -> None:
         self.path = Path(path)
         config = self.path / CONFIG
@@ -96,10 +98,14 @@ class Database:
         self._locations_lock = threading.Lock()
         self.reader = PageReader(self.pages_dir)
         self.pool = BufferPool(
-            self.reader, self.locate_page, budget_bytes, make_policy(policy, self.page_models)
+            self.reader,
+            self.locate_page,
+            budget_bytes,
+            make_policy(policy or self.settings.policy, self.page_models),
         )
         self.prepared = PreparedModels(self)
         self._sql_session: SQLSession | None = None
+        self._trace: TraceRecorder | None = None
 
     def _create(self, settings: Settings) -> None:
         settings.validate()
@@ -251,7 +257,21 @@ class Database:
     def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a model on ``inputs`` (graph input name -> array); every weight block is read
         through the buffer pool. Returns graph output name -> array."""
+        if self._trace is not None:
+            self._trace.start_query()
         return self.prepared.get(name).run(inputs)
+
+    @contextmanager
+    def record_trace(self, path: str | Path) -> Iterator[TraceRecorder]:
+        """Record every page request made inside the ``with`` block (each prediction is one
+        query) and write them to ``path`` in the trace format of ``weightdb cache``."""
+        recorder = TraceRecorder()
+        self._trace, self.pool.recorder = recorder, recorder.record
+        try:
+            yield recorder
+        finally:
+            self._trace, self.pool.recorder = None, None
+            recorder.write(Path(path), self.locate_page, self.page_models)
 
     def inputs(self, name: str) -> list[InputSpec]:
         """The graph inputs a model expects: names, dtypes and dims (None or a name if free)."""
@@ -381,12 +401,13 @@ def connect(
     create: bool = True,
     settings: Settings | None = None,
     budget: int | str | None = DEFAULT_BUDGET,
-    policy: str = "lru",
+    policy: str | None = None,
 ) -> Database:
     """Open the database at ``path``, creating it (with ``settings``) if it does not exist.
 
     ``budget`` bounds the buffer pool (bytes or a size such as ``"256MiB"``; None for no
     bound): every read of weights, including export and prediction, goes through it.
+    ``policy`` overrides the database's replacement policy for this connection.
     """
     budget_bytes = None if budget is None else parse_size(budget)
     return Database(

@@ -60,10 +60,14 @@ class BufferPool:
         self._resident_bytes = 0
         self._lock = threading.RLock()
         self._stats = PoolStats()
+        self.recorder: Callable[[int, str | None], None] | None = None
+        """Told of every page request (page id, model), e.g. to record a trace."""
 
     def pin(self, page_id: int, model: str | None = None) -> Page:
         """Return the page, resident and pinned until the matching ``unpin``."""
         with self._lock:
+            if self.recorder is not None:
+                self.recorder(page_id, model)
             frame = self._frames.get(page_id)
             self.policy.on_request(page_id, model, hit=frame is not None)
             if frame is not None:

@@ -7,11 +7,13 @@ while 64x64 costs 1.5x in speed and 9x in catalog size; page size barely moves s
 pages keep caching and packing fine-grained.
 """
 
+import json
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from weightdb.errors import FormatVersionError, WeightDBError
+from weightdb.storage.policies import DEFAULT_POLICY, make_policy
 
 FORMAT_VERSION = 1
 WIDEST_ITEMSIZE = 8  # float64 / int64
@@ -23,6 +25,7 @@ class Settings:
     block_cols: int = 128
     page_size: int = 4 * 1024 * 1024
     segment_bytes: int = 1024 * 1024 * 1024
+    policy: str = DEFAULT_POLICY  # buffer pool replacement policy; a server run may override it
     format_version: int = FORMAT_VERSION
 
     @property
@@ -41,6 +44,7 @@ class Settings:
                 f"{self.block_cols} block of 8-byte values; use a page size of at least "
                 f"{needed} bytes or a smaller block shape"
             )
+        make_policy(self.policy)  # a clear error for unknown names
         if self.segment_bytes < self.page_size:
             raise WeightDBError("segment size must be at least the page size")
         return self
@@ -48,7 +52,7 @@ class Settings:
 
 def write_settings(path: Path, settings: Settings) -> None:
     lines = ["# weightdb database settings; fixed at creation.\n"]
-    lines += [f"{key} = {value}\n" for key, value in asdict(settings).items()]
+    lines += [f"{key} = {json.dumps(value)}\n" for key, value in asdict(settings).items()]
     path.write_text("".join(lines))
 
 

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+from weightdb.errors import WeightDBError
 from weightdb.storage.policies.base import PageModels, ReplacementPolicy
 from weightdb.storage.policies.lfu import LFUPolicy
 from weightdb.storage.policies.lru import LRUPolicy
@@ -34,7 +35,7 @@ def make_policy(name: str, page_models: PageModels | None = None) -> Replacement
     try:
         factory = POLICIES[name]
     except KeyError:
-        raise ValueError(
+        raise WeightDBError(
             f"unknown replacement policy {name!r}; choose one of {', '.join(POLICIES)}"
         ) from None
     return factory(page_models or _no_models)
