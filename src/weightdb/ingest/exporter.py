@@ -15,7 +15,7 @@ from weightdb.errors import WeightDBError
 from weightdb.ingest.onnx_format import assemble_onnx, save_onnx
 from weightdb.ingest.safetensors_format import write_safetensors
 from weightdb.storage import dtypes
-from weightdb.storage.page_files import fsync_directory
+from weightdb.storage.page_files import fsync_path
 
 if TYPE_CHECKING:
     from weightdb.database import Database, Progress
@@ -57,20 +57,12 @@ def export_model(db: "Database", name: str, path: Path, progress: "Progress | No
         else:
             model = assemble_onnx(graph, metadata, _whole(tensors, progress))
             save_onnx(model, tmp, data_name=path.name + ".data")
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
-        fsync_directory(path.parent)
+        fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _chunks(tensors, progress):

@@ -85,7 +85,7 @@ class SegmentWriter:
     def finish(self) -> None:
         """Make every written page durable (file data and directory entries)."""
         self._close_current()
-        fsync_directory(self.directory)
+        fsync_path(self.directory)
 
     def abort(self) -> None:
         """Close and delete what this writer created; used when an import fails cleanly."""
@@ -96,8 +96,9 @@ class SegmentWriter:
             (self.directory / name).unlink(missing_ok=True)
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a directory's entries, durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
