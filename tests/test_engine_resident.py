@@ -1,0 +1,67 @@
+"""Resident weights: kept when a model fits in its buffer pool, bounded by the budget."""
+
+import gc
+
+import numpy as np
+import onnx
+
+import weightdb
+from weightdb.engine import prepare
+
+SETTINGS = weightdb.Settings(block_rows=16, block_cols=16, page_size=4096)
+
+
+def requests(db) -> int:
+    stats = db.pool.stats()
+    return stats.hits + stats.misses
+
+
+def graph(db, name: str) -> onnx.ModelProto:
+    (data,) = db.catalog.conn.execute("SELECT graph FROM models WHERE name = ?", (name,)).fetchone()
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    return model
+
+
+def test_a_model_that_fits_reads_the_pool_once_and_one_that_does_not_streams(
+    tmp_path, exported_models
+):
+    x = np.random.default_rng(2).standard_normal((40, 100), dtype=np.float32)
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        db.import_model(exported_models["mlp"], "mlp")
+        size = db.model("mlp").logical_bytes
+    with weightdb.connect(tmp_path / "db", budget=None) as db:
+        resident = db.predict("mlp", {"x": x})["output"]
+        before = requests(db)
+        db.predict("mlp", {"x": x})
+        assert requests(db) == before
+    with weightdb.connect(tmp_path / "db", budget=size // 4) as db:
+        streamed = db.predict("mlp", {"x": x})["output"]
+        before = requests(db)
+        db.predict("mlp", {"x": x})
+        assert requests(db) > before
+    assert streamed.tobytes() == resident.tobytes()
+
+
+def test_resident_copies_of_live_models_stay_within_the_budget(tmp_path, exported_models):
+    """Two models that each fit but not together: the second streams until the first is gone."""
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name in ("a", "b"):
+            db.import_model(exported_models["mlp"], name)
+        size = db.model("a").logical_bytes
+    x = np.ones((3, 100), np.float32)
+    with weightdb.connect(tmp_path / "db", budget=size * 3 // 2) as db:
+        first = prepare(graph(db, "a"), db.tensors("a"))
+        second = prepare(graph(db, "b"), db.tensors("b"))
+        before = requests(db)
+        first.run({"x": x})
+        assert requests(db) == before
+        second.run({"x": x})
+        assert requests(db) > before
+
+        del first
+        gc.collect()
+        third = prepare(graph(db, "b"), db.tensors("b"))
+        before = requests(db)
+        third.run({"x": x})
+        assert requests(db) == before
