@@ -14,6 +14,7 @@ from weightdb.server.config import ServerConfig
 from weightdb.storage.policies import DEFAULT_POLICY, POLICIES, make_policy
 
 _DEFAULTS = ServerConfig()
+SWITCH_INTERVAL_S = 0.0005
 
 
 def serve_command(
@@ -60,6 +61,9 @@ def serve_command(
         max_body=size_option(max_body, "--max-body"),
         token=token or None,
     )
+    # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
+    # the event loop would wait that long for the GIL at every step of every HTTP request.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     with open_db(budget) as db:
         # open_db takes no policy; the pool has read nothing yet, so replacing it is exact.
         db.pool.policy = make_policy(policy, db.page_models)

@@ -1,0 +1,416 @@
+"""Serving over HTTP: weightdb's KServe v2 server against a plain FastAPI server that holds
+PyTorch modules, on loopback, under one memory budget.
+
+The family: fine-tunes of one MLP classifier whose first two layers were frozen (shared, 5 MiB)
+and whose last hidden layer and head were tuned per task (private, 4 MiB); 9 MiB per model.
+The baseline keeps whole modules (loaded from safetensors) while they fit the budget and evicts
+the least recently used; weightdb gives the same budget to its buffer pool. Clients send a
+Zipf-distributed mix of single-row requests from a closed loop of concurrent connections.
+
+Scenarios: ``over-budget`` (the models total 8 x 9 MiB against a 20 MiB budget: the baseline
+holds two models, weightdb the shared layers and about three private ones) and ``fits`` (every
+model fits both). Storage is cold for both systems: before each run every file of both is
+dropped from the OS page cache, and during the run a thread drops them again every 50 ms, so a
+model or page evicted from memory is read back from storage, not from the page cache.
+
+Floors: over budget, weightdb's throughput >= 2x the baseline's with a lower p99; when
+everything fits, weightdb's p50 <= 1.3x the baseline's.
+"""
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+import weightdb
+from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+
+MODELS = 8
+IN, HIDDEN, CLASSES = 256, 1024, 16
+SKEW = 1.0
+CONCURRENCY = 16
+SCENARIOS = {"over-budget": 20 << 20, "fits": 1 << 30}
+THROUGHPUT_FLOOR = 2.0  # weightdb / baseline requests per second, over budget
+P50_CEILING = 1.3  # weightdb p50 / baseline p50, when everything fits
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Classifier(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(IN, HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Linear(HIDDEN, HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Linear(HIDDEN, HIDDEN),
+            torch.nn.ReLU(),
+            torch.nn.Linear(HIDDEN, CLASSES),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def build_family(folder: Path) -> tuple[Path, Path]:
+    """The weightdb database and the folder of safetensors files, one model per task."""
+    torch.manual_seed(0)
+    base = Classifier().eval()
+    db_path, tensors = folder / "db", folder / "safetensors"
+    tensors.mkdir()
+    with weightdb.connect(db_path) as db:
+        for k in range(MODELS):
+            model = Classifier().eval()
+            model.load_state_dict(base.state_dict())
+            with torch.no_grad():  # the tuned layers: the base plus a task's update
+                for layer in (model.layers[4], model.layers[6]):
+                    layer.weight.add_(0.02 * torch.randn_like(layer.weight))
+                    layer.bias.add_(0.02 * torch.randn_like(layer.bias))
+            name = f"task{k}"
+            db.from_torch(
+                model, (torch.randn(2, IN),), name=name, input_names=["x"], output_names=["y"]
+            )
+            save_file(model.state_dict(), tensors / f"{name}.safetensors")
+    return db_path, tensors
+
+
+def baseline_app(folder: Path, budget: int):
+    """A plain FastAPI server: whole modules cached under ``budget`` bytes, LRU, loaded from
+    safetensors on a miss (the evicted model's file is dropped from the OS page cache)."""
+    from fastapi import Body, FastAPI
+
+    app = FastAPI()
+    cache: OrderedDict[str, tuple[torch.nn.Module, int]] = OrderedDict()
+    lock = threading.Lock()
+
+    def module(name: str) -> torch.nn.Module:
+        with lock:
+            if name in cache:
+                cache.move_to_end(name)
+                return cache[name][0]
+            state = load_file(folder / f"{name}.safetensors")
+            size = sum(t.numel() * t.element_size() for t in state.values())
+            while cache and sum(s for _, s in cache.values()) + size > budget:
+                evicted, _ = cache.popitem(last=False)
+                drop_cache(folder / f"{evicted}.safetensors")
+            model = Classifier().eval()
+            model.load_state_dict(state)
+            cache[name] = (model, size)
+            return model
+
+    @app.get("/v2/health/live")
+    def live() -> dict:
+        return {"live": True}
+
+    @app.post("/v2/models/{name}/infer")
+    def infer(name: str, body: dict = Body(...)) -> dict:
+        tensor = body["inputs"][0]
+        x = torch.tensor(tensor["data"], dtype=torch.float32).reshape(tensor["shape"])
+        with torch.inference_mode():
+            y = module(name)(x)
+        output = {"name": "y", "datatype": "FP32", "shape": list(y.shape)}
+        return {"model_name": name, "outputs": [{**output, "data": y.flatten().tolist()}]}
+
+    return app
+
+
+@contextmanager
+def running(command: list[str], port: int) -> Iterator[str]:
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/health/live").status_code == 200:
+                    break
+            except httpx.TransportError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server {command} did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def cold_storage(paths: list[Path]) -> Iterator[None]:
+    """Drop the files from the OS page cache now and every 50 ms until the block ends."""
+    stop = threading.Event()
+
+    def dropper() -> None:
+        while not stop.wait(0.05):
+            for path in paths:
+                drop_cache(path)
+
+    for path in paths:
+        drop_cache(path)
+    thread = threading.Thread(target=dropper, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def zipf_trace(requests: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    weights = 1 / np.arange(1, MODELS + 1) ** SKEW
+    ranks = rng.choice(MODELS, size=requests, p=weights / weights.sum())
+    popularity = rng.permutation(MODELS)  # which task is most popular is not task0
+    return [f"task{popularity[r]}" for r in ranks]
+
+
+async def drive(url: str, trace: list[str], bodies: list[bytes], time_limit: float) -> dict:
+    """Closed loop: CONCURRENCY connections send the trace in order; per-request latency."""
+    latencies: list[float] = []
+    failures = 0
+    cursor = iter(enumerate(trace))
+    deadline = time.perf_counter() + time_limit
+    headers = {"Content-Type": "application/json"}
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal failures
+        for k, model in cursor:
+            if time.perf_counter() > deadline:
+                return
+            start = time.perf_counter()
+            response = await http.post(
+                f"/v2/models/{model}/infer", content=bodies[k % len(bodies)], headers=headers
+            )
+            latencies.append(time.perf_counter() - start)
+            failures += response.status_code != 200
+
+    limits = httpx.Limits(max_connections=CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(CONCURRENCY)))
+        wall = time.perf_counter() - start
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "failures": failures,
+        "throughput_rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def request_bodies(count: int) -> list[bytes]:
+    rng = np.random.default_rng(7)
+    bodies = []
+    for _ in range(count):
+        x = rng.standard_normal(IN).astype(np.float32)
+        tensor = {"name": "x", "shape": [1, IN], "datatype": "FP32", "data": x.tolist()}
+        bodies.append(httpx.Request("POST", "/", json={"inputs": [tensor]}).content)
+    return bodies
+
+
+def check_agreement(weightdb_url: str, baseline_url: str, body: bytes) -> float:
+    """Largest absolute difference between the two servers' answers, over all models."""
+    worst = 0.0
+    headers = {"Content-Type": "application/json"}
+    for k in range(MODELS):
+        answers = [
+            httpx.post(f"{url}/v2/models/task{k}/infer", content=body, headers=headers).json()
+            for url in (weightdb_url, baseline_url)
+        ]
+        a, b = (np.asarray(r["outputs"][0]["data"]) for r in answers)
+        worst = max(worst, float(np.abs(a - b).max()))
+    return worst
+
+
+def weightdb_command(db_path: Path, budget: int, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "weightdb.server", "--db", str(db_path), "serve",
+        "--port", str(port), "--budget", str(budget), "--policy", "weightdb",
+    ]  # fmt: skip
+
+
+def baseline_command(folder: Path, budget: int, port: int) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.serving", "baseline", str(folder), str(budget),
+            str(port)]  # fmt: skip
+
+
+def pool_read_bytes(url: str) -> dict:
+    """weightdb's bytes read from storage, in total and per scheduling round."""
+    values = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("weightdb_pool_read_bytes_total", "weightdb_round_read_bytes_sum",
+                    "weightdb_round_read_bytes_count", "weightdb_round_models_sum"):  # fmt: skip
+            values[name] = float(value)
+    rounds = values["weightdb_round_read_bytes_count"]
+    return {
+        "read_bytes": values["weightdb_pool_read_bytes_total"],
+        "rounds": rounds,
+        "read_bytes_per_round": values["weightdb_round_read_bytes_sum"] / rounds,
+        "models_per_round": values["weightdb_round_models_sum"] / rounds,
+    }
+
+
+def run_scenario(
+    db_path: Path, tensors: Path, budget: int, requests: int, repeats: int, time_limit: float
+) -> dict:
+    bodies = request_bodies(64)
+    runs: dict[str, list[dict]] = {"weightdb": [], "baseline": []}
+    for repeat in range(repeats):
+        trace = zipf_trace(requests, seed=repeat)
+        warmup = zipf_trace(max(requests // 10, MODELS * 4), seed=1000 + repeat)
+        for system in ("weightdb", "baseline") if repeat % 2 == 0 else ("baseline", "weightdb"):
+            port = free_port()
+            command = (
+                weightdb_command(db_path, budget, port)
+                if system == "weightdb"
+                else baseline_command(tensors, budget, port)
+            )
+            with cold_storage([db_path / "pages", tensors]), running(command, port) as url:
+                asyncio.run(drive(url, warmup, bodies, time_limit))
+                result = asyncio.run(drive(url, trace, bodies, time_limit))
+                if system == "weightdb":
+                    result.update(pool_read_bytes(url))
+            runs[system].append(result)
+            print(f"  {system}: {result}", flush=True)
+    return {system: summarize(results) for system, results in runs.items()}
+
+
+def summarize(results: list[dict]) -> dict:
+    summary = {"runs": results}
+    for key in ("throughput_rps", "p50_ms", "p99_ms"):
+        values = [r[key] for r in results]
+        summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    summary["failures"] = sum(r["failures"] for r in results)
+    return summary
+
+
+def run(quick: bool, out_dir: Path) -> dict:
+    requests, repeats, time_limit = (400, 1, 60.0) if quick else (2000, 3, 180.0)
+    results: dict = {"quick": quick, "models": MODELS, "concurrency": CONCURRENCY}
+    with tempfile.TemporaryDirectory(prefix="weightdb-serving-") as tmp:
+        db_path, tensors = build_family(Path(tmp))
+        with weightdb.connect(db_path, create=False) as db:
+            stats = db.stats()
+        results["model_bytes"] = stats["logical_bytes"] // MODELS
+        results["stored_bytes"] = stats["stored_bytes"]
+        results["logical_bytes"] = stats["logical_bytes"]
+        port_a, port_b = free_port(), free_port()
+        with (
+            running(weightdb_command(db_path, 1 << 30, port_a), port_a) as a,
+            running(baseline_command(tensors, 1 << 30, port_b), port_b) as b,
+        ):
+            results["max_abs_difference"] = check_agreement(a, b, request_bodies(1)[0])
+        results["scenarios"] = {}
+        for scenario, budget in SCENARIOS.items():
+            print(f"scenario {scenario} (budget {budget >> 20} MiB)", flush=True)
+            outcome = run_scenario(db_path, tensors, budget, requests, repeats, time_limit)
+            outcome["budget_bytes"] = budget
+            results["scenarios"][scenario] = outcome
+    results["floors"] = floors(results["scenarios"])
+    write_results(out_dir, "serving", results, markdown(results))
+    return results
+
+
+def floors(scenarios: dict) -> dict:
+    over, fits = scenarios["over-budget"], scenarios["fits"]
+    speedup = (
+        over["weightdb"]["throughput_rps"]["median"] / over["baseline"]["throughput_rps"]["median"]
+    )
+    p99_ratio = over["weightdb"]["p99_ms"]["median"] / over["baseline"]["p99_ms"]["median"]
+    p50_ratio = fits["weightdb"]["p50_ms"]["median"] / fits["baseline"]["p50_ms"]["median"]
+    return {
+        "over_budget_throughput_ratio": speedup,
+        "over_budget_p99_ratio": p99_ratio,
+        "fits_p50_ratio": p50_ratio,
+        "throughput_floor_met": speedup >= THROUGHPUT_FLOOR and p99_ratio < 1,
+        "p50_floor_met": p50_ratio <= P50_CEILING,
+    }
+
+
+def markdown(results: dict) -> str:
+    rows = []
+    for scenario, outcome in results["scenarios"].items():
+        for system in ("weightdb", "baseline"):
+            r = outcome[system]
+            rows.append([
+                scenario, f"{outcome['budget_bytes'] >> 20} MiB", system,
+                _spread(r["throughput_rps"], "{:.0f}"), _spread(r["p50_ms"], "{:.1f}"),
+                _spread(r["p99_ms"], "{:.1f}"), r["failures"],
+            ])  # fmt: skip
+    f = results["floors"]
+    over_runs = results["scenarios"]["over-budget"]["weightdb"]["runs"]
+    over = over_runs[0]
+    return "\n".join([
+        "## Serving (KServe v2 over loopback)",
+        "",
+        f"{results['models']} fine-tuned MLP classifiers of {results['model_bytes'] >> 20} MiB "
+        f"sharing two frozen layers ({results['logical_bytes'] >> 20} MiB logical, "
+        f"{results['stored_bytes'] >> 20} MiB stored by weightdb); Zipf(s={SKEW}) single-row "
+        f"requests from {results['concurrency']} closed-loop connections; storage kept cold for "
+        "both systems. Baseline: FastAPI + PyTorch modules from safetensors, whole-model LRU "
+        f"under the same budget. Medians over {len(over_runs)} run(s), (min-max)"
+        f"{'; quick mode' if results['quick'] else ''}.",
+        "",
+        markdown_table(
+            ["scenario", "budget", "system", "requests/s", "p50 ms", "p99 ms", "failures"], rows
+        ),
+        "",
+        f"Over budget: weightdb {f['over_budget_throughput_ratio']:.2f}x the baseline's "
+        f"throughput (floor {THROUGHPUT_FLOOR}x), p99 ratio {f['over_budget_p99_ratio']:.2f} "
+        f"(floor < 1): {'met' if f['throughput_floor_met'] else 'NOT met'}. Everything fits: "
+        f"p50 ratio {f['fits_p50_ratio']:.2f} (ceiling {P50_CEILING}): "
+        f"{'met' if f['p50_floor_met'] else 'NOT met'}. weightdb read "
+        f"{over['read_bytes'] / 2**20:.0f} MiB from storage over budget "
+        f"({over['read_bytes_per_round'] / 2**20:.2f} MiB per round of "
+        f"{over['models_per_round']:.1f} models); answers agree to "
+        f"{results['max_abs_difference']:.1e}.",
+    ])  # fmt: skip
+
+
+def _spread(stat: dict, fmt: str) -> str:
+    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("run", help="run the benchmark")
+    bench.add_argument("--quick", action="store_true")
+    baseline = sub.add_parser("baseline", help="serve the baseline (used by the benchmark)")
+    baseline.add_argument("folder", type=Path)
+    baseline.add_argument("budget", type=int)
+    baseline.add_argument("port", type=int)
+    args = parser.parse_args()
+    if args.command == "run":
+        run(args.quick, RESULTS_DIR)
+        return
+    import uvicorn
+
+    app = baseline_app(args.folder, args.budget)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
