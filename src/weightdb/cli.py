@@ -30,6 +30,7 @@ from weightdb.database import Database, connect
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
+from weightdb.server.cli import serve_command
 from weightdb.serving.tensor_files import read_inputs, write_outputs
 from weightdb.storage.repack import DEFAULT_REPACK_ALGORITHM
 from weightdb.storage.settings import Settings
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.add_typer(packing_app, name="packing")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
+app.command("serve")(serve_command)
 
 
 @app.callback()

@@ -7,11 +7,18 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from weightdb.cli_common import BudgetOption, console, err_console, open_db, size_option, state
+from weightdb.cli_common import (
+    BudgetOption,
+    PolicyOption,
+    console,
+    err_console,
+    open_db,
+    size_option,
+    state,
+)
 from weightdb.errors import WeightDBError
 from weightdb.server.app import create_app
 from weightdb.server.config import ServerConfig
-from weightdb.storage.policies import DEFAULT_POLICY, POLICIES, make_policy
 
 _DEFAULTS = ServerConfig()
 SWITCH_INTERVAL_S = 0.0005
@@ -23,9 +30,7 @@ def serve_command(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     budget: BudgetOption = None,
-    policy: Annotated[
-        str, typer.Option(help=f"Buffer pool replacement policy: {', '.join(POLICIES)}.")
-    ] = DEFAULT_POLICY,
+    policy: PolicyOption = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -51,8 +56,6 @@ def serve_command(
     ] = "64MiB",
 ) -> None:
     """Serve the database over HTTP: KServe v2 REST, Prometheus /metrics, OpenAPI at /docs."""
-    if policy not in POLICIES:
-        raise typer.BadParameter(f"choose one of {', '.join(POLICIES)}", param_hint="--policy")
     config = ServerConfig(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
@@ -64,9 +67,7 @@ def serve_command(
     # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
     # the event loop would wait that long for the GIL at every step of every HTTP request.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    with open_db(budget) as db:
-        # open_db takes no policy; the pool has read nothing yet, so replacing it is exact.
-        db.pool.policy = make_policy(policy, db.page_models)
+    with open_db(budget, policy) as db:
         console.print(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
             f"(docs at /docs){'; bearer token required' if token else ''}"
