@@ -1,0 +1,177 @@
+"""``deduplicate``: plan with the chosen method in memory, then commit once.
+
+The writer lock is held for the whole run, so the snapshot the planner works on is the state
+the commit changes. Planning never writes; a crash before the commit leaves the database as it
+was.
+"""
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping
+
+from weightdb.database import Database
+from weightdb.dedup.baselines import MistiqueMatcher, pairwise_matcher
+from weightdb.dedup.commit import Quality, commit_plan, ensure_tables
+from weightdb.dedup.errors import DedupParameterError
+from weightdb.dedup.evalspec import SPLITS, EvalSpec, Evaluator, load_eval_spec
+from weightdb.dedup.exact import plan_exact
+from weightdb.dedup.gate import Gate
+from weightdb.dedup.metrics import Measurement
+from weightdb.dedup.netsdb import NetsdbParams, netsdb_matcher, run_sequential
+from weightdb.dedup.plan import Plan
+from weightdb.dedup.report import DedupReport, ModelReport
+from weightdb.dedup.weightdb_method import WeightdbParams, run_weightdb
+from weightdb.dedup.workspace import Workspace
+
+METHODS = ("exact", "netsdb", "weightdb", "mistique", "pairwise")
+PARAMS = {
+    "netsdb": NetsdbParams,
+    "pairwise": NetsdbParams,
+    "mistique": NetsdbParams,
+    "weightdb": WeightdbParams,
+}
+
+Progress = Callable[[str, int, int], None]
+
+
+def deduplicate(
+    db: Database,
+    models: list[str] | None = None,
+    eval_spec: EvalSpec = None,
+    max_drop: float | Mapping[str, float] = 0.01,
+    method: str = "weightdb",
+    progress: Progress | None = None,
+    **params,
+) -> "DedupReport":
+    """Deduplicate ``models`` (default: all) and commit the result in one transaction.
+
+    ``max_drop`` is each model's budget in metric units (0.01 = one accuracy point; for MSE a
+    relative increase), one number or a dict per model. Models the eval spec does not cover
+    only take part in exact deduplication. ``params`` are the method's parameters (see
+    ``NetsdbParams`` and ``WeightdbParams``).
+    """
+    start = time.perf_counter()
+    progress = progress or (lambda phase, done, total: None)
+    options = _options(method, params)
+    with db.writer_lock:
+        db.collect_garbage()
+        ensure_tables(db)
+        everyone = [
+            n for (n,) in db.catalog.conn.execute("SELECT name FROM models ORDER BY model_id")
+        ]
+        selected = (
+            everyone
+            if models is None
+            else [
+                everyone[everyone.index(m)] if m in everyone else db.model(m).name for m in models
+            ]
+        )
+        evaluators = load_eval_spec(eval_spec, selected)
+        budgets = _budgets(max_drop, evaluators)
+        workspace = Workspace(db, everyone)
+        plan = Plan(workspace)
+        plan_exact(plan)
+        approximate = method != "exact" and bool(evaluators)
+        before = _measure_all(workspace, evaluators, progress) if approximate else {}
+        gate = None
+        if approximate:
+            gate = _plan_approximate(plan, method, options, evaluators, budgets, progress)
+        after = _measure_all(workspace, evaluators, progress) if approximate else {}
+        final = plan.final()
+        quality = {
+            m: Quality(
+                evaluators[m].metric,
+                {(s, "before"): before[m][s] for s in SPLITS}
+                | {(s, "after"): after[m][s] for s in SPLITS},
+            )
+            for m in before
+        }
+        blocks_before = len(set(workspace.original.values()))
+        stored_before = sum(b.nbytes for b in workspace.blocks.values())
+        run_id, stored_after = None, stored_before
+        if final or quality:
+            parameters = {"budgets": budgets, **dataclasses.asdict(options)} if options else {}
+            run_id, stored_after = commit_plan(db, workspace, final, method, parameters, quality)
+        report = DedupReport(
+            method=method,
+            run_id=run_id,
+            stored_bytes_before=stored_before,
+            stored_bytes_after=stored_after,
+            distinct_blocks_before=blocks_before,
+            distinct_blocks_after=len(set(workspace.current.values())),
+            exact_only=not approximate,
+            evaluations=gate.evaluations if gate else 0,
+            seconds=time.perf_counter() - start,
+        )
+    changed = {m: sum(1 for r in final if r.position.model == m) for m in evaluators}
+    for model in before:
+        report.models[model] = ModelReport(
+            metric=evaluators[model].metric,
+            budget=budgets[model],
+            validation_before=before[model]["validation"].value,
+            validation_after=after[model]["validation"].value,
+            test_before=before[model]["test"].value,
+            test_after=after[model]["test"].value,
+            blocks_replaced=changed[model],
+        )
+    if not evaluators:
+        report.notes.append("no eval spec covers these models: only exact deduplication ran")
+    uncovered = sorted(set(selected) - set(evaluators))
+    if evaluators and uncovered:
+        report.notes.append(f"no eval spec for {', '.join(uncovered)}: changed only exactly")
+    return report
+
+
+def _options(method: str, params: dict):
+    if method not in METHODS:
+        raise DedupParameterError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "exact":
+        if params:
+            raise DedupParameterError(f"method exact takes no parameters (got {sorted(params)})")
+        return None
+    kind = PARAMS[method]
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise DedupParameterError(
+            f"method {method} has no parameter {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(names))}"
+        )
+    return kind(**params)
+
+
+def _budgets(max_drop, evaluators: dict[str, Evaluator]) -> dict[str, float]:
+    if isinstance(max_drop, Mapping):
+        budgets = {m: float(max_drop.get(m, 0.0)) for m in evaluators}
+    else:
+        budgets = dict.fromkeys(evaluators, float(max_drop))
+    bad = {m: b for m, b in budgets.items() if not 0.0 <= b < 1.0}
+    if bad:
+        raise DedupParameterError(
+            f"accuracy budgets must be in [0, 1) (0.01 = one point); got {bad}"
+        )
+    return budgets
+
+
+def _measure_all(workspace, evaluators, progress) -> dict[str, dict[str, Measurement]]:
+    result = {}
+    for done, model in enumerate(sorted(evaluators)):
+        result[model] = {s: workspace.measure(model, evaluators[model], s) for s in SPLITS}
+        progress("measuring", done + 1, len(evaluators))
+    return result
+
+
+def _plan_approximate(plan, method, options, evaluators, budgets, progress) -> Gate:
+    workspace = plan.workspace
+    if method == "weightdb":
+        gate = Gate(workspace, evaluators, budgets, "validation", "losses", options.margin)
+        run_weightdb(plan, gate, options, progress)
+        return gate
+    gate = Gate(workspace, evaluators, budgets, options.decision_split)
+    matcher = {
+        "netsdb": netsdb_matcher,
+        "pairwise": pairwise_matcher,
+        "mistique": lambda ws, opts: MistiqueMatcher(ws, opts.seed),
+    }[method](workspace, options)
+    run_sequential(plan, gate, matcher, options.eval_step, progress)
+    return gate

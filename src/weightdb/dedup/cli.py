@@ -1,0 +1,76 @@
+"""``weightdb dedup``: deduplicate models under accuracy budgets, with progress and a table."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from weightdb.cli_common import BudgetOption, console, err_console, open_db
+from weightdb.dedup.api import METHODS, deduplicate
+from weightdb.units import format_size
+
+
+def dedup_command(
+    models: Annotated[
+        str | None, typer.Option("--models", help="Comma-separated models (default: all).")
+    ] = None,
+    eval_spec: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="family.json or a JSON file of that shape: per model a validation split, a "
+            "test split and a metric. Without it only exact deduplication runs.",
+        ),
+    ] = None,
+    max_drop: Annotated[
+        float, typer.Option("--max-drop", help="Allowed metric drop per model (0.01 = 1 point).")
+    ] = 0.01,
+    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = "weightdb",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    budget: BudgetOption = None,
+) -> None:
+    """Store near-identical blocks once, keeping every model within its accuracy budget."""
+    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase, total=total)
+        bar.update(tasks[phase], completed=done, total=total)
+
+    with open_db(budget) as db, bar:
+        report = deduplicate(db, names, eval_spec, max_drop, method, progress)
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+        return
+    for note in report.notes:
+        err_console.print(note)
+    console.print(
+        f"{report.method}: {format_size(report.stored_bytes_before)} -> "
+        f"{format_size(report.stored_bytes_after)} stored ({report.reduction:.1%} less), "
+        f"{report.distinct_blocks_before} -> {report.distinct_blocks_after} blocks, "
+        f"{report.evaluations} evaluations, {report.seconds:.1f}s"
+    )
+    if report.models:
+        table = Table("model", "metric", "budget", "validation", "test", "blocks replaced")
+        for name, m in report.models.items():
+            table.add_row(
+                name,
+                m.metric,
+                f"{m.budget:g}",
+                f"{m.validation_before:.4f} -> {m.validation_after:.4f}",
+                f"{m.test_before:.4f} -> {m.test_after:.4f}",
+                str(m.blocks_replaced),
+            )
+        console.print(table)

@@ -1,0 +1,43 @@
+"""The accuracy gate: is every given model still within its budget on the decision split?"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from weightdb.dedup.evalspec import Evaluator
+from weightdb.dedup.metrics import Measurement
+from weightdb.dedup.workspace import Workspace
+
+
+@dataclass
+class Gate:
+    """``criterion`` is "drop" (the metric itself, as netsDB checks it) or "losses" (per-example
+    decreases only, so gains on some examples cannot mask losses on others); a model passes
+    while the criterion is at most ``margin`` times its budget."""
+
+    workspace: Workspace
+    evaluators: dict[str, Evaluator]
+    budgets: dict[str, float]
+    split: str
+    criterion: str = "drop"
+    margin: float = 1.0
+    evaluations: int = 0
+    baselines: dict[str, Measurement] = field(default_factory=dict)
+
+    def baseline(self, model: str) -> Measurement:
+        """The model's quality before this run (measured on the snapshot's own blocks)."""
+        if model not in self.baselines:
+            self.baselines[model] = self.measure(model)
+        return self.baselines[model]
+
+    def measure(self, model: str) -> Measurement:
+        self.evaluations += 1
+        return self.workspace.measure(model, self.evaluators[model], self.split)
+
+    def passes(self, models: Iterable[str]) -> bool:
+        for model in sorted(models):
+            base = self.baseline(model)
+            now = self.measure(model)
+            change = now.losses(base) if self.criterion == "losses" else now.drop(base)
+            if change > self.margin * self.budgets[model] + 1e-12:
+                return False
+        return True

@@ -1,0 +1,183 @@
+"""weightdb's method: cluster similar blocks across all models, keep each cluster's medoid,
+and accept replacements by group testing against every affected model's budget.
+
+1. Candidates: per block shape, an L2 LSH over unit-normalised blocks, then the exact relative
+   distance ||a - b|| / max(||a||, ||b||) (scale-aware: a layer of small weights is not
+   "similar" to everything, as under an absolute tolerance).
+2. Clusters: blocks in order of use (positions pointing at them) each gather their unassigned
+   neighbours within ``max_distance``; the representative is the cluster's medoid weighted by
+   use, so the block most models already read (e.g. a frozen pretrained layer) stays. Blocks
+   that a model without an eval spec uses are never replaced (but may represent a cluster).
+3. Proposals "member -> medoid" are sorted by estimated damage: the RMS change relative to
+   the layer's mean absolute weight.
+4. Group testing: a batch of proposals is applied to the workspace and every model reading any
+   replaced block is re-validated; a failing batch is undone (plan and weights) and bisected,
+   so a harmful proposal costs O(log n) evaluations instead of ending the run.
+5. The gate works on the validation split and counts per-example losses only, so gains on
+   some examples cannot hide losses on others, against ``margin`` x each model's budget; the
+   test split is only measured for the report.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from weightdb.dedup.gate import Gate
+from weightdb.dedup.lsh import L2LSH
+from weightdb.dedup.magnitude import relative_damage
+from weightdb.dedup.netsdb import Progress
+from weightdb.dedup.plan import Plan
+from weightdb.dedup.similarity import relative_distance
+from weightdb.dedup.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class WeightdbParams:
+    max_distance: float = 1.0  # relative distance within which blocks may share a medoid
+    margin: float = 0.5  # share of each model's budget validation losses may use
+    max_evaluations: int = 1000
+    lsh_r: float = 0.5  # bucket width on unit-normalised blocks
+    lsh_bands: int = 32
+    lsh_rows: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Proposal:
+    member: int
+    representative: int
+    distance: float
+    damage: float
+
+
+def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> None:
+    workspace = plan.workspace
+    proposals = _proposals(workspace, set(gate.evaluators), params, progress)
+    proposals.sort(key=lambda p: (p.damage, p.member))
+    for model in sorted({m for p in proposals for m in workspace.users[p.member]}):
+        gate.baseline(model)
+    holders = workspace.holders()
+    done = [0]
+
+    def attempt(batch: list[Proposal]) -> None:
+        if gate.evaluations >= params.max_evaluations:
+            return
+        mark = plan.mark()
+        for proposal in batch:
+            for position in holders[proposal.member]:
+                plan.replace(position, proposal.representative, 1.0 - proposal.distance)
+        if gate.passes(plan.models(mark)):
+            done[0] += len(batch)
+            progress("validating", done[0], len(proposals))
+            return
+        plan.undo_to(mark)
+        if len(batch) == 1:
+            done[0] += 1
+            progress("validating", done[0], len(proposals))
+            return
+        half = len(batch) // 2
+        attempt(batch[:half])
+        attempt(batch[half:])
+
+    if proposals:
+        attempt(proposals)
+
+
+def _proposals(
+    workspace: Workspace, evaluated: set[str], params: WeightdbParams, progress: Progress
+) -> list[Proposal]:
+    holders = workspace.holders()
+    uses = {block_id: len(positions) for block_id, positions in holders.items()}
+    by_shape: dict[tuple, list[int]] = defaultdict(list)
+    for block_id in sorted(uses):
+        by_shape[workspace.blocks[block_id].shape_key].append(block_id)
+    layer_scale = _layer_scales(workspace, holders)
+    proposals = []
+    for done, block_ids in enumerate(by_shape.values()):
+        changeable = {b for b in block_ids if workspace.users[b] <= evaluated}
+        if changeable:
+            neighbours = _neighbours(workspace, block_ids, params)
+            for cluster in _clusters(block_ids, neighbours, uses, changeable):
+                proposals += _cluster_proposals(
+                    workspace, cluster, uses, changeable, layer_scale, holders
+                )
+        progress("clustering", done + 1, len(by_shape))
+    return proposals
+
+
+def _layer_scales(workspace: Workspace, holders) -> dict[int, float]:
+    """Block id -> mean absolute weight of the (first) tensor that holds it."""
+    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+    for position, block_id in workspace.current.items():
+        array = workspace.array(block_id)
+        sums[position.tensor_id][0] += float(np.abs(array).sum())
+        sums[position.tensor_id][1] += array.size
+    return {
+        block_id: sums[positions[0].tensor_id][0] / max(sums[positions[0].tensor_id][1], 1)
+        for block_id, positions in holders.items()
+    }
+
+
+def _neighbours(workspace: Workspace, block_ids: list[int], params: WeightdbParams):
+    block = workspace.blocks[block_ids[0]]
+    lsh = L2LSH(
+        block.rows * block.cols, params.lsh_r, params.lsh_bands, params.lsh_rows, params.seed
+    )
+    units = {}
+    for block_id in block_ids:
+        array = workspace.array(block_id).astype(np.float64).ravel()
+        units[block_id] = array / max(float(np.linalg.norm(array)), 1e-30)
+        lsh.insert(block_id, units[block_id])
+    neighbours: dict[int, dict[int, float]] = defaultdict(dict)
+    for block_id in block_ids:
+        for other in lsh.query(units[block_id]):
+            if other <= block_id or other in neighbours[block_id]:
+                continue
+            distance = relative_distance(workspace.array(block_id), workspace.array(other))
+            if distance <= params.max_distance:
+                neighbours[block_id][other] = neighbours[other][block_id] = distance
+    return neighbours
+
+
+def _clusters(block_ids, neighbours, uses, changeable) -> list[list[int]]:
+    """Star clusters: the most used unassigned block gathers its unassigned neighbours."""
+    assigned: set[int] = set()
+    clusters = []
+    for center in sorted(block_ids, key=lambda b: (b in changeable, -uses[b], b)):
+        if center in assigned or not neighbours.get(center):
+            continue
+        joining = sorted(b for b in neighbours[center] if b not in assigned and b in changeable)
+        members = [center, *joining]
+        if len(members) > 1:
+            assigned.update(members)
+            clusters.append(members)
+    return clusters
+
+
+def _cluster_proposals(workspace, cluster, uses, changeable, layer_scale, holders):
+    fixed = [b for b in cluster if b not in changeable]
+    if fixed:
+        medoid = fixed[0]
+    else:
+        arrays = {b: workspace.array(b) for b in cluster}
+
+        def cost(candidate: int) -> float:
+            return sum(
+                uses[b] * relative_distance(arrays[b], arrays[candidate])
+                for b in cluster
+                if b != candidate
+            )
+
+        medoid = min(cluster, key=lambda b: (cost(b), b))
+    representative = workspace.array(medoid)
+    return [
+        Proposal(
+            member,
+            medoid,
+            relative_distance(workspace.array(member), representative),
+            relative_damage(workspace.array(member), representative, layer_scale[member]),
+        )
+        for member in cluster
+        if member != medoid and member in changeable
+    ]

@@ -1,0 +1,143 @@
+"""The planner's view of the database: which block every position points at, editable in memory.
+
+Nothing here writes to the catalog. A planned replacement only changes ``Workspace.current``;
+``tensors(model)`` then hands the engine the model's stored tensors with those positions
+reading their new block, so a candidate plan is evaluated by running the real model without
+committing anything.
+"""
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from weightdb.database import Database
+from weightdb.dedup.evalspec import Evaluator, Predict
+from weightdb.dedup.metrics import Measurement
+from weightdb.engine import prepare
+from weightdb.storage.stored_tensor import StoredTensor
+
+
+@dataclass(frozen=True)
+class Block:
+    block_id: int
+    digest: bytes
+    dtype: str
+    rows: int
+    cols: int
+    nbytes: int
+    page_id: int
+    slot: int
+
+    @property
+    def shape_key(self) -> tuple[str, int, int]:
+        return self.dtype, self.rows, self.cols
+
+
+@dataclass(frozen=True)
+class Position:
+    """Block (row, col) of a tensor of a model."""
+
+    model: str
+    tensor: str
+    tensor_id: int
+    row: int
+    col: int
+
+
+class Workspace:
+    """A snapshot of the catalog (taken under the writer lock) plus planned changes."""
+
+    def __init__(self, db: Database, models: list[str]) -> None:
+        self.db = db
+        conn = db.catalog.conn
+        self.models = models  # import order
+        self.blocks: dict[int, Block] = {
+            row[0]: Block(*row)
+            for row in conn.execute(
+                "SELECT block_id, digest, dtype, rows, cols, nbytes, page_id, slot FROM blocks"
+            )
+        }
+        self.original: dict[Position, int] = {}
+        self.grid: dict[int, tuple[int, int]] = {}  # tensor id -> block grid
+        self.tensor_blocks: dict[int, int] = defaultdict(int)  # tensor id -> blocks
+        self._graphs: dict[str, bytes | None] = {}
+        self._tensors: dict[str, dict[str, StoredTensor]] = {}
+        self.users: dict[int, set[str]] = defaultdict(set)  # block id -> models using it
+        self._by_model: dict[str, list[Position]] = defaultdict(list)
+        for model, tensor_id, tensor, row, col, block_id in conn.execute(
+            "SELECT m.name, t.tensor_id, t.name, tb.block_row, tb.block_col, tb.block_id "
+            "FROM tensor_blocks tb JOIN tensors t USING (tensor_id) JOIN models m USING (model_id)"
+        ):
+            position = Position(model, tensor, tensor_id, row, col)
+            self.original[position] = block_id
+            self._by_model[model].append(position)
+            self.tensor_blocks[tensor_id] += 1
+            self.users[block_id].add(model)
+        self.current = dict(self.original)
+        self._matrices: dict[int, np.ndarray] = {}
+
+    # -- reading ------------------------------------------------------------------------
+
+    def positions(self, model: str) -> list[Position]:
+        return self._by_model[model]
+
+    def holders(self) -> dict[int, list[Position]]:
+        """Block id -> the positions that point at it now."""
+        result: dict[int, list[Position]] = defaultdict(list)
+        for position, block_id in self.current.items():
+            result[block_id].append(position)
+        return result
+
+    def array(self, block_id: int) -> np.ndarray:
+        """A copy of a block (cached: similarity search reads blocks many times)."""
+        matrix = self._matrices.get(block_id)
+        if matrix is None:
+            block = self.blocks[block_id]
+            with self.db.pool.pinned(block.page_id) as page:
+                matrix = np.array(page.block(block.slot))
+            self._matrices[block_id] = matrix
+        return matrix
+
+    def stored_bytes(self, block_ids: set[int] | None = None) -> int:
+        ids = set(self.current.values()) if block_ids is None else block_ids
+        return sum(self.blocks[b].nbytes for b in ids)
+
+    # -- evaluating ---------------------------------------------------------------------
+
+    def tensors(self, model: str) -> dict[str, StoredTensor]:
+        """The model's stored tensors, with planned replacements in place."""
+        if model not in self._tensors:
+            self._tensors[model] = self.db.tensors(model)
+        tensors = dict(self._tensors[model])
+        changed: dict[str, list[tuple[Position, int]]] = defaultdict(list)
+        for position in self.positions(model):
+            block_id = self.current[position]
+            if block_id != self.original[position]:
+                changed[position.tensor].append((position, block_id))
+        for name, moves in changed.items():
+            locations = tensors[name].locations.copy()
+            for position, block_id in moves:
+                block = self.blocks[block_id]
+                locations[position.row, position.col] = (block.page_id, block.slot)
+            tensors[name] = dataclasses.replace(tensors[name], locations=locations)
+        return tensors
+
+    def predictor(self, model: str) -> Predict:
+        if model not in self._graphs:
+            (self._graphs[model],) = self.db.catalog.conn.execute(
+                "SELECT graph FROM models WHERE name = ?", (model,)
+            ).fetchone()
+        graph = onnx.ModelProto()
+        graph.ParseFromString(self._graphs[model])
+        prepared = prepare(graph, self.tensors(model))
+
+        def predict(inputs):
+            return next(iter(prepared.run(inputs).values()))
+
+        return predict
+
+    def measure(self, model: str, evaluator: Evaluator, split: str) -> Measurement:
+        return evaluator.measure(self.predictor(model), split)
