@@ -82,6 +82,26 @@ CREATE TABLE IF NOT EXISTS quality (
     dataset TEXT NOT NULL,
     measured_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 );
+CREATE TABLE IF NOT EXISTS dedup_runs (
+    run_id INTEGER PRIMARY KEY,
+    method TEXT NOT NULL,           -- exact | netsdb | weightdb | mistique | pairwise
+    parameters TEXT NOT NULL,       -- JSON: per-model budgets and the method's parameters
+    stored_bytes_before INTEGER NOT NULL,
+    stored_bytes_after INTEGER NOT NULL,
+    finished_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+);
+CREATE TABLE IF NOT EXISTS block_replacements (
+    run_id INTEGER NOT NULL REFERENCES dedup_runs(run_id),
+    tensor_id INTEGER NOT NULL REFERENCES tensors(tensor_id) ON DELETE CASCADE,
+    block_row INTEGER NOT NULL,
+    block_col INTEGER NOT NULL,
+    old_digest BLOB NOT NULL,       -- what the position held before this run
+    old_block_id INTEGER NOT NULL,
+    new_block_id INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    similarity REAL                 -- the method's own score of old vs new block
+);
+CREATE INDEX IF NOT EXISTS block_replacements_by_tensor ON block_replacements(tensor_id);
 """
 
 
