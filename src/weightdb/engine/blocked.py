@@ -1,8 +1,8 @@
 """Operators whose weight operand is a stored tensor, executed block by block.
 
 A weight is the relation {(i, j) -> block}. ``x @ W`` is a join of x's column ranges with W's
-blocks on the inner index and a sum grouped by the output block (see ``_product`` for the two
-physical plans). An embedding lookup is a join of the requested ids with the row blocks that
+blocks on the inner index and a sum grouped by the output block (see ``_product`` for the
+physical plan). An embedding lookup is a join of the requested ids with the row blocks that
 hold them: blocks holding no requested id are never read. Every block is pinned only while an
 operator copies or multiplies it.
 """
@@ -52,38 +52,21 @@ def _product(
 ) -> np.ndarray:
     """x @ W[:, first:end], or x @ W[first:end].T when ``transposed``; x is 2-D (m, k).
 
-    Two physical plans for the same join. Few rows: multiply block by block and add the partial
-    products of one output block (nothing copied, extra adds ~ m * n per inner block). Many rows:
-    stack each panel's blocks into scratch and run one GEMM (a copy ~ k * n). The cheaper wins.
+    The join of x's column ranges with W's blocks on the inner index, summed per output block,
+    runs as one GEMM per panel (a run of output blocks up to PANEL_BYTES) over the panel's
+    blocks stacked into scratch. Stacking copies each block once, which costs less than pinning
+    it; multiplying block by block instead adds m * n per inner block and makes one small BLAS
+    call per block, each a synchronization of BLAS's threads (ruinous on a loaded machine).
+    The plan does not depend on where the blocks come from, so neither do the results.
     """
     layout = weight.layout
     rows, cols = layout.matrix_shape
-    if transposed:
-        out_block, inner_block, inner = layout.block_rows, layout.block_cols, cols
-    else:
-        out_block, inner_block, inner = layout.block_cols, layout.block_rows, rows
-    m = x.shape[0]
-    out = np.empty((m, end - first), x.dtype)
-    inner_spans = _spans(0, inner, inner_block)
-    if m * (len(inner_spans) - 1) >= inner:
-        for o0, o1 in _panels(first, end, out_block, inner * x.dtype.itemsize):
-            span = ((o0, o1), (0, inner)) if transposed else ((0, inner), (o0, o1))
-            with _panel(weight, *span, x.dtype) as panel:
-                np.matmul(x, panel.T if transposed else panel, out=out[:, o0 - first : o1 - first])
-        return out
-    partial = np.empty((m, out_block), x.dtype)
-    for o0, o1 in _spans(first, end, out_block):
-        target = out[:, o0 - first : o1 - first]
-        b = o0 // out_block
-        lo, hi = o0 - b * out_block, o1 - b * out_block
-        for k, (k0, k1) in enumerate(inner_spans):
-            with weight.block(*((b, k) if transposed else (k, b))) as block:
-                operand = block[lo:hi].T if transposed else block[:, lo:hi]
-                if k == 0:
-                    np.matmul(x[:, k0:k1], operand, out=target)
-                else:
-                    np.matmul(x[:, k0:k1], operand, out=partial[:, : o1 - o0])
-                    target += partial[:, : o1 - o0]
+    out_block, inner = (layout.block_rows, cols) if transposed else (layout.block_cols, rows)
+    out = np.empty((x.shape[0], end - first), x.dtype)
+    for o0, o1 in _panels(first, end, out_block, inner * x.dtype.itemsize):
+        span = ((o0, o1), (0, inner)) if transposed else ((0, inner), (o0, o1))
+        with _panel(weight, *span, x.dtype) as panel:
+            np.matmul(x, panel.T if transposed else panel, out=out[:, o0 - first : o1 - first])
     return out
 
 
