@@ -6,7 +6,6 @@ fix print one line on stderr and exit with status 1.
 
 import json
 import sys
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -19,14 +18,16 @@ from weightdb.caching.cli import app as cache_app
 from weightdb.cli_common import (
     BudgetOption,
     PolicyOption,
+    TraceOption,
     byte_progress,
     console,
     err_console,
     open_db,
     size_option,
     state,
+    tracing,
 )
-from weightdb.database import Database, connect
+from weightdb.database import connect
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
@@ -214,16 +215,6 @@ def verify() -> None:
     console.print(f"ok: {pages} pages verified")
 
 
-TraceOption = Annotated[
-    Path | None,
-    typer.Option("--trace", help="Record every page request to this file (for cache simulate)."),
-]
-
-
-def _tracing(db: Database, path: Path | None):
-    return db.record_trace(path) if path is not None else nullcontext()
-
-
 @app.command()
 def predict(
     name: Annotated[str, typer.Argument(help="Model to run.")],
@@ -238,7 +229,7 @@ def predict(
     trace: TraceOption = None,
 ) -> None:
     """Run a model on inputs from a file; weights stream through the buffer pool."""
-    with open_db(budget, policy) as db, _tracing(db, trace):
+    with open_db(budget, policy) as db, tracing(db, trace):
         outputs = db.predict(name, read_inputs(input_file, db.inputs(name)))
         pool = db.pool.stats()
     if output is not None:
@@ -265,7 +256,7 @@ def sql(
     trace: TraceOption = None,
 ) -> None:
     """Run SQL over feature tables with predict(), predict_label(), embed() and weightdb.*."""
-    with open_db(budget, policy) as db, _tracing(db, trace):
+    with open_db(budget, policy) as db, tracing(db, trace):
         result = db.sql(query)
     rows = result.to_pylist()
     if as_json:

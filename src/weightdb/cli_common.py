@@ -1,6 +1,7 @@
 """What every `weightdb` command shares: the --db option's value, opening the database,
 size options, consoles and byte progress bars. Sub-command modules import from here."""
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -74,3 +75,13 @@ PolicyOption = Annotated[
         "--policy", help="Buffer pool replacement policy (default: the database's setting)."
     ),
 ]
+
+TraceOption = Annotated[
+    Path | None,
+    typer.Option("--trace", help="Record every page request to this file (for cache simulate)."),
+]
+
+
+def tracing(db: Database, path: Path | None) -> AbstractContextManager:
+    """Record ``db``'s page requests to ``path`` while the context is open (if a path is set)."""
+    return db.record_trace(path) if path is not None else nullcontext()

@@ -10,11 +10,13 @@ import uvicorn
 from weightdb.cli_common import (
     BudgetOption,
     PolicyOption,
+    TraceOption,
     console,
     err_console,
     open_db,
     size_option,
     state,
+    tracing,
 )
 from weightdb.errors import WeightDBError
 from weightdb.server.app import create_app
@@ -31,6 +33,7 @@ def serve_command(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     budget: BudgetOption = None,
     policy: PolicyOption = None,
+    trace: TraceOption = None,
     token: Annotated[
         str | None,
         typer.Option(
@@ -72,7 +75,8 @@ def serve_command(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
             f"(docs at /docs){'; bearer token required' if token else ''}"
         )
-        uvicorn.run(create_app(db, config), host=host, port=port, log_level="warning")
+        with tracing(db, trace):
+            uvicorn.run(create_app(db, config), host=host, port=port, log_level="warning")
 
 
 def main() -> None:
