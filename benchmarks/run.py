@@ -14,7 +14,7 @@ import time
 
 from benchmarks.common import RESULTS_DIR, machine
 
-SUITES = ["storage", "packing", "engine", "caching", "serving"]
+SUITES = ["storage", "dedup", "packing", "engine", "caching", "serving"]
 
 
 def main() -> None:

@@ -100,7 +100,7 @@ def test_commit_records_replacements_quality_and_savings(db_path: Path, family: 
             "SELECT COUNT(*) FROM blocks b WHERE refs != (SELECT COUNT(*) FROM tensor_blocks tb "
             "WHERE tb.block_id = b.block_id)"
         ).fetchone()[0]
-        savings = savings_by_tier(db)
+        savings = savings_by_tier(db.catalog.conn)
         stats = db.stats()
         assert db.verify() > 0
     assert replaced == sum(m.blocks_replaced for m in report.models.values())

@@ -28,6 +28,7 @@ from weightdb.cli_common import (
     tracing,
 )
 from weightdb.database import connect
+from weightdb.dedup.cli import dedup_command
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing.cli import app as packing_app
@@ -48,6 +49,7 @@ app.add_typer(packing_app, name="packing")
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 app.command("serve")(serve_command)
+app.command("dedup")(dedup_command)
 
 
 @app.callback()
@@ -162,6 +164,8 @@ def stats(
         table.add_row(key, f"{numbers[key]:,}")
     for key in ("logical_bytes", "stored_bytes", "page_bytes", "page_file_bytes"):
         table.add_row(key, format_size(numbers[key]))
+    for tier, saved in numbers["saved_bytes_by_tier"].items():
+        table.add_row(f"saved by {tier} dedup", format_size(saved))
     table.add_row("dedup_ratio", f"{numbers['dedup_ratio']:.2f}x")
     console.print(table)
 

@@ -35,6 +35,7 @@ from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
 from weightdb.storage.policies import make_policy
 from weightdb.storage.repack import DEFAULT_REPACK_ALGORITHM, RepackReport, pages_read, repack
+from weightdb.storage.savings import savings_by_tier
 from weightdb.storage.settings import Settings, read_settings, write_settings
 from weightdb.storage.stored_tensor import StoredTensor
 from weightdb.storage.verify import verify_pages
@@ -342,6 +343,7 @@ class Database:
         ).fetchone()
         files = [f for f in self.pages_dir.iterdir() if segment_number(f.name) is not None]
         pool = self.pool.stats()
+        tiers = savings_by_tier(conn)
         return {
             "models": models,
             "tensors": tensors,
@@ -350,6 +352,11 @@ class Database:
             "distinct_blocks": blocks,
             "block_references": refs,
             "dedup_ratio": logical / stored if stored else 1.0,
+            "saved_bytes_by_tier": {
+                "exact": tiers["exact_saved_bytes"],
+                "approximate": tiers["approximate_saved_bytes"],
+            },
+            "replaced_block_positions": tiers["replaced_positions"],
             "pages": pages,
             "page_bytes": page_bytes,
             "page_files": len(files),

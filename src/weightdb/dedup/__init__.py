@@ -2,6 +2,6 @@
 
 from weightdb.dedup.api import METHODS, deduplicate
 from weightdb.dedup.report import DedupReport, ModelReport
-from weightdb.dedup.savings import savings_by_tier
+from weightdb.storage.savings import savings_by_tier
 
 __all__ = ["METHODS", "DedupReport", "ModelReport", "deduplicate", "savings_by_tier"]

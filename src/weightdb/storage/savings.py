@@ -5,19 +5,16 @@ approximate replacements each position would hold its original content: the dist
 contents are what exact deduplication alone stores; the rest of the saving is approximate.
 """
 
-from weightdb.database import Database
+import sqlite3
 
 
-def savings_by_tier(db: Database) -> dict:
-    conn = db.catalog.conn
-    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+def savings_by_tier(conn: sqlite3.Connection) -> dict:
     original: dict[tuple, tuple[bytes, int]] = {}
-    if "block_replacements" in tables:
-        for tensor_id, row, col, digest, nbytes in conn.execute(
-            "SELECT tensor_id, block_row, block_col, old_digest, nbytes FROM block_replacements "
-            "ORDER BY rowid DESC"
-        ):
-            original[(tensor_id, row, col)] = (digest, nbytes)  # the earliest run wins
+    for tensor_id, row, col, digest, nbytes in conn.execute(
+        "SELECT tensor_id, block_row, block_col, old_digest, nbytes FROM block_replacements "
+        "ORDER BY rowid DESC"
+    ):
+        original[(tensor_id, row, col)] = (digest, nbytes)  # the earliest run wins
     logical = 0
     contents: dict[bytes, int] = {}
     for tensor_id, row, col, digest, nbytes in conn.execute(
