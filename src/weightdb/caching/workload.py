@@ -21,7 +21,9 @@ def zipf_trace(
     seed: int = 0,
 ) -> Trace:
     """``model_requests`` requests drawn from one Zipf popularity ranking."""
-    return _trace(family, page_bytes, _draw(family, model_requests, skew, seed, shift=False))
+    return _trace(
+        family, page_bytes, request_sequence(list(family), model_requests, skew, seed, shift=False)
+    )
 
 
 def shifting_trace(
@@ -32,14 +34,18 @@ def shifting_trace(
     seed: int = 0,
 ) -> Trace:
     """Like ``zipf_trace``, but the popularity ranking rotates by half the models mid-trace."""
-    return _trace(family, page_bytes, _draw(family, model_requests, skew, seed, shift=True))
+    return _trace(
+        family, page_bytes, request_sequence(list(family), model_requests, skew, seed, shift=True)
+    )
 
 
-def _draw(
-    family: Mapping[str, Sequence[str]], count: int, skew: float, seed: int, shift: bool
+def request_sequence(
+    models: Sequence[str], count: int, skew: float, seed: int = 0, shift: bool = False
 ) -> list[str]:
+    """Which model each of ``count`` requests asks for, under Zipf popularity (optionally
+    rotating the ranking half-way through)."""
     rng = np.random.default_rng(seed)
-    models = list(family)
+    models = list(models)
     ranking = rng.permutation(len(models))  # ranking[r] = index of the model at rank r
     weights = 1.0 / np.arange(1, len(models) + 1) ** skew
     ranks = rng.choice(len(models), size=count, p=weights / weights.sum())
