@@ -1,107 +1,174 @@
-"""`weightdb demo`: the first tour, on an embedded database in a folder.
+"""`weightdb demo`: the tour a new user runs first, end to end on an embedded database.
 
-Two digit classifiers are trained in seconds on scikit-learn's bundled digits: a base, and a
-fine-tune whose first layer is frozen (bit-identical to the base's) and whose head was
-retrained. Both go in through ``from_torch`` (ONNX graph plus weights); exact deduplication
-stores the frozen layer once; a DuckDB table of digits is then scored by both models in SQL.
+It builds the small digits-cnn family of the zoo (a base CNN and five fine-tunes, some with
+frozen convolutions), imports it, deduplicates it under a 1-point accuracy budget, repacks the
+pages, scores a feature table with every model in SQL, replays a Zipf workload under each
+buffer-pool policy, serves a few requests over HTTP, times prediction against PyTorch, and
+ends with a summary. Every number printed is measured in this run.
 """
 
+import json
 import shutil
+import socket
+import statistics
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
 
+from weightdb.caching.simulate import Budget, simulate
+from weightdb.caching.trace import read_trace
+from weightdb.caching.workload import request_sequence
 from weightdb.database import Database, connect
+from weightdb.dedup import deduplicate
+from weightdb.storage.policies import POLICIES
+from weightdb.storage.settings import Settings
 from weightdb.units import format_size
 
-HIDDEN = 512
+FAMILY = "digits-cnn"
+MAX_DROP = 0.01
+# Small blocks and pages suit a family of 40 KiB models: sharing and packing become visible.
+SETTINGS = Settings(block_rows=32, block_cols=32, page_size=64 * 1024)
 
 
-def train_models(seed: int = 0):
-    """The base and the fine-tune (first layer frozen), and the digits test split."""
-    import torch
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(seed)
-    digits = load_digits()
-    x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
-    y = torch.tensor(digits.target)
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    train, test = order[:1400], order[1400:]
-
-    def fit(model, params, epochs):
-        optimizer = torch.optim.Adam(params, lr=3e-3)
-        for _ in range(epochs):
-            for batch in train.split(64):
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-                optimizer.step()
-        return model.eval()
-
-    base = torch.nn.Sequential(
-        torch.nn.Linear(64, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10)
-    )
-    fit(base, base.parameters(), epochs=8)
-    tuned = torch.nn.Sequential(
-        torch.nn.Linear(64, HIDDEN), torch.nn.ReLU(), torch.nn.Linear(HIDDEN, 10)
-    )
-    tuned.load_state_dict(base.state_dict())
-    tuned[0].requires_grad_(False)
-    fit(tuned, tuned[2].parameters(), epochs=4)
-    return {"digits_base": base, "digits_finetune": tuned}, x[test].numpy(), y[test].numpy()
+def run_demo(path: Path, console: Console) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    summary: dict[str, str] = {}
+    console.rule(f"[bold]weightdb demo: the {FAMILY} family")
+    family = _build_family(path.parent / f"{path.name}-zoo", console)
+    with connect(path, settings=SETTINGS) as db:
+        _step(console, "1. import: identical blocks are stored once")
+        _import(db, family, console, summary)
+        _step(console, f"2. deduplicate approximately, at most {MAX_DROP:.0%} accuracy lost")
+        _deduplicate(db, family, console, summary)
+        _step(console, "3. repack: every model reads only pages holding its own blocks")
+        _pack(db, console, summary)
+        _step(console, "4. score a feature table with every model in SQL")
+        _score_in_sql(db, family, console)
+        _step(console, "5. a Zipf workload with a buffer pool of a quarter of the weights")
+        _caching(db, family, path, console, summary)
+        _step(console, "6. serve over HTTP (KServe v2) and check the answers")
+        _serve(db, family, console)
+        _step(console, "7. latency against PyTorch on the same model")
+        _latency(db, family, console, summary)
+    console.rule("[bold]summary")
+    table = Table("what", "result")
+    for key, value in summary.items():
+        table.add_row(key, value)
+    console.print(table)
+    console.print(f"database left at {path}; try `weightdb --db {path} stats`")
 
 
-def _import(db: Database, models: dict, console: Console) -> None:
-    import torch
+def _step(console: Console, title: str) -> None:
+    console.rule(f"[bold]{title}")
 
-    table = Table("model", "tensors", "model bytes", "new bytes stored", "stored in total")
-    for name, module in models.items():
+
+def _build_family(out: Path, console: Console) -> dict:
+    from weightdb.zoo.build import build_family
+
+    console.print(f"building the {FAMILY} family (small) into {out} (cached after the first run)")
+    result = build_family(FAMILY, out, size="small")
+    family = json.loads(result.manifest.read_text())
+    family["dir"] = result.manifest.parent
+    return family
+
+
+def _import(db: Database, family: dict, console: Console, summary: dict) -> None:
+    table = Table("model", "parent", "frozen", "bytes", "new bytes stored")
+    for model in family["models"]:
         before = db.stats()["stored_bytes"]
-        info = db.from_torch(
-            module,
-            (torch.zeros(1, 64),),
-            name=name,
-            input_names=["pixels"],
-            output_names=["logits"],
-        )
-        after = db.stats()["stored_bytes"]
+        info = db.import_model(family["dir"] / model["onnx"], model["name"])
         table.add_row(
-            name,
-            str(info.tensors),
+            model["name"],
+            model["parent"] or "-",
+            ", ".join(model["frozen"]) or "-",
             format_size(info.logical_bytes),
-            format_size(after - before),
-            format_size(after),
+            format_size(db.stats()["stored_bytes"] - before),
         )
     console.print(table)
     stats = db.stats()
+    summary["bytes after import"] = (
+        f"{format_size(stats['logical_bytes'])} of models stored in "
+        f"{format_size(stats['stored_bytes'])} ({stats['dedup_ratio']:.2f}x, exact)"
+    )
+
+
+def _deduplicate(db: Database, family: dict, console: Console, summary: dict) -> None:
+    report = deduplicate(db, eval_spec=family["dir"] / "family.json", max_drop=MAX_DROP)
+    table = Table("model", "test accuracy before", "after", "blocks replaced")
+    for name, model in report.models.items():
+        table.add_row(
+            name, f"{model.test_before:.4f}", f"{model.test_after:.4f}", str(model.blocks_replaced)
+        )
+    console.print(table)
+    worst = max((m.test_before - m.test_after for m in report.models.values()), default=0.0)
     console.print(
-        f"{stats['models']} models, {format_size(stats['logical_bytes'])} of weights stored in "
-        f"{format_size(stats['stored_bytes'])} ({stats['distinct_blocks']} distinct blocks on "
-        f"{stats['pages']} pages): the frozen layer is stored once"
+        f"stored {format_size(report.stored_bytes_before)} -> "
+        f"{format_size(report.stored_bytes_after)} ({report.reduction:.1%} less) in "
+        f"{report.seconds:.1f}s, {report.evaluations} accuracy checks on validation splits"
+    )
+    stats = db.stats()
+    summary["bytes after dedup"] = (
+        f"{format_size(stats['logical_bytes'])} stored in {format_size(stats['stored_bytes'])} "
+        f"({stats['dedup_ratio']:.2f}x)"
+    )
+    summary["accuracy kept"] = f"worst test drop {worst:+.2%} (budget {MAX_DROP:.0%})"
+
+
+def _pack(db: Database, console: Console, summary: dict) -> None:
+    report = db.pack()
+    table = Table("model", "pages before", "after", "bytes read before", "after")
+    for name, after in report.pages_read_after.items():
+        before = report.pages_read_before[name]
+        table.add_row(
+            name,
+            str(before["pages"]),
+            str(after["pages"]),
+            format_size(before["bytes"]),
+            format_size(after["bytes"]),
+        )
+    console.print(table)
+    read_before = sum(m["bytes"] for m in report.pages_read_before.values())
+    read_after = sum(m["bytes"] for m in report.pages_read_after.values())
+    summary["pages"] = (
+        f"{report.pages_before} -> {report.pages_after} pages (lower bound "
+        f"{report.lower_bound_pages}); bytes read to load every model once "
+        f"{format_size(read_before)} -> {format_size(read_after)}"
     )
 
 
-def _score_in_sql(db: Database, pixels: np.ndarray, labels: np.ndarray, console: Console) -> None:
-    import pyarrow as pa
+def _test_split(family: dict, model: dict) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(family["dir"] / model["test"]) as split:
+        return split["pixels"].astype(np.float32), split["labels"]
 
-    features = pa.table(
-        {
-            "id": np.arange(len(labels)),
-            "pixels": pa.array(list(pixels.astype(np.float32))),
-            "label": labels,
-        }
+
+def _score_in_sql(db: Database, family: dict, console: Console) -> None:
+    tasks, rows = {}, {"task": [], "pixels": [], "label": []}
+    for model in family["models"]:
+        if model["task"] in tasks:
+            continue
+        pixels, labels = _test_split(family, model)
+        tasks[model["task"]] = len(labels)
+        rows["task"] += [model["task"]] * len(labels)
+        rows["pixels"] += list(pixels.reshape(len(labels), -1))
+        rows["label"] += labels.tolist()
+    db.load_table("digits_test", pa.table(rows))
+    model_tasks = {
+        "model": [m["name"] for m in family["models"]],
+        "task": [m["task"] for m in family["models"]],
+    }
+    db.load_table("model_tasks", pa.table(model_tasks))
+    query = (
+        "SELECT mt.model, count(*) AS rows, "
+        "round(avg((predict_label(mt.model, t.pixels) = t.label)::INT), 4) AS accuracy "
+        "FROM digits_test t JOIN model_tasks mt USING (task) GROUP BY mt.model ORDER BY 1"
     )
-    db.load_table("digits", features)
-    query = """
-        SELECT m.name AS model,
-               count(*) AS rows,
-               round(avg((predict_label(m.name, d.pixels) = d.label)::INT), 4) AS accuracy
-        FROM digits d CROSS JOIN weightdb.models m
-        GROUP BY m.name ORDER BY m.name
-    """
-    console.print(f"[bold]SQL[/]: {' '.join(query.split())}")
+    console.print(f"[bold]SQL[/]: {query}")
     result = db.sql(query)
     table = Table(*result.column_names)
     for row in result.to_pylist():
@@ -109,15 +176,146 @@ def _score_in_sql(db: Database, pixels: np.ndarray, labels: np.ndarray, console:
     console.print(table)
 
 
-def run_demo(path: Path, console: Console) -> None:
-    if path.exists():
-        shutil.rmtree(path)
-    console.rule("[bold]weightdb demo")
-    console.print("training two digit classifiers (a base and a fine-tune with a frozen layer)")
-    models, pixels, labels = train_models()
-    with connect(path) as db:
-        console.rule("[bold]1. import: shared weights are stored once")
-        _import(db, models, console)
-        console.rule("[bold]2. score a feature table in SQL with both models")
-        _score_in_sql(db, pixels, labels, console)
-    console.print(f"database left at {path}; try `weightdb --db {path} stats`")
+def _caching(db: Database, family: dict, path: Path, console: Console, summary: dict) -> None:
+    names = [m["name"] for m in family["models"]]
+    inputs = {m["name"]: _test_split(family, m)[0][:8] for m in family["models"]}
+    sequence = request_sequence(names, count=120, skew=0.9, seed=1)
+    budget = max(db.stats()["stored_bytes"] // 4, _largest_page(db))
+    trace_path = path / "demo-trace.json"
+    with connect(db.path, budget=budget) as limited, limited.record_trace(trace_path):
+        for name in sequence:
+            limited.predict(name, {"pixels": inputs[name]})
+    trace = read_trace(trace_path)
+    table = Table("policy", "hit ratio", "bytes read", "bytes vs opt")
+    results = {p: simulate(trace, p, Budget(bytes=budget)) for p in [*POLICIES, "opt"]}
+    for policy, result in results.items():
+        table.add_row(
+            policy,
+            f"{result.hit_ratio:.3f}",
+            format_size(result.bytes_read),
+            f"{result.bytes_read / max(results['opt'].bytes_read, 1):.2f}x",
+        )
+    console.print(
+        f"{len(sequence)} requests (Zipf 0.9), {len(trace.requests)} page requests, "
+        f"budget {format_size(budget)}; replayed offline under every policy:"
+    )
+    console.print(table)
+    ours = results["weightdb"]
+    summary["hit ratio"] = (
+        f"{ours.hit_ratio:.3f} with the weightdb policy at a quarter of the weights "
+        f"(LRU {results['lru'].hit_ratio:.3f}, optimum {results['opt'].hit_ratio:.3f})"
+    )
+
+
+def _largest_page(db: Database) -> int:
+    (length,) = db.catalog.conn.execute("SELECT MAX(length) FROM pages").fetchone()
+    return length
+
+
+def _serve(db: Database, family: dict, console: Console) -> None:
+    import httpx
+    import uvicorn
+
+    from weightdb.server.app import create_app
+    from weightdb.server.config import ServerConfig
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(db, ServerConfig()), host="127.0.0.1", port=port, log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        table = Table("request", "status", "equals db.predict")
+        with httpx.Client(base_url=url, timeout=30) as client:
+            ready = client.get("/v2/health/ready")
+            table.add_row("GET /v2/health/ready", str(ready.status_code), "-")
+            for model in family["models"][:3]:
+                pixels = _test_split(family, model)[0][:2]
+                body = {
+                    "inputs": [
+                        {
+                            "name": "pixels",
+                            "shape": list(pixels.shape),
+                            "datatype": "FP32",
+                            "data": pixels.reshape(-1).tolist(),
+                        }
+                    ]
+                }
+                response = client.post(f"/v2/models/{model['name']}/infer", json=body)
+                output = response.json()["outputs"][0]
+                got = np.array(output["data"], np.float32).reshape(output["shape"])
+                expected = next(iter(db.predict(model["name"], {"pixels": pixels}).values()))
+                table.add_row(
+                    f"POST /v2/models/{model['name']}/infer",
+                    str(response.status_code),
+                    str(bool(np.array_equal(got, expected))),
+                )
+            missing = client.post("/v2/models/no-such-model/infer", json=body)
+            table.add_row("POST /v2/models/no-such-model/infer", str(missing.status_code), "-")
+        console.print(f"server on {url}; OpenAPI at {url}/docs")
+        console.print(table)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _latency(db: Database, family: dict, console: Console, summary: dict) -> None:
+    module = _torch_module(family, "base")
+    pixels = _test_split(family, family["models"][0])[0]
+    table = Table("batch", "weightdb p50 ms", "PyTorch p50 ms", "ratio")
+    ratios = []
+    for batch in (1, 64):
+        x = pixels[:batch]
+        ours = _p50(lambda x=x: db.predict("base", {"pixels": x}))
+        theirs = _p50(lambda x=x: _torch_predict(module, x))
+        ratios.append(ours / theirs)
+        table.add_row(
+            str(batch), f"{ours * 1e3:.3f}", f"{theirs * 1e3:.3f}", f"{ours / theirs:.2f}x"
+        )
+    console.print("median of 30 runs each, in memory, same process and threads:")
+    console.print(table)
+    summary["latency vs PyTorch"] = (
+        f"{ratios[0]:.2f}x at batch 1, {ratios[1]:.2f}x at batch 64 (p50; below 1 is faster)"
+    )
+
+
+def _p50(run, repeats: int = 30) -> float:
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _torch_module(family: dict, name: str):
+    """The zoo's PyTorch class for ``name`` with its weights from the safetensors file."""
+    from safetensors.torch import load_file
+
+    from weightdb.zoo.families.digits_cnn import DigitsCNN
+
+    model = next(m for m in family["models"] if m["name"] == name)
+    state = {
+        key.removesuffix(".T"): value.T if key.endswith(".T") else value
+        for key, value in load_file(family["dir"] / model["safetensors"]).items()
+    }
+    channels = (state["conv1.weight"].shape[0], state["conv2.weight"].shape[0])
+    module = DigitsCNN(channels, state["fc1.weight"].shape[0], state["fc2.weight"].shape[0])
+    module.load_state_dict({k: v.contiguous() for k, v in state.items()})
+    return module.eval()
+
+
+def _torch_predict(module, pixels: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return module(torch.from_numpy(pixels)).numpy()
