@@ -417,3 +417,14 @@ def test_cli_json_and_exact_only_message(db_path: Path, family: Path):
     } <= report["models"]["base"].keys()
     result = runner.invoke(app, ["--db", str(db_path), "dedup", "--method", "zip"])
     assert isinstance(result.exception, DedupParameterError)
+
+
+def test_flips_criterion_counts_any_change_of_predicted_class():
+    from weightdb.dedup.metrics import Metric
+
+    metric = Metric("accuracy")
+    labels = np.array([0, 1, 2, 0])
+    before = metric.measure(np.eye(3)[[0, 1, 1, 2]], labels)  # right, right, wrong, wrong
+    after = metric.measure(np.eye(3)[[0, 1, 0, 1]], labels)  # the two wrong ones changed class
+    assert after.losses(before) == 0.0  # no example got worse...
+    assert after.flips(before) == 0.5  # ...but half the predictions moved

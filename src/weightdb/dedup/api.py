@@ -137,7 +137,12 @@ def _options(method: str, params: dict):
             f"method {method} has no parameter {', '.join(unknown)}; it takes "
             f"{', '.join(sorted(names))}"
         )
-    return kind(**params)
+    options = kind(**params)
+    if getattr(options, "criterion", "losses") not in ("losses", "flips"):
+        raise DedupParameterError(
+            f"criterion must be 'losses' or 'flips', got {options.criterion!r}"
+        )
+    return options
 
 
 def _budgets(max_drop, evaluators: dict[str, Evaluator]) -> dict[str, float]:
@@ -164,7 +169,7 @@ def _measure_all(workspace, evaluators, progress) -> dict[str, dict[str, Measure
 def _plan_approximate(plan, method, options, evaluators, budgets, progress) -> Gate:
     workspace = plan.workspace
     if method == "weightdb":
-        gate = Gate(workspace, evaluators, budgets, "validation", "losses", options.margin)
+        gate = Gate(workspace, evaluators, budgets, "validation", options.criterion, options.margin)
         run_weightdb(plan, gate, options, progress)
         return gate
     gate = Gate(workspace, evaluators, budgets, options.decision_split)

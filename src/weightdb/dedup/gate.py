@@ -10,9 +10,10 @@ from weightdb.dedup.workspace import Workspace
 
 @dataclass
 class Gate:
-    """``criterion`` is "drop" (the metric itself, as netsDB checks it) or "losses" (per-example
-    decreases only, so gains on some examples cannot mask losses on others); a model passes
-    while the criterion is at most ``margin`` times its budget."""
+    """``criterion`` names a ``Measurement`` comparison: "drop" (the metric itself, as netsDB
+    checks it), "losses" (per-example decreases only, so gains on some examples cannot mask
+    losses on others) or "flips" (any change of predicted class); a model passes while the
+    criterion is at most ``margin`` times its budget."""
 
     workspace: Workspace
     evaluators: dict[str, Evaluator]
@@ -37,7 +38,7 @@ class Gate:
         for model in sorted(models):
             base = self.baseline(model)
             now = self.measure(model)
-            change = now.losses(base) if self.criterion == "losses" else now.drop(base)
+            change = getattr(now, self.criterion)(base)
             if change > self.margin * self.budgets[model] + 1e-12:
                 return False
         return True

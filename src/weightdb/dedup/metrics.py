@@ -20,6 +20,7 @@ class Measurement:
     value: float
     scores: np.ndarray  # per example, higher is better
     relative: bool = False  # drops are relative to the baseline's error (MSE)
+    predictions: np.ndarray | None = None  # top-1 class per example, for classifiers
 
     def _scale(self, baseline: "Measurement") -> float:
         return max(abs(float(baseline.scores.mean())), 1e-12) if self.relative else 1.0
@@ -35,6 +36,15 @@ class Measurement:
             return self.drop(baseline)
         decrease = np.maximum(baseline.scores - self.scores, 0.0)
         return float(decrease.mean()) / self._scale(baseline)
+
+    def flips(self, baseline: "Measurement") -> float:
+        """Share of examples whose predicted class changed, right or wrong: a change that moves
+        an example across a decision boundary on validation without changing its correctness
+        still warns that test examples near that boundary will flip. An upper bound of
+        ``losses`` for classifiers (other metrics fall back to ``losses``)."""
+        if self.predictions is None or baseline.predictions is None:
+            return self.losses(baseline)
+        return max(float(np.mean(self.predictions != baseline.predictions)), self.losses(baseline))
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ class Metric:
         else:  # accuracy is top-1
             scores = (top == labels.reshape(-1, 1)).any(axis=1)
         scores = scores.astype(np.float64)
-        return Measurement(float(scores.mean()), scores)
+        return Measurement(float(scores.mean()), scores, predictions=top[:, 0])
 
 
 def _relevant(labels: np.ndarray, classes: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from weightdb.dedup.workspace import Workspace
 class WeightdbParams:
     max_distance: float = 1.0  # relative distance within which blocks may share a medoid
     margin: float = 0.5  # share of each model's budget validation losses may use
+    criterion: str = "losses"  # or "flips": any change of predicted class counts (safer)
     max_evaluations: int = 1000
     lsh_r: float = 0.5  # bucket width on unit-normalised blocks
     lsh_bands: int = 32
