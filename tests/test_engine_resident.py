@@ -4,6 +4,8 @@ import gc
 
 import numpy as np
 import onnx
+import pytest
+import torch
 
 import weightdb
 from weightdb.engine import prepare
@@ -65,3 +67,21 @@ def test_resident_copies_of_live_models_stay_within_the_budget(tmp_path, exporte
         before = requests(db)
         third.run({"x": x})
         assert requests(db) == before
+
+
+def test_products_shared_by_the_engine_threads_are_bitwise_equal_to_streamed(tmp_path):
+    """A product big enough for the workers, resident and streamed, with 2 BLAS threads."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU())
+    x = np.random.default_rng(3).standard_normal((64, 512), dtype=np.float32)
+    settings = weightdb.Settings(block_rows=64, block_cols=64, page_size=64 * 64 * 8)
+    with weightdb.connect(tmp_path / "db", settings=settings) as db:
+        db.from_torch(module, (torch.from_numpy(x),), name="wide", input_names=["x"])
+        size = db.model("wide").logical_bytes
+    outputs = []
+    with threadpoolctl.threadpool_limits(2):
+        for budget in (None, size // 4):
+            with weightdb.connect(tmp_path / "db", budget=budget) as db:
+                outputs.append(db.predict("wide", {"x": x})[db.prepared.get("wide").outputs[0]])
+    assert outputs[0].tobytes() == outputs[1].tobytes()

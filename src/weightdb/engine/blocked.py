@@ -13,14 +13,15 @@ from itertools import pairwise
 
 import numpy as np
 
+from weightdb.engine import threads
 from weightdb.engine.errors import ExecutionError
 from weightdb.engine.ops import Kernel
 from weightdb.engine.ops.nn import convolve, gemm_epilogue
 from weightdb.engine.weights import InMemoryWeight, StoredWeight, read_region
 
-# Scratch bytes for one panel: large enough for one GEMM per weight of a BERT-base-sized layer,
-# small next to a buffer-pool budget.
-PANEL_BYTES = 8 << 20
+# Bytes of one panel (at least one block column): small enough that a layer's product splits
+# into several panels for the engine's workers, large enough to keep each GEMM efficient.
+PANEL_BYTES = 256 << 10
 
 
 def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
@@ -53,20 +54,28 @@ def _product(
     """x @ W[:, first:end], or x @ W[first:end].T when ``transposed``; x is 2-D (m, k).
 
     The join of x's column ranges with W's blocks on the inner index, summed per output block,
-    runs as one GEMM per panel (a run of output blocks up to PANEL_BYTES) over the panel's
-    blocks stacked into scratch. Stacking copies each block once, which costs less than pinning
-    it; multiplying block by block instead adds m * n per inner block and makes one small BLAS
-    call per block, each a synchronization of BLAS's threads (ruinous on a loaded machine).
-    The plan does not depend on where the blocks come from, so neither do the results.
+    runs as one GEMM per panel (a run of output blocks) over the panel's blocks stacked into
+    scratch. Stacking copies each block once, which costs less than pinning it; multiplying
+    block by block instead adds m * n per inner block and makes one small BLAS call per block,
+    each a synchronization of BLAS's threads (ruinous on a loaded machine). Panels depend on
+    shapes alone and the engine's workers share a resident weight's panels, so results do not
+    depend on the budget or the thread count.
     """
     layout = weight.layout
     rows, cols = layout.matrix_shape
     out_block, inner = (layout.block_rows, cols) if transposed else (layout.block_cols, rows)
     out = np.empty((x.shape[0], end - first), x.dtype)
-    for o0, o1 in _panels(first, end, out_block, inner * x.dtype.itemsize):
-        span = ((o0, o1), (0, inner)) if transposed else ((0, inner), (o0, o1))
-        with _panel(weight, *span, x.dtype) as panel:
+
+    def multiply(span: tuple[int, int]) -> None:
+        o0, o1 = span
+        region = ((o0, o1), (0, inner)) if transposed else ((0, inner), (o0, o1))
+        with _panel(weight, *region, x.dtype) as panel:
             np.matmul(x, panel.T if transposed else panel, out=out[:, o0 - first : o1 - first])
+
+    spans = _panels(first, end, out_block, inner * x.dtype.itemsize)
+    # A streamed weight's blocks are pinned one at a time, so only resident panels are shared.
+    work = x.shape[0] * inner * (end - first)
+    threads.run_all(multiply, spans, isinstance(weight, InMemoryWeight) and threads.worth(work))
     return out
 
 

@@ -5,7 +5,8 @@ picks the blockwise kernel for ops whose weight operand is stored, folds the sub
 depend on constants alone, orders the rest topologically and assigns every value a register.
 ``run`` is then a flat loop over the plan that drops each intermediate after its last reader,
 so peak memory follows the live activations, not the whole graph. Streamed weights that fit in
-their buffer pool are kept resident for the prepared model's lifetime (``keep_resident``).
+their buffer pool are kept resident for the prepared model's lifetime (``keep_resident``);
+``run`` does its parallel work on the engine's own threads, BLAS single-threaded (``threads``).
 """
 
 import heapq
@@ -21,6 +22,7 @@ from onnx import numpy_helper
 from weightdb.engine import blocked
 from weightdb.engine.errors import ExecutionError, InvalidInputError, UnsupportedModelError
 from weightdb.engine.ops import OPS, Kernel
+from weightdb.engine.threads import engine_threads
 from weightdb.engine.weights import StoredWeight, keep_resident, materialize
 from weightdb.errors import UnsupportedDTypeError
 from weightdb.storage import dtypes
@@ -174,7 +176,7 @@ class PreparedModel:
         values = list(self._initial)
         for r, array in zip(self._input_registers, self.validate(inputs), strict=True):
             values[r] = array
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), engine_threads():
             for step in self._steps:
                 try:
                     results = step.kernel(*(values[r] for r in step.inputs))
