@@ -39,9 +39,11 @@ def _panels(start: int, stop: int, block: int, bytes_per_line: int) -> list[tupl
 def _panel(
     weight: StoredWeight, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype
 ) -> Iterator[np.ndarray]:
+    """A panel as a contiguous array: a stored block as it is when one covers the panel."""
     layout = weight.layout
     i, j = rows[0] // layout.block_rows, cols[0] // layout.block_cols
-    if weight.dtype == dtype and layout.bounds(i, j) == (*rows, *cols):
+    single = weight.dtype == dtype and layout.bounds(i, j) == (*rows, *cols)
+    if single and not isinstance(weight, InMemoryWeight):
         with weight.block(i, j) as block:
             yield block
     else:

@@ -53,6 +53,11 @@ class InMemoryWeight:
         r0, r1, c0, c1 = self.layout.bounds(i, j)
         yield np.ascontiguousarray(self.matrix[r0:r1, c0:c1])
 
+    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        """``read_region`` of this weight: a view when the region is contiguous."""
+        (r0, r1), (c0, c1) = rows, cols
+        return np.ascontiguousarray(self.matrix[r0:r1, c0:c1], dtype=dtype)
+
 
 def read_region(
     weight: StoredWeight, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype
@@ -63,9 +68,9 @@ def read_region(
     blocks that cover the region, each pinned only for its copy, so the buffer pool never holds
     more than one block of this weight on our behalf.
     """
-    (r0, r1), (c0, c1) = rows, cols
     if isinstance(weight, InMemoryWeight):
-        return np.ascontiguousarray(weight.matrix[r0:r1, c0:c1], dtype=dtype)
+        return weight.region(rows, cols, dtype)
+    (r0, r1), (c0, c1) = rows, cols
     layout = weight.layout
     out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
     for i in range(r0 // layout.block_rows, -(-r1 // layout.block_rows)):
@@ -102,30 +107,77 @@ class _ResidentBytes:
 
     def release(self, pool: BufferPool, nbytes: int) -> None:
         with self._lock:
-            self._used[pool] -= nbytes
+            self._used[pool] = self._used.get(pool, 0) - nbytes
 
 
 _RESIDENT = _ResidentBytes()
 
 
-def keep_resident(owner: object, weights: Sequence[StoredWeight]) -> dict[str, InMemoryWeight]:
-    """Copies of ``weights`` (name -> copy) that live as long as ``owner``, if they fit.
+class _Residency:
+    """What one prepared model holds of its pool's resident bytes, released when it dies."""
+
+    def __init__(self, owner: object, pool: BufferPool) -> None:
+        self.pool = pool
+        self.nbytes = 0
+        weakref.finalize(owner, self.release)
+
+    def reserve(self, nbytes: int) -> bool:
+        if not _RESIDENT.reserve(self.pool, nbytes):
+            return False
+        self.nbytes += nbytes
+        return True
+
+    def release(self) -> None:
+        _RESIDENT.release(self.pool, self.nbytes)
+
+
+class ResidentWeight(InMemoryWeight):
+    """A stored weight read through its pool once and kept, for one prepared model.
+
+    Regions that are not contiguous in the matrix (the column panels of a MatMul weight) are
+    copied once and kept as well, while the budget allows: multiplying by a strided view instead
+    can change a GEMM's last bits, and results must not depend on the budget.
+    """
+
+    def __init__(self, weight: StoredWeight, residency: _Residency):
+        super().__init__(weight.name, materialize(weight), weight.layout)
+        self._residency = residency
+        self._regions: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        (r0, r1), (c0, c1) = rows, cols
+        view = self.matrix[r0:r1, c0:c1]
+        if view.flags.c_contiguous and view.dtype == dtype:
+            return view
+        key = (rows, cols, np.dtype(dtype))
+        kept = self._regions.get(key)
+        if kept is None:
+            kept = np.ascontiguousarray(view, dtype=dtype)
+            with self._lock:
+                if key not in self._regions and self._residency.reserve(kept.nbytes):
+                    kept.flags.writeable = False
+                    self._regions[key] = kept
+        return kept
+
+
+def keep_resident(owner: object, weights: Sequence[StoredWeight]) -> dict[str, ResidentWeight]:
+    """Resident copies of ``weights`` (name -> copy) that live as long as ``owner``, if they fit.
 
     Pinning and copying every block on every call costs more than the arithmetic of a
     batch-256 MLP. When all of ``weights`` fit in their buffer pool's budget next to the
-    resident copies of other live models, they are read through the pool once and kept
-    assembled; otherwise (a budget below the model, weights outside a pool) the result is empty
-    and every call streams. Copies count against the budget only here, not in the pool: the
-    memory weights use is bounded by twice the budget.
+    resident copies of other live models, they are read through the pool once and kept;
+    otherwise (a budget below the model, weights outside a pool) the result is empty and every
+    call streams. Copies count against the budget only here, not in the pool: the memory
+    weights use is bounded by twice the budget.
     """
     pools = {getattr(w, "pool", None) for w in weights}
     if len(pools) != 1 or not isinstance(pool := pools.pop(), BufferPool):
         return {}
-    nbytes = sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in weights)
-    if not _RESIDENT.reserve(pool, nbytes):
+    residency = _Residency(owner, pool)
+    if not residency.reserve(sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in weights)):
         return {}
-    weakref.finalize(owner, _RESIDENT.release, pool, nbytes)
-    return {w.name: InMemoryWeight(w.name, materialize(w), w.layout) for w in weights}
+    return {w.name: ResidentWeight(w, residency) for w in weights}
 
 
 def split_initializers(
