@@ -5,8 +5,3 @@ dynamic batcher, ``scheduler`` the order in which a round's models run so shared
 once, ``metrics`` the Prometheus exposition, ``limits`` body size and bearer token checks, and
 ``cli`` the ``weightdb serve`` command.
 """
-
-from weightdb.server.app import create_app
-from weightdb.server.config import ServerConfig
-
-__all__ = ["ServerConfig", "create_app"]

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 
 from weightdb.cli_common import (
     BudgetOption,
@@ -19,7 +18,6 @@ from weightdb.cli_common import (
     tracing,
 )
 from weightdb.errors import WeightDBError
-from weightdb.server.app import create_app
 from weightdb.server.config import ServerConfig
 
 _DEFAULTS = ServerConfig()
@@ -70,6 +68,11 @@ def serve_command(
     # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
     # the event loop would wait that long for the GIL at every step of every HTTP request.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # Imported here so that every other command starts without loading the web stack.
+    import uvicorn
+
+    from weightdb.server.app import create_app
+
     with open_db(budget, policy) as db:
         console.print(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "

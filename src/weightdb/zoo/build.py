@@ -10,8 +10,6 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from weightdb.zoo.cache import cache_key, code_version, is_current
 from weightdb.zoo.errors import ZooError
 from weightdb.zoo.manifest import MANIFEST_NAME, FamilyManifest, write_manifest
@@ -74,6 +72,8 @@ def build_family(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     context = BuildContext(staging, size, seed, resolved, reporter or SilentReporter())
+    import torch  # here, not at module level: `weightdb --help` should not load PyTorch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same float sums on any machine: builds are deterministic
     try:
