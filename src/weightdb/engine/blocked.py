@@ -9,6 +9,7 @@ operator copies or multiplies it.
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from itertools import pairwise
 
 import numpy as np
@@ -19,9 +20,12 @@ from weightdb.engine.ops import Kernel
 from weightdb.engine.ops.nn import convolve, gemm_epilogue
 from weightdb.engine.weights import InMemoryWeight, StoredWeight, read_region
 
-# Bytes of one panel (at least one block column): small enough that a layer's product splits
-# into several panels for the engine's workers, large enough to keep each GEMM efficient.
-PANEL_BYTES = 256 << 10
+# Scratch bytes for one panel, read from storage in one pass over its blocks in storage order:
+# large enough for a whole weight of a BERT-base-sized layer, small next to a pool budget.
+PANEL_BYTES = 8 << 20
+# Bytes of the part of a panel one GEMM multiplies: small enough that a layer's product splits
+# into several tasks for the engine's workers, large enough to keep each GEMM efficient.
+TASK_BYTES = 256 << 10
 
 
 def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
@@ -30,9 +34,11 @@ def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
     return list(pairwise(edges))
 
 
-def _panels(start: int, stop: int, block: int, bytes_per_line: int) -> list[tuple[int, int]]:
-    """[start, stop) cut at block boundaries into panels of at most PANEL_BYTES (>= one block)."""
-    return _spans(start, stop, block * max(1, PANEL_BYTES // (block * bytes_per_line)))
+def _panels(
+    start: int, stop: int, block: int, bytes_per_line: int, limit: int
+) -> list[tuple[int, int]]:
+    """[start, stop) cut at block boundaries into parts of at most ``limit`` bytes (>= a block)."""
+    return _spans(start, stop, block * max(1, limit // (block * bytes_per_line)))
 
 
 @contextmanager
@@ -56,29 +62,41 @@ def _product(
     """x @ W[:, first:end], or x @ W[first:end].T when ``transposed``; x is 2-D (m, k).
 
     The join of x's column ranges with W's blocks on the inner index, summed per output block,
-    runs as one GEMM per panel (a run of output blocks) over the panel's blocks stacked into
-    scratch. Stacking copies each block once, which costs less than pinning it; multiplying
-    block by block instead adds m * n per inner block and makes one small BLAS call per block,
-    each a synchronization of BLAS's threads (ruinous on a loaded machine). Panels depend on
-    shapes alone and the engine's workers share a resident weight's panels, so results do not
-    depend on the budget or the thread count.
+    runs over panels (runs of output blocks): a panel's blocks are stacked into scratch in one
+    pass in storage order, then multiplied by GEMMs over parts of it (``TASK_BYTES``), which the
+    engine's workers share. Stacking copies each block once, which costs less than pinning it;
+    multiplying block by block instead adds m * n per inner block and makes one small BLAS call
+    per block, each a synchronization of BLAS's threads (ruinous on a loaded machine). A
+    resident weight hands over its panels without copying. Panels, parts and their memory
+    layout depend on shapes alone, so results do not depend on the budget or the threads.
     """
     layout = weight.layout
     rows, cols = layout.matrix_shape
     out_block, inner = (layout.block_rows, cols) if transposed else (layout.block_cols, rows)
+    line = inner * x.dtype.itemsize
     out = np.empty((x.shape[0], end - first), x.dtype)
-
-    def multiply(span: tuple[int, int]) -> None:
-        o0, o1 = span
-        region = ((o0, o1), (0, inner)) if transposed else ((0, inner), (o0, o1))
+    for p0, p1 in _panels(first, end, out_block, line, PANEL_BYTES):
+        region = ((p0, p1), (0, inner)) if transposed else ((0, inner), (p0, p1))
         with _panel(weight, *region, x.dtype) as panel:
-            np.matmul(x, panel.T if transposed else panel, out=out[:, o0 - first : o1 - first])
-
-    spans = _panels(first, end, out_block, inner * x.dtype.itemsize)
-    # A streamed weight's blocks are pinned one at a time, so only resident panels are shared.
-    work = x.shape[0] * inner * (end - first)
-    threads.run_all(multiply, spans, isinstance(weight, InMemoryWeight) and threads.worth(work))
+            multiply = partial(_multiply_part, x, panel, transposed, out, p0, first)
+            parts = _panels(p0, p1, out_block, line, TASK_BYTES)
+            threads.run_all(multiply, parts, threads.worth(x.shape[0] * inner * (p1 - p0)))
     return out
+
+
+def _multiply_part(
+    x: np.ndarray,
+    panel: np.ndarray,
+    transposed: bool,
+    out: np.ndarray,
+    panel_start: int,
+    out_start: int,
+    part: tuple[int, int],
+) -> None:
+    """The output columns ``part`` of x @ panel (or x @ panel.T), written into ``out``."""
+    a, b = part[0] - panel_start, part[1] - panel_start
+    operand = panel[a:b].T if transposed else panel[:, a:b]
+    np.matmul(x, operand, out=out[:, part[0] - out_start : part[1] - out_start])
 
 
 def matmul(x: np.ndarray, weight: StoredWeight) -> np.ndarray:

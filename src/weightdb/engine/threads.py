@@ -3,10 +3,10 @@
 A multi-threaded BLAS call ends in a barrier: every BLAS thread must finish its share. When the
 machine is busy, one of them waits for a time slice, and each call pays a scheduler delay
 (measured: 2-thread OpenBLAS 3-15x slower than 1 thread under a load of 4 on 2 cores, while
-onnxruntime slowed 1.5x). So while a prediction runs, BLAS gets one thread, and the panels of
-a product over resident weights are tasks that the engine's workers take from a queue: a worker
-that loses the CPU just takes fewer tasks. Which worker computes a panel does not change its
-bits; how a product is cut into panels can, so panels depend on shapes alone (``blocked``).
+onnxruntime slowed 1.5x). So while a prediction runs, BLAS gets one thread, and the parts of
+a product over a stored weight are tasks that the engine's workers take from a queue: a worker
+that loses the CPU just takes fewer tasks. Which worker computes a part does not change its
+bits; how a product is cut into parts can, so parts depend on shapes alone (``blocked``).
 
 The worker count is the BLAS thread count configured when the first concurrent prediction
 starts (e.g. with ``threadpoolctl.threadpool_limits`` or ``OPENBLAS_NUM_THREADS``), so one
