@@ -94,11 +94,16 @@ def open_safetensors(path: Path, fmt: str = "safetensors") -> ModelSource:
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     if mapped is not None:
         source.resources.callback(mapped.close)
+        mapped.madvise(mmap.MADV_SEQUENTIAL)
 
     def loader(dtype: dtypes.DType, shape: tuple, begin: int):
         def load() -> np.ndarray:
             count = int(np.prod(shape, dtype=np.int64))
-            array = np.frombuffer(mapped, dtype=dtype.numpy, count=count, offset=data_start + begin)
+            offset = data_start + begin
+            if count:  # ask for the whole tensor at once rather than a page per fault
+                start = offset - offset % mmap.PAGESIZE
+                mapped.madvise(mmap.MADV_WILLNEED, start, offset + count * dtype.itemsize - start)
+            array = np.frombuffer(mapped, dtype=dtype.numpy, count=count, offset=offset)
             return array.reshape(shape)
 
         return load
