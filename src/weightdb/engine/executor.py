@@ -11,6 +11,7 @@ their buffer pool are kept resident for the prepared model's lifetime (``keep_re
 
 import heapq
 import inspect
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
@@ -123,7 +124,7 @@ class PreparedModel:
             step = _plan_node(node, weights, constants)
             if step is not None:
                 planned.append(step)
-        self._compile(planned, constants)
+        self._compile(_embedding_bags(planned, constants, self.outputs), constants)
 
     def _compile(self, planned: list, constants: dict) -> None:
         """Give every value a register and note after which step each one can be dropped."""
@@ -243,6 +244,40 @@ def _plan_node(
         results = bound(*(constants[key] for key in keys))
     constants.update(zip(node.output, _as_tuple(results), strict=False))
     return None
+
+
+def _embedding_bags(planned: list, constants: dict, outputs: list[str]) -> list:
+    """``planned`` with each streamed Gather read only by a ReduceMean fused into one step.
+
+    The fused step (``blocked.gather_mean``) averages an embedding bag without materializing
+    every token's embedding. The ReduceMean's axes must be known at planning time.
+    """
+    readers = Counter(key for _, _, keys in planned for key in keys if isinstance(key, str))
+    gathers = {
+        node.output[0]: k
+        for k, (node, _, keys) in enumerate(planned)
+        if node.op_type == "Gather" and isinstance(keys[0], _Streamed)
+    }
+    fused: dict[int, tuple] = {}
+    dropped: set[int] = set()
+    for k, (node, _, keys) in enumerate(planned):
+        g = gathers.get(keys[0]) if node.op_type == "ReduceMean" else None
+        if g is None or readers[keys[0]] != 1 or keys[0] in outputs:
+            continue
+        attributes = _attributes(node)
+        axes = attributes.get("axes")
+        if len(keys) > 1 and keys[1] != "":
+            axes = constants.get(keys[1])
+        if axes is None or len(axes) == 0:
+            continue
+        kernel = partial(
+            blocked.gather_mean,
+            axes=tuple(int(a) for a in np.asarray(axes).reshape(-1)),
+            keepdims=attributes.get("keepdims", 1),
+        )
+        fused[k] = (node, kernel, planned[g][2])
+        dropped.add(g)
+    return [fused.get(k, step) for k, step in enumerate(planned) if k not in dropped]
 
 
 # Ops whose first output is always a new array, never a view of an input.

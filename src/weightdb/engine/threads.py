@@ -12,7 +12,7 @@ The worker count is the BLAS thread count configured when the first concurrent p
 starts (e.g. with ``threadpoolctl.threadpool_limits`` or ``OPENBLAS_NUM_THREADS``), so one
 setting governs both. BLAS is restored when the last concurrent prediction ends; until then
 BLAS calls from other threads of the process run single-threaded too. Without threadpoolctl
-nothing changes: BLAS keeps its threads and products run as single calls.
+BLAS keeps its threads and the parts of a product run one after another.
 """
 
 import threading
@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
+from typing import Any
 
 try:
     import threadpoolctl
@@ -40,7 +41,7 @@ class _BlasThreads:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._saved: list[tuple[object, int]] = []
+        self._saved: list[tuple[Any, int]] = []  # threadpoolctl library handle, threads
 
     @contextmanager
     def lent(self) -> Iterator[int]:
