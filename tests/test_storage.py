@@ -195,3 +195,22 @@ def test_pinned_pages_are_never_evicted(tmp_path, rng):
                     with tensor.block(i, j):
                         assert pinned_page in db.pool.resident()
         assert db.pool.stats().evictions > 0
+
+
+def test_reservations_count_against_the_budget_and_evict_pages(tmp_path, rng):
+    with pool_db(tmp_path, rng, budget=6 * PAGE) as db:
+        tensor = db.tensors("m")["w"]
+        for i in range(tensor.layout.grid[0]):
+            with tensor.block(i, 0):
+                pass
+        assert db.pool.stats().resident_bytes > 4 * PAGE
+        assert not db.pool.reserve(4 * PAGE)  # more than half the budget: refused
+        assert db.pool.reserve(3 * PAGE)
+        stats = db.pool.stats()
+        assert stats.reserved_bytes == 3 * PAGE
+        assert stats.resident_bytes + stats.reserved_bytes <= 6 * PAGE
+        tensor.read()  # pages still stream through the other half
+        stats = db.pool.stats()
+        assert stats.resident_bytes + stats.reserved_bytes <= 6 * PAGE
+        db.pool.release(3 * PAGE)
+        assert db.pool.stats().reserved_bytes == 0

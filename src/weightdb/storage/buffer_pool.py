@@ -27,6 +27,7 @@ class PoolStats:
     bytes_read: int = 0
     resident_pages: int = 0
     resident_bytes: int = 0
+    reserved_bytes: int = 0
     pinned_pages: int = 0
     budget_bytes: int | None = None
 
@@ -58,6 +59,7 @@ class BufferPool:
         self.policy = policy or LRUPolicy()
         self._frames: dict[int, _Frame] = {}
         self._resident_bytes = 0
+        self._reserved_bytes = 0  # memory held for the pool's users outside frames
         self._lock = threading.RLock()
         self._stats = PoolStats()
         self.recorder: Callable[[int, str | None], None] | None = None
@@ -104,18 +106,44 @@ class BufferPool:
         self.policy.on_insert(page_id)
         return frame
 
+    def reserve(self, nbytes: int) -> bool:
+        """Charge ``nbytes`` held outside the frames (e.g. weights a prepared model keeps
+        assembled) to the budget, evicting unpinned pages to make room. Reservations may take
+        at most half the budget, so pages can always stream through the rest; returns False
+        (and changes nothing) when the reservation does not fit."""
+        with self._lock:
+            if self.budget_bytes is None:
+                self._reserved_bytes += nbytes
+                return True
+            pinned = sum(f.page.nbytes for f in self._frames.values() if f.pins)
+            reserved = self._reserved_bytes + nbytes
+            if 2 * reserved > self.budget_bytes or pinned + reserved > self.budget_bytes:
+                return False
+            self._reserved_bytes = reserved
+            self._evict_until(0)
+            return True
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved_bytes -= nbytes
+
     def _make_room(self, location: PageLocation) -> None:
         if self.budget_bytes is None:
             return
-        while self._resident_bytes + location.length > self.budget_bytes:
+        self._evict_until(location.length, location.page_id)
+
+    def _evict_until(self, incoming: int, page_id: int | None = None) -> None:
+        """Evict until ``incoming`` more bytes fit next to the frames and reservations."""
+        assert self.budget_bytes is not None
+        while self._resident_bytes + self._reserved_bytes + incoming > self.budget_bytes:
             victim = self.policy.victim(lambda page: self._frames[page].pins == 0)
             if victim is None:
-                pinned = self._resident_bytes
+                held = self._resident_bytes + self._reserved_bytes
                 raise BudgetExceededError(
                     f"buffer pool budget {format_size(self.budget_bytes)} is too small: "
-                    f"page {location.page_id} needs {format_size(location.length)} while "
-                    f"pinned pages hold {format_size(pinned)}; raise the budget to at least "
-                    f"{pinned + location.length} bytes ({format_size(pinned + location.length)})"
+                    f"page {page_id} needs {format_size(incoming)} while pinned pages and "
+                    f"kept weights hold {format_size(held)}; raise the budget to at least "
+                    f"{held + incoming} bytes ({format_size(held + incoming)})"
                 )
             self._evict(victim)
             self._stats.evictions += 1
@@ -137,6 +165,7 @@ class BufferPool:
             snapshot = PoolStats(**vars(self._stats))
             snapshot.resident_pages = len(self._frames)
             snapshot.resident_bytes = self._resident_bytes
+            snapshot.reserved_bytes = self._reserved_bytes
             snapshot.pinned_pages = sum(1 for f in self._frames.values() if f.pins)
             snapshot.budget_bytes = self.budget_bytes
             return snapshot
