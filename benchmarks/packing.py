@@ -1,23 +1,50 @@
-"""Page packing: pages per algorithm on the netsDB reference instances, and time at scale.
+"""Page packing: pages per algorithm on the netsDB reference instances and the zoo families,
+time at scale, and what ``db.pack()`` does to cold inference.
 
     python -m benchmarks.packing [--quick]
 
-Every reference instance is solved with every algorithm (``optimal`` under a time limit) and
-compared with the lower bound ceil(distinct / l), the proved optimum where the solver finished,
-and the pages the netsDB artifact reports. Then a synthetic zoo of 100 models and 50,000
-distinct blocks (10,000 in quick mode) is packed with every heuristic, and timed.
+Every instance is solved with every algorithm (``optimal`` under a time limit) and compared
+with the lower bound ceil(distinct / l), the proved optimum where the solver finished, and the
+pages the netsDB artifact reports. Instances: the reference ones; a synthetic zoo of 100 models
+and 50,000 distinct blocks (10,000 in quick mode); and the database of each zoo family after
+exact deduplication (import) and after weightdb's approximate deduplication at 1%, whose
+instance is model -> distinct block ids with l = page size // (block bytes in float32).
+
+Cold inference: per model, one prediction on a small test batch on a fresh connection
+(unbounded pool, in a process of its own) after the pages folder is dropped from the OS cache,
+on a copy of the database in import order and on a copy after ``db.pack()``, back to back;
+bytes read from storage and latency, median with min and max, as the ratio packed / unpacked.
 """
 
 import argparse
+import shutil
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, markdown_table, write_results
-from weightdb.packing import ALGORITHMS, PackingError, load_instance, solve
+import weightdb
+from benchmarks import families
+from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, timed, write_results
+from weightdb.packing import ALGORITHMS, Instance, PackingError, load_instance, solve
 from weightdb.packing.instance import REFERENCE_INSTANCES
 from weightdb.packing.synthetic import fine_tune_families
+from weightdb.storage.repack import blocks_per_page, model_blocks
+from weightdb.units import format_size
 
 REFERENCE = REFERENCE_INSTANCES
-HEURISTICS = [name for name in ALGORITHMS if name != "optimal"]
+BOTH = ("exact", "weightdb")
+QUICK_FAMILIES = [
+    ("digits-cnn", "small", BOTH),
+    ("xml-mlp", "small", BOTH),
+    ("text-embedding", "small", BOTH),
+]
+FULL_FAMILIES = [
+    ("digits-cnn", "full", BOTH),
+    ("text-embedding", "full", BOTH),
+    ("minilm-finetunes", "small", ("exact",)),
+    ("xml-mlp", "full", ("exact",)),
+]
+"""(family, size, dedup tiers). Approximate dedup evaluates every model many times: for the
+transformer fine-tunes and the 3.8 GiB xml-mlp that takes too long for a benchmark run."""
+BATCH_ROWS = 4
 
 
 def run(quick: bool, out_dir: Path) -> dict:
@@ -25,14 +52,27 @@ def run(quick: bool, out_dir: Path) -> dict:
     reference = [
         _solve_all(load_instance(path), time_limit) for path in sorted(REFERENCE.glob("*.json"))
     ]
+    print("packing: reference instances done", flush=True)
     blocks = 10_000 if quick else 50_000
     synthetic = _solve_all(fine_tune_families(100, blocks, blocks_per_page=64), time_limit)
-    results = {"time_limit": time_limit, "reference": reference, "synthetic": synthetic}
+    print("packing: synthetic instance done", flush=True)
+    repeats = 2 if quick else 3
+    zoo = []
+    for name, size, tiers in QUICK_FAMILIES if quick else FULL_FAMILIES:
+        fam = families.family(name, size)
+        for dedup in tiers:
+            zoo.append(_zoo_entry(fam, dedup, time_limit, repeats))
+    results = {
+        "time_limit": time_limit,
+        "reference": reference,
+        "synthetic": synthetic,
+        "zoo": zoo,
+    }
     write_results(out_dir, "packing", results, _markdown(results))
     return results
 
 
-def _solve_all(instance, time_limit: float) -> dict:
+def _solve_all(instance: Instance, time_limit: float) -> dict:
     runs = {}
     for algorithm in ALGORITHMS:
         try:
@@ -40,7 +80,7 @@ def _solve_all(instance, time_limit: float) -> dict:
         except PackingError as error:  # the exact model declines instances too large for it
             runs[algorithm] = {"error": str(error)}
             continue
-        summary.pop("models")
+        summary["pages_read"] = {m: v["pages_read"] for m, v in summary.pop("models").items()}
         runs[algorithm] = summary
     exact = runs["optimal"]
     return {
@@ -55,6 +95,64 @@ def _solve_all(instance, time_limit: float) -> dict:
     }
 
 
+def _zoo_entry(fam: families.Family, dedup: str, time_limit: float, repeats: int) -> dict:
+    """The family database's packing instance under every algorithm, then cold inference in
+    the import-order layout and after ``db.pack()``, each on its own copy."""
+    source, info = families.database(fam, dedup)
+    with weightdb.connect(source, create=False) as db:
+        instance = Instance.from_models(
+            model_blocks(db.catalog.conn), blocks_per_page(db), name=f"{fam.label} {dedup}"
+        )
+    solved = _solve_all(instance, time_limit)
+    print(f"packing: {instance.name} solved", flush=True)
+    unpacked = families.copy_database(source, families.BENCH_DIR / "packing-unpacked")
+    packed = families.copy_database(source, families.BENCH_DIR / "packing-packed")
+    with weightdb.connect(packed, create=False) as db:
+        report = db.pack()
+    cold = {}
+    for model in fam.models:  # both layouts back to back, so machine noise hits them alike
+        before = families.isolated(_cold_predict, unpacked, model, fam, repeats)
+        after = families.isolated(_cold_predict, packed, model, fam, repeats)
+        cold[model] = {
+            "unpacked": before,
+            "packed": after,
+            "bytes_ratio": after["bytes_read"] / before["bytes_read"],
+            "latency_ratio": after["seconds"]["median"] / before["seconds"]["median"],
+        }
+    print(f"packing: {instance.name} cold inference done", flush=True)
+    for copy in (unpacked, packed):
+        shutil.rmtree(copy)
+    settings = fam.settings
+    return {
+        "family": fam.label,
+        "dedup": dedup,
+        "database": info,
+        "block_shape": [settings.block_rows, settings.block_cols],
+        "page_size": settings.page_size,
+        **solved,
+        "repack": report.to_json(),
+        "cold": cold,
+    }
+
+
+def _cold_predict(path: Path, model: str, fam: families.Family, repeats: int) -> dict:
+    """One prediction on a fresh connection with the pages folder dropped from the OS cache
+    (``repeats`` times; run in a process of its own, see ``families.isolated``)."""
+    inputs = fam.test_batch(model, BATCH_ROWS)
+    connections = []
+
+    def fresh() -> None:
+        while connections:
+            connections.pop().close()
+        connections.append(weightdb.connect(path, create=False, budget=None))
+        drop_cache(path / "pages")
+
+    seconds = timed(lambda: connections[0].predict(model, inputs), repeats, before=fresh)
+    bytes_read = connections[0].pool.stats().bytes_read
+    connections.pop().close()
+    return {"seconds": seconds, "bytes_read": bytes_read}
+
+
 def _cell(run: dict, optimum: int | None) -> str:
     if "error" in run:
         return "too large"
@@ -63,29 +161,39 @@ def _cell(run: dict, optimum: int | None) -> str:
 
 
 def _markdown(results: dict) -> str:
-    header = ["instance", "lower bound", "netsDB best", *ALGORITHMS]
+    instances = [*results["reference"], results["synthetic"], *results["zoo"]]
+    header = ["instance", "lower bound", "netsDB best", "as imported", *ALGORITHMS]
     rows = []
-    for entry in [*results["reference"], results["synthetic"]]:
+    for entry in instances:
         reference = entry["netsdb_reference_pages"]
         best = min(reference.values()) if reference else "-"
+        imported = entry["repack"]["pages_before"] if "repack" in entry else "-"
         cells = [_cell(entry["runs"][name], entry["optimum"]) for name in ALGORITHMS]
-        rows.append([entry["instance"], entry["lower_bound_pages"], best, *cells])
-    seconds = [
-        [entry["instance"], *(_seconds(entry["runs"][name]) for name in ALGORITHMS)]
-        for entry in [*results["reference"], results["synthetic"]]
-    ]
+        rows.append([entry["instance"], entry["lower_bound_pages"], best, imported, *cells])
+    seconds = [[e["instance"], *(_seconds(e["runs"][n]) for n in ALGORITHMS)] for e in instances]
     copies = [
-        [entry["instance"], *(entry["runs"][n].get("copied_blocks", "-") for n in ALGORITHMS)]
-        for entry in [*results["reference"], results["synthetic"]]
+        [e["instance"], *(e["runs"][n].get("copied_blocks", "-") for n in ALGORITHMS)]
+        for e in instances
+    ]
+    reads = [
+        [e["instance"], e["models"], *(_mean_reads(e["runs"][n]) for n in ALGORITHMS)]
+        for e in results["zoo"]
     ]
     return "\n".join(
         [
             "## Page packing",
             "",
             "Pages per layout; (+k) is the gap to the optimum where `optimal` proved it within "
-            f"{results['time_limit']:g} s. netsDB best is the artifact's own count.",
+            f"{results['time_limit']:g} s. netsDB best is the artifact's own count. Zoo rows are "
+            "family databases after exact (import) or weightdb approximate (1%) deduplication; "
+            "as imported: the pages their blocks occupy in import order, before `db.pack()`. "
+            "Only greedy1 stores every block once, which is what `db.pack()` requires.",
             "",
             markdown_table(header, rows),
+            "",
+            "Pages read per model on the zoo families, mean (max) over the family's models:",
+            "",
+            markdown_table(["instance", "models", *ALGORITHMS], reads),
             "",
             "Seconds per algorithm (whole solve, including deriving the pages each model reads):",
             "",
@@ -94,8 +202,54 @@ def _markdown(results: dict) -> str:
             "Copied blocks (distinct blocks stored in more than one page):",
             "",
             markdown_table(["instance", *ALGORITHMS], copies),
+            "",
+            _cold_markdown(results["zoo"]),
         ]
     )
+
+
+def _cold_markdown(zoo: list[dict]) -> str:
+    rows = []
+    for entry in zoo:
+        before, after = entry["repack"]["pages_read_before"], entry["repack"]["pages_read_after"]
+        for model, cold in entry["cold"].items():
+            rows.append(
+                [
+                    entry["family"],
+                    entry["dedup"],
+                    model,
+                    f"{before[model]['pages']} -> {after[model]['pages']}",
+                    format_size(cold["unpacked"]["bytes_read"]),
+                    format_size(cold["packed"]["bytes_read"]),
+                    f"{cold['bytes_ratio']:.2f}",
+                    _ms(cold["unpacked"]["seconds"]),
+                    _ms(cold["packed"]["seconds"]),
+                    f"{cold['latency_ratio']:.2f}",
+                ]
+            )
+    header = ["family", "dedup", "model", "pages read", "read unpacked", "read packed"]
+    header += ["bytes packed/unpacked", "ms unpacked", "ms packed", "latency packed/unpacked"]
+    return "\n".join(
+        [
+            "### Cold inference before and after `db.pack()` (greedy1)",
+            "",
+            f"One prediction of {BATCH_ROWS} test rows on a fresh connection, pages dropped from "
+            "the OS cache before each run; latency median (min-max) in ms.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
+def _mean_reads(run: dict) -> str:
+    if "error" in run:
+        return "-"
+    reads = list(run["pages_read"].values())
+    return f"{sum(reads) / len(reads):.1f} ({max(reads)})"
+
+
+def _ms(seconds: dict) -> str:
+    return f"{seconds['median'] * 1e3:.1f} ({seconds['min'] * 1e3:.1f}-{seconds['max'] * 1e3:.1f})"
 
 
 def _seconds(run: dict) -> str:
@@ -104,5 +258,5 @@ def _seconds(run: dict) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller synthetic instance")
+    parser.add_argument("--quick", action="store_true", help="small families and instances")
     run(parser.parse_args().quick, RESULTS_DIR)
