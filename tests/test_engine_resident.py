@@ -4,7 +4,7 @@ import gc
 
 import numpy as np
 import onnx
-import pytest
+import threadpoolctl
 import torch
 
 import weightdb
@@ -46,13 +46,14 @@ def test_a_model_that_fits_reads_the_pool_once_and_one_that_does_not_streams(
 
 
 def test_resident_copies_of_live_models_stay_within_the_budget(tmp_path, exported_models):
-    """Two models that each fit but not together: the second streams until the first is gone."""
+    """Two models whose copies each fit in the half of the budget reservations may take, but
+    not together: the second streams until the first is gone."""
     with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
         for name in ("a", "b"):
             db.import_model(exported_models["mlp"], name)
         size = db.model("a").logical_bytes
     x = np.ones((3, 100), np.float32)
-    with weightdb.connect(tmp_path / "db", budget=size * 3 // 2) as db:
+    with weightdb.connect(tmp_path / "db", budget=size * 3) as db:
         first = prepare(graph(db, "a"), db.tensors("a"))
         second = prepare(graph(db, "b"), db.tensors("b"))
         before = requests(db)
@@ -60,6 +61,9 @@ def test_resident_copies_of_live_models_stay_within_the_budget(tmp_path, exporte
         assert requests(db) == before
         second.run({"x": x})
         assert requests(db) > before
+        stats = db.pool.stats()
+        assert 0 < stats.reserved_bytes <= size  # the first model's copies, the second's none
+        assert stats.resident_bytes + stats.reserved_bytes <= size * 3
 
         del first
         gc.collect()
@@ -71,7 +75,6 @@ def test_resident_copies_of_live_models_stay_within_the_budget(tmp_path, exporte
 
 def test_products_shared_by_the_engine_threads_are_bitwise_equal_to_streamed(tmp_path):
     """A product big enough for the workers, resident and streamed, with 2 BLAS threads."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.ReLU())
     x = np.random.default_rng(3).standard_normal((64, 512), dtype=np.float32)

@@ -11,8 +11,7 @@ bits; how a product is cut into parts can, so parts depend on shapes alone (``bl
 The worker count is the BLAS thread count configured when the first concurrent prediction
 starts (e.g. with ``threadpoolctl.threadpool_limits`` or ``OPENBLAS_NUM_THREADS``), so one
 setting governs both. BLAS is restored when the last concurrent prediction ends; until then
-BLAS calls from other threads of the process run single-threaded too. Without threadpoolctl
-BLAS keeps its threads and the parts of a product run one after another.
+BLAS calls from other threads of the process run single-threaded too.
 """
 
 import threading
@@ -23,10 +22,7 @@ from contextvars import ContextVar
 from functools import cache
 from typing import Any
 
-try:
-    import threadpoolctl
-except ImportError:  # optional dependency: see the module docstring
-    threadpoolctl = None
+import threadpoolctl
 
 # Products smaller than this (about 0.3 ms of one core) stay on the calling thread: handing a
 # task to a helper costs 20 us on an idle machine and up to a millisecond on a busy one.
@@ -67,8 +63,6 @@ class _BlasThreads:
 @cache
 def _blas_libraries() -> list:
     """threadpoolctl's handles on the loaded BLAS libraries (found once; numpy loads its own)."""
-    if threadpoolctl is None:
-        return []
     return threadpoolctl.ThreadpoolController().select(user_api="blas").lib_controllers
 
 

@@ -90,29 +90,6 @@ def materialize(weight: StoredWeight) -> np.ndarray:
     return read_region(weight, (0, rows), (0, cols), weight.dtype).reshape(weight.shape)
 
 
-class _ResidentBytes:
-    """Bytes of resident copies per buffer pool, kept within that pool's budget."""
-
-    def __init__(self) -> None:
-        self._used: weakref.WeakKeyDictionary[BufferPool, int] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()
-
-    def reserve(self, pool: BufferPool, nbytes: int) -> bool:
-        with self._lock:
-            used = self._used.get(pool, 0)
-            if pool.budget_bytes is not None and used + nbytes > pool.budget_bytes:
-                return False
-            self._used[pool] = used + nbytes
-            return True
-
-    def release(self, pool: BufferPool, nbytes: int) -> None:
-        with self._lock:
-            self._used[pool] = self._used.get(pool, 0) - nbytes
-
-
-_RESIDENT = _ResidentBytes()
-
-
 class _Residency:
     """What one prepared model holds of its pool's resident bytes, released when it dies."""
 
@@ -122,13 +99,13 @@ class _Residency:
         weakref.finalize(owner, self.release)
 
     def reserve(self, nbytes: int) -> bool:
-        if not _RESIDENT.reserve(self.pool, nbytes):
+        if not self.pool.reserve(nbytes):
             return False
         self.nbytes += nbytes
         return True
 
     def release(self) -> None:
-        _RESIDENT.release(self.pool, self.nbytes)
+        self.pool.release(self.nbytes)
 
 
 class ResidentWeight(InMemoryWeight):
@@ -165,11 +142,10 @@ def keep_resident(owner: object, weights: Sequence[StoredWeight]) -> dict[str, R
     """Resident copies of ``weights`` (name -> copy) that live as long as ``owner``, if they fit.
 
     Pinning and copying every block on every call costs more than the arithmetic of a
-    batch-256 MLP. When all of ``weights`` fit in their buffer pool's budget next to the
-    resident copies of other live models, they are read through the pool once and kept;
-    otherwise (a budget below the model, weights outside a pool) the result is empty and every
-    call streams. Copies count against the budget only here, not in the pool: the memory
-    weights use is bounded by twice the budget.
+    batch-256 MLP. When the pool grants a reservation for all of ``weights`` (copies are charged
+    to its budget, at most half of it, evicting pages), they are read through the pool once and
+    kept; otherwise (a budget below the model, weights outside a pool) the result is empty and
+    every call streams. The pool's budget thus bounds pages and copies together.
     """
     pools = {getattr(w, "pool", None) for w in weights}
     if len(pools) != 1 or not isinstance(pool := pools.pop(), BufferPool):
