@@ -47,6 +47,7 @@ import weightdb
 from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
 from weightdb.errors import WeightDBError
 from weightdb.storage.blocking import as_matrix, layout_for
+from weightdb.storage.page_files import fsync_path
 from weightdb.storage.settings import Settings
 
 BENCH_DIR = Path(
@@ -255,14 +256,6 @@ def scratch() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def durable(path: Path) -> None:

@@ -23,6 +23,7 @@ from weightdb.cli_common import (
     console,
     err_console,
     open_db,
+    repack_table,
     size_option,
     state,
     tracing,
@@ -188,17 +189,7 @@ def pack_command(
         f"{report.lower_bound_pages}, {report.blocks_per_page} blocks per page, "
         f"{report.seconds:.2f}s)"
     )
-    table = Table("model", "pages read before", "after", "bytes read before", "after")
-    for name, after in report.pages_read_after.items():
-        before = report.pages_read_before[name]
-        table.add_row(
-            name,
-            str(before["pages"]),
-            str(after["pages"]),
-            format_size(before["bytes"]),
-            format_size(after["bytes"]),
-        )
-    console.print(table)
+    console.print(repack_table(report))
 
 
 @app.command("rm")

@@ -15,10 +15,12 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
 from weightdb.database import DEFAULT_BUDGET, Database, connect
 from weightdb.errors import WeightDBError
-from weightdb.units import parse_size
+from weightdb.storage.repack import RepackReport
+from weightdb.units import format_size, parse_size
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -85,3 +87,18 @@ TraceOption = Annotated[
 def tracing(db: Database, path: Path | None) -> AbstractContextManager:
     """Record ``db``'s page requests to ``path`` while the context is open (if a path is set)."""
     return db.record_trace(path) if path is not None else nullcontext()
+
+
+def repack_table(report: RepackReport) -> Table:
+    """Pages and bytes each model reads, before and after a repack."""
+    table = Table("model", "pages read before", "after", "bytes read before", "after")
+    for name, after in report.pages_read_after.items():
+        before = report.pages_read_before[name]
+        table.add_row(
+            name,
+            str(before["pages"]),
+            str(after["pages"]),
+            format_size(before["bytes"]),
+            format_size(after["bytes"]),
+        )
+    return table

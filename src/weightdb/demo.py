@@ -23,6 +23,7 @@ from rich.table import Table
 from weightdb.caching.simulate import Budget, simulate
 from weightdb.caching.trace import read_trace
 from weightdb.caching.workload import request_sequence
+from weightdb.cli_common import repack_table
 from weightdb.database import Database, connect
 from weightdb.dedup import deduplicate
 from weightdb.storage.policies import POLICIES
@@ -122,17 +123,7 @@ def _deduplicate(db: Database, family: dict, console: Console, summary: dict) ->
 
 def _pack(db: Database, console: Console, summary: dict) -> None:
     report = db.pack()
-    table = Table("model", "pages before", "after", "bytes read before", "after")
-    for name, after in report.pages_read_after.items():
-        before = report.pages_read_before[name]
-        table.add_row(
-            name,
-            str(before["pages"]),
-            str(after["pages"]),
-            format_size(before["bytes"]),
-            format_size(after["bytes"]),
-        )
-    console.print(table)
+    console.print(repack_table(report))
     read_before = sum(m["bytes"] for m in report.pages_read_before.values())
     read_after = sum(m["bytes"] for m in report.pages_read_after.values())
     summary["pages"] = (
