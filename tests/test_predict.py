@@ -164,3 +164,12 @@ def test_cli_predict_from_npz_and_parquet(small_dbs, tmp_path):
         assert "from storage" in result.stdout
         with np.load(out) as outputs:
             assert outputs["output"].tobytes() == expected.tobytes()
+
+
+def test_closing_a_database_releases_compiled_models_and_pages(small_dbs):
+    db = weightdb.connect(small_dbs["mlp"], budget=None)
+    db.predict("mlp", FEATURES["mlp"](np.random.default_rng(0)))
+    assert db.pool.stats().resident_pages > 0
+    db.close()
+    stats = db.pool.stats()
+    assert stats.resident_pages == 0 and stats.reserved_bytes == 0

@@ -372,6 +372,9 @@ class Database:
         return verify_pages(self, progress)
 
     def close(self) -> None:
+        """Release what the database holds: compiled models, cached pages, files, SQL."""
+        self.prepared.clear()
+        self.pool.clear()
         if self._sql_session is not None:
             self._sql_session.close()
         self.reader.close()

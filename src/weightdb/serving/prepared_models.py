@@ -41,6 +41,11 @@ class PreparedModels:
                 self._entries.popitem(last=False)
         return prepared
 
+    def clear(self) -> None:
+        """Drop every compiled model (and with it any weights it kept resident)."""
+        with self._lock:
+            self._entries.clear()
+
     def _compile(self, name: str) -> PreparedModel:
         (graph,) = self._db.catalog.conn.execute(
             "SELECT graph FROM models WHERE name = ?", (name,)

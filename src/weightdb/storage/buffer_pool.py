@@ -160,6 +160,11 @@ class BufferPool:
                 if self._frames[page_id].pins == 0:
                     self._evict(page_id)
 
+    def clear(self) -> None:
+        """Drop every unpinned page (closing a database frees its memory)."""
+        with self._lock:
+            self.discard(set(self._frames))
+
     def stats(self) -> PoolStats:
         with self._lock:
             snapshot = PoolStats(**vars(self._stats))
