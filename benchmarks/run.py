@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import time
+from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, machine
 
@@ -25,15 +26,17 @@ def main() -> None:
     unknown = set(args.suites) - set(SUITES)
     if unknown:
         parser.error(f"unknown suites {sorted(unknown)}; choose from {SUITES}")
+    # Quick runs go beside, so they never overwrite the full results kept in the repository.
+    out_dir = RESULTS_DIR / "quick" if args.quick else RESULTS_DIR
     for suite in args.suites:
         print(f"== {suite}", flush=True)
         start = time.perf_counter()
-        importlib.import_module(f"benchmarks.{suite}").run(args.quick, RESULTS_DIR)
+        importlib.import_module(f"benchmarks.{suite}").run(args.quick, out_dir)
         print(f"== {suite} done in {time.perf_counter() - start:.0f}s", flush=True)
-    write_report()
+    write_report(out_dir)
 
 
-def write_report() -> None:
+def write_report(out_dir: Path) -> None:
     facts = machine()
     parts = [
         "# weightdb benchmark report",
@@ -46,10 +49,10 @@ def write_report() -> None:
         "`python -m benchmarks.run SUITE`.",
     ]
     for suite in SUITES:
-        md = RESULTS_DIR / f"{suite}.md"
+        md = out_dir / f"{suite}.md"
         if md.exists():
             parts += ["", md.read_text().strip()]
-    (RESULTS_DIR / "REPORT.md").write_text("\n".join(parts) + "\n")
+    (out_dir / "REPORT.md").write_text("\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":
