@@ -6,8 +6,9 @@ most pages with the last, the first is the one with the most pages already resid
 after a model has run, keeps the pages it read that a later model of the round also needs
 pinned until that later model has run. Pages are held only once read, never read ahead: an
 embedding lookup reads only the row blocks its ids need, and holding must not change that.
-Held pages take at most ``hold_fraction`` of the budget, leaving the rest for the pages each
-model streams; with no budget nothing is ever evicted, so nothing needs holding.
+Held pages take at most ``hold_fraction`` of the budget left after the weights prepared
+models keep resident (pool reservations), leaving the rest for the pages each model streams;
+with no budget nothing is ever evicted, so nothing needs holding.
 """
 
 from collections.abc import Iterator
@@ -58,9 +59,8 @@ class SharingScheduler:
     def round(self, models: list[str]) -> Iterator["Round"]:
         """A round over ``models``: iterate ``round.order`` and call ``round.finished(model)``
         after each model's batches ran; held pages are unpinned when the round ends."""
-        budget = self._db.pool.budget_bytes
-        cap = None if budget is None else int(budget * self._hold_fraction)
-        current = Round(self._db, self.order(models), self.pages, cap)
+        hold = None if self._db.pool.budget_bytes is None else self._hold_fraction
+        current = Round(self._db, self.order(models), self.pages, hold)
         try:
             yield current
         finally:
@@ -68,26 +68,29 @@ class SharingScheduler:
 
 
 class Round:
-    def __init__(self, db: Database, order: list[str], pages, hold_cap: int | None) -> None:
+    def __init__(self, db: Database, order: list[str], pages, hold_fraction: float | None) -> None:
         self.order = order
         self._db = db
         self._pages = {model: pages(model) for model in order}
-        self._hold_cap = hold_cap
+        self._hold_fraction = hold_fraction
         self._held: dict[int, int] = {}  # page id -> bytes
 
     def finished(self, model: str) -> None:
         """Release held pages no later model needs; hold the ones this model read that a later
         model needs."""
-        if self._hold_cap is None:
+        if self._hold_fraction is None:
             return
         later_models = self.order[self.order.index(model) + 1 :]
         later = frozenset().union(*(self._pages[m] for m in later_models))
         for page in [p for p in self._held if p not in later]:
             self._release(page)
         resident = self._db.pool.resident().keys()
+        stats = self._db.pool.stats()
+        # Of what weights kept resident by prepared models leave free, not the whole budget.
+        cap = int((stats.budget_bytes - stats.reserved_bytes) * self._hold_fraction)
         for page in sorted((self._pages[model] & later & resident) - self._held.keys()):
             size = self._db.locate_page(page).length
-            if sum(self._held.values()) + size > self._hold_cap:
+            if sum(self._held.values()) + size > cap:
                 break
             user = next(m for m in later_models if page in self._pages[m])
             self._db.pool.pin(page, user)

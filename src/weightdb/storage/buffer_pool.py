@@ -117,7 +117,8 @@ class BufferPool:
                 return True
             pinned = sum(f.page.nbytes for f in self._frames.values() if f.pins)
             reserved = self._reserved_bytes + nbytes
-            if 2 * reserved > self.budget_bytes or pinned + reserved > self.budget_bytes:
+            # Half the budget at most, and never what pinned pages need now.
+            if 2 * reserved > self.budget_bytes or 2 * (pinned + reserved) > self.budget_bytes:
                 return False
             self._reserved_bytes = reserved
             self._evict_until(0)
