@@ -17,23 +17,8 @@ from weightdb.database import Database
 from weightdb.dedup.evalspec import Evaluator, Predict
 from weightdb.dedup.metrics import Measurement
 from weightdb.engine import prepare
+from weightdb.storage.block_writer import BlockRecord
 from weightdb.storage.stored_tensor import StoredTensor
-
-
-@dataclass(frozen=True)
-class Block:
-    block_id: int
-    digest: bytes
-    dtype: str
-    rows: int
-    cols: int
-    nbytes: int
-    page_id: int
-    slot: int
-
-    @property
-    def shape_key(self) -> tuple[str, int, int]:
-        return self.dtype, self.rows, self.cols
 
 
 @dataclass(frozen=True)
@@ -54,8 +39,8 @@ class Workspace:
         self.db = db
         conn = db.catalog.conn
         self.models = models  # import order
-        self.blocks: dict[int, Block] = {
-            row[0]: Block(*row)
+        self.blocks: dict[int, BlockRecord] = {
+            row[0]: BlockRecord(*row)
             for row in conn.execute(
                 "SELECT block_id, digest, dtype, rows, cols, nbytes, page_id, slot FROM blocks"
             )

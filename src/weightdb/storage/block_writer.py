@@ -29,8 +29,10 @@ def block_digest(dtype: str, rows: int, cols: int, data: bytes | memoryview) -> 
     return digest.digest()
 
 
-@dataclass
-class _NewBlock:
+@dataclass(frozen=True)
+class BlockRecord:
+    """One row of the ``blocks`` relation (without its reference count)."""
+
     block_id: int
     digest: bytes
     dtype: str
@@ -39,6 +41,11 @@ class _NewBlock:
     nbytes: int
     page_id: int
     slot: int
+
+    @property
+    def shape_key(self) -> tuple[str, int, int]:
+        """Blocks can only stand in for each other when dtype and shape agree."""
+        return self.dtype, self.rows, self.cols
 
 
 class BlockWriter:
@@ -54,7 +61,7 @@ class BlockWriter:
         self.conn = conn
         self.pool = pool
         self.next_block_id, self.next_page_id, first_segment = next_ids
-        self.new_blocks: list[_NewBlock] = []
+        self.new_blocks: list[BlockRecord] = []
         self._segments = SegmentWriter(pages_dir, first_segment, segment_bytes)
         self._reader = PageReader(pages_dir)
         self._builders = [PageBuilder(page_size), PageBuilder(page_size)]
@@ -62,7 +69,7 @@ class BlockWriter:
         self._current = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightdb-pages")
         self._writes: dict[int, Future[PageLocation]] = {}
-        self._written: dict[bytes, list[_NewBlock]] = {}  # digest -> blocks of this write
+        self._written: dict[bytes, list[BlockRecord]] = {}  # digest -> blocks of this write
 
     @property
     def _page(self) -> PageBuilder:
@@ -80,7 +87,7 @@ class BlockWriter:
         if existing is not None:
             return existing, digest
         slot = self._page.commit(self.next_block_id, dtype, rows, cols, block.nbytes)
-        new = _NewBlock(
+        new = BlockRecord(
             self.next_block_id, digest, dtype, rows, cols, block.nbytes, self.next_page_id, slot
         )
         self.next_block_id += 1
