@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulatedPool, simulate
 from weightdb.caching.trace import Trace, TraceFormatError, read_trace, write_trace
-from weightdb.caching.workload import shifting_trace, zipf_trace
+from weightdb.caching.workload import zipf_trace
 from weightdb.cli import app
 from weightdb.errors import BudgetExceededError, WeightDBError
 
@@ -123,7 +123,7 @@ def test_zipf_requests_read_every_page_of_the_model_in_order() -> None:
 
 
 def test_shifting_trace_changes_the_most_popular_model() -> None:
-    trace = shifting_trace(FAMILY, SIZES, model_requests=2000, skew=1.2, seed=1)
+    trace = zipf_trace(FAMILY, SIZES, model_requests=2000, skew=1.2, seed=1, shift=True)
     halves = [trace.requests[:3000:3], trace.requests[3000::3]]
     top = [max(FAMILY, key=[r.model for r in half].count) for half in halves]
     assert top[0] != top[1]

@@ -19,24 +19,12 @@ def zipf_trace(
     model_requests: int,
     skew: float,
     seed: int = 0,
+    shift: bool = False,
 ) -> Trace:
-    """``model_requests`` requests drawn from one Zipf popularity ranking."""
-    return _trace(
-        family, page_bytes, request_sequence(list(family), model_requests, skew, seed, shift=False)
-    )
-
-
-def shifting_trace(
-    family: Mapping[str, Sequence[str]],
-    page_bytes: Mapping[str, int],
-    model_requests: int,
-    skew: float,
-    seed: int = 0,
-) -> Trace:
-    """Like ``zipf_trace``, but the popularity ranking rotates by half the models mid-trace."""
-    return _trace(
-        family, page_bytes, request_sequence(list(family), model_requests, skew, seed, shift=True)
-    )
+    """``model_requests`` requests drawn from one Zipf popularity ranking; with ``shift`` the
+    ranking rotates by half the models mid-trace."""
+    models = request_sequence(list(family), model_requests, skew, seed, shift)
+    return _trace(family, page_bytes, models)
 
 
 def request_sequence(
