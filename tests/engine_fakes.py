@@ -9,8 +9,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from onnx import numpy_helper
 
-from weightdb.engine import InMemoryWeight, split_initializers
+from weightdb.engine import InMemoryWeight
+from weightdb.storage.blocking import layout_for
 
 
 class PinLedger:
@@ -42,6 +44,27 @@ class CountingWeight:
                 yield block
         finally:
             ledger.active -= 1
+
+
+def split_initializers(
+    model: onnx.ModelProto, block_shape: tuple[int, int], min_elements: int = 1024
+) -> tuple[onnx.ModelProto, dict[str, InMemoryWeight]]:
+    """Move initializers of ``min_elements`` or more out of a copy of the graph, as storage
+    does at import, so the engine can be tested without a database."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    kept, weights = [], {}
+    for tensor in stripped.graph.initializer:
+        dims = tuple(tensor.dims)
+        if int(np.prod(dims)) >= min_elements:
+            array = numpy_helper.to_array(tensor)
+            layout = layout_for(tuple(array.shape), block_shape)
+            weights[tensor.name] = InMemoryWeight(tensor.name, array, layout)
+        else:
+            kept.append(tensor)
+    del stripped.graph.initializer[:]
+    stripped.graph.initializer.extend(kept)
+    return stripped, weights
 
 
 def stored(

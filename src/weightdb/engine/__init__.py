@@ -2,7 +2,7 @@
 
 from weightdb.engine.errors import ExecutionError, InvalidInputError, UnsupportedModelError
 from weightdb.engine.executor import InputSpec, PreparedModel, prepare, unsupported_ops
-from weightdb.engine.weights import InMemoryWeight, StoredWeight, materialize, split_initializers
+from weightdb.engine.weights import InMemoryWeight, StoredWeight, materialize
 
 __all__ = [
     "ExecutionError",
@@ -14,6 +14,5 @@ __all__ = [
     "UnsupportedModelError",
     "materialize",
     "prepare",
-    "split_initializers",
     "unsupported_ops",
 ]

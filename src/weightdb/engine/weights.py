@@ -14,10 +14,8 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from weightdb.storage.blocking import BlockLayout, as_matrix, layout_for
+from weightdb.storage.blocking import BlockLayout, as_matrix
 from weightdb.storage.buffer_pool import BufferPool
 
 
@@ -154,23 +152,3 @@ def keep_resident(owner: object, weights: Sequence[StoredWeight]) -> dict[str, R
     if not residency.reserve(sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in weights)):
         return {}
     return {w.name: ResidentWeight(w, residency) for w in weights}
-
-
-def split_initializers(
-    model: onnx.ModelProto, block_shape: tuple[int, int], min_elements: int = 1024
-) -> tuple[onnx.ModelProto, dict[str, InMemoryWeight]]:
-    """Move initializers of ``min_elements`` or more out of a copy of the graph, as storage does."""
-    stripped = onnx.ModelProto()
-    stripped.CopyFrom(model)
-    kept, weights = [], {}
-    for tensor in stripped.graph.initializer:
-        dims = tuple(tensor.dims)
-        if int(np.prod(dims)) >= min_elements:
-            array = numpy_helper.to_array(tensor)
-            layout = layout_for(tuple(array.shape), block_shape)
-            weights[tensor.name] = InMemoryWeight(tensor.name, array, layout)
-        else:
-            kept.append(tensor)
-    del stripped.graph.initializer[:]
-    stripped.graph.initializer.extend(kept)
-    return stripped, weights
