@@ -294,21 +294,34 @@ class Database:
         return self._sql_session
 
     def models(self) -> list[ModelInfo]:
+        return self._model_infos("", ())
+
+    def model(self, name: str) -> ModelInfo:
+        (info,) = self._model_infos("WHERE m.model_id = ?", (self.model_id(name),))
+        return info
+
+    def _model_infos(self, where: str, parameters: tuple) -> list[ModelInfo]:
         rows = self.catalog.conn.execute(
             "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
             "m.graph IS NOT NULL, m.source_digest, m.created_at "
-            "FROM models m LEFT JOIN tensors t USING (model_id) GROUP BY m.model_id ORDER BY m.name"
+            f"FROM models m LEFT JOIN tensors t USING (model_id) {where} "
+            "GROUP BY m.model_id ORDER BY m.name",
+            parameters,
         ).fetchall()
         return [ModelInfo(*row[:4], bool(row[4]), *row[5:]) for row in rows]
-
-    def model(self, name: str) -> ModelInfo:
-        self.model_id(name)  # a clear error for unknown names
-        return next(m for m in self.models() if m.name == name)
 
     def tensors(self, name: str) -> dict[str, StoredTensor]:
         """The stored tensors of a model, in source order, readable block by block."""
         model_id = self.model_id(name)
         conn = self.catalog.conn
+        blocks: dict[int, list[tuple[int, int, int, int]]] = {}
+        for tensor_id, *position in conn.execute(
+            "SELECT tb.tensor_id, tb.block_row, tb.block_col, b.page_id, b.slot "
+            "FROM tensors t JOIN tensor_blocks tb USING (tensor_id) JOIN blocks b USING (block_id) "
+            "WHERE t.model_id = ?",
+            (model_id,),
+        ):
+            blocks.setdefault(tensor_id, []).append(position)
         result: dict[str, StoredTensor] = {}
         for tensor_id, tname, dtype, shape, block_rows, block_cols in conn.execute(
             "SELECT tensor_id, name, dtype, shape, block_rows, block_cols FROM tensors "
@@ -317,11 +330,7 @@ class Database:
         ).fetchall():
             layout = BlockLayout(tuple(json.loads(shape)), block_rows, block_cols)
             locations = np.zeros((*layout.grid, 2), dtype=np.int64)
-            for i, j, page_id, slot in conn.execute(
-                "SELECT tb.block_row, tb.block_col, b.page_id, b.slot FROM tensor_blocks tb "
-                "JOIN blocks b USING (block_id) WHERE tb.tensor_id = ?",
-                (tensor_id,),
-            ):
+            for i, j, page_id, slot in blocks.get(tensor_id, ()):
                 locations[i, j] = (page_id, slot)
             result[tname] = StoredTensor(
                 tname, dtypes.by_name(dtype).numpy, layout.shape, layout, locations, self.pool, name
