@@ -9,7 +9,10 @@ copies), and our own algorithm spends them only where they save a page.
 
 Which pages a model reads is derived, not chosen by the algorithms: a model may read a page
 only if it uses every block on it; among those it reads the pages that hold a block found on no
-other readable page, then larger pages first until its blocks are covered.
+other readable page, then larger pages first until its blocks are covered, and drops any page
+whose blocks the others already hold. So every page a model reads is the only one it reads that
+holds some block, and ``sources`` (which page each model takes each block from) needs every
+page of ``reads``.
 """
 
 from collections import Counter
@@ -57,6 +60,17 @@ class Layout:
 
     def pages_read(self) -> dict[str, int]:
         return {model: len(pages) for model, pages in self.reads.items()}
+
+    def sources(self) -> dict[str, dict[int, int]]:
+        """Model -> block -> index of the page the model reads it from: the first page of its
+        ``reads`` that holds the block. What a store of this layout records per model."""
+        result: dict[str, dict[int, int]] = {}
+        for model, indices in self.reads.items():
+            chosen = result[model] = {}
+            for index in indices:
+                for block in self.pages[index]:
+                    chosen.setdefault(block, index)
+        return result
 
 
 def chunk(blocks: Sequence[int], capacity: int) -> list[list[int]]:
@@ -108,7 +122,8 @@ def _readers(page: Sequence[int], signatures: Mapping[int, frozenset[str]]) -> f
 def _cover(
     blocks: Sequence[int], pages: Sequence[Sequence[int]], candidates: list[int]
 ) -> tuple[int, ...]:
-    """A small set of readable pages that holds all ``blocks`` (exact when nothing is copied)."""
+    """A small set of readable pages that holds all ``blocks`` (exact when nothing is copied),
+    each of them the only chosen page holding one of its blocks."""
     counts = Counter(block for index in candidates for block in pages[index])
     chosen = [index for index in candidates if any(counts[block] == 1 for block in pages[index])]
     covered = {block for index in chosen for block in pages[index]}
@@ -117,4 +132,9 @@ def _cover(
             if not covered.issuperset(pages[index]):
                 chosen.append(index)
                 covered.update(pages[index])
+        counts = Counter(block for index in chosen for block in pages[index])
+        for index in sorted(chosen, key=lambda i: len(pages[i])):
+            if all(counts[block] > 1 for block in pages[index]):
+                chosen.remove(index)
+                counts.subtract(pages[index])
     return tuple(sorted(chosen))
