@@ -20,6 +20,7 @@ import weightdb
 from weightdb.cli_common import state
 from weightdb.dedup import deduplicate, savings_by_tier
 from weightdb.dedup.cli import dedup_command
+from weightdb.dedup.commit import commit_plan
 from weightdb.dedup.errors import DedupParameterError, EvalSpecError
 from weightdb.dedup.metrics import parse_metric
 from weightdb.dedup.plan import Plan
@@ -223,6 +224,60 @@ def test_exact_tier_merges_twins_an_older_writer_left(db_path: Path, tmp_path: P
         assert db.stats()["distinct_blocks"] < doubled
     assert report.exact_only
     assert _exports(db_path, tmp_path / "after") == before
+
+
+def test_dedup_after_a_copying_pack_gives_the_same_models(
+    db_path: Path, family: Path, tmp_path: Path
+):
+    unpacked = tmp_path / "unpacked"
+    shutil.copytree(db_path, unpacked)
+    for path in (db_path, unpacked):
+        with weightdb.connect(path, create=False) as db:
+            if path == db_path:
+                assert db.pack("weightdb").copied_blocks > 0
+            assert deduplicate(db, eval_spec=family / "family.json", max_drop=0.035).run_id
+            assert db.verify() == db.stats()["pages"]
+    assert _replaced_models(db_path)
+    assert _exports(db_path, tmp_path / "packed") == _exports(unpacked, tmp_path / "plain")
+
+
+def test_replacing_a_copied_block_drops_its_copy(db_path: Path, tmp_path: Path):
+    """The stale copy goes in the commit; the model reads the new block, the others are
+    untouched."""
+    with weightdb.connect(db_path, create=False) as db:
+        db.pack("weightdb")
+        conn = db.catalog.conn
+        model, block_id = conn.execute(
+            "SELECT m.name, c.block_id FROM block_copies c JOIN models m USING (model_id) "
+            "ORDER BY m.name, c.block_id LIMIT 1"
+        ).fetchone()
+    before = _exports(db_path, tmp_path / "before")
+    with weightdb.connect(db_path, create=False) as db, db.writer_lock:
+        conn = db.catalog.conn
+        workspace = Workspace(db, [m.name for m in db.models()])
+        shape = workspace.blocks[block_id].shape_key
+        other = next(
+            b for b, block in workspace.blocks.items() if block.shape_key == shape and b != block_id
+        )
+        plan = Plan(workspace)
+        for position in workspace.positions(model):
+            if workspace.current[position] == block_id:
+                plan.replace(position, other, 0.0)
+        expected = {name: t.read() for name, t in workspace.tensors(model).items()}
+        commit_plan(db, workspace, plan.final(), "weightdb", {}, {})
+        stale = conn.execute(
+            "SELECT COUNT(*) FROM block_copies c JOIN models m USING (model_id) "
+            "WHERE m.name = ? AND c.block_id = ?",
+            (model, block_id),
+        ).fetchone()[0]
+        assert stale == 0
+        for name, tensor in db.tensors(model).items():
+            assert tensor.read().tobytes() == expected[name].tobytes(), name
+        assert db.verify() == db.stats()["pages"]
+    after = _exports(db_path, tmp_path / "after")
+    assert {m: b for m, b in after.items() if m != model} == {
+        m: b for m, b in before.items() if m != model
+    }
 
 
 KILLER = textwrap.dedent(

@@ -32,10 +32,10 @@ from weightdb.database import connect
 from weightdb.dedup.cli import dedup_command
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
+from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM
 from weightdb.packing.cli import app as packing_app
 from weightdb.server.cli import serve_command
 from weightdb.serving.tensor_files import read_inputs, write_outputs
-from weightdb.storage.repack import DEFAULT_REPACK_ALGORITHM
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
 from weightdb.zoo.cli import app as zoo_app
@@ -174,8 +174,12 @@ def stats(
 @app.command("pack")
 def pack_command(
     algorithm: Annotated[
-        str, typer.Option(help="Packing algorithm (greedy1 stores every block once).")
-    ] = DEFAULT_REPACK_ALGORITHM,
+        str,
+        typer.Option(
+            help=f"Packing algorithm: {', '.join(ALGORITHMS)} (greedy1 stores every block once; "
+            "the others copy shared blocks where that saves pages read)."
+        ),
+    ] = DEFAULT_ALGORITHM,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Repack pages so that every model reads few pages; atomic and crash-safe."""
@@ -187,7 +191,8 @@ def pack_command(
     console.print(
         f"{report.pages_before} pages -> {report.pages_after} (lower bound "
         f"{report.lower_bound_pages}, {report.blocks_per_page} blocks per page, "
-        f"{report.seconds:.2f}s)"
+        f"{report.copied_blocks} blocks copied, {format_size(report.page_bytes_before)} -> "
+        f"{format_size(report.page_bytes_after)}, {report.seconds:.2f}s)"
     )
     console.print(repack_table(report))
 

@@ -26,6 +26,7 @@ from weightdb.ingest.importer import import_source
 from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
 from weightdb.names import check_model_name
+from weightdb.packing import DEFAULT_ALGORITHM
 from weightdb.serving.prepared_models import PreparedModels
 from weightdb.sql.session import SQLSession
 from weightdb.storage import dtypes, reclaim
@@ -34,7 +35,7 @@ from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
 from weightdb.storage.policies import make_policy
-from weightdb.storage.repack import DEFAULT_REPACK_ALGORITHM, RepackReport, pages_read, repack
+from weightdb.storage.repack import RepackReport, pages_read, repack
 from weightdb.storage.savings import savings_by_tier
 from weightdb.storage.settings import Settings, read_settings, write_settings
 from weightdb.storage.stored_tensor import StoredTensor
@@ -143,11 +144,10 @@ class Database:
         return location
 
     def page_models(self, page_id: int) -> list[str]:
-        """Names of the models whose tensors reference a block on this page."""
+        """Names of the models that read a block from this page."""
         rows = self.catalog.conn.execute(
-            "SELECT DISTINCT m.name FROM blocks b JOIN tensor_blocks tb USING (block_id) "
-            "JOIN tensors t USING (tensor_id) JOIN models m USING (model_id) "
-            "WHERE b.page_id = ? ORDER BY m.name",
+            "SELECT DISTINCT m.name FROM page_readers r JOIN models m USING (model_id) "
+            "WHERE r.page_id = ? ORDER BY m.name",
             (page_id,),
         ).fetchall()
         return [name for (name,) in rows]
@@ -245,10 +245,11 @@ class Database:
         return exporter.export_model(self, name, Path(path), progress)
 
     def pack(
-        self, algorithm: str = DEFAULT_REPACK_ALGORITHM, frequencies: dict[str, float] | None = None
+        self, algorithm: str = DEFAULT_ALGORITHM, frequencies: dict[str, float] | None = None
     ) -> RepackReport:
         """Rewrite all pages in the layout of a packing algorithm, so each model reads few
-        pages; atomic, and in-flight reads finish on the old pages."""
+        pages (shared blocks may be stored on several); atomic, and in-flight reads finish on
+        the old pages."""
         return repack(self, algorithm, frequencies)
 
     def remove_model(self, name: str) -> None:
@@ -316,9 +317,8 @@ class Database:
         conn = self.catalog.conn
         blocks: dict[int, list[tuple[int, int, int, int]]] = {}
         for tensor_id, *position in conn.execute(
-            "SELECT tb.tensor_id, tb.block_row, tb.block_col, b.page_id, b.slot "
-            "FROM tensors t JOIN tensor_blocks tb USING (tensor_id) JOIN blocks b USING (block_id) "
-            "WHERE t.model_id = ?",
+            "SELECT tensor_id, block_row, block_col, page_id, slot FROM block_reads "
+            "WHERE model_id = ?",
             (model_id,),
         ):
             blocks.setdefault(tensor_id, []).append(position)

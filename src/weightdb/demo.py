@@ -128,7 +128,8 @@ def _pack(db: Database, console: Console, summary: dict) -> None:
     read_after = sum(m["bytes"] for m in report.pages_read_after.values())
     summary["pages"] = (
         f"{report.pages_before} -> {report.pages_after} pages (lower bound "
-        f"{report.lower_bound_pages}); bytes read to load every model once "
+        f"{report.lower_bound_pages}, {report.copied_blocks} blocks copied); bytes read to "
+        "load every model once "
         f"{format_size(read_before)} -> {format_size(read_after)}"
     )
 

@@ -103,8 +103,9 @@ def pack(
 ) -> list[list[int]]:
     """Pages (lists of block ids) for models given as name -> distinct block ids.
 
-    The plain entry point for the storage layer. Pages may hold copies of a block (see
-    ``layout``); ``greedy1`` is the best layout that stores every block exactly once.
+    The plain entry point when only the pages matter (``solve`` also says which page each
+    model reads). Pages may hold copies of a block (see ``layout``); ``greedy1`` is the best
+    layout that stores every block exactly once.
     """
     instance = Instance.from_models(models, blocks_per_page, frequencies)
     return [list(page) for page in solve(instance, algorithm).layout.pages]

@@ -106,9 +106,8 @@ class _PoolCollector(Collector):
         for start in range(0, len(resident), 500):
             chunk = resident[start : start + 500]
             rows = self._db.catalog.conn.execute(  # only "?" placeholders are formatted in
-                "SELECT b.page_id, COUNT(DISTINCT t.model_id) FROM blocks b "
-                "JOIN tensor_blocks tb USING (block_id) JOIN tensors t USING (tensor_id) "
-                f"WHERE b.page_id IN ({', '.join('?' * len(chunk))}) GROUP BY b.page_id",
+                "SELECT page_id, COUNT(DISTINCT model_id) FROM page_readers "
+                f"WHERE page_id IN ({', '.join('?' * len(chunk))}) GROUP BY page_id",
                 chunk,
             )
             for _, degree in rows:

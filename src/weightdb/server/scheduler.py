@@ -25,7 +25,7 @@ class SharingScheduler:
         self._pages: dict[str, tuple[tuple[int, int], frozenset[int]]] = {}
 
     def pages(self, model: str) -> frozenset[int]:
-        """The pages holding the model's blocks; empty for a model that does not exist (its
+        """The pages the model reads its blocks from; empty for a model that does not exist (its
         requests fail on their own, they must not fail the round)."""
         try:
             key = (self._db.model_id(model), self._db.layout_generation())
@@ -34,8 +34,7 @@ class SharingScheduler:
         cached = self._pages.get(model)
         if cached is None or cached[0] != key:
             rows = self._db.catalog.conn.execute(
-                "SELECT DISTINCT b.page_id FROM tensors t JOIN tensor_blocks tb USING (tensor_id) "
-                "JOIN blocks b USING (block_id) WHERE t.model_id = ?",
+                "SELECT DISTINCT page_id FROM page_readers WHERE model_id = ?",
                 (key[0],),
             )
             cached = (key, frozenset(page for (page,) in rows))

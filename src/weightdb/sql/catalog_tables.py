@@ -23,10 +23,11 @@ QUERIES = {
         "ORDER BY m.name, t.position"
     ),
     "pages": (
-        "SELECT p.page_id, p.file, p.offset, p.length, COUNT(b.block_id) AS blocks, "
-        "(SELECT COUNT(DISTINCT t.model_id) FROM blocks b2 JOIN tensor_blocks tb USING (block_id)"
-        " JOIN tensors t USING (tensor_id) WHERE b2.page_id = p.page_id) AS models "
-        "FROM pages p LEFT JOIN blocks b USING (page_id) GROUP BY p.page_id ORDER BY p.page_id"
+        "SELECT p.page_id, p.file, p.offset, p.length, "
+        "(SELECT COUNT(*) FROM (SELECT block_id FROM blocks WHERE page_id = p.page_id UNION "
+        "SELECT block_id FROM block_copies WHERE page_id = p.page_id)) AS blocks, "
+        "(SELECT COUNT(DISTINCT model_id) FROM page_readers r WHERE r.page_id = p.page_id) "
+        "AS models FROM pages p ORDER BY p.page_id"
     ),
 }
 

@@ -64,6 +64,33 @@ CREATE TABLE IF NOT EXISTS pages (
     checksum INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pages_by_file ON pages(file);
+-- Where a model reads a block when that is not the block's own page (blocks.page_id, slot): a
+-- repack may store a shared block on several pages so that each page holds only blocks all its
+-- readers use. A row exists only while the model uses the block (reclaim drops the others).
+CREATE TABLE IF NOT EXISTS block_copies (
+    model_id INTEGER NOT NULL REFERENCES models(model_id) ON DELETE CASCADE,
+    block_id INTEGER NOT NULL REFERENCES blocks(block_id) ON DELETE CASCADE,
+    page_id INTEGER NOT NULL REFERENCES pages(page_id),
+    slot INTEGER NOT NULL,
+    PRIMARY KEY (model_id, block_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS block_copies_by_page ON block_copies(page_id);
+CREATE INDEX IF NOT EXISTS block_copies_by_block ON block_copies(block_id);
+-- The page and slot every block position of every model is read from: its copy, else the block.
+CREATE VIEW IF NOT EXISTS block_reads AS
+SELECT t.model_id, tb.tensor_id, tb.block_row, tb.block_col, tb.block_id,
+    COALESCE(c.page_id, b.page_id) AS page_id, COALESCE(c.slot, b.slot) AS slot
+FROM tensors t JOIN tensor_blocks tb USING (tensor_id) JOIN blocks b USING (block_id)
+LEFT JOIN block_copies c ON c.model_id = t.model_id AND c.block_id = tb.block_id;
+-- (page, model) for every block a model reads from that page, with repeats: filtered by page or
+-- by model, each half of the union uses an index (block_reads cannot be searched by page).
+CREATE VIEW IF NOT EXISTS page_readers AS
+SELECT b.page_id, t.model_id
+FROM blocks b JOIN tensor_blocks tb USING (block_id) JOIN tensors t USING (tensor_id)
+WHERE NOT EXISTS (
+    SELECT 1 FROM block_copies c WHERE c.model_id = t.model_id AND c.block_id = b.block_id
+)
+UNION ALL SELECT page_id, model_id FROM block_copies;
 -- Pages a layout change or a reclaim took out of use. Readers that planned on them before the
 -- change (in-flight requests, other processes) can still read them, and a writer deletes their
 -- files once they have been retired for longer than the grace period.

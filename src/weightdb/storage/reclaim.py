@@ -1,8 +1,14 @@
-"""Freeing space: dropping a model, then the blocks, pages and files nothing refers to.
+"""Freeing space: dropping a model, then the blocks, copies, pages and files nothing refers to.
 
 Rows go in one transaction. Pages leave use by being retired, not deleted: whoever planned a
 read on them before the commit can still make it, and their files are deleted by a later
 writer once the grace period has passed (``Database.collect_garbage``).
+
+A page is in use while a block lives on it or a model reads a copy of a block from it
+(``block_copies``). A copy row is valid only while its model uses the block: every write that
+takes blocks away from models (removing a model, committing a dedup plan) ends with
+``reclaim_unreferenced``, which drops the copies that no longer hold, so no write but a repack
+needs to know about copies.
 """
 
 import sqlite3
@@ -36,15 +42,22 @@ def remove_model(db: "Database", name: str) -> None:
 
 
 def reclaim_unreferenced(conn: sqlite3.Connection) -> set[int]:
-    """Inside a transaction: delete blocks with no references and retire pages with no blocks.
+    """Inside a transaction: delete blocks with no references and copies their model no
+    longer uses, and retire pages that neither a block nor a copy is on.
 
     Returns the retired page ids (a partly used page stays until a repack rewrites it).
     """
+    conn.execute(
+        "DELETE FROM block_copies WHERE NOT EXISTS (SELECT 1 FROM tensor_blocks tb "
+        "JOIN tensors t USING (tensor_id) WHERE tb.block_id = block_copies.block_id "
+        "AND t.model_id = block_copies.model_id)"
+    )
     conn.execute("DELETE FROM blocks WHERE refs <= 0")
     empty = {
         page_id
         for (page_id,) in conn.execute(
-            "SELECT page_id FROM pages WHERE page_id NOT IN (SELECT DISTINCT page_id FROM blocks)"
+            "SELECT page_id FROM pages WHERE page_id NOT IN (SELECT page_id FROM blocks) "
+            "AND page_id NOT IN (SELECT page_id FROM block_copies)"
         )
     }
     retire_pages(conn, empty)

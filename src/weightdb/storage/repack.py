@@ -1,14 +1,22 @@
 """Repacking: rewrite every block into new pages laid out by a packing algorithm, atomically.
 
-New pages go to new segment files; one catalog transaction then points every block at its new
-page and retires the old pages (still readable for in-flight requests, deleted after the grace
-period). A crash before the commit leaves the old layout and orphaned files that the next
-writer removes; after it, the new layout. Either way every model exports bit-identically.
+Layouts may store a shared block on several pages (see ``weightdb.packing.layout``): then
+every page holds only blocks that all its readers use, and each model reads fewer pages than
+when each block is stored once. The layout says which page each model reads each block from
+(``Layout.sources``). Each (block, page) occurrence that some model reads is written once;
+occurrences no model reads (the netsDB packers leave some, even whole pages) are not written.
+Of a block's occurrences the one most models read is its primary copy (``blocks.page_id,
+slot``), and every model that reads it elsewhere gets a ``block_copies`` row.
 
-The catalog records one page per block, so a layout must store each block once. Without
-copies a page can only hold blocks of one sharing signature (else some reader of the page
-would read a block it does not use), and ``greedy1`` is then optimal in total pages and in
-pages read per model. Algorithms that copy shared blocks into several pages are refused here.
+New pages go to new segment files; one catalog transaction then inserts them, points every
+block at its primary copy, replaces all copy rows, retires the old pages (still readable for
+in-flight requests, deleted after the grace period) and bumps the layout generation. A crash
+before the commit leaves the old layout and orphaned files that the next writer removes; after
+it, the new layout. Either way every model exports bit-identically.
+
+Copies are a repack's business only: other writes never create them, and the writes that take
+blocks away from models drop the copies that no longer hold (``reclaim``). A page that is left
+holding only primaries nobody reads from (after ``rm``) stays until the next repack.
 """
 
 import time
@@ -16,8 +24,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from weightdb.errors import WeightDBError
-from weightdb.packing import pack
+from weightdb.packing import DEFAULT_ALGORITHM, Instance, Layout, solve
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import PageBuilder
 from weightdb.storage.reclaim import retire_pages
@@ -27,8 +34,10 @@ if TYPE_CHECKING:
 
     from weightdb.database import Database
 
-DEFAULT_REPACK_ALGORITHM = "greedy1"
 NOMINAL_ITEMSIZE = 4  # float32: the block size that page capacity in blocks is counted in
+
+Occurrence = tuple[int, int]
+"""(index of a layout page, block id): one stored copy of a block."""
 
 
 @dataclass
@@ -38,12 +47,57 @@ class RepackReport:
     pages_before: int
     pages_after: int
     lower_bound_pages: int
+    copied_blocks: int
+    """Distinct blocks stored on more than one page after the repack."""
+    page_bytes_before: int
+    page_bytes_after: int
+    """Bytes of all pages in use, copies included (``stats()["page_bytes"]``)."""
     pages_read_before: dict[str, dict[str, int]]
     pages_read_after: dict[str, dict[str, int]]
     seconds: float
 
     def to_json(self) -> dict:
         return {**vars(self), "gap_to_lower_bound": self.pages_after - self.lower_bound_pages}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A layout as the catalog stores it."""
+
+    pages: list[list[int]]
+    """The layout's pages with only the occurrences some model reads (some may be empty)."""
+    primary: dict[int, int]
+    """Block -> the layout page of its primary copy."""
+    copies: list[tuple[str, int, int]]
+    """(model, block, layout page) for every model that reads a block off its primary page."""
+
+    @classmethod
+    def of(cls, layout: Layout) -> "Placement":
+        sources = layout.sources()
+        readers = Counter(
+            (index, block) for chosen in sources.values() for block, index in chosen.items()
+        )
+        primary: dict[int, int] = {}
+        for (index, block), _ in sorted(readers.items(), key=lambda item: (-item[1], item[0])):
+            primary.setdefault(block, index)
+        return cls(
+            pages=[
+                [block for block in page if (index, block) in readers]
+                for index, page in enumerate(layout.pages)
+            ],
+            primary=primary,
+            copies=[
+                (model, block, index)
+                for model, chosen in sources.items()
+                for block, index in chosen.items()
+                if index != primary[block]
+            ],
+        )
+
+    @property
+    def copied_blocks(self) -> int:
+        stored = Counter(block for page in self.pages for block in page)
+        return sum(1 for count in stored.values() if count > 1)
 
 
 def model_blocks(conn: "sqlite3.Connection") -> dict[str, list[int]]:
@@ -61,11 +115,9 @@ def pages_read(conn: "sqlite3.Connection") -> dict[str, dict[str, int]]:
     """Per model, the distinct pages it reads to load all of its weights, and their bytes
     (which include any foreign blocks those pages hold)."""
     rows = conn.execute(
-        "SELECT name, COUNT(*), SUM(length) FROM ("
-        "  SELECT DISTINCT m.name, p.page_id, p.length FROM models m"
-        "  JOIN tensors t USING (model_id) JOIN tensor_blocks tb USING (tensor_id)"
-        "  JOIN blocks b USING (block_id) JOIN pages p ON p.page_id = b.page_id"
-        ") GROUP BY name ORDER BY name"
+        "SELECT m.name, COUNT(*), SUM(p.length) FROM (SELECT DISTINCT page_id, model_id "
+        "FROM page_readers) JOIN pages p USING (page_id) JOIN models m USING (model_id) "
+        "GROUP BY m.name ORDER BY m.name"
     ).fetchall()
     return {name: {"pages": pages, "bytes": nbytes} for name, pages, nbytes in rows}
 
@@ -77,27 +129,23 @@ def blocks_per_page(db: "Database") -> int:
 
 def repack(
     db: "Database",
-    algorithm: str = DEFAULT_REPACK_ALGORITHM,
+    algorithm: str = DEFAULT_ALGORITHM,
     frequencies: dict[str, float] | None = None,
 ) -> RepackReport:
+    """Store every block in the layout ``algorithm`` finds (see the module docstring)."""
     start = time.perf_counter()
     with db.writer_lock:
         db.collect_garbage()
         conn = db.catalog.conn
         models = model_blocks(conn)
-        capacity = blocks_per_page(db)
-        layout = pack(models, capacity, frequencies, algorithm) if models else []
-        copied = [b for b, n in Counter(b for page in layout for b in page).items() if n > 1]
-        if copied:
-            raise WeightDBError(
-                f"algorithm {algorithm!r} stores {len(copied)} blocks on several pages, which "
-                f"the catalog (one page per block) cannot record; use {DEFAULT_REPACK_ALGORITHM}"
-                ", the best layout without copies"
-            )
+        instance = Instance.from_models(models, blocks_per_page(db), frequencies)
+        layout = solve(instance, algorithm).layout if models else Layout(pages=(), reads={})
+        placement = Placement.of(layout)
         before = pages_read(conn)
         old_pages = {p for (p,) in conn.execute("SELECT page_id FROM pages")}
-        distinct = sum(len(page) for page in layout)
-        new_locations, new_pages = _write_layout(db, layout)
+        bytes_before = _page_bytes(conn)
+        locations, new_pages = _write_layout(db, placement.pages)
+        model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
         with db.catalog.transaction() as tx:
             tx.executemany(
                 "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
@@ -105,29 +153,46 @@ def repack(
             )
             tx.executemany(
                 "UPDATE blocks SET page_id = ?, slot = ? WHERE block_id = ?",
-                [(page, slot, block) for block, (page, slot) in new_locations.items()],
+                [(*locations[index, block], block) for block, index in placement.primary.items()],
+            )
+            tx.execute("DELETE FROM block_copies")
+            tx.executemany(
+                "INSERT INTO block_copies(model_id, block_id, page_id, slot) VALUES (?, ?, ?, ?)",
+                [
+                    (model_ids[model], block, *locations[index, block])
+                    for model, block, index in placement.copies
+                ],
             )
             retire_pages(tx, old_pages)
             db.catalog.bump_layout_generation(tx)
         db.pool.discard(old_pages)
         after = pages_read(conn)
+        bytes_after = _page_bytes(conn)
     return RepackReport(
-        algorithm,
-        capacity,
-        len(old_pages),
-        len(new_pages),
-        -(-distinct // capacity),
-        before,
-        after,
-        time.perf_counter() - start,
+        algorithm=algorithm,
+        blocks_per_page=instance.blocks_per_page,
+        pages_before=len(old_pages),
+        pages_after=len(new_pages),
+        lower_bound_pages=instance.lower_bound_pages,
+        copied_blocks=placement.copied_blocks,
+        page_bytes_before=bytes_before,
+        page_bytes_after=bytes_after,
+        pages_read_before=before,
+        pages_read_after=after,
+        seconds=time.perf_counter() - start,
     )
 
 
+def _page_bytes(conn: "sqlite3.Connection") -> int:
+    return conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
+
+
 def _write_layout(
-    db: "Database", layout: list[list[int]]
-) -> tuple[dict[int, tuple[int, int]], list[PageLocation]]:
-    """Copy every block into the new pages; a layout page whose blocks exceed the page size
-    in bytes (wide dtypes) continues on a further page of the same blocks' signature."""
+    db: "Database", pages: list[list[int]]
+) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
+    """Copy every occurrence into the new pages; a layout page whose blocks exceed the page
+    size in bytes (wide dtypes) continues on a further page of the same blocks' readers.
+    Returns where each occurrence went (page id, slot) and the pages written."""
     conn = db.catalog.conn
     where = {
         block_id: (dtype, rows, cols, nbytes, page_id, slot)
@@ -138,7 +203,7 @@ def _write_layout(
     _, next_page, next_segment = db.next_ids()
     segments = SegmentWriter(db.pages_dir, next_segment, db.settings.segment_bytes)
     builder = PageBuilder(db.settings.page_size)
-    locations: dict[int, tuple[int, int]] = {}
+    locations: dict[Occurrence, tuple[int, int]] = {}
     written: list[PageLocation] = []
 
     def flush() -> None:
@@ -149,14 +214,14 @@ def _write_layout(
             builder.reset()
 
     try:
-        for page in layout:
+        for index, page in enumerate(pages):
             for block_id in page:
                 dtype, rows, cols, nbytes, old_page, old_slot = where[block_id]
                 if not builder.fits(nbytes):
                     flush()
                 with db.pool.pinned(old_page) as source:
                     builder.reserve(nbytes)[:] = source.block_bytes(old_slot)
-                locations[block_id] = (
+                locations[index, block_id] = (
                     next_page,
                     builder.commit(block_id, dtype, rows, cols, nbytes),
                 )

@@ -9,8 +9,8 @@ if TYPE_CHECKING:
 
 
 def verify_pages(db: "Database", progress: "Progress | None" = None) -> int:
-    """Check checksums, headers and that each block sits where the catalog says; raise on the
-    first damaged page, naming it. Returns the number of pages checked."""
+    """Check checksums, headers and that each block and each copy of a block sits where the
+    catalog says; raise on the first damaged page, naming it. Returns the pages checked."""
     conn = db.catalog.conn
     checked = 0
     total = conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
@@ -18,7 +18,10 @@ def verify_pages(db: "Database", progress: "Progress | None" = None) -> int:
         location = db.locate_page(page_id)
         page = db.reader.read(location)
         for block_id, slot, nbytes in conn.execute(
-            "SELECT block_id, slot, nbytes FROM blocks WHERE page_id = ?", (page_id,)
+            "SELECT block_id, slot, nbytes FROM blocks WHERE page_id = ? UNION "
+            "SELECT block_id, c.slot, b.nbytes FROM block_copies c JOIN blocks b USING (block_id) "
+            "WHERE c.page_id = ?",
+            (page_id, page_id),
         ):
             entry = page.entries[slot] if slot < len(page.entries) else None
             if entry is None or entry.block_id != block_id or entry.nbytes != nbytes:
