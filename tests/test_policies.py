@@ -62,18 +62,46 @@ def test_weightdb_evicts_the_page_of_the_least_requested_models() -> None:
 
 
 def test_weightdb_keeps_a_fixed_part_of_an_oversized_set() -> None:
-    # Equal priorities: the most recently requested page goes, so a cycle over one page more
-    # than fits hits twice (a, then c), where LRU misses every request.
+    # Of pages visited equally often the most recently requested goes (b for c, then b for c
+    # again); c, visited less than a, goes for b. A cycle over one page more than fits hits a
+    # twice, where LRU misses every request.
     trace = _private("a", "b", "c", "a", "b", "c", "a")
-    assert _victims("weightdb", trace, capacity=2) == ["b", "a", "c"]
+    assert _victims("weightdb", trace, capacity=2) == ["b", "c", "b"]
     assert _victims("lru", trace, capacity=2) == ["a", "b", "c", "a", "b"]
+
+
+def test_weightdb_evicts_the_page_whose_loss_rereads_fewest_bytes() -> None:
+    # Both pages are visited three times, but m2's is a quarter of the size: losing it costs
+    # about 3 x 1 bytes re-read, losing m1's 3 x 4, so m2's page goes.
+    pages = {"big": (("m1",), 4), "small": (("m2",), 1), "new": (("m3",), 1)}
+    requests = [("m1", "big"), ("m2", "small"), ("m1", "big"), ("m2", "small")]
+    trace = Trace.build(pages, [*requests, ("m1", "big"), ("m2", "small"), ("m3", "new")])
+    pool = SimulatedPool(build_policy("weightdb", trace), trace.page_bytes, Budget(bytes=5))
+    for model, page in trace.requests:
+        pool.request(page, model)
+    assert {trace.page_ids[page] for page in pool.resident} == {"big", "new"}
+
+
+def test_weightdb_counts_a_visit_of_many_block_reads_once() -> None:
+    models = {0: ["m1"], 1: ["m2"], 2: ["m2"]}
+    policy = make_policy("weightdb", models.__getitem__)
+    for page in (0, 1):
+        policy.on_request(page, models[page][0], hit=False)
+        policy.on_insert(page, 1)
+    for _ in range(5):  # one visit of page 0 reading five blocks
+        policy.on_request(0, "m1", hit=True)
+    for page in (2, 1):  # m2 visits its two pages, page 1 for the second time
+        policy.on_request(page, "m2", hit=page == 1)
+    # m1: 1 visit of its 1 page; m2: 3 visits of its 2 pages. Counting block reads would
+    # rate m1 at 6 and evict page 1.
+    assert policy.victim(lambda page: True) == 0
 
 
 def test_weightdb_learns_sharing_from_requests_without_a_catalog() -> None:
     policy = make_policy("weightdb")
     for page, model in [(0, "m1"), (0, "m2"), (1, "m1"), (2, "m2")]:
         policy.on_request(page, model, hit=False)
-        policy.on_insert(page)
+        policy.on_insert(page, 1)
     assert policy.victim(lambda page: True) != 0
 
 
@@ -102,7 +130,7 @@ def test_pinned_pages_are_never_victims(
         replacement.on_request(page, model, hit=page in resident)
         if page not in resident:
             resident.add(page)
-            replacement.on_insert(page)
+            replacement.on_insert(page, 1)
     victim = replacement.victim(lambda page: page not in pinned)
     if resident <= pinned:
         assert victim is None

@@ -90,7 +90,7 @@ class SimulatedPool:
             self._evict()
         self.resident.add(page)
         self.resident_bytes += size
-        self.policy.on_insert(page)
+        self.policy.on_insert(page, size)
         return False
 
     def _evict(self) -> None:
@@ -110,18 +110,21 @@ def build_policy(name: str, trace: Trace) -> ReplacementPolicy:
 
 def simulate(
     trace: Trace,
-    policy: str,
+    policy: str | ReplacementPolicy,
     budget: Budget,
     observe: Callable[[SimulatedPool], None] | None = None,
 ) -> SimulationResult:
-    """Replay ``trace`` under ``policy``; ``observe`` sees the pool after every request."""
-    pool = SimulatedPool(build_policy(policy, trace), trace.page_bytes, budget)
+    """Replay ``trace`` under ``policy`` (a name, or a policy set up for this trace);
+    ``observe`` sees the pool after every request."""
+    if isinstance(policy, str):
+        policy = build_policy(policy, trace)
+    pool = SimulatedPool(policy, trace.page_bytes, budget)
     for model, page in trace.requests:
         pool.request(page, model)
         if observe is not None:
             observe(pool)
     return SimulationResult(
-        policy=policy,
+        policy=policy.name,
         budget_pages=budget.pages,
         budget_bytes=budget.bytes,
         requests=len(trace.requests),

@@ -103,7 +103,7 @@ class BufferPool:
         self._frames[page_id] = frame
         self._resident_bytes += page.nbytes
         self._stats.bytes_read += page.nbytes
-        self.policy.on_insert(page_id)
+        self.policy.on_insert(page_id, page.nbytes)
         return frame
 
     def reserve(self, nbytes: int) -> bool:

@@ -23,8 +23,8 @@ class ReplacementPolicy(ABC):
         """A page was requested (hit or miss), on behalf of ``model`` when known."""
 
     @abstractmethod
-    def on_insert(self, page_id: int) -> None:
-        """A page became resident (after a miss)."""
+    def on_insert(self, page_id: int, nbytes: int) -> None:
+        """A page of ``nbytes`` bytes became resident (after a miss)."""
 
     @abstractmethod
     def on_remove(self, page_id: int) -> None:

@@ -16,7 +16,7 @@ class LRUPolicy(ReplacementPolicy):
         if page_id in self._order:
             self._order.move_to_end(page_id)
 
-    def on_insert(self, page_id: int) -> None:
+    def on_insert(self, page_id: int, nbytes: int) -> None:
         self._order[page_id] = None
 
     def on_remove(self, page_id: int) -> None:

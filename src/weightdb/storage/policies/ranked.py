@@ -34,7 +34,7 @@ class RankedPolicy(ReplacementPolicy):
         if page_id in self._live:
             self._push(page_id)
 
-    def on_insert(self, page_id: int) -> None:
+    def on_insert(self, page_id: int, nbytes: int) -> None:
         self._push(page_id)
 
     def on_remove(self, page_id: int) -> None:
