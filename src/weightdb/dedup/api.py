@@ -20,7 +20,12 @@ from weightdb.dedup.metrics import Measurement
 from weightdb.dedup.netsdb import NetsdbParams, netsdb_matcher, run_sequential
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.report import DedupReport, ModelReport
-from weightdb.dedup.weightdb_method import WeightdbParams, run_weightdb
+from weightdb.dedup.weightdb_method import (
+    RESOLVABLE_EXAMPLES,
+    WeightdbParams,
+    resolvable,
+    run_weightdb,
+)
 from weightdb.dedup.workspace import Workspace
 
 METHODS = ("exact", "netsdb", "weightdb", "mistique", "pairwise")
@@ -116,6 +121,13 @@ def deduplicate(
         )
     if not evaluators:
         report.notes.append("no eval spec covers these models: only exact deduplication ran")
+    unresolved = sorted(set(evaluators) - set(gate.evaluators)) if gate else []
+    if unresolved:
+        report.notes.append(
+            f"budget smaller than {RESOLVABLE_EXAMPLES} validation examples for "
+            f"{', '.join(unresolved)}: changed only exactly (give a larger budget or a larger "
+            "validation split)"
+        )
     uncovered = sorted(set(selected) - set(evaluators))
     if evaluators and uncovered:
         report.notes.append(f"no eval spec for {', '.join(uncovered)}: changed only exactly")
@@ -169,7 +181,8 @@ def _measure_all(workspace, evaluators, progress) -> dict[str, dict[str, Measure
 def _plan_approximate(plan, method, options, evaluators, budgets, progress) -> Gate:
     workspace = plan.workspace
     if method == "weightdb":
-        gate = Gate(workspace, evaluators, budgets, "validation", options.criterion, options.margin)
+        verifiable = {m: e for m, e in evaluators.items() if resolvable(e, budgets[m])}
+        gate = Gate(workspace, verifiable, budgets, "validation", options.criterion, options.margin)
         run_weightdb(plan, gate, options, progress)
         return gate
     gate = Gate(workspace, evaluators, budgets, options.decision_split)

@@ -33,6 +33,10 @@ class Evaluator(Protocol):
 
     def measure(self, predict: Predict, split: str) -> Measurement: ...
 
+    def inputs(self, split: str) -> Mapping[str, np.ndarray] | None:
+        """The graph inputs of ``split``, or None when the evaluator does not expose them."""
+        ...
+
 
 @dataclass
 class SplitEvaluator:
@@ -67,6 +71,9 @@ class SplitEvaluator:
         inputs, labels = self.load(split)
         return self._metric.measure(np.asarray(predict(inputs)), labels)
 
+    def inputs(self, split: str) -> Mapping[str, np.ndarray]:
+        return self.load(split)[0]
+
 
 @dataclass
 class CallableEvaluator:
@@ -78,6 +85,9 @@ class CallableEvaluator:
     def measure(self, predict: Predict, split: str) -> Measurement:
         value = float(self.fn(predict, split))
         return Measurement(value, np.array([value]))
+
+    def inputs(self, split: str) -> None:
+        return None  # the function reads its own data
 
 
 EvalSpec = None | str | Path | Mapping[str, Any]

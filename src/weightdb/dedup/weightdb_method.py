@@ -16,6 +16,9 @@ and accept replacements by group testing against every affected model's budget.
 5. The gate works on the validation split and counts per-example losses only, so gains on
    some examples cannot hide losses on others, against ``margin`` x each model's budget; the
    test split is only measured for the report.
+6. Only what validation can see is proposed: in an embedding table, a replacement that changes
+   a row no validation example reads is dropped (see ``coverage``); and a model whose budget is
+   finer than its validation split can resolve (``resolvable``) is only deduplicated exactly.
 """
 
 from collections import defaultdict
@@ -23,13 +26,30 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from weightdb.dedup.coverage import UNKNOWN, changed_rows, gathered_rows
+from weightdb.dedup.evalspec import Evaluator
 from weightdb.dedup.gate import Gate
 from weightdb.dedup.lsh import L2LSH
 from weightdb.dedup.magnitude import relative_damage
 from weightdb.dedup.netsdb import Progress
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.similarity import relative_distance
-from weightdb.dedup.workspace import Workspace
+from weightdb.dedup.workspace import Position, Workspace
+
+RESOLVABLE_EXAMPLES = 3
+"""A budget must amount to this many validation examples. With no loss among n examples the 95%
+upper confidence bound of the loss rate is about 3 / n (the rule of three), so a smaller budget
+cannot be verified on that split: a plan that passes it still breaks the budget on test often."""
+
+
+def resolvable(evaluator: Evaluator, budget: float) -> bool:
+    """Whether validation can verify ``budget`` for this model (see RESOLVABLE_EXAMPLES); a
+    callable evaluator measures its own data and MSE budgets are relative, so both are trusted."""
+    inputs = evaluator.inputs("validation")
+    if inputs is None or evaluator.metric.strip().lower() == "mse":
+        return True
+    examples = len(next(iter(inputs.values())))
+    return budget * examples >= RESOLVABLE_EXAMPLES - 1e-9
 
 
 @dataclass(frozen=True)
@@ -54,11 +74,19 @@ class Proposal:
 
 def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> None:
     workspace = plan.workspace
-    proposals = _proposals(workspace, set(gate.evaluators), params, progress)
+    holders = workspace.holders()
+    coverage = {
+        model: gathered_rows(workspace.graph(model), evaluator.inputs("validation"))
+        for model, evaluator in gate.evaluators.items()
+    }
+    proposals = [
+        p
+        for p in _proposals(workspace, set(gate.evaluators), params, progress)
+        if _validation_sees(p, workspace, holders[p.member], coverage)
+    ]
     proposals.sort(key=lambda p: (p.damage, p.member))
     for model in sorted({m for p in proposals for m in workspace.users[p.member]}):
         gate.baseline(model)
-    holders = workspace.holders()
     done = [0]
 
     def attempt(batch: list[Proposal]) -> None:
@@ -83,6 +111,31 @@ def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progr
 
     if proposals:
         attempt(proposals)
+
+
+def _validation_sees(
+    proposal: Proposal,
+    workspace: Workspace,
+    positions: list[Position],
+    coverage: dict[str, dict[str, np.ndarray | None]],
+) -> bool:
+    """Whether every model's validation split reads each embedding row the proposal changes."""
+    changed = None
+    for position in positions:
+        if position.tensor not in coverage[position.model]:
+            continue  # a dense weight: every example reads all of it
+        if changed is None:
+            member = workspace.array(proposal.member)
+            changed = changed_rows(member, workspace.array(proposal.representative))
+        read = coverage[position.model][position.tensor]
+        if changed.size and read is UNKNOWN:
+            return False
+        layout = workspace.layout(position)
+        table_rows = layout.matrix_shape[0]
+        read = np.where(read < 0, read + table_rows, read)
+        if not np.isin(position.row * layout.block_rows + changed, read).all():
+            return False
+    return True
 
 
 def _proposals(

@@ -18,6 +18,7 @@ from weightdb.dedup.evalspec import Evaluator, Predict
 from weightdb.dedup.metrics import Measurement
 from weightdb.engine import prepare
 from weightdb.storage.block_writer import BlockRecord
+from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.stored_tensor import StoredTensor
 
 
@@ -46,7 +47,6 @@ class Workspace:
             )
         }
         self.original: dict[Position, int] = {}
-        self.grid: dict[int, tuple[int, int]] = {}  # tensor id -> block grid
         self.tensor_blocks: dict[int, int] = defaultdict(int)  # tensor id -> blocks
         self._graphs: dict[str, bytes | None] = {}
         self._tensors: dict[str, dict[str, StoredTensor]] = {}
@@ -86,6 +86,12 @@ class Workspace:
             self._matrices[block_id] = matrix
         return matrix
 
+    def layout(self, position: Position) -> BlockLayout:
+        """The block grid of the tensor ``position`` lies in."""
+        if position.model not in self._tensors:
+            self._tensors[position.model] = self.db.tensors(position.model)
+        return self._tensors[position.model][position.tensor].layout
+
     def stored_bytes(self, block_ids: set[int] | None = None) -> int:
         ids = set(self.current.values()) if block_ids is None else block_ids
         return sum(self.blocks[b].nbytes for b in ids)
@@ -110,14 +116,18 @@ class Workspace:
             tensors[name] = dataclasses.replace(tensors[name], locations=locations)
         return tensors
 
-    def predictor(self, model: str) -> Predict:
+    def graph(self, model: str) -> onnx.ModelProto:
+        """The model's ONNX graph (without its stored initializers)."""
         if model not in self._graphs:
             (self._graphs[model],) = self.db.catalog.conn.execute(
                 "SELECT graph FROM models WHERE name = ?", (model,)
             ).fetchone()
         graph = onnx.ModelProto()
         graph.ParseFromString(self._graphs[model])
-        prepared = prepare(graph, self.tensors(model))
+        return graph
+
+    def predictor(self, model: str) -> Predict:
+        prepared = prepare(self.graph(model), self.tensors(model))
 
         def predict(inputs):
             return next(iter(prepared.run(inputs).values()))

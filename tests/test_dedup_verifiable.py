@@ -1,0 +1,134 @@
+"""weightdb's dedup changes only what validation can verify: embedding rows that validation reads,
+and budgets its validation split can resolve; so the test split keeps every budget."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import weightdb
+from weightdb.dedup import deduplicate
+from weightdb.dedup.coverage import UNKNOWN, changed_rows, gathered_rows
+from weightdb.storage.settings import Settings
+from weightdb.zoo.build import build_family
+
+SMALL_BLOCKS = Settings(block_rows=32, block_cols=32, page_size=64 * 1024)
+
+
+def _graph(nodes: list, inputs: list[str]):
+    values = [helper.make_tensor_value_info(n, TensorProto.INT64, ["n"]) for n in inputs]
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    return helper.make_model(helper.make_graph(nodes, "g", values, [out]))
+
+
+def test_rows_read_are_the_distinct_indices_of_gathers_fed_by_graph_inputs() -> None:
+    graph = _graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["a"]),
+            helper.make_node("Gather", ["table", "more_ids"], ["b"]),
+            helper.make_node("Range", ["start", "limit", "delta"], ["positions"]),
+            helper.make_node("Gather", ["positions_table", "positions"], ["c"]),
+            helper.make_node("Gather", ["tied", "ids"], ["d"]),
+            helper.make_node("MatMul", ["d", "tied"], ["e"]),
+            helper.make_node("Gather", ["columns", "ids"], ["f"], axis=1),
+        ],
+        ["ids", "more_ids"],
+    )
+    inputs = {"ids": np.array([[5, 1], [5, 9]]), "more_ids": np.array([2])}
+    coverage = gathered_rows(graph, inputs)
+    assert coverage.keys() == {"table", "positions_table"}  # tied and columns are read whole
+    assert coverage["table"].tolist() == [1, 2, 5, 9]
+    assert coverage["positions_table"] is UNKNOWN  # indices computed inside the graph
+    assert gathered_rows(graph, None) == {"table": UNKNOWN, "positions_table": UNKNOWN}
+
+
+def test_changed_rows_are_those_with_any_different_value() -> None:
+    member = np.zeros((4, 3), np.float32)
+    representative = member.copy()
+    representative[1, 2] = representative[3, 0] = 1.0
+    assert changed_rows(member, representative).tolist() == [1, 3]
+
+
+def _embedding_model(table: np.ndarray, path: Path) -> None:
+    """ids -> table[ids]: a classifier whose scores are an embedding row."""
+    ids = helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])
+    out = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", table.shape[1]])
+    node = helper.make_node("Gather", ["table", "ids"], ["scores"])
+    weights = helper.make_tensor("table", TensorProto.FLOAT, table.shape, table.ravel())
+    graph = helper.make_graph([node], "embedding", [ids], [out], [weights])
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+
+
+def test_only_replacements_whose_changed_rows_validation_reads_are_made(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(64, 32)).astype(np.float32)
+    tuned = base.copy()
+    tuned[[3, 40]] += 0.01  # one changed row in each 32-row block
+    validation = np.array([3, 5, 7, 3, 5, 7, 3, 5])  # reads only block 0's rows
+    test = np.array([40, 41, 42, 40, 41, 42, 40, 41])
+    spec = {"models": []}
+    for name, table in {"base": base, "tuned": tuned}.items():
+        _embedding_model(table, tmp_path / f"{name}.onnx")
+        for split, ids in {"validation": validation, "test": test}.items():
+            np.savez(tmp_path / f"{name}-{split}.npz", ids=ids, labels=base[ids].argmax(axis=1))
+        entry = {split: f"{name}-{split}.npz" for split in ("validation", "test")}
+        spec["models"].append({"name": name, "metric": "accuracy", **entry})
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    with weightdb.connect(tmp_path / "db", settings=SMALL_BLOCKS) as db:
+        for name in ("base", "tuned"):
+            db.import_model(tmp_path / f"{name}.onnx", name)
+        deduplicate(db, eval_spec=tmp_path / "spec.json", max_drop=0.5)
+        blocks = {
+            name: [
+                b
+                for _, b in sorted(
+                    db.catalog.conn.execute(
+                        "SELECT tb.block_row, tb.block_id FROM tensor_blocks tb JOIN tensors t "
+                        "USING (tensor_id) JOIN models m USING (model_id) WHERE m.name = ?",
+                        (name,),
+                    )
+                )
+            ]
+            for name in ("base", "tuned")
+        }
+    assert blocks["base"][0] == blocks["tuned"][0]  # row 3 is read by validation: shared
+    assert blocks["base"][1] != blocks["tuned"][1]  # row 40 is not: both copies kept
+
+
+@pytest.fixture(scope="module")
+def xml_family(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("xml-zoo") / "xml-mlp"
+    build_family("xml-mlp", folder, "small", seed=0)
+    return folder
+
+
+def test_embedding_rows_validation_never_reads_are_not_replaced(
+    xml_family: Path, tmp_path: Path
+) -> None:
+    # The fine-tunes differ from the base in embedding rows of features their validation split
+    # may not contain; replacing those would pass validation and lose up to 12.5% on test.
+    budget = 0.10  # 4 of the 40 validation examples of the smallest split: resolvable
+    with weightdb.connect(tmp_path / "db", settings=SMALL_BLOCKS) as db:
+        for model in json.loads((xml_family / "family.json").read_text())["models"]:
+            db.import_model(xml_family / model["onnx"], model["name"])
+        report = deduplicate(db, eval_spec=xml_family / "family.json", max_drop=budget)
+    assert not report.notes
+    for model in report.models.values():
+        assert model.test_before - model.test_after <= budget + 1e-9
+
+
+def test_a_budget_finer_than_three_validation_examples_changes_nothing_approximately(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "digits"
+    build_family("digits-cnn", folder, "small", seed=0)
+    with weightdb.connect(tmp_path / "db") as db:
+        for model in json.loads((folder / "family.json").read_text())["models"]:
+            db.import_model(folder / model["onnx"], model["name"])
+        exact = db.stats()["stored_bytes"]
+        report = deduplicate(db, eval_spec=folder / "family.json", max_drop=0.005)
+        assert db.stats()["stored_bytes"] == exact
+    assert sum(m.blocks_replaced for m in report.models.values()) == 0
+    assert any("budget smaller than 3 validation examples" in note for note in report.notes)
