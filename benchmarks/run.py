@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, machine
 
-SUITES = ["storage", "dedup", "packing", "engine", "caching", "serving"]
+SUITES = ["storage", "dedup", "packing", "engine", "caching", "serving", "scale"]
 
 
 def main() -> None:
