@@ -6,10 +6,12 @@ from pathlib import Path
 import ml_dtypes
 import numpy as np
 import onnx
+import pytest
 import torch
 from onnx import helper, numpy_helper
 from safetensors.torch import load_file, save_file
 
+from weightdb.errors import SourceFormatError
 from weightdb.ingest.torch_format import tensor_to_numpy
 
 SHAPES = [(37, 29), (5,), (), (3, 4, 5, 2), (0, 7), (300,), (16, 8), (1, 1000)]
@@ -180,3 +182,27 @@ def test_onnx_roundtrip(db, rng, tmp_path: Path):
     assert exported.graph.node == model.graph.node
     db.export_model("m", tmp_path / "out.safetensors")
     assert set(load_file(tmp_path / "out.safetensors")) == set(initializers) - {"shape"}
+
+
+def test_onnx_with_external_data_roundtrip(db, rng, tmp_path: Path):
+    # Weights beside the model file are mapped, not loaded (a model over protobuf's 2 GiB limit
+    # cannot be one message); small ones (the shape constant) go back inline into the graph.
+    model, initializers = onnx_model(rng)
+    onnx.save(
+        model,
+        tmp_path / "m.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="m.data",
+        size_threshold=0,
+    )
+    info = db.import_model(tmp_path / "m.onnx", name="m")
+    assert info.tensors == 5
+    db.export_model("m", tmp_path / "out.onnx")
+    exported = onnx.load(tmp_path / "out.onnx")
+    assert_bit_identical(
+        initializers, {t.name: numpy_helper.to_array(t) for t in exported.graph.initializer}
+    )
+    (tmp_path / "m.data").write_bytes((tmp_path / "m.data").read_bytes()[:1000])
+    with pytest.raises(SourceFormatError, match="truncated or mismatched"):
+        db.import_model(tmp_path / "m.onnx", name="cut")

@@ -3,6 +3,10 @@
 Initializers of at most ``INLINE_MAX_BYTES`` (shape constants, scalars) stay inside the graph:
 storing them as blocks would only add catalog rows. The original initializer order is kept in
 the model's metadata so that export rebuilds the same graph.
+
+Weights in external data files are mapped, not loaded: a model over protobuf's 2 GiB limit
+cannot be held as one message, and a large one should not be read into memory whole anyway. An
+external file must lie inside the model's folder.
 """
 
 from pathlib import Path
@@ -19,7 +23,10 @@ from weightdb.storage import dtypes
 INLINE_MAX_BYTES = 256
 
 
-def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple):
+def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path):
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return _external_loader(tensor, dtype, shape, folder)
+
     def load() -> np.ndarray:
         if tensor.HasField("raw_data"):
             return np.frombuffer(tensor.raw_data, dtype=dtype.numpy).reshape(shape)
@@ -28,11 +35,37 @@ def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tupl
     return load
 
 
+def _external_loader(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path):
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    where = f"initializer {tensor.name!r}"
+    file = (folder / info.get("location", "")).resolve()
+    if folder.resolve() not in file.parents:
+        raise SourceFormatError(
+            f"{where} points at external data {info.get('location')!r} outside the model's "
+            f"folder {folder}; weightdb only reads weights stored beside the model"
+        )
+    offset = int(info.get("offset", 0))
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.numpy.itemsize
+    available = file.stat().st_size - offset if file.is_file() else -1
+    if int(info.get("length", nbytes)) != nbytes or available < nbytes:
+        raise SourceFormatError(
+            f"{where} needs {nbytes} bytes at offset {offset} of {file.name}, which holds "
+            f"{max(available, 0)} there; the external data file is truncated or mismatched"
+        )
+
+    def load() -> np.ndarray:
+        if nbytes == 0:
+            return np.empty(shape, dtype.numpy)
+        return np.memmap(file, dtype.numpy, "r", offset, shape)
+
+    return load
+
+
 def read_onnx(path: Path) -> onnx.ModelProto:
-    """Load and check an ONNX file (external data is resolved inside the file's folder only)."""
+    """Load and check an ONNX file, leaving external data in its files."""
     try:
-        model = onnx.load(str(path))
-        onnx.checker.check_model(model if model.ByteSize() < 2**31 - 1 else str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
         raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
     except RuntimeError as error:  # onnx reports damaged protobufs this way in some versions
@@ -52,9 +85,14 @@ def open_onnx(path: Path) -> ModelSource:
     for tensor in model.graph.initializer:
         dtype = dtypes.from_onnx(tensor.data_type)
         shape = tuple(int(d) for d in tensor.dims)
-        entry = TensorEntry(tensor.name, dtype, shape, _load_initializer(tensor, dtype, shape))
+        load = _load_initializer(tensor, dtype, shape, path.parent)
+        entry = TensorEntry(tensor.name, dtype, shape, load)
         if entry.nbytes <= INLINE_MAX_BYTES:
-            kept.append(tensor)
+            kept.append(
+                numpy_helper.from_array(np.array(load()), tensor.name)
+                if tensor.data_location == onnx.TensorProto.EXTERNAL
+                else tensor
+            )
         else:
             tensors.append(entry)
     graph = onnx.ModelProto()
