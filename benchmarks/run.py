@@ -13,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, machine
+from benchmarks.common import RESULTS_DIR, machine, markdown_table
+from benchmarks.floors import floors_table
 
 SUITES = ["storage", "dedup", "packing", "engine", "caching", "serving", "scale"]
 
@@ -47,6 +48,13 @@ def write_report(out_dir: Path) -> None:
         "",
         "Rerun with `make bench` (or `make bench-quick`); one suite with "
         "`python -m benchmarks.run SUITE`.",
+        "",
+        "## Floors set by the issues",
+        "",
+        markdown_table(
+            ["issue", "floor", "measured", "met"],
+            [[*row[:3], "yes" if row[3] else "NO"] for row in floors_table(out_dir)],
+        ),
     ]
     for suite in SUITES:
         md = out_dir / f"{suite}.md"

@@ -1,0 +1,169 @@
+"""The floors the issues set, each read from its suite's latest results: met or not, with the
+numbers, so REPORT.md opens with what holds and what does not."""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+Row = tuple[str, str, str, bool]  # issue, floor, measured, met
+
+
+def _storage(data: dict) -> list[Row]:
+    runs = data["import_export"]["runs"]
+    ratio = runs["weightdb import"]["median"] / runs["cp + fsync"]["median"]
+    return [("2", "import at most 3x cp + fsync", f"{ratio:.2f}x", ratio <= 3.0)]
+
+
+def _engine(data: dict) -> list[Row]:
+    rows = []
+    for model, floor in data["floors"].items():
+        cell = {
+            r["system"]: r["rows_per_s"]
+            for r in data["results"]
+            if r["model"] == model and r["setting"] == "in memory" and r["batch"] == 256
+        }
+        ratio = cell["weightdb"] / cell["onnxruntime"]
+        floor_text = f"{model}: throughput at least {floor}x onnxruntime (batch 256, in memory)"
+        rows.append(("4", floor_text, f"{ratio:.2f}x", data["floors_met"][model]))
+    return rows
+
+
+def _packing(data: dict) -> list[Row]:
+    rows = []
+    for instance in data["reference"]:
+        ours = instance["runs"]["weightdb"]["pages"]
+        best = min(instance["netsdb_reference_pages"].values())
+        rows.append(
+            (
+                "6",
+                f"{instance['instance']}: weightdb pages at most netsDB's best",
+                f"{ours} vs {best} (lower bound {instance['lower_bound_pages']})",
+                ours <= best,
+            )
+        )
+    seconds = max(run["seconds"] for run in data["synthetic"]["runs"].values() if "seconds" in run)
+    models, blocks = data["synthetic"]["models"], data["synthetic"]["distinct_blocks"]
+    rows.append(
+        (
+            "6",
+            f"{models} models, {blocks:,} blocks packed in under a minute",
+            f"{seconds:.2f} s (slowest heuristic)",
+            seconds < 60 and models >= 100 and blocks >= 50_000,
+        )
+    )
+    return rows
+
+
+def _caching(data: dict) -> list[Row]:
+    floors = data["floors"]
+    return [
+        (
+            "7",
+            "weightdb reads no more bytes than the best of lru/mru/lfu/netsdb-cost, every cell",
+            f"worst {floors['worst_weightdb_vs_best_baseline']:.3f}x the best baseline",
+            floors["weightdb_beats_baselines"],
+        ),
+        (
+            "7",
+            "weightdb at most 1.2x opt's bytes on Zipf traces at 25%",
+            f"worst {floors['worst_weightdb_vs_opt_zipf_25']:.2f}x (popularity known in advance: "
+            f"{floors['worst_known_vs_opt_zipf_25']:.2f}x)",
+            floors["weightdb_within_opt_floor"],
+        ),
+    ]
+
+
+def _dedup(data: dict) -> list[Row]:
+    rows = []
+    for cell in data["floors"]["cells"]:
+        runs = {
+            (r["method"], r["budget"]): r
+            for r in data["families"][cell["family"]]["runs"]
+            if r["budget"] == cell["budget"]
+        }
+        ours, theirs = runs[("weightdb", cell["budget"])], runs[("netsdb", cell["budget"])]
+        rows.append(
+            (
+                "5",
+                f"{cell['family']} at {cell['budget']:.1%}: weightdb saves at least netsdb, "
+                "every model within budget on test",
+                f"saved {ours['reduction']:.1%} vs {theirs['reduction']:.1%}; worst test drop "
+                f"{ours['worst_test_drop']:+.2%}",
+                cell["weightdb_saves_at_least_netsdb"] and cell["weightdb_within_budget"],
+            )
+        )
+    reached = data["floors"]["text_embedding_reduction_vs_logical"]
+    if reached is not None:
+        artifact = data["floors"]["artifact_reduction"]
+        rows.append(
+            (
+                "5",
+                "text-embedding at 3.5%: reduction against logical at least the netsDB artifact's",
+                f"{reached:.1%} vs {artifact:.1%}",
+                reached >= artifact,
+            )
+        )
+    return rows
+
+
+def _serving(data: dict) -> list[Row]:
+    floors = data["floors"]
+    return [
+        (
+            "8",
+            "over budget: at least 2x the PyTorch server's throughput, lower p99",
+            f"{floors['over_budget_throughput_ratio']:.2f}x, p99 "
+            f"{floors['over_budget_p99_ratio']:.2f}x",
+            floors["throughput_floor_met"],
+        ),
+        (
+            "8",
+            "everything fits: p50 at most 1.3x the PyTorch server's",
+            f"{floors['fits_p50_ratio']:.2f}x",
+            floors["p50_floor_met"],
+        ),
+    ]
+
+
+def _scale(data: dict) -> list[Row]:
+    systems = data["systems"]
+    ours = systems["weightdb"]
+    others = ", ".join(
+        f"{name} {'ok' if run['ok'] else 'failed'}"
+        + (f" {run['total_s'] / ours['total_s']:.2f}x the time" if run["ok"] else "")
+        for name, run in systems.items()
+        if name != "weightdb"
+    )
+    gib = 2**30
+    return [
+        (
+            "9",
+            f"models larger than memory ({data['family_bytes'] / gib:.0f} GiB of models, "
+            f"{data['memory_bytes'] / gib:.1f} GiB of RAM) served with a "
+            f"{data['budget_bytes'] / gib:.0f} GiB pool",
+            f"weightdb {ours['requests_done']} requests, p50 {ours['latency_s']['median']:.2f} s;"
+            f" {others}",
+            ours["ok"] and not data["quick"],
+        )
+    ]
+
+
+FLOORS: dict[str, Callable[[dict], list[Row]]] = {
+    "storage": _storage,
+    "dedup": _dedup,
+    "packing": _packing,
+    "engine": _engine,
+    "caching": _caching,
+    "serving": _serving,
+    "scale": _scale,
+}
+
+
+def floors_table(out_dir: Path) -> list[Row]:
+    """Every floor of the suites whose results are in ``out_dir``."""
+    rows: list[Row] = []
+    for suite, floors in FLOORS.items():
+        path = out_dir / f"{suite}.json"
+        if path.exists():
+            rows += floors(json.loads(path.read_text()))
+    return rows
