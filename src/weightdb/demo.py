@@ -33,7 +33,7 @@ from weightdb.units import format_size
 FAMILY = "digits-cnn"
 MAX_DROP = 0.01
 # Small blocks and pages suit a family of 40 KiB models: sharing and packing become visible.
-SETTINGS = Settings(block_rows=32, block_cols=32, page_size=64 * 1024)
+SETTINGS = Settings(block_rows=32, block_cols=32, page_size=16 * 1024)
 
 
 def run_demo(path: Path, console: Console) -> None:
