@@ -113,6 +113,8 @@ def _deduplicate(db: Database, family: dict, console: Console, summary: dict) ->
         f"{format_size(report.stored_bytes_after)} ({report.reduction:.1%} less) in "
         f"{report.seconds:.1f}s, {report.evaluations} accuracy checks on validation splits"
     )
+    for note in report.notes:
+        console.print(f"note: {note}")
     stats = db.stats()
     summary["bytes after dedup"] = (
         f"{format_size(stats['logical_bytes'])} stored in {format_size(stats['stored_bytes'])} "
