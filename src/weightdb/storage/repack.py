@@ -8,6 +8,10 @@ occurrences no model reads (the netsDB packers leave some, even whole pages) are
 Of a block's occurrences the one most models read is its primary copy (``blocks.page_id,
 slot``), and every model that reads it elsewhere gets a ``block_copies`` row.
 
+Pages are written in reading order: models in import order, each front to back, so the pages
+one model reads lie in a few contiguous runs of the segment files and a cold read of a model
+streams instead of seeking (the layout's own page order follows no model).
+
 New pages go to new segment files; one catalog transaction then inserts them, points every
 block at its primary copy, replaces all copy rows, retires the old pages (still readable for
 in-flight requests, deleted after the grace period) and bumps the layout generation. A crash
@@ -187,6 +191,17 @@ def _page_bytes(conn: "sqlite3.Connection") -> int:
     return conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
 
 
+def _reading_rank(conn: "sqlite3.Connection") -> dict[int, int]:
+    """Block -> when it is first read when every model is read front to back in import order."""
+    rank: dict[int, int] = {}
+    for (block_id,) in conn.execute(
+        "SELECT tb.block_id FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
+        "ORDER BY t.model_id, t.position, tb.block_row, tb.block_col"
+    ):
+        rank.setdefault(block_id, len(rank))
+    return rank
+
+
 def _write_layout(
     db: "Database", pages: list[list[int]]
 ) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
@@ -213,9 +228,11 @@ def _write_layout(
             next_page += 1
             builder.reset()
 
+    rank = _reading_rank(conn)
+    order = sorted(range(len(pages)), key=lambda i: min((rank[b] for b in pages[i]), default=0))
     try:
-        for index, page in enumerate(pages):
-            for block_id in page:
+        for index in order:
+            for block_id in sorted(pages[index], key=rank.__getitem__):
                 dtype, rows, cols, nbytes, old_page, old_slot = where[block_id]
                 if not builder.fits(nbytes):
                     flush()
