@@ -74,6 +74,8 @@ class Placement:
     """Block -> the layout page of its primary copy."""
     copies: list[tuple[str, int, int]]
     """(model, block, layout page) for every model that reads a block off its primary page."""
+    sources: dict[str, dict[int, int]]
+    """Model -> block -> the layout page it reads the block from."""
 
     @classmethod
     def of(cls, layout: Layout) -> "Placement":
@@ -96,6 +98,7 @@ class Placement:
                 for block, index in chosen.items()
                 if index != primary[block]
             ],
+            sources=sources,
         )
 
     @property
@@ -148,7 +151,7 @@ def repack(
         before = pages_read(conn)
         old_pages = {p for (p,) in conn.execute("SELECT page_id FROM pages")}
         bytes_before = _page_bytes(conn)
-        locations, new_pages = _write_layout(db, placement.pages)
+        locations, new_pages = _write_layout(db, _reading_order(conn, placement))
         model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
         with db.catalog.transaction() as tx:
             tx.executemany(
@@ -191,23 +194,26 @@ def _page_bytes(conn: "sqlite3.Connection") -> int:
     return conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
 
 
-def _reading_rank(conn: "sqlite3.Connection") -> dict[int, int]:
-    """Block -> when it is first read when every model is read front to back in import order."""
-    rank: dict[int, int] = {}
-    for (block_id,) in conn.execute(
-        "SELECT tb.block_id FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
-        "ORDER BY t.model_id, t.position, tb.block_row, tb.block_col"
+def _reading_order(conn: "sqlite3.Connection", placement: Placement) -> list[Occurrence]:
+    """Every occurrence some model reads, in the order of reading every model front to back in
+    import order: the order to write pages and their blocks in."""
+    order: dict[Occurrence, None] = {}
+    for model, block_id in conn.execute(
+        "SELECT m.name, tb.block_id FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
+        "JOIN models m USING (model_id) ORDER BY t.model_id, t.position, tb.block_row, "
+        "tb.block_col"
     ):
-        rank.setdefault(block_id, len(rank))
-    return rank
+        order.setdefault((placement.sources[model][block_id], block_id))
+    return list(order)
 
 
 def _write_layout(
-    db: "Database", pages: list[list[int]]
+    db: "Database", order: list[Occurrence]
 ) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
-    """Copy every occurrence into the new pages; a layout page whose blocks exceed the page
-    size in bytes (wide dtypes) continues on a further page of the same blocks' readers.
-    Returns where each occurrence went (page id, slot) and the pages written."""
+    """Copy every occurrence into the new pages, pages and blocks in ``order``; a layout page
+    whose blocks exceed the page size in bytes (wide dtypes) continues on a further page of the
+    same blocks' readers. Returns where each occurrence went (page id, slot) and the pages
+    written."""
     conn = db.catalog.conn
     where = {
         block_id: (dtype, rows, cols, nbytes, page_id, slot)
@@ -228,11 +234,12 @@ def _write_layout(
             next_page += 1
             builder.reset()
 
-    rank = _reading_rank(conn)
-    order = sorted(range(len(pages)), key=lambda i: min((rank[b] for b in pages[i]), default=0))
+    by_page: dict[int, list[int]] = defaultdict(list)
+    for index, block_id in order:
+        by_page[index].append(block_id)
     try:
-        for index in order:
-            for block_id in sorted(pages[index], key=rank.__getitem__):
+        for index, page in by_page.items():
+            for block_id in page:
                 dtype, rows, cols, nbytes, old_page, old_slot = where[block_id]
                 if not builder.fits(nbytes):
                     flush()
