@@ -8,10 +8,10 @@ builds): 16 variants of an embedding-bag MLP (a ~430k x 1024 embedding, mean ove
 1024-4096-4096-1000 MLP), the base and fifteen that each change ~10% of its 256x256 blocks;
 1.75 GiB per model and 28 GiB in all, more than this machine's 23.5 GiB of memory. weightdb
 imports the ONNX files (its exact deduplication stores each shared block once; import time and
-stored bytes are reported). Why not the zoo's default of 8 models of 4 GiB: weightdb's ONNX
-import fails on a model above 2 GiB (``read_onnx`` asks protobuf for the ByteSize of the model
-with its external data loaded: EncodeError), and 32 GiB would take ~40 GB of disk with the
-database (1.2 GB per GiB of models), more than this shared machine can spare. A Zipf(0.9)
+stored bytes are reported). Why not the zoo's default of 8 models of 4 GiB: 32 GiB would take
+~40 GB of disk with the database (1.2 GB per GiB of models), more than this shared machine can
+spare. (The first attempt also found that ONNX import failed above 2 GiB; it maps external
+data since.) A Zipf(0.9)
 sequence of requests over the 16 models, each one batch of the family's request inputs (256
 rows of 16 token ids), is served by every system in its own process, under one memory budget B
 (4 GiB: two models fit, three do not):
