@@ -53,7 +53,10 @@ def write_report(out_dir: Path) -> None:
         "",
         markdown_table(
             ["issue", "floor", "measured", "met"],
-            [[*row[:3], "yes" if row[3] else "NO"] for row in floors_table(out_dir)],
+            [
+                [*row[:3], {True: "yes", False: "NO", None: "n/a at this size"}[row[3]]]
+                for row in floors_table(out_dir)
+            ],
         ),
     ]
     for suite in SUITES:
