@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from matplotlib.figure import Figure
 
 import weightdb
@@ -155,11 +154,7 @@ def _unread_rows_changed(original: Path, deduplicated: Path, manifest: Path) -> 
             if model not in evaluators:
                 continue
             if model not in read:
-                (graph_bytes,) = after.catalog.conn.execute(
-                    "SELECT graph FROM models WHERE name = ?", (model,)
-                ).fetchone()
-                graph = onnx.ModelProto()
-                graph.ParseFromString(graph_bytes)
+                graph = after.graph(model)
                 splits = [evaluators[model].inputs(split) for split in SPLITS]
                 inputs = {name: np.concatenate([s[name] for s in splits]) for name in splits[0]}
                 read[model] = gathered_rows(graph, inputs)

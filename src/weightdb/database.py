@@ -311,6 +311,17 @@ class Database:
         ).fetchall()
         return [ModelInfo(*row[:4], bool(row[4]), *row[5:]) for row in rows]
 
+    def graph(self, name: str) -> onnx.ModelProto | None:
+        """The model's ONNX graph without its stored initializers; None for weights only."""
+        (graph,) = self.catalog.conn.execute(
+            "SELECT graph FROM models WHERE model_id = ?", (self.model_id(name),)
+        ).fetchone()
+        if graph is None:
+            return None
+        model = onnx.ModelProto()
+        model.ParseFromString(graph)
+        return model
+
     def tensors(self, name: str) -> dict[str, StoredTensor]:
         """The stored tensors of a model, in source order, readable block by block."""
         model_id = self.model_id(name)

@@ -76,7 +76,7 @@ def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progr
     workspace = plan.workspace
     holders = workspace.holders()
     coverage = {
-        model: gathered_rows(workspace.graph(model), evaluator.inputs("validation"))
+        model: gathered_rows(workspace.db.graph(model), evaluator.inputs("validation"))
         for model, evaluator in gate.evaluators.items()
     }
     proposals = [

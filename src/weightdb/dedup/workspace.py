@@ -11,7 +11,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from weightdb.database import Database
 from weightdb.dedup.evalspec import Evaluator, Predict
@@ -48,7 +47,6 @@ class Workspace:
         }
         self.original: dict[Position, int] = {}
         self.tensor_blocks: dict[int, int] = defaultdict(int)  # tensor id -> blocks
-        self._graphs: dict[str, bytes | None] = {}
         self._tensors: dict[str, dict[str, StoredTensor]] = {}
         self.users: dict[int, set[str]] = defaultdict(set)  # block id -> models using it
         self._by_model: dict[str, list[Position]] = defaultdict(list)
@@ -116,18 +114,8 @@ class Workspace:
             tensors[name] = dataclasses.replace(tensors[name], locations=locations)
         return tensors
 
-    def graph(self, model: str) -> onnx.ModelProto:
-        """The model's ONNX graph (without its stored initializers)."""
-        if model not in self._graphs:
-            (self._graphs[model],) = self.db.catalog.conn.execute(
-                "SELECT graph FROM models WHERE name = ?", (model,)
-            ).fetchone()
-        graph = onnx.ModelProto()
-        graph.ParseFromString(self._graphs[model])
-        return graph
-
     def predictor(self, model: str) -> Predict:
-        prepared = prepare(self.graph(model), self.tensors(model))
+        prepared = prepare(self.db.graph(model), self.tensors(model))
 
         def predict(inputs):
             return next(iter(prepared.run(inputs).values()))

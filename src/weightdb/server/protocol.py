@@ -10,7 +10,6 @@ engine's check, made when the request runs.
 import math
 
 import numpy as np
-import onnx
 
 from weightdb.database import Database
 from weightdb.errors import WeightDBError
@@ -132,13 +131,8 @@ def model_metadata(db: Database, name: str) -> ModelMetadata:
         TensorMetadata(name=s.name, datatype=datatype_of(s.dtype), shape=_wire_shape(s.dims))
         for s in db.inputs(name)
     ]
-    (graph,) = db.catalog.conn.execute(
-        "SELECT graph FROM models WHERE model_id = ?", (db.model_id(name),)
-    ).fetchone()
-    model = onnx.ModelProto()
-    model.ParseFromString(graph)
     outputs = []
-    for value in model.graph.output:
+    for value in db.graph(name).graph.output:
         tensor = value.type.tensor_type
         dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
         dtype = dtypes.from_onnx(tensor.elem_type).numpy

@@ -10,8 +10,6 @@ import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-import onnx
-
 from weightdb.engine import PreparedModel, prepare
 from weightdb.errors import WeightDBError
 
@@ -47,14 +45,10 @@ class PreparedModels:
             self._entries.clear()
 
     def _compile(self, name: str) -> PreparedModel:
-        (graph,) = self._db.catalog.conn.execute(
-            "SELECT graph FROM models WHERE name = ?", (name,)
-        ).fetchone()
-        if graph is None:
+        model = self._db.graph(name)
+        if model is None:
             raise WeightDBError(
                 f"model {name!r} has weights but no graph, so it cannot predict; import it from "
                 "an ONNX file (or a PyTorch module with from_torch)"
             )
-        model = onnx.ModelProto()
-        model.ParseFromString(graph)
         return prepare(model, self._db.tensors(name))
