@@ -14,62 +14,59 @@ import numpy as np
 _PRIME = (1 << 61) - 1
 
 
-class L2LSH:
-    def __init__(self, dim: int, r: float, bands: int, rows: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.r, self.bands, self.rows = r, bands, rows
-        self.a = rng.standard_normal((bands * rows, dim))
-        self.b = rng.uniform(0.0, r, size=bands * rows)
+class _BandedLSH:
+    """``bands`` bands of ``rows`` hashes each; a key collides with another in any band."""
+
+    def __init__(self, bands: int, rows: int) -> None:
+        self.bands, self.rows = bands, rows
         self.table: dict[tuple, set[Hashable]] = defaultdict(set)
 
-    def keys(self, vector: np.ndarray) -> list[tuple]:
-        hashes = np.floor((self.a @ vector.ravel() + self.b) / self.r).astype(np.int64)
+    def hashes(self, item: np.ndarray) -> np.ndarray:
+        """``bands * rows`` hash values of ``item``."""
+        raise NotImplementedError
+
+    def keys(self, item: np.ndarray) -> list[tuple]:
+        hashes = self.hashes(item)
         return [
             (band, *hashes[band * self.rows : (band + 1) * self.rows]) for band in range(self.bands)
         ]
 
-    def insert(self, key: Hashable, vector: np.ndarray) -> None:
-        for band_key in self.keys(vector):
+    def insert(self, key: Hashable, item: np.ndarray) -> None:
+        for band_key in self.keys(item):
             self.table[band_key].add(key)
 
-    def query(self, vector: np.ndarray) -> set[Hashable]:
+    def query(self, item: np.ndarray) -> set[Hashable]:
         found: set[Hashable] = set()
-        for band_key in self.keys(vector):
+        for band_key in self.keys(item):
             found |= self.table.get(band_key, set())
         return found
 
 
-class MinHashLSH:
+class L2LSH(_BandedLSH):
+    def __init__(self, dim: int, r: float, bands: int, rows: int, seed: int) -> None:
+        super().__init__(bands, rows)
+        rng = np.random.default_rng(seed)
+        self.r = r
+        self.a = rng.standard_normal((bands * rows, dim))
+        self.b = rng.uniform(0.0, r, size=bands * rows)
+
+    def hashes(self, item: np.ndarray) -> np.ndarray:
+        return np.floor((self.a @ item.ravel() + self.b) / self.r).astype(np.int64)
+
+
+class MinHashLSH(_BandedLSH):
     def __init__(self, permutations: int, bands: int, seed: int) -> None:
         if permutations % bands:
             raise ValueError("bands must divide permutations")
+        super().__init__(bands, permutations // bands)
         rng = np.random.default_rng(seed)
-        self.rows, self.bands = permutations // bands, bands
         self.a = rng.integers(1, 1 << 31, size=(permutations, 1), dtype=np.uint64)
         self.b = rng.integers(0, 1 << 31, size=(permutations, 1), dtype=np.uint64)
-        self.table: dict[tuple, set[Hashable]] = defaultdict(set)
 
-    def signature(self, values: np.ndarray) -> np.ndarray:
+    def hashes(self, item: np.ndarray) -> np.ndarray:
         """MinHash of the set of (non-negative integer) values."""
-        elements = np.unique(values).astype(np.uint64).reshape(1, -1)
+        elements = np.unique(item).astype(np.uint64).reshape(1, -1)
         return ((self.a * elements + self.b) % np.uint64(_PRIME)).min(axis=1)
-
-    def keys(self, values: np.ndarray) -> list[tuple]:
-        signature = self.signature(values)
-        return [
-            (band, *signature[band * self.rows : (band + 1) * self.rows])
-            for band in range(self.bands)
-        ]
-
-    def insert(self, key: Hashable, values: np.ndarray) -> None:
-        for band_key in self.keys(values):
-            self.table[band_key].add(key)
-
-    def query(self, values: np.ndarray) -> set[Hashable]:
-        found: set[Hashable] = set()
-        for band_key in self.keys(values):
-            found |= self.table.get(band_key, set())
-        return found
 
 
 class AllBlocks:
