@@ -68,8 +68,6 @@ class RepackReport:
 class Placement:
     """A layout as the catalog stores it."""
 
-    pages: list[list[int]]
-    """The layout's pages with only the occurrences some model reads (some may be empty)."""
     primary: dict[int, int]
     """Block -> the layout page of its primary copy."""
     copies: list[tuple[str, int, int]]
@@ -87,10 +85,6 @@ class Placement:
         for (index, block), _ in sorted(readers.items(), key=lambda item: (-item[1], item[0])):
             primary.setdefault(block, index)
         return cls(
-            pages=[
-                [block for block in page if (index, block) in readers]
-                for index, page in enumerate(layout.pages)
-            ],
             primary=primary,
             copies=[
                 (model, block, index)
@@ -103,8 +97,11 @@ class Placement:
 
     @property
     def copied_blocks(self) -> int:
-        stored = Counter(block for page in self.pages for block in page)
-        return sum(1 for count in stored.values() if count > 1)
+        """Blocks stored on more than one page (only occurrences some model reads are stored)."""
+        stored = {
+            (index, block) for chosen in self.sources.values() for block, index in chosen.items()
+        }
+        return sum(1 for count in Counter(block for _, block in stored).values() if count > 1)
 
 
 def model_blocks(conn: "sqlite3.Connection") -> dict[str, list[int]]:
