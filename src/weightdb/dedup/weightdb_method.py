@@ -31,6 +31,7 @@ from weightdb.dedup.evalspec import Evaluator
 from weightdb.dedup.gate import Gate
 from weightdb.dedup.lsh import L2LSH
 from weightdb.dedup.magnitude import relative_damage
+from weightdb.dedup.metrics import parse_metric
 from weightdb.dedup.netsdb import Progress
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.similarity import relative_distance
@@ -46,7 +47,7 @@ def resolvable(evaluator: Evaluator, budget: float) -> bool:
     """Whether validation can verify ``budget`` for this model (see RESOLVABLE_EXAMPLES); a
     callable evaluator measures its own data and MSE budgets are relative, so both are trusted."""
     inputs = evaluator.inputs("validation")
-    if inputs is None or evaluator.metric.strip().lower() == "mse":
+    if inputs is None or parse_metric(evaluator.metric).name == "mse":
         return True
     examples = len(next(iter(inputs.values())))
     return budget * examples >= RESOLVABLE_EXAMPLES - 1e-9

@@ -84,11 +84,15 @@ class Workspace:
             self._matrices[block_id] = matrix
         return matrix
 
+    def _stored(self, model: str) -> dict[str, StoredTensor]:
+        """The model's stored tensors as the catalog has them (read once)."""
+        if model not in self._tensors:
+            self._tensors[model] = self.db.tensors(model)
+        return self._tensors[model]
+
     def layout(self, position: Position) -> BlockLayout:
         """The block grid of the tensor ``position`` lies in."""
-        if position.model not in self._tensors:
-            self._tensors[position.model] = self.db.tensors(position.model)
-        return self._tensors[position.model][position.tensor].layout
+        return self._stored(position.model)[position.tensor].layout
 
     def stored_bytes(self, block_ids: set[int] | None = None) -> int:
         ids = set(self.current.values()) if block_ids is None else block_ids
@@ -98,9 +102,7 @@ class Workspace:
 
     def tensors(self, model: str) -> dict[str, StoredTensor]:
         """The model's stored tensors, with planned replacements in place."""
-        if model not in self._tensors:
-            self._tensors[model] = self.db.tensors(model)
-        tensors = dict(self._tensors[model])
+        tensors = dict(self._stored(model))
         changed: dict[str, list[tuple[Position, int]]] = defaultdict(list)
         for position in self.positions(model):
             block_id = self.current[position]
