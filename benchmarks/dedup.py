@@ -127,6 +127,7 @@ def _measure(manifest: Path, path: Path, method: str, budget: float) -> dict[str
         "worst_test_drop": max(drops.values(), default=0.0),
         "within_budget": all(d <= budget + 1e-9 for d in drops.values()),
         "evaluations": report.evaluations,
+        "notes": report.notes,
         "embedding_rows_changed": unread["changed"],
         "embedding_rows_changed_unread": unread["unread"],
         "seconds": seconds,
@@ -240,6 +241,12 @@ def _markdown(results: dict, floors: dict) -> str:
         ]
         for c in floors["cells"]
     ]
+    notes = [
+        f"- {label} {r['method']} {r['budget']:.1%}: {note}"
+        for label, data in results.items()
+        for r in data["runs"]
+        for note in r.get("notes", [])
+    ]
     reached = floors["text_embedding_reduction_vs_logical"]
     artifact_line = (
         f"- text-embedding at 3.5%, weightdb against logical blocks: {reached:.1%} "
@@ -283,6 +290,11 @@ def _markdown(results: dict, floors: dict) -> str:
             ),
             "",
             artifact_line,
+            "",
+            "Notes of the runs (weightdb's held-out audit of changes to embedding rows "
+            "validation does not read, and budgets too fine for a validation split):",
+            "",
+            *(notes or ["- none"]),
         ]
     )
 

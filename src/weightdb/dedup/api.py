@@ -78,9 +78,9 @@ def deduplicate(
         plan_exact(plan)
         approximate = method != "exact" and bool(evaluators)
         before = _measure_all(workspace, evaluators, progress) if approximate else {}
-        gate = None
+        gate, notes = None, []
         if approximate:
-            gate = _plan_approximate(plan, method, options, evaluators, budgets, progress)
+            gate, notes = _plan_approximate(plan, method, options, evaluators, budgets, progress)
         after = _measure_all(workspace, evaluators, progress) if approximate else {}
         final = plan.final()
         quality = {
@@ -107,6 +107,7 @@ def deduplicate(
             exact_only=not approximate,
             evaluations=gate.evaluations if gate else 0,
             seconds=time.perf_counter() - start,
+            notes=notes,
         )
     changed = {m: sum(1 for r in final if r.position.model == m) for m in evaluators}
     for model in before:
@@ -178,13 +179,15 @@ def _measure_all(workspace, evaluators, progress) -> dict[str, dict[str, Measure
     return result
 
 
-def _plan_approximate(plan, method, options, evaluators, budgets, progress) -> Gate:
+def _plan_approximate(
+    plan, method, options, evaluators, budgets, progress
+) -> tuple[Gate, list[str]]:
+    """The gate the method decided with, and the method's notes for the report."""
     workspace = plan.workspace
     if method == "weightdb":
         verifiable = {m: e for m, e in evaluators.items() if resolvable(e, budgets[m])}
         gate = Gate(workspace, verifiable, budgets, "validation", options.criterion, options.margin)
-        run_weightdb(plan, gate, options, progress)
-        return gate
+        return gate, run_weightdb(plan, gate, options, progress)
     gate = Gate(workspace, evaluators, budgets, options.decision_split)
     matcher = {
         "netsdb": netsdb_matcher,
@@ -192,4 +195,4 @@ def _plan_approximate(plan, method, options, evaluators, budgets, progress) -> G
         "mistique": lambda ws, opts: MistiqueMatcher(ws, opts.seed),
     }[method](workspace, options)
     run_sequential(plan, gate, matcher, options.eval_step, progress)
-    return gate
+    return gate, []

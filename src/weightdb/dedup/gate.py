@@ -34,11 +34,13 @@ class Gate:
         self.evaluations += 1
         return self.workspace.measure(model, self.evaluators[model], self.split)
 
+    def change(self, model: str) -> float:
+        """The criterion's change of ``model`` from its baseline, measured now."""
+        base = self.baseline(model)
+        return getattr(self.measure(model), self.criterion)(base)
+
+    def within(self, model: str, change: float) -> bool:
+        return change <= self.margin * self.budgets[model] + 1e-12
+
     def passes(self, models: Iterable[str]) -> bool:
-        for model in sorted(models):
-            base = self.baseline(model)
-            now = self.measure(model)
-            change = getattr(now, self.criterion)(base)
-            if change > self.margin * self.budgets[model] + 1e-12:
-                return False
-        return True
+        return all(self.within(model, self.change(model)) for model in sorted(models))

@@ -16,11 +16,15 @@ and accept replacements by group testing against every affected model's budget.
 5. The gate works on the validation split and counts per-example losses only, so gains on
    some examples cannot hide losses on others, against ``margin`` x each model's budget; the
    test split is only measured for the report.
-6. Only what validation can see is proposed: in an embedding table, a replacement that changes
-   a row no validation example reads is dropped (see ``coverage``); and a model whose budget is
-   finer than its validation split can resolve (``resolvable``) is only deduplicated exactly.
+6. Only what validation can check is kept. A model whose budget is finer than its validation
+   split can resolve (``resolvable``) is only deduplicated exactly. A replacement that changes
+   an embedding row no validation example reads is invisible to validation (``coverage``): such
+   replacements are planned on one half of validation and the plan is kept only if the other,
+   held-out half, measured once, stays within budget (``heldout``); otherwise only replacements
+   whose changed rows validation reads are made.
 """
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -29,6 +33,7 @@ import numpy as np
 from weightdb.dedup.coverage import UNKNOWN, changed_rows, gathered_rows
 from weightdb.dedup.evalspec import Evaluator
 from weightdb.dedup.gate import Gate
+from weightdb.dedup.heldout import AUDIT, PLANNING, ValidationHalf, halves
 from weightdb.dedup.lsh import L2LSH
 from weightdb.dedup.magnitude import relative_damage
 from weightdb.dedup.metrics import parse_metric
@@ -58,7 +63,8 @@ class WeightdbParams:
     max_distance: float = 1.0  # relative distance within which blocks may share a medoid
     margin: float = 0.5  # share of each model's budget validation losses may use
     criterion: str = "losses"  # or "flips": any change of predicted class counts (safer)
-    max_evaluations: int = 1000
+    extrapolate: bool = True  # change embedding rows validation never reads, audited (heldout)
+    max_evaluations: int = 1000  # per group test; a run makes one, or two (see heldout)
     lsh_r: float = 0.5  # bucket width on unit-normalised blocks
     lsh_bands: int = 32
     lsh_rows: int = 4
@@ -73,25 +79,95 @@ class Proposal:
     damage: float
 
 
-def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> None:
+def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> list[str]:
+    """Apply the accepted proposals to ``plan``; returns notes for the report."""
     workspace = plan.workspace
     holders = workspace.holders()
+    proposals = _proposals(workspace, set(gate.evaluators), params, progress)
+    proposals.sort(key=lambda p: (p.damage, p.member))
     coverage = {
         model: gathered_rows(workspace.db.graph(model), evaluator.inputs("validation"))
         for model, evaluator in gate.evaluators.items()
     }
-    proposals = [
-        p
-        for p in _proposals(workspace, set(gate.evaluators), params, progress)
-        if _validation_sees(p, workspace, holders[p.member], coverage)
-    ]
-    proposals.sort(key=lambda p: (p.damage, p.member))
-    for model in sorted({m for p in proposals for m in workspace.users[p.member]}):
+    verifiable = [p for p in proposals if _validation_sees(p, workspace, holders, coverage)]
+    split = _splittable(gate, params.seed) if params.extrapolate else {}
+    relaxed = {model: {} if model in split else rows for model, rows in coverage.items()}
+    extrapolated = [p for p in proposals if _validation_sees(p, workspace, holders, relaxed)]
+    notes: list[str] = []
+    if len(extrapolated) > len(verifiable):
+        accepted, note = _extrapolate(plan, gate, split, extrapolated, params, progress)
+        notes.append(note)
+        if accepted:
+            return notes
+    _group_test(plan, gate, verifiable, params, progress)
+    return notes
+
+
+def _splittable(gate: Gate, seed: int) -> dict[str, tuple[ValidationHalf, ValidationHalf]]:
+    """Model -> (planning, audit) halves of its validation split, for every model whose budget
+    each half still resolves."""
+    result = {}
+    for model, evaluator in gate.evaluators.items():
+        parts = halves(evaluator, seed)
+        if parts and all(resolvable(part, gate.budgets[model]) for part in parts):
+            result[model] = parts
+    return result
+
+
+def _extrapolate(
+    plan: Plan,
+    gate: Gate,
+    split: dict[str, tuple[ValidationHalf, ValidationHalf]],
+    proposals: list[Proposal],
+    params: WeightdbParams,
+    progress: Progress,
+) -> tuple[bool, str]:
+    """Group-test ``proposals``, which may change embedding rows validation never reads, on the
+    planning halves, then measure the plan once on the audit halves (see ``heldout``); a plan
+    any audit rejects is undone whole. Returns whether it was kept, and a note saying why."""
+    workspace = plan.workspace
+    planning = dataclasses.replace(
+        gate,
+        evaluators={m: split[m][PLANNING] if m in split else e for m, e in gate.evaluators.items()},
+        evaluations=0,
+        baselines={},
+    )
+    audit = dataclasses.replace(
+        gate, evaluators={m: split[m][AUDIT] for m in split}, evaluations=0, baselines={}
+    )
+    audited = sorted({m for p in proposals for m in workspace.users[p.member]} & split.keys())
+    for model in audited:
+        audit.baseline(model)
+    mark = plan.mark()
+    _group_test(plan, planning, proposals, params, progress)
+    changes = {model: audit.change(model) for model in sorted(plan.models(mark) & split.keys())}
+    gate.evaluations += planning.evaluations + audit.evaluations
+    worst = max(changes.values(), default=0.0)
+    failed = [model for model, change in changes.items() if not audit.within(model, change)]
+    if not failed:
+        return True, (
+            f"changed embedding rows validation does not read for {', '.join(changes) or 'none'}:"
+            f" planned on half of validation, the held-out half lost at most {worst:.4f}"
+        )
+    plan.undo_to(mark)
+    return False, (
+        f"the held-out half of validation rejected changing unread embedding rows for "
+        f"{', '.join(failed)} (lost {worst:.4f}): only replacements validation reads were made"
+    )
+
+
+def _group_test(
+    plan: Plan, gate: Gate, proposals: list[Proposal], params: WeightdbParams, progress: Progress
+) -> None:
+    """Apply ``proposals`` in batches, keeping each batch that ``gate`` passes and bisecting
+    each that fails."""
+    holders = plan.workspace.holders()
+    for model in sorted({m for p in proposals for m in plan.workspace.users[p.member]}):
         gate.baseline(model)
-    done = [0]
+    done, limit = [0], gate.evaluations + params.max_evaluations
 
     def attempt(batch: list[Proposal]) -> None:
-        if gate.evaluations >= params.max_evaluations:
+        if gate.evaluations >= limit:
             return
         mark = plan.mark()
         for proposal in batch:
@@ -117,12 +193,12 @@ def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progr
 def _validation_sees(
     proposal: Proposal,
     workspace: Workspace,
-    positions: list[Position],
+    holders: dict[int, list[Position]],
     coverage: dict[str, dict[str, np.ndarray | None]],
 ) -> bool:
     """Whether every model's validation split reads each embedding row the proposal changes."""
     changed = None
-    for position in positions:
+    for position in holders[proposal.member]:
         if position.tensor not in coverage[position.model]:
             continue  # a dense weight: every example reads all of it
         if changed is None:
