@@ -1,5 +1,6 @@
 """weightdb's dedup changes only what validation can verify: embedding rows that validation reads,
-and budgets its validation split can resolve; so the test split keeps every budget."""
+or unread ones when a held-out half of validation confirms it, and budgets its validation split
+can resolve; so the test split keeps every budget."""
 
 import json
 from pathlib import Path
@@ -11,6 +12,8 @@ from onnx import TensorProto, helper
 import weightdb
 from weightdb.dedup import deduplicate
 from weightdb.dedup.coverage import UNKNOWN, changed_rows, gathered_rows
+from weightdb.dedup.evalspec import CallableEvaluator, SplitEvaluator
+from weightdb.dedup.heldout import halves
 from weightdb.storage.settings import Settings
 from weightdb.zoo.build import build_family
 
@@ -184,3 +187,24 @@ def test_a_budget_finer_than_three_validation_examples_changes_nothing_approxima
         assert db.stats()["stored_bytes"] == exact
     assert sum(m.blocks_replaced for m in report.models.values()) == 0
     assert any("budget smaller than 3 validation examples" in note for note in report.notes)
+
+
+def test_validation_halves_partition_the_split_and_measure_only_their_examples(
+    tmp_path: Path,
+) -> None:
+    ids = np.arange(11)
+    np.savez(tmp_path / "validation.npz", ids=ids, labels=ids % 3)
+    evaluator = SplitEvaluator("accuracy", {"validation": tmp_path / "validation.npz"})
+    planning, audit = halves(evaluator, seed=0)
+    assert len(planning.rows) == 5 and len(audit.rows) == 6
+    assert sorted([*planning.rows, *audit.rows]) == list(range(11))
+    assert planning.inputs("validation")["ids"].tolist() == planning.rows.tolist()
+
+    def predict_label_zero(inputs: dict) -> np.ndarray:
+        return np.eye(3)[np.zeros(len(inputs["ids"]), dtype=int)]
+
+    expected = np.mean(audit.rows % 3 == 0)
+    assert audit.measure(predict_label_zero, "validation").value == pytest.approx(expected)
+    assert halves(CallableEvaluator(lambda predict, split: 1.0), seed=0) is None
+    with pytest.raises(ValueError, match="only measures validation"):
+        audit.measure(predict_label_zero, "test")
