@@ -1,4 +1,5 @@
-"""Resident weights: kept when a model fits in its buffer pool, bounded by the budget."""
+"""Resident weights: kept when a model fits in its buffer pool next to every stored page,
+bounded by the budget."""
 
 import gc
 
@@ -88,3 +89,32 @@ def test_products_shared_by_the_engine_threads_are_bitwise_equal_to_streamed(tmp
             with weightdb.connect(tmp_path / "db", budget=budget) as db:
                 outputs.append(db.predict("wide", {"x": x})[db.prepared.get("wide").outputs[0]])
     assert outputs[0].tobytes() == outputs[1].tobytes()
+
+
+def test_a_copy_that_would_crowd_out_the_pages_of_other_models_is_not_kept(
+    tmp_path, exported_models
+):
+    """Half the budget holds the MLP's copy, but not next to every stored page, so the MLP
+    streams and leaves the pool to the pages all models read; alone, it is kept."""
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        db.import_model(exported_models["mlp"], "mlp")
+        db.import_model(exported_models["text"], "text")
+        size = db.model("mlp").logical_bytes
+        both = db.page_bytes()
+    budget = max(2 * size, both)
+    assert size + both > budget
+    x = np.ones((3, 100), np.float32)
+    with weightdb.connect(tmp_path / "db", budget=budget) as db:
+        db.predict("mlp", {"x": x})
+        before = requests(db)
+        db.predict("mlp", {"x": x})
+        assert requests(db) > before
+        assert db.pool.stats().reserved_bytes == 0
+        db.remove_model("text")
+        assert size + db.page_bytes() <= budget
+    with weightdb.connect(tmp_path / "db", budget=budget) as db:
+        db.predict("mlp", {"x": x})
+        before = requests(db)
+        db.predict("mlp", {"x": x})
+        assert requests(db) == before
+        assert db.pool.stats().reserved_bytes > 0

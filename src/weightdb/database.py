@@ -104,6 +104,7 @@ class Database:
             self.locate_page,
             budget_bytes,
             make_policy(policy or self.settings.policy, self.page_models),
+            stored_bytes=self.page_bytes,
         )
         self.prepared = PreparedModels(self)
         self._sql_session: SQLSession | None = None
@@ -142,6 +143,10 @@ class Database:
             with self._locations_lock:
                 self._locations[page_id] = location
         return location
+
+    def page_bytes(self) -> int:
+        """The bytes of every live page: what a pool holding all of them needs."""
+        return self.catalog.conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
 
     def page_models(self, page_id: int) -> list[str]:
         """Names of the models that read a block from this page."""
@@ -358,9 +363,8 @@ class Database:
         blocks, stored, refs = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), COALESCE(SUM(refs), 0) FROM blocks"
         ).fetchone()
-        pages, page_bytes = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM pages"
-        ).fetchone()
+        (pages,) = conn.execute("SELECT COUNT(*) FROM pages").fetchone()
+        page_bytes = self.page_bytes()
         files = [f for f in self.pages_dir.iterdir() if segment_number(f.name) is not None]
         pool = self.pool.stats()
         tiers = savings_by_tier(conn)

@@ -52,9 +52,12 @@ class BufferPool:
         locate: Callable[[int], PageLocation],
         budget_bytes: int | None = None,
         policy: ReplacementPolicy | None = None,
+        stored_bytes: Callable[[], int] | None = None,
     ) -> None:
         self._reader = reader
         self._locate = locate
+        self._stored_bytes = stored_bytes
+        """The bytes of every page the pool may be asked for; reservations leave room for them."""
         self.budget_bytes = budget_bytes
         self.policy = policy or LRUPolicy()
         self._frames: dict[int, _Frame] = {}
@@ -108,17 +111,23 @@ class BufferPool:
 
     def reserve(self, nbytes: int) -> bool:
         """Charge ``nbytes`` held outside the frames (e.g. weights a prepared model keeps
-        assembled) to the budget, evicting unpinned pages to make room. Reservations may take
-        at most half the budget, so pages can always stream through the rest; returns False
-        (and changes nothing) when the reservation does not fit."""
+        assembled) to the budget, evicting unpinned pages to make room; returns False (and
+        changes nothing) when the reservation does not fit.
+
+        Reservations may take at most half the budget, so pages can always stream through the
+        rest, and only room that every stored page still leaves free: a model's assembled copy
+        holds blocks other models read from shared pages, so under a budget smaller than the
+        pages it would evict pages those models need, and every read it saves its own model
+        costs the others more."""
+        stored = self._stored_bytes() if self._stored_bytes and self.budget_bytes else 0
         with self._lock:
             if self.budget_bytes is None:
                 self._reserved_bytes += nbytes
                 return True
             pinned = sum(f.page.nbytes for f in self._frames.values() if f.pins)
             reserved = self._reserved_bytes + nbytes
-            # Half the budget at most, and never what pinned pages need now.
-            if 2 * reserved > self.budget_bytes or 2 * (pinned + reserved) > self.budget_bytes:
+            # Half the budget at most, never what pinned pages need now, never a page's room.
+            if 2 * (pinned + reserved) > self.budget_bytes or reserved + stored > self.budget_bytes:
                 return False
             self._reserved_bytes = reserved
             self._evict_until(0)
