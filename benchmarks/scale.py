@@ -121,7 +121,7 @@ def scale_family(total: str, models: int):
 def run(quick: bool, out_dir: Path) -> dict:
     from benchmarks.families import database, isolated
     from weightdb.caching.workload import request_sequence
-    from weightdb.zoo.families.scale import INPUT, REQUEST_ROWS, REQUEST_TOKENS
+    from weightdb.zoo.families.scale import REQUEST_ROWS, REQUEST_TOKENS
 
     mode = MODES["quick" if quick else "full"]
     fam, build_seconds = scale_family(mode["total"], mode["models"])
@@ -131,7 +131,7 @@ def run(quick: bool, out_dir: Path) -> dict:
     entries = {m["name"]: m for m in fam.manifest["models"]}
     family_bytes = sum(m["bytes"] for m in entries.values())
     sequence = request_sequence(fam.models, mode["requests"], SKEW, seed=0)
-    cap = min(mode["rss_cap"], _meminfo("MemAvailable") - RSS_HEADROOM)
+    cap = min(mode["rss_cap"], meminfo("MemAvailable") - RSS_HEADROOM)
     results: dict[str, Any] = {
         "quick": quick,
         "family": fam.label,
@@ -141,8 +141,8 @@ def run(quick: bool, out_dir: Path) -> dict:
         "family_bytes": family_bytes,
         "build_seconds": build_seconds,
         "import": imported,
-        "memory_bytes": _meminfo("MemTotal"),
-        "mem_available_bytes": _meminfo("MemAvailable"),
+        "memory_bytes": meminfo("MemTotal"),
+        "mem_available_bytes": meminfo("MemAvailable"),
         "budget_bytes": mode["budget"],
         "rss_cap_bytes": cap,
         "skew": SKEW,
@@ -152,26 +152,13 @@ def run(quick: bool, out_dir: Path) -> dict:
         "systems": {},
     }
     with tempfile.TemporaryDirectory(prefix="weightdb-scale-") as tmp:
-        config = {
-            "db": str(db_path),
-            "models": {
-                name: {k: str(fam.manifest_path.parent / m[k]) for k in ("onnx", "safetensors")}
-                for name, m in entries.items()
-            },
-            "requests": str(fam.manifest_path.parent / fam.manifest["extra"]["requests"]),
-            "input": INPUT,
-            "sequence": sequence,
-            "budget": mode["budget"],
-            "tmp": tmp,
-        }
-        config_path = Path(tmp) / "config.json"
-        config_path.write_text(json.dumps(config))
+        config_path = write_config(fam, db_path, sequence, mode["budget"], Path(tmp))
         for system in SYSTEMS:
             print(f"  {system}: {len(sequence)} requests, budget {mode['budget'] >> 20} MiB, "
                   f"RSS cap {cap / 2**30:.1f} GiB", flush=True)  # fmt: skip
             drop_cache(models_dir)  # cold storage for every system at its start
             drop_cache(db_path)
-            outcome = _serve(system, config_path, cap, mode["timeout"])
+            outcome = serve_system(system, config_path, cap, mode["timeout"])
             results["systems"][system] = outcome
             print(f"  {system}: {_outcome(outcome)}, {outcome['total_s']:.0f}s, "
                   f"{outcome['storage_read_bytes'] / 2**30:.2f} GiB read, peak RSS "
@@ -182,7 +169,29 @@ def run(quick: bool, out_dir: Path) -> dict:
     return results
 
 
-def _serve(system: str, config_path: Path, cap: int, timeout: float) -> dict:
+def write_config(fam, db_path: Path, sequence: list[str], budget: int, folder: Path) -> Path:
+    """The children's config for serving ``sequence`` under ``budget``; they write their
+    results beside it, in ``folder``."""
+    from weightdb.zoo.families.scale import INPUT
+
+    config = {
+        "db": str(db_path),
+        "models": {
+            m["name"]: {k: str(fam.manifest_path.parent / m[k]) for k in ("onnx", "safetensors")}
+            for m in fam.manifest["models"]
+        },
+        "requests": str(fam.manifest_path.parent / fam.manifest["extra"]["requests"]),
+        "input": INPUT,
+        "sequence": sequence,
+        "budget": budget,
+        "tmp": str(folder),
+    }
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def serve_system(system: str, config_path: Path, cap: int, timeout: float) -> dict:
     """Run ``system`` over the sequence in a child process, watched for memory and time."""
     from benchmarks.engine import THREADS
 
@@ -269,7 +278,7 @@ def _agreement(tmp: Path) -> dict[str, float | None]:
     }
 
 
-def _meminfo(field: str) -> int:
+def meminfo(field: str) -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024

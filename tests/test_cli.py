@@ -94,3 +94,10 @@ def test_demo_runs_the_whole_tour(tmp_path):
     stats = json.loads(cli("--db", str(tmp_path / "demo"), "stats", "--json").stdout)
     assert stats["models"] == 6
     assert stats["saved_bytes_by_tier"]["approximate"] > 0
+
+
+def test_bench_runs_the_checkouts_suites_and_names_the_valid_ones() -> None:
+    result = cli("bench", "--quick", "no-such-suite")
+    assert result.returncode == 2
+    assert "unknown suites ['no-such-suite']" in result.stderr
+    assert "'dedup'" in result.stderr and "'budgets'" in result.stderr

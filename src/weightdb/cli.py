@@ -5,6 +5,7 @@ fix print one line on stderr and exit with status 1.
 """
 
 import json
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -281,6 +282,25 @@ def demo(
 ) -> None:
     """Build two models that share weights, import them, and show what was stored."""
     run_demo(path, console)
+
+
+@app.command()
+def bench(
+    suites: Annotated[
+        list[str] | None, typer.Argument(help="Suites to run, e.g. dedup caching (default: all).")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="Small sizes, few repeats (minutes).")] = False,
+) -> None:
+    """Run the benchmark suites of this source checkout (as `make bench` does) and write
+    benchmarks/results/REPORT.md."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "benchmarks" / "run.py").is_file():
+        raise WeightDBError(
+            "weightdb bench runs the benchmarks of a source checkout, and this installation has "
+            "none; clone the weightdb repository and run `make bench` (or `weightdb bench`) there"
+        )
+    command = [sys.executable, "-m", "benchmarks.run", *(["--quick"] if quick else [])]
+    sys.exit(subprocess.call([*command, *(suites or [])], cwd=checkout))
 
 
 def main() -> None:
