@@ -9,7 +9,8 @@ as netsDB reports them, against the blocks all models would need without any ded
 
 Each run's result is kept under ``$WEIGHTDB_BENCH_DIR/dedup-runs`` with a key over the family
 build, the method, the budget and the source of ``weightdb.dedup``, so an interrupted full run
-resumes where it stopped, and a change of the methods reruns everything.
+resumes where it stopped, and a change of the methods reruns everything. Each run works on its
+own copy of the database, so runs of one family may go on side by side.
 
 Floors (issue 5): ``weightdb`` saves at least as much as ``netsdb`` at every budget on every
 family while every model stays within budget on the test split; on text-embedding at 3.5% it
@@ -35,7 +36,16 @@ from weightdb.dedup.coverage import changed_rows, gathered_rows
 from weightdb.dedup.evalspec import SPLITS, load_eval_spec
 
 BUDGETS = [0.005, 0.01, 0.02, 0.035]
-METHODS = ["netsdb", "weightdb", "mistique", "pairwise"]
+METHODS = {
+    "netsdb": ("netsdb", {}),
+    "netsdb-on-validation": ("netsdb", {"decision_split": "validation"}),
+    "weightdb": ("weightdb", {}),
+    "mistique": ("mistique", {}),
+    "pairwise": ("pairwise", {}),
+}
+"""Label -> method and parameters. ``netsdb`` decides on the test split it is then judged on, as
+its artifact does; ``netsdb-on-validation`` is the same method held to weightdb's protocol,
+deciding on validation, so its test drops show what its plans do to examples it never saw."""
 QUICK_FAMILIES = [("digits-cnn", "small"), ("xml-mlp", "small")]
 FULL_FAMILIES = [
     ("digits-cnn", "full"),
@@ -97,13 +107,15 @@ def _cached_run(fam: families.Family, path: Path, info: dict, method: str, budge
     return result
 
 
-def _measure(manifest: Path, path: Path, method: str, budget: float) -> dict[str, Any]:
-    """Deduplicate a copy of the database at ``path``; runs in a process of its own."""
-    work = families.copy_database(path, path.with_name(path.name + ".dedup-work"))
+def _measure(manifest: Path, path: Path, label: str, budget: float) -> dict[str, Any]:
+    """Deduplicate a copy of the database at ``path`` with method ``label`` (see METHODS); runs
+    in a process of its own."""
+    method, params = METHODS[label]
+    work = families.copy_database(path, path.with_name(f"{path.name}.dedup-{label}-{budget}"))
     try:
         start = time.perf_counter()
         with weightdb.connect(work, create=False) as db:
-            report = deduplicate(db, eval_spec=manifest, max_drop=budget, method=method)
+            report = deduplicate(db, eval_spec=manifest, max_drop=budget, method=method, **params)
             logical_blocks = db.catalog.conn.execute(
                 "SELECT COUNT(*) FROM tensor_blocks"
             ).fetchone()[0]
@@ -115,7 +127,7 @@ def _measure(manifest: Path, path: Path, method: str, budget: float) -> dict[str
     drops = {n: m.test_before - m.test_after for n, m in report.models.items()}
     validation = {n: m.validation_before - m.validation_after for n, m in report.models.items()}
     return {
-        "method": method,
+        "method": label,
         "budget": budget,
         "reduction": report.reduction,
         "reduction_vs_logical": 1 - report.distinct_blocks_after / logical_blocks,
@@ -263,7 +275,9 @@ def _markdown(results: dict, floors: dict) -> str:
             "per-model drop on the validation split (what decisions saw) and on the test split "
             "(the report), the embedding rows the run changed and how many of them neither "
             "split reads (changes no measurement saw, which a request reading those rows "
-            "would), and seconds per logical GB.",
+            "would), and seconds per logical GB. `netsdb` decides on the test split it is "
+            "judged on, as its artifact does; `netsdb-on-validation` is the same method deciding "
+            "on validation, as weightdb does.",
             "",
             markdown_table(
                 [

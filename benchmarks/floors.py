@@ -84,13 +84,20 @@ def _dedup(data: dict) -> list[Row]:
             if r["budget"] == cell["budget"]
         }
         ours, theirs = runs[("weightdb", cell["budget"])], runs[("netsdb", cell["budget"])]
+        held = runs.get(("netsdb-on-validation", cell["budget"]))
+        same_protocol = (
+            f" (netsdb deciding on validation: saved {held['reduction']:.1%}, worst test drop "
+            f"{held['worst_test_drop']:+.2%})"
+            if held
+            else ""
+        )
         rows.append(
             (
                 "5",
                 f"{cell['family']} at {cell['budget']:.1%}: weightdb saves at least netsdb, "
                 "every model within budget on test",
                 f"saved {ours['reduction']:.1%} vs {theirs['reduction']:.1%}; worst test drop "
-                f"{ours['worst_test_drop']:+.2%}",
+                f"{ours['worst_test_drop']:+.2%}{same_protocol}",
                 cell["weightdb_saves_at_least_netsdb"] and cell["weightdb_within_budget"],
             )
         )
