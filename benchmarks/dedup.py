@@ -8,9 +8,9 @@ family.json as the eval spec. Reductions are given against the bytes stored afte
 as netsDB reports them, against the blocks all models would need without any deduplication.
 
 Each run's result is kept under ``$WEIGHTDB_BENCH_DIR/dedup-runs`` with a key over the family
-build, the method, the budget and the source of ``weightdb.dedup``, so an interrupted full run
-resumes where it stopped, and a change of the methods reruns everything. Each run works on its
-own copy of the database, so runs of one family may go on side by side.
+build, the method, the budget and the source of ``weightdb.dedup`` the method runs, so an
+interrupted full run resumes where it stopped, and a change of one method reruns only its runs.
+Each run works on its own copy of the database, so runs of one family may go side by side.
 
 Floors (issue 5): ``weightdb`` saves at least as much as ``netsdb`` at every budget on every
 family while every model stays within budget on the test split; on text-embedding at 3.5% it
@@ -57,12 +57,19 @@ FULL_FAMILIES = [
 and the methods evaluate hundreds of times: it runs at small size."""
 NETSDB_ARTIFACT_REDUCTION = 1 - 678 / 2545  # its 5 sentiment models, against logical blocks
 ARTIFACT_FAMILY, ARTIFACT_BUDGET = "text-embedding", 0.035
-SOURCE_DIGEST = hashlib.sha256(
-    b"".join(
-        path.read_bytes()
-        for path in sorted((Path(weightdb.__file__).parent / "dedup").glob("*.py"))
-    )
-).hexdigest()[:16]
+ONLY_WEIGHTDB = ("weightdb_method.py", "heldout.py")
+ONLY_BASELINES = ("baselines.py",)
+"""Modules of ``weightdb.dedup`` that only weightdb's method, or only mistique and pairwise,
+run: a change to one of them reruns only the runs of the methods that use it."""
+
+
+def source_digest(method: str) -> str:
+    """A digest of the ``weightdb.dedup`` source that ``method`` runs."""
+    unused = ONLY_BASELINES if method == "weightdb" else ONLY_WEIGHTDB
+    files = sorted((Path(weightdb.__file__).parent / "dedup").glob("*.py"))
+    return hashlib.sha256(
+        b"".join(path.read_bytes() for path in files if path.name not in unused)
+    ).hexdigest()[:16]
 
 
 def run(quick: bool, out_dir: Path) -> dict:
@@ -97,7 +104,7 @@ def _family(fam: families.Family) -> dict:
 
 
 def _cached_run(fam: families.Family, path: Path, info: dict, method: str, budget: float) -> dict:
-    key = f"{fam.manifest['cache_key']}-{method}-{budget}-{SOURCE_DIGEST}"
+    key = f"{fam.manifest['cache_key']}-{method}-{budget}-{source_digest(METHODS[method][0])}"
     cache = families.BENCH_DIR / "dedup-runs" / f"{fam.name}-{fam.size}-{key}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
