@@ -30,25 +30,24 @@ class ValidationHalf:
     evaluator: SplitEvaluator
     rows: np.ndarray
 
+    def __post_init__(self) -> None:
+        # Cut once: the gate measures a half after every batch it tries.
+        inputs, labels = self.evaluator.load("validation")
+        self._inputs = {name: array[self.rows] for name, array in inputs.items()}
+        self._labels = labels[self.rows]
+        self._metric = parse_metric(self.evaluator.metric)
+
     @property
     def metric(self) -> str:
         return self.evaluator.metric
 
     def measure(self, predict: Predict, split: str) -> Measurement:
-        _, labels = self.evaluator.load(self._check(split))
-        return parse_metric(self.metric).measure(
-            np.asarray(predict(self.inputs(split))), labels[self.rows]
-        )
+        return self._metric.measure(np.asarray(predict(self.inputs(split))), self._labels)
 
     def inputs(self, split: str) -> Mapping[str, np.ndarray]:
-        inputs, _ = self.evaluator.load(self._check(split))
-        return {name: array[self.rows] for name, array in inputs.items()}
-
-    @staticmethod
-    def _check(split: str) -> str:
         if split != "validation":
             raise ValueError(f"a validation half only measures validation, not {split!r}")
-        return split
+        return self._inputs
 
 
 def halves(evaluator: object, seed: int) -> tuple[ValidationHalf, ValidationHalf] | None:
