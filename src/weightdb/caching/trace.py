@@ -14,6 +14,10 @@ other keys are ignored, so a recorder may add e.g. the query that caused a reque
 from live serving writes exactly this format, so a real run can be replayed offline under every
 policy, Belady's optimum included.
 
+A request may also carry ``query``, an integer naming the query (one prediction) it was made
+for, as recording writes it. When every request has one, the trace keeps them: they tell apart
+two queries of one model in a row, which ``online_bound`` needs.
+
 In memory pages are numbered 0..n-1 in file order, which is what policies see as page ids.
 """
 
@@ -41,26 +45,41 @@ class Trace:
     page_bytes: tuple[int, ...]
     page_models: tuple[tuple[str, ...], ...]
     requests: tuple[Request, ...]
+    queries: tuple[int, ...] | None = None  # per request, the query it was made for
 
     @classmethod
     def build(
         cls,
         pages: Mapping[str, tuple[Sequence[str], int]],
         requests: Sequence[tuple[str, str]],
+        queries: Sequence[int] | None = None,
     ) -> "Trace":
-        """A trace from ``{page id: (models, bytes)}`` and ``(model, page id)`` requests."""
+        """A trace from ``{page id: (models, bytes)}``, ``(model, page id)`` requests and,
+        optionally, the query of each request."""
         index = {page: i for i, page in enumerate(pages)}
+        if queries is not None and len(queries) != len(requests):
+            raise TraceFormatError(f"{len(queries)} query ids for {len(requests)} requests")
         return cls(
             page_ids=tuple(pages),
             page_bytes=tuple(size for _, size in pages.values()),
             page_models=tuple(tuple(models) for models, _ in pages.values()),
             requests=tuple(Request(model, index[page]) for model, page in requests),
+            queries=None if queries is None else tuple(queries),
         )
 
     @property
     def working_set_bytes(self) -> int:
         """Bytes of all distinct pages the requests touch: what a pool needs to never miss twice."""
         return sum(self.page_bytes[page] for page in {request.page for request in self.requests})
+
+    def starts_query(self, number: int) -> bool:
+        """Whether request ``number`` is the first of a query: by query id when the trace has
+        them, else when the model changes (back-to-back queries of one model then merge)."""
+        if number == 0:
+            return True
+        if self.queries is not None:
+            return self.queries[number] != self.queries[number - 1]
+        return self.requests[number].model != self.requests[number - 1].model
 
     def models_of(self, page: int) -> tuple[str, ...]:
         """The models referencing page number ``page``: the ``page_models`` policies are given."""
@@ -75,7 +94,9 @@ class Trace:
                 )
             },
             "requests": [
-                {"model": model, "page": self.page_ids[page]} for model, page in self.requests
+                {"model": model, "page": self.page_ids[page]}
+                | ({} if self.queries is None else {"query": self.queries[number]})
+                for number, (model, page) in enumerate(self.requests)
             ],
         }
 
@@ -107,7 +128,9 @@ class Trace:
                     f"(its models: {', '.join(table[page][0]) or 'none'})"
                 )
             pairs.append((model, page))
-        return cls.build(table, pairs)
+        queries = [request.get("query") for request in requests]
+        whole = all(isinstance(q, int) and not isinstance(q, bool) for q in queries)
+        return cls.build(table, pairs, queries if whole else None)
 
 
 def _field(obj: Any, key: str, kind: type, where: str) -> Any:
