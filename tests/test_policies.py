@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulatedPool, build_policy
+from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulatedPool, build_policy, simulate
 from weightdb.caching.trace import Trace
 from weightdb.storage.policies import make_policy
 
@@ -103,6 +103,34 @@ def test_weightdb_learns_sharing_from_requests_without_a_catalog() -> None:
         policy.on_request(page, model, hit=False)
         policy.on_insert(page, 1)
     assert policy.victim(lambda page: True) != 0
+
+
+def test_weightdb_keeps_the_pages_a_query_will_read_again() -> None:
+    models = {0: ["m"], 1: ["m"], 2: ["m"]}
+    policy = make_policy("weightdb", models.__getitem__)
+    policy.on_query("m")
+    for page, size in [(0, 4), (2, 1), (1, 4)]:  # m's first query reads a, c, b
+        policy.on_request(page, "m", hit=False)
+        policy.on_insert(page, size)
+    policy.on_query("m")  # the next query of m is expected to read a, c, b again
+    policy.on_request(0, "m", hit=True)
+    # By loss c would go (a quarter of the bytes), but this query still reads c and b: a goes.
+    assert policy.victim(lambda page: True) == 0
+    # When every candidate is still to be read, the one the query reads last goes.
+    assert policy.victim(lambda page: page != 0) == 1
+
+
+def test_replay_tells_the_policy_where_queries_start() -> None:
+    # Each query reads its model's four pages twice (two row blocks) through a pool of three.
+    # Knowing the first query's order, the second misses as often as under opt.
+    pages = {page: (["m"], 1) for page in "abcd"}
+    requests = [("m", page) for page in "abcdabcd" * 2]
+    queries = [number // 8 for number in range(16)]
+    with_ids = Trace.build(pages, requests, queries)
+    budget = Budget(pages=3)
+    assert simulate(with_ids, "weightdb", budget).misses == 8
+    assert simulate(with_ids, "opt", budget).misses == 8
+    assert simulate(Trace.build(pages, requests), "weightdb", budget).misses == 10
 
 
 def test_opt_evicts_the_page_needed_farthest_in_the_future() -> None:

@@ -70,6 +70,17 @@ def test_ten_percent_budget_is_bitwise_equal_to_unlimited(small_dbs, name):
     assert stats.resident_bytes <= budget
 
 
+def test_each_prediction_tells_the_pool_a_query_starts(small_dbs):
+    feeds = FEATURES["mlp"](np.random.default_rng(7))
+    with weightdb.connect(small_dbs["mlp"]) as db:
+        policy, seen = db.pool.policy, []
+        original = policy.on_query
+        policy.on_query = lambda model: (seen.append(model), original(model))
+        db.predict("mlp", feeds)
+        db.predict("mlp", feeds)
+    assert seen == ["mlp", "mlp"]
+
+
 def test_a_budget_below_one_page_names_the_budget_needed(small_dbs):
     needed = r"raise the budget to at least \d+ bytes"
     with weightdb.connect(small_dbs["mlp"], budget=1000) as db:

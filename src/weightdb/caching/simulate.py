@@ -2,7 +2,8 @@
 
 The simulated pool behaves like the real one: a request for a resident page is a hit; a miss
 reads the page's bytes and evicts the policy's victims until the page fits in the budget, which
-may limit pages, bytes or both.
+may limit pages, bytes or both. The policy is told where each query starts, as the engine tells
+the real pool.
 """
 
 from collections.abc import Callable, Sequence
@@ -76,6 +77,9 @@ class SimulatedPool:
         self.resident_bytes = 0
         self.hits = self.misses = self.bytes_read = self.evictions = 0
 
+    def begin_query(self, model: str) -> None:
+        self.policy.on_query(model)
+
     def request(self, page: int, model: str | None) -> bool:
         """Serve one page request; True on a hit."""
         hit = page in self.resident
@@ -119,7 +123,9 @@ def simulate(
     if isinstance(policy, str):
         policy = build_policy(policy, trace)
     pool = SimulatedPool(policy, trace.page_bytes, budget)
-    for model, page in trace.requests:
+    for number, (model, page) in enumerate(trace.requests):
+        if trace.starts_query(number):
+            pool.begin_query(model)
         pool.request(page, model)
         if observe is not None:
             observe(pool)

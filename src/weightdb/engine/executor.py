@@ -12,7 +12,7 @@ their buffer pool are kept resident for the prepared model's lifetime (``keep_re
 import heapq
 import inspect
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -105,7 +105,14 @@ class _Step:
 class PreparedModel:
     """An ONNX graph compiled for repeated ``run`` calls; safe to share between threads."""
 
-    def __init__(self, model: onnx.ModelProto, weights: Mapping[str, StoredWeight]):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        weights: Mapping[str, StoredWeight],
+        on_run: Callable[[], None] | None = None,
+    ):
+        self._on_run = on_run
+        """Called as each run starts, e.g. to tell the buffer pool a query begins."""
         problems = unsupported_ops(model)
         if problems:
             raise UnsupportedModelError(f"the model uses unsupported ops: {', '.join(problems)}")
@@ -174,6 +181,8 @@ class PreparedModel:
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on ``inputs`` (graph input name -> array); returns output name -> array."""
+        if self._on_run is not None:
+            self._on_run()
         values = list(self._initial)
         for r, array in zip(self._input_registers, self.validate(inputs), strict=True):
             values[r] = array
@@ -397,6 +406,11 @@ def _topological(nodes, sources: set[str], outputs: list[str]) -> list[onnx.Node
     return ordered
 
 
-def prepare(model: onnx.ModelProto, weights: Mapping[str, StoredWeight]) -> PreparedModel:
-    """Compile ``model`` whose large initializers were moved into ``weights`` (name -> weight)."""
-    return PreparedModel(model, weights)
+def prepare(
+    model: onnx.ModelProto,
+    weights: Mapping[str, StoredWeight],
+    on_run: Callable[[], None] | None = None,
+) -> PreparedModel:
+    """Compile ``model`` whose large initializers were moved into ``weights`` (name -> weight);
+    ``on_run`` is called as each run starts."""
+    return PreparedModel(model, weights, on_run)

@@ -51,4 +51,5 @@ class PreparedModels:
                 f"model {name!r} has weights but no graph, so it cannot predict; import it from "
                 "an ONNX file (or a PyTorch module with from_torch)"
             )
-        return prepare(model, self._db.tensors(name))
+        db = self._db
+        return prepare(model, db.tensors(name), on_run=lambda: db.pool.begin_query(name))

@@ -83,6 +83,11 @@ class BufferPool:
             frame.pins += 1
             return frame.page
 
+    def begin_query(self, model: str) -> None:
+        """Tell the policy that a query of ``model`` starts (see ``ReplacementPolicy``)."""
+        with self._lock:
+            self.policy.on_query(model)
+
     def unpin(self, page_id: int) -> None:
         with self._lock:
             frame = self._frames[page_id]

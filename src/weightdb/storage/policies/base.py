@@ -6,7 +6,9 @@ leaves the pool, and asks it for a victim among the pages that are not pinned.
 
 Call order for one request: ``on_request`` first, hit or miss, so that a policy has counted the
 request before it must choose room for it; on a miss, ``victim`` and ``on_remove`` for each page
-evicted until the new page fits; then ``on_insert`` for the new page.
+evicted until the new page fits; then ``on_insert`` for the new page. ``on_query`` comes before
+the requests of each query (one run of a prepared model) when the caller knows where queries
+start.
 """
 
 from abc import ABC, abstractmethod
@@ -33,6 +35,9 @@ class ReplacementPolicy(ABC):
     @abstractmethod
     def victim(self, evictable: Callable[[int], bool]) -> int | None:
         """The resident page to evict next among those ``evictable`` accepts, or None."""
+
+    def on_query(self, model: str) -> None:  # noqa: B027 - most policies ignore queries
+        """A query of ``model`` starts: the page requests that follow are made for it."""
 
 
 PageModels = Callable[[int], Iterable[str]]

@@ -22,12 +22,21 @@ larger than it can hold instead of cycling through all of it like LRU.
 Under independent model requests, with every request reading all of its model's pages and pages
 of one size, keeping the pages of largest rate is as good as an online policy gets: a request's
 hits are its model's pages resident when it starts. What remains to Belady's offline optimum is
-knowing which model comes next. The decay (a half-life of some hundred visits of every page seen
-so far) lets the ranking follow a shift in popularity.
+knowing which model comes next (``weightdb.caching.online_bound`` measures both parts). The
+decay (a half-life of some hundred visits of every page seen so far) lets the ranking follow a
+shift in popularity.
+
+Within a query the engine's reads are not random: a model's plan reads its weights in the same
+order every run (an embedding's rows vary with the input). So the policy remembers the pages of
+each model's latest query, in order, and when the model's next query starts expects the same
+reads. A page the running query is expected to read again is evicted only when every candidate
+is, and then the one expected last (Belady's rule within the query); other pages go by loss.
+This keeps a model larger than the pool from evicting pages it is about to re-read.
 """
 
 import math
 from collections import Counter
+from collections.abc import Callable
 
 from weightdb.storage.policies.base import PageModels
 from weightdb.storage.policies.ranked import RankedPolicy
@@ -67,9 +76,26 @@ class WeightDBPolicy(RankedPolicy):
         self._prior: dict[str, float] = {}  # model -> decayed pseudo-visits, scaled
         self._changes = 0  # bumped whenever a model's rate may have changed
         self._models_rate_memo: dict[tuple[str, ...], tuple[int, float]] = {}
+        self._reads: dict[str, list[int]] = {}  # model -> pages its latest query read, in order
+        self._query: tuple[str, list[int]] | None = None  # the running query: model, its reads
+        self._ahead: dict[int, list[int]] = {}  # page -> where the query should read it, last first
+
+    def on_query(self, model: str) -> None:
+        if self._query is not None:
+            self._reads[self._query[0]] = self._query[1]
+        self._query = (model, [])
+        self._ahead = {}
+        for position, page in reversed(list(enumerate(self._reads.get(model, ())))):
+            self._ahead.setdefault(page, []).append(position)
 
     def on_request(self, page_id: int, model: str | None, hit: bool) -> None:
         self._learn(page_id)
+        if self._query is not None and self._query[0] == model:
+            reads = self._query[1]
+            if not reads or reads[-1] != page_id:  # a run of block reads is one read of a page
+                reads.append(page_id)
+                if self._ahead.get(page_id):
+                    self._ahead[page_id].pop()
         if model is not None and model not in self._models[page_id]:
             self._models[page_id] = tuple(sorted((*self._models[page_id], model)))
             self._count_page_of(model)
@@ -91,6 +117,13 @@ class WeightDBPolicy(RankedPolicy):
     def on_remove(self, page_id: int) -> None:
         self._bytes.pop(page_id, None)
         super().on_remove(page_id)
+
+    def victim(self, evictable: Callable[[int], bool]) -> int | None:
+        page = super().victim(lambda p: evictable(p) and not self._ahead.get(p))
+        if page is not None:
+            return page
+        needed = [p for p in self._live if evictable(p)]
+        return max(needed, key=lambda p: self._ahead[p][-1], default=None)
 
     def _key(self, page_id: int) -> tuple[float, int]:
         rate = self._page_visits[page_id] + MODEL_SHARE * self._models_rate(self._models[page_id])
