@@ -144,9 +144,15 @@ def _extrapolate(
     gate.evaluations += planning.evaluations + audit.evaluations
     worst = max(changes.values(), default=0.0)
     failed = [model for model, change in changes.items() if not audit.within(model, change)]
+    if not changes:
+        plan.undo_to(mark)
+        return False, (
+            "planned on half of validation, no replacement that changes unread embedding rows "
+            "passed: only replacements validation reads were made"
+        )
     if not failed:
         return True, (
-            f"changed embedding rows validation does not read for {', '.join(changes) or 'none'}:"
+            f"changed embedding rows validation does not read for {', '.join(changes)}:"
             f" planned on half of validation, the held-out half lost at most {worst:.4f}"
         )
     plan.undo_to(mark)
