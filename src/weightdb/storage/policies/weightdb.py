@@ -36,7 +36,6 @@ This keeps a model larger than the pool from evicting pages it is about to re-re
 
 import math
 from collections import Counter
-from collections.abc import Callable
 
 from weightdb.storage.policies.base import PageModels
 from weightdb.storage.policies.ranked import RankedPolicy
@@ -84,9 +83,13 @@ class WeightDBPolicy(RankedPolicy):
         if self._query is not None:
             self._reads[self._query[0]] = self._query[1]
         self._query = (model, [])
+        # Pages the last query still expected rank anew (their keys may shrink): fresh entries.
+        stale = [page for page, ahead in self._ahead.items() if ahead and page in self._live]
         self._ahead = {}
         for position, page in reversed(list(enumerate(self._reads.get(model, ())))):
             self._ahead.setdefault(page, []).append(position)
+        for page in stale:
+            self._push(page)
 
     def on_request(self, page_id: int, model: str | None, hit: bool) -> None:
         self._learn(page_id)
@@ -118,18 +121,14 @@ class WeightDBPolicy(RankedPolicy):
         self._bytes.pop(page_id, None)
         super().on_remove(page_id)
 
-    def victim(self, evictable: Callable[[int], bool]) -> int | None:
-        page = super().victim(lambda p: evictable(p) and not self._ahead.get(p))
-        if page is not None:
-            return page
-        needed = [p for p in self._live if evictable(p)]
-        return max(needed, key=lambda p: self._ahead[p][-1], default=None)
-
-    def _key(self, page_id: int) -> tuple[float, int]:
+    def _key(self, page_id: int) -> tuple[int, float, int]:
+        ahead = self._ahead.get(page_id)
+        if ahead:  # after every page the query is done with, the one it reads last
+            return 1, -ahead[-1], 0
         rate = self._page_visits[page_id] + MODEL_SHARE * self._models_rate(self._models[page_id])
         loss = rate * self._bytes[page_id]
         loss_class = math.floor(math.log(loss) / _LOG_TIE_FACTOR) if loss > 0 else -math.inf
-        return loss_class, -self._last_request.get(page_id, 0)
+        return 0, loss_class, -self._last_request.get(page_id, 0)
 
     def _models_rate(self, models: tuple[str, ...]) -> float:
         memo = self._models_rate_memo.get(models)
