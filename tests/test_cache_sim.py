@@ -146,6 +146,7 @@ def test_cli_simulate_json_and_compare_table(tmp_path: Path) -> None:
     result = runner.invoke(app, ["cache", "compare", str(path), "--budget-bytes", "12KiB"])
     assert result.exit_code == 0, result.output
     assert all(name in result.output for name in POLICY_NAMES)
+    assert "online bound: " in result.output
 
 
 def test_cli_rejects_unknown_policy_and_missing_budget(tmp_path: Path) -> None:

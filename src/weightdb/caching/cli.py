@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulationResult, compare, simulate
 from weightdb.caching.trace import read_trace
 from weightdb.units import format_size, parse_size
@@ -76,8 +77,10 @@ def compare_command(
     budget_bytes: BudgetBytes = None,
     as_json: AsJson = False,
 ) -> None:
-    """Replay TRACE under every policy, Belady's optimum (opt) included, side by side."""
-    results = compare(read_trace(trace), _budget(budget_pages, budget_bytes))
+    """Replay TRACE under every policy, Belady's optimum (opt) included, side by side, with the
+    bytes any online policy must expect to read (the online bound)."""
+    loaded, budget = read_trace(trace), _budget(budget_pages, budget_bytes)
+    results = compare(loaded, budget)
     if as_json:
         print(json.dumps([result.to_json() for result in results], indent=2))
         return
@@ -91,6 +94,12 @@ def compare_command(
         cells = _cells(result)
         ratio = result.bytes_read / opt_bytes if opt_bytes else 1.0
         table.add_row(result.policy, *(cells[metric] for metric in metrics), f"{ratio:.3f}")
+    bound = online_bound(loaded, budget)
+    table.caption = (
+        f"online bound: {format_size(bound)}"
+        + (f" ({bound / opt_bytes:.3f} x opt)" if opt_bytes else "")
+        + ", what any policy that does not know the next query must expect to read"
+    )
     console.print(table)
 
 
