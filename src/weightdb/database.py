@@ -108,7 +108,6 @@ class Database:
         )
         self.prepared = PreparedModels(self)
         self._sql_session: SQLSession | None = None
-        self._trace: TraceRecorder | None = None
 
     def _create(self, settings: Settings) -> None:
         settings.validate()
@@ -264,20 +263,19 @@ class Database:
     def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run a model on ``inputs`` (graph input name -> array); every weight block is read
         through the buffer pool. Returns graph output name -> array."""
-        if self._trace is not None:
-            self._trace.start_query()
         return self.prepared.get(name).run(inputs)
 
     @contextmanager
     def record_trace(self, path: str | Path) -> Iterator[TraceRecorder]:
-        """Record every page request made inside the ``with`` block (each prediction is one
-        query) and write them to ``path`` in the trace format of ``weightdb cache``."""
+        """Record every page request made inside the ``with`` block (each run of a model, by
+        ``predict``, SQL or the server, is one query) and write them to ``path`` in the trace
+        format of ``weightdb cache``."""
         recorder = TraceRecorder()
-        self._trace, self.pool.recorder = recorder, recorder.record
+        self.pool.recorder = recorder
         try:
             yield recorder
         finally:
-            self._trace, self.pool.recorder = None, None
+            self.pool.recorder = None
             recorder.write(Path(path), self.locate_page, self.page_models)
 
     def inputs(self, name: str) -> list[InputSpec]:

@@ -1,8 +1,9 @@
 """Recording the page requests of real work (predict, SQL, serving) as a replayable trace.
 
-The buffer pool reports every request with the model it was made for; each prediction is one
-query. The file is the trace format of ``weightdb.caching.trace`` with one extra key per
-request, ``query``, so ``weightdb cache simulate`` can replay a real run under any policy.
+The buffer pool reports every request with the model it was made for, and every query start:
+each run of a prepared model, whether ``predict``, SQL or the server asked for it. The file is
+the trace format of ``weightdb.caching.trace`` with one extra key per request, ``query``, so
+``weightdb cache simulate`` can replay a real run under any policy.
 """
 
 import json

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from weightdb.errors import BudgetExceededError
 from weightdb.storage.page_files import PageLocation, PageReader
@@ -35,6 +36,14 @@ class PoolStats:
     def hit_ratio(self) -> float:
         requests = self.hits + self.misses
         return self.hits / requests if requests else 0.0
+
+
+class RequestRecorder(Protocol):
+    """Told of every page request and of every query start, e.g. to record a trace."""
+
+    def record(self, page_id: int, model: str | None) -> None: ...
+
+    def start_query(self) -> int: ...
 
 
 @dataclass
@@ -65,14 +74,13 @@ class BufferPool:
         self._reserved_bytes = 0  # memory held for the pool's users outside frames
         self._lock = threading.RLock()
         self._stats = PoolStats()
-        self.recorder: Callable[[int, str | None], None] | None = None
-        """Told of every page request (page id, model), e.g. to record a trace."""
+        self.recorder: RequestRecorder | None = None
 
     def pin(self, page_id: int, model: str | None = None) -> Page:
         """Return the page, resident and pinned until the matching ``unpin``."""
         with self._lock:
             if self.recorder is not None:
-                self.recorder(page_id, model)
+                self.recorder.record(page_id, model)
             frame = self._frames.get(page_id)
             self.policy.on_request(page_id, model, hit=frame is not None)
             if frame is not None:
@@ -84,8 +92,11 @@ class BufferPool:
             return frame.page
 
     def begin_query(self, model: str) -> None:
-        """Tell the policy that a query of ``model`` starts (see ``ReplacementPolicy``)."""
+        """A query of ``model`` starts (the engine calls this at every run of a prepared model,
+        whichever path it came by): the policy and any recorder hear of it."""
         with self._lock:
+            if self.recorder is not None:
+                self.recorder.start_query()
             self.policy.on_query(model)
 
     def unpin(self, page_id: int) -> None:
