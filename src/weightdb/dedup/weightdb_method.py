@@ -142,14 +142,14 @@ def _extrapolate(
     _group_test(plan, planning, proposals, params, progress)
     changes = {model: audit.change(model) for model in sorted(plan.models(mark) & split.keys())}
     gate.evaluations += planning.evaluations + audit.evaluations
-    worst = max(changes.values(), default=0.0)
-    failed = [model for model, change in changes.items() if not audit.within(model, change)]
     if not changes:
         plan.undo_to(mark)
         return False, (
             "planned on half of validation, no replacement that changes unread embedding rows "
             "passed: only replacements validation reads were made"
         )
+    worst = max(changes.values())
+    failed = [model for model, change in changes.items() if not audit.within(model, change)]
     if not failed:
         return True, (
             f"changed embedding rows validation does not read for {', '.join(changes)}:"
