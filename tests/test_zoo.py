@@ -11,14 +11,14 @@ from onnx import numpy_helper
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
-from weightdb.zoo.build import build_family
+from weightdb.zoo.build import BuildContext, build_family
 from weightdb.zoo.errors import DataSourceMissingError, ZooError
 from weightdb.zoo.families import families
 from weightdb.zoo.families.scale import BLOCK
 from weightdb.zoo.manifest import read_manifest
 from weightdb.zoo.minilm import word_embeddings
-from weightdb.zoo.splits import LABELS
-from weightdb.zoo.text import LEXNAMES, wordnet_tasks
+from weightdb.zoo.splits import LABELS, load_split
+from weightdb.zoo.text import LEXNAMES, TextTask, prepare, wordnet_tasks
 
 FAMILIES = ["digits-cnn", "text-embedding", "minilm-finetunes", "xml-mlp", "scale"]
 CLASSIFIERS = [name for name in FAMILIES if name != "scale"]
@@ -260,3 +260,36 @@ def test_cli_lists_and_reports_a_cached_build(zoo: Path):
     built = runner.invoke(app, ["zoo", "build", "digits-cnn", "--out", str(zoo / "digits-cnn")])
     assert built.exit_code == 0, built.output
     assert "already built (cached)" in built.output
+
+
+def test_growing_validation_keeps_training_rows_and_the_test_split(tmp_path: Path):
+    words = ["red", "green", "blue", "cat", "dog", "tree", "house", "river", "stone", "cloud"]
+    texts = [f"{a} {b} {c}" for a in words for b in words for c in words[:4]]  # 400, distinct
+    task = TextTask("t", "unit", "a toy task", texts, ["yes", "no"] * 200)
+
+    def prepared(directory: str, validation: int):
+        context = BuildContext(tmp_path / directory, "small", seed=3, options={})
+        (result,) = prepare(
+            context, [task], per_class=40, max_length=8, validation_at_least=validation
+        )
+        splits = {
+            split: load_split(context.directory / path) for split, path in result.held_out.items()
+        }
+        return result, splits
+
+    plain, plain_splits = prepared("plain", 0)
+    grown, grown_splits = prepared("grown", 100)
+    for result in (plain, grown):  # the rows a model trains on
+        assert result.train_data()[0]["input_ids"].shape[0] == 48
+    for name in ("input_ids", "attention_mask"):
+        assert np.array_equal(plain.train_data()[0][name], grown.train_data()[0][name])
+        assert np.array_equal(plain_splits["test"][0][name], grown_splits["test"][0][name])
+    assert np.array_equal(plain_splits["test"][1], grown_splits["test"][1])
+    val_inputs, val_labels = grown_splits["validation"]
+    assert len(val_labels) == 100 and grown.entry.examples["validation"] == 100
+    assert np.bincount(val_labels).tolist() == [50, 50]
+    assert np.array_equal(val_inputs["input_ids"][:16], plain_splits["validation"][0]["input_ids"])
+    # The added texts are new: none of them is among the 80 the cap took.
+    taken = {tuple(row) for row in plain.inputs["input_ids"]}
+    added = {tuple(row) for row in val_inputs["input_ids"][16:]}
+    assert len(added) == 84 and not added & taken

@@ -242,17 +242,44 @@ def _subsample(labels: Sequence[str], per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(rows))
 
 
+def _extra_rows(labels: Sequence[str], taken: np.ndarray, total: int, seed: int) -> np.ndarray:
+    """About ``total`` more texts, evenly over the classes, none of them among ``taken``."""
+    array = np.asarray(labels)
+    classes = np.unique(array)
+    per_class = -(-total // len(classes))
+    rng = np.random.default_rng([seed, 1])  # a stream of its own: the subsample stays as it was
+    left = np.setdiff1d(np.arange(len(array)), taken)
+    rows = [rng.permutation(left[array[left] == label])[:per_class] for label in classes]
+    return np.sort(np.concatenate(rows))
+
+
 def prepare(
-    context: BuildContext, tasks: Sequence[TextTask], per_class: int, max_length: int
+    context: BuildContext,
+    tasks: Sequence[TextTask],
+    per_class: int,
+    max_length: int,
+    validation_at_least: int = 0,
 ) -> list[PreparedTask]:
-    """Cap each class at ``per_class`` texts, tokenize, split and save the held-out rows."""
+    """Cap each class at ``per_class`` texts, tokenize, split and save the held-out rows.
+
+    ``validation_at_least`` grows each validation split to that many examples with texts the cap
+    left out, so a small family's budgets can be verified (deduplication needs 3 / budget
+    examples) without changing its training rows, and so its weights, or its test split.
+    """
     prepared = []
     for task in tasks:
         rows = _subsample(task.labels, per_class, context.seed)
+        indices = stratified_split(_class_ids(task, rows), context.seed)
+        missing = validation_at_least - len(indices["validation"])
+        if missing > 0:
+            extra = _extra_rows(task.labels, rows, missing, context.seed)
+            indices["validation"] = np.concatenate(
+                [indices["validation"], np.arange(len(rows), len(rows) + len(extra))]
+            )
+            rows = np.concatenate([rows, extra])
         classes = sorted(set(task.labels))
-        labels = np.asarray([classes.index(task.labels[i]) for i in rows], dtype=np.int64)
+        labels = _class_ids(task, rows)
         inputs = tokenize([task.texts[i] for i in rows], max_length)
-        indices = stratified_split(labels, context.seed)
         held_out = save_held_out(context.directory, task.name, inputs, labels, indices)
         entry = TaskEntry(
             name=task.name,
@@ -264,3 +291,8 @@ def prepare(
         )
         prepared.append(PreparedTask(entry, inputs, labels, indices["train"], held_out))
     return prepared
+
+
+def _class_ids(task: TextTask, rows: np.ndarray) -> np.ndarray:
+    classes = sorted(set(task.labels))
+    return np.asarray([classes.index(task.labels[i]) for i in rows], dtype=np.int64)
