@@ -21,7 +21,10 @@ from weightdb.cli_common import state
 from weightdb.dedup import deduplicate, savings_by_tier
 from weightdb.dedup.cli import dedup_command
 from weightdb.dedup.commit import commit_plan
+from weightdb.dedup.early_exit import EarlyExitGate
 from weightdb.dedup.errors import DedupParameterError, EvalSpecError
+from weightdb.dedup.evalspec import load_eval_spec
+from weightdb.dedup.gate import Gate
 from weightdb.dedup.metrics import parse_metric
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.workspace import Workspace
@@ -285,7 +288,7 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     import weightdb
     from weightdb.database import Database
-    from weightdb.dedup import api, commit, gate
+    from weightdb.dedup import api, commit, early_exit
 
     point, path, spec = sys.argv[1:4]
 
@@ -299,8 +302,9 @@ KILLER = textwrap.dedent(
             return die() if len(calls) == n else original(*args, **kwargs)
         return wrapper
 
-    if point == "planning":  # while candidate plans are being evaluated
-        gate.Gate.passes = on_call(3, gate.Gate.passes)
+    if point == "planning":  # while weightdb's candidate plans are being evaluated
+        gate = early_exit.EarlyExitGate
+        gate.passes = on_call(3, gate.passes)
     elif point == "reclaim":  # inside the commit transaction
         commit.reclaim_unreferenced = die
     elif point == "generation":  # the last statement of the commit transaction
@@ -483,3 +487,61 @@ def test_flips_criterion_counts_any_change_of_predicted_class():
     after = metric.measure(np.eye(3)[[0, 1, 0, 1]], labels)  # the two wrong ones changed class
     assert after.losses(before) == 0.0  # no example got worse...
     assert after.flips(before) == 0.5  # ...but half the predictions moved
+
+
+@pytest.mark.parametrize("criterion", ["losses", "flips"])
+def test_early_exit_gate_reaches_the_same_verdicts_running_fewer_examples(
+    db_path: Path, family: Path, criterion: str
+):
+    """Replace more and more of a model's blocks with another model's: at every step and budget
+    the early-exit gate passes exactly when the plain gate does, and a failing model is run on
+    fewer examples than the split holds."""
+    with weightdb.connect(db_path, create=False) as db:
+        models = [m.name for m in db.models()]
+        workspace = Workspace(db, models)
+        evaluators = load_eval_spec(family / "family.json", models)
+        target, donor = models[0], models[1]
+        examples = len(evaluators[target].load("validation")[1])
+        run_rows = []
+        predictor = workspace.predictor
+
+        def counting(model):
+            predict = predictor(model)
+
+            def run(inputs):
+                run_rows.append(len(next(iter(inputs.values()))))
+                return predict(inputs)
+
+            return run
+
+        workspace.predictor = counting
+        donors = {
+            workspace.blocks[b].shape_key: b
+            for p, b in workspace.original.items()
+            if p.model == donor
+        }
+        positions = [
+            p
+            for p in workspace.positions(target)
+            if workspace.blocks[workspace.current[p]].shape_key in donors
+        ]
+        budgets = [0.0, 0.02, 0.1, 0.5]
+        gates = {
+            b: Gate(workspace, evaluators, dict.fromkeys(evaluators, b), "validation", criterion)
+            for b in budgets
+        }
+        fast = {b: EarlyExitGate.around(gate) for b, gate in gates.items()}
+        for b in budgets:  # before any change
+            gates[b].baseline(target), fast[b].baseline(target)
+        verdicts, fewer = set(), 0
+        for position in positions:
+            workspace.current[position] = donors[
+                workspace.blocks[workspace.current[position]].shape_key
+            ]
+            for b in budgets:
+                expected = gates[b].passes([target])
+                run_rows.clear()
+                assert fast[b].passes([target]) == expected
+                verdicts.add(expected)
+                fewer += not expected and sum(run_rows) < examples
+        assert verdicts == {True, False} and fewer > 0

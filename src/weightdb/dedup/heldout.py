@@ -45,9 +45,13 @@ class ValidationHalf:
         return self._metric.measure(np.asarray(predict(self.inputs(split))), self._labels)
 
     def inputs(self, split: str) -> Mapping[str, np.ndarray]:
+        return self.load(split)[0]
+
+    def load(self, split: str) -> tuple[Mapping[str, np.ndarray], np.ndarray]:
+        """Inputs and labels of this half, as ``SplitEvaluator.load`` gives a split's."""
         if split != "validation":
             raise ValueError(f"a validation half only measures validation, not {split!r}")
-        return self._inputs
+        return self._inputs, self._labels
 
 
 def halves(evaluator: object, seed: int) -> tuple[ValidationHalf, ValidationHalf] | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weightdb.dedup.coverage import UNKNOWN, changed_rows, gathered_rows
+from weightdb.dedup.early_exit import EarlyExitGate
 from weightdb.dedup.evalspec import Evaluator
 from weightdb.dedup.gate import Gate
 from weightdb.dedup.heldout import AUDIT, PLANNING, ValidationHalf, halves
@@ -81,6 +82,14 @@ class Proposal:
 
 def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> list[str]:
     """Apply the accepted proposals to ``plan``; returns notes for the report."""
+    outer, gate = gate, EarlyExitGate.around(gate)
+    try:
+        return _run(plan, gate, params, progress)
+    finally:
+        outer.evaluations = gate.evaluations
+
+
+def _run(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> list[str]:
     workspace = plan.workspace
     holders = workspace.holders()
     proposals = _proposals(workspace, set(gate.evaluators), params, progress)
