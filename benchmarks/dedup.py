@@ -68,6 +68,7 @@ and the methods evaluate hundreds of times: it runs at small size."""
 NETSDB_ARTIFACT_REDUCTION = 1 - 678 / 2545  # its 5 sentiment models, against logical blocks
 ARTIFACT_FAMILY, ARTIFACT_BUDGET = "text-embedding", 0.035
 AUDIT_REJECTED = "the held-out half of validation rejected"
+UNRESOLVABLE = "budget smaller than"
 """How weightdb's notes begin when its audit undid changes to rows validation does not read."""
 ONLY_WEIGHTDB = ("weightdb_method.py", "heldout.py", "early_exit.py")
 ONLY_BASELINES = ("baselines.py",)
@@ -256,6 +257,48 @@ def _floors(results: dict) -> dict:
     }
 
 
+def _shortfalls(results: dict, floors: dict) -> list[str]:
+    """For each budget where weightdb saves less than netsdb, what the run's own data says
+    about it: models whose validation split is too small to verify the budget, and how netsdb's
+    plan does on the validation split, which it did not decide on."""
+    lines = []
+    for cell in floors["cells"]:
+        if cell["weightdb_saves_at_least_netsdb"]:
+            continue
+        runs = {
+            r["method"]: r for r in results[cell["family"]]["runs"] if r["budget"] == cell["budget"]
+        }
+        budget = cell["budget"]
+        notes = runs["weightdb"].get("notes", [])
+        reasons = [n for n in notes if n.startswith(UNRESOLVABLE)]
+        if any(n.startswith(AUDIT_REJECTED) for n in notes):
+            netsdb = runs["netsdb"]
+            reasons.append(
+                "weightdb's held-out audit rejected changing embedding rows validation does not "
+                "read (see the notes), where netsdb changed "
+                f"{netsdb['embedding_rows_changed_unread']} of its "
+                f"{netsdb['embedding_rows_changed']} changed rows unread by both splits"
+            )
+        over = {
+            model: drop
+            for model, drop in runs["netsdb"]["validation_drops"].items()
+            if drop > budget + 1e-9
+        }
+        if over:
+            worst = max(over, key=over.get)
+            reasons.append(
+                f"netsdb's plan breaks the budget on validation, which it did not decide on, "
+                f"for {len(over)} of {len(runs['netsdb']['validation_drops'])} models "
+                f"(worst {worst}: {over[worst]:+.2%})"
+            )
+        lines.append(
+            f"- {cell['family']} at {budget:.1%}: weightdb {runs['weightdb']['reduction']:.1%}, "
+            f"netsdb {runs['netsdb']['reduction']:.1%}: "
+            + ("; ".join(reasons) if reasons else "no cause found in the run's data")
+        )
+    return lines
+
+
 def _artifact_explanation(results: dict, artifact: dict) -> dict | None:
     """The numbers behind "this family cannot reach the artifact's reduction", which the issue
     accepts in its place: present when the held-out audit rejected changing the embedding rows
@@ -384,6 +427,10 @@ def _markdown(results: dict, floors: dict) -> str:
                 ["family", "budget", "weightdb saves >= netsdb", "weightdb within budget"],
                 floor_rows,
             ),
+            "",
+            "Where weightdb saves less than netsdb, what the runs show:",
+            "",
+            *(_shortfalls(results, floors) or ["- nowhere"]),
             "",
             artifact_line,
             "",

@@ -94,6 +94,11 @@ def _dedup(data: dict) -> list[Row]:
             if held
             else ""
         )
+        unseen = max(theirs["validation_drops"].values(), default=0.0)
+        same_protocol += (
+            f"; netsdb's plan on validation, which it did not decide on: worst drop "
+            f"{unseen:+.2%}{' (over budget)' if unseen > cell['budget'] + 1e-9 else ''}"
+        )
         rows.append(
             (
                 "5",
