@@ -49,13 +49,14 @@ its artifact does; ``netsdb-on-validation`` is the same method held to weightdb'
 deciding on validation, so its test drops show what its plans do to examples it never saw."""
 NOT_RUN = {
     ("minilm-finetunes", "netsdb-on-validation"): "not run: its 600-example validation split "
-    "makes each of netsdb's ~720 evaluations cost 2.4 s of encoder time, half an hour per budget",
+    "makes each of netsdb's ~720 evaluations run the encoder for about 2.4 s, half an hour per "
+    "budget",
 }
 """(family, method) -> why the suite skips that method on that family."""
 COST_CAPS = {("minilm-finetunes", "weightdb"): {"max_evaluations": 200}}
 """(family, method) -> parameters that bound a run's cost where one evaluation runs the encoder
-on 300-600 examples (about 1.5 s): weightdb's default of 1,000 evaluations per group test
-would take half an hour per budget there."""
+on 300-600 examples (1.2-2.4 s): weightdb's default of 1,000 evaluations per group test would
+take half an hour per budget there."""
 QUICK_FAMILIES = [("digits-cnn", "small"), ("xml-mlp", "small")]
 FULL_FAMILIES = [
     ("digits-cnn", "full"),
@@ -68,8 +69,9 @@ and the methods evaluate hundreds of times: it runs at small size."""
 NETSDB_ARTIFACT_REDUCTION = 1 - 678 / 2545  # its 5 sentiment models, against logical blocks
 ARTIFACT_FAMILY, ARTIFACT_BUDGET = "text-embedding", 0.035
 AUDIT_REJECTED = "the held-out half of validation rejected"
-UNRESOLVABLE = "budget smaller than"
 """How weightdb's notes begin when its audit undid changes to rows validation does not read."""
+UNRESOLVABLE = "budget smaller than"
+"""How its note begins when a budget is finer than some validation splits can verify."""
 ONLY_WEIGHTDB = ("weightdb_method.py", "heldout.py", "early_exit.py")
 ONLY_BASELINES = ("baselines.py",)
 """Modules of ``weightdb.dedup`` that only weightdb's method, or only mistique and pairwise,

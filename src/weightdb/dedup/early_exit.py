@@ -3,7 +3,7 @@
 Per-example losses (and prediction flips) only add up as more examples are measured: once the
 examples measured so far have lost more than the budget allows for the whole split, measuring
 the rest cannot bring the model back within it. Group testing spends most of its evaluations on
-batches that fail (bisecting a failed batch), and such a batch usually shows within the first
+batches that fail (bisecting a failed batch), and a batch far over budget shows within the first
 part of the split. The split is measured in ``CHUNKS`` consecutive parts, each an ordinary run of
 the model, the baseline too, so a model is compared with itself run the same way. Models are
 checked starting with the one that failed most recently, the likeliest to fail again.

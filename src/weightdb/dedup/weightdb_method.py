@@ -81,7 +81,10 @@ class Proposal:
 
 
 def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> list[str]:
-    """Apply the accepted proposals to ``plan``; returns notes for the report."""
+    """Apply the accepted proposals to ``plan``; returns notes for the report.
+
+    Decides with an ``EarlyExitGate`` around ``gate`` (the same verdicts, fewer examples run)
+    and leaves its count of evaluations on ``gate``."""
     outer, gate = gate, EarlyExitGate.around(gate)
     try:
         return _run(plan, gate, params, progress)
