@@ -8,6 +8,7 @@ ends with a summary. Every number printed is measured in this run.
 """
 
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -279,7 +280,12 @@ def _latency(db: Database, family: dict, console: Console, summary: dict) -> Non
         table.add_row(
             str(batch), f"{ours * 1e3:.3f}", f"{theirs * 1e3:.3f}", f"{ours / theirs:.2f}x"
         )
-    console.print("median of 30 runs each, in memory, same process and threads:")
+    load, cpus = os.getloadavg()[0], os.cpu_count()
+    console.print(
+        f"median of 30 runs each, in memory, same process and threads; load average {load:.1f} "
+        f"on {cpus} CPUs (on a busy machine PyTorch's threads wait for cores and the ratio "
+        "means little):"
+    )
     console.print(table)
     summary["latency vs PyTorch"] = (
         f"{ratios[0]:.2f}x at batch 1, {ratios[1]:.2f}x at batch 64 (p50; below 1 is faster)"
