@@ -46,55 +46,47 @@ class EarlyExitGate(Gate):
             return super().passes(models)
         for model in sorted(models, key=lambda m: (-self.last_failure.get(m, -1), m)):
             self.baseline(model)
-            measured = self._measure(model, stop=True)
-            if measured is None or not self.within(model, self._criterion(measured, model)):
+            if self._measure(model, stop=True) is None:
                 self.last_failure[model] = self.evaluations
                 return False
         return True
 
-    def _criterion(self, measured: Measurement, model: str) -> float:
-        return getattr(measured, self.criterion)(self.baselines[model])
-
     def _measure(self, model: str, stop: bool) -> Measurement | None:
-        """The model measured now, chunk by chunk; None once ``stop`` and it is over budget."""
+        """The model measured now, chunk by chunk; None once ``stop`` and it is over budget.
+
+        After each chunk the criterion is taken as if the examples not yet measured were
+        unchanged: they add nothing to losses or flips, so that value only grows, and after the
+        last chunk it is the criterion itself."""
         evaluator = self.evaluators[model]
         if not isinstance(evaluator, SplitEvaluator | ValidationHalf):
-            return super().measure(model)  # a callable measures its own data, in one go
+            measured = super().measure(model)  # a callable measures its own data, in one go
+            return None if stop and not self._within_so_far(model, measured) else measured
         self.evaluations += 1
         inputs, labels = evaluator.load(self.split)
         metric = parse_metric(evaluator.metric)
         predict = self.workspace.predictor(model)
-        parts: list[Measurement] = []
+        outputs: list[np.ndarray] = []
         for rows in np.array_split(np.arange(len(labels)), min(CHUNKS, len(labels))):
-            outputs = predict({name: array[rows] for name, array in inputs.items()})
-            parts.append(metric.measure(np.asarray(outputs), labels[rows]))
-            if stop and self._over_budget(model, parts, len(labels)):
+            outputs.append(
+                np.asarray(predict({name: array[rows] for name, array in inputs.items()}))
+            )
+            measured = metric.measure(np.concatenate(outputs), labels[: rows[-1] + 1])
+            if stop and not self._within_so_far(model, measured):
                 return None
-        return _joined(parts)
+        return measured
 
-    def _over_budget(self, model: str, parts: list[Measurement], examples: int) -> bool:
-        """Whether the examples measured so far already lost more than the whole split may."""
-        base = self.baselines[model]
-        done = sum(len(p.scores) for p in parts)
-        scores = np.concatenate([p.scores for p in parts])
-        decrease = np.maximum(base.scores[:done] - scores, 0.0).sum()
-        scale = max(abs(float(base.scores.mean())), 1e-12) if base.relative else 1.0
-        lost = decrease / examples / scale
-        if self.criterion == "flips" and base.predictions is not None:
-            changed = np.concatenate([p.predictions for p in parts]) != base.predictions[:done]
-            lost = max(lost, changed.sum() / examples)
-        return not self.within(model, lost)
-
-
-def _joined(parts: list[Measurement]) -> Measurement:
-    """One measurement of a split measured in consecutive parts."""
-    scores = np.concatenate([p.scores for p in parts])
-    relative = parts[0].relative
-    predictions = (
-        None
-        if any(p.predictions is None for p in parts)
-        else np.concatenate([p.predictions for p in parts])
-    )
-    # A metric's value is its mean score, except MSE, whose scores are negated errors.
-    value = -float(scores.mean()) if relative else float(scores.mean())
-    return Measurement(value, scores, relative, predictions)
+    def _within_so_far(self, model: str, measured: Measurement) -> bool:
+        """Whether the examples of ``measured`` (the first ones of the split) have not already
+        lost more than the whole split may."""
+        base, done = self.baselines[model], len(measured.scores)
+        predictions = (
+            None
+            if measured.predictions is None or base.predictions is None
+            else np.concatenate([measured.predictions, base.predictions[done:]])
+        )
+        whole = dataclasses.replace(
+            measured,
+            scores=np.concatenate([measured.scores, base.scores[done:]]),
+            predictions=predictions,
+        )
+        return self.within(model, getattr(whole, self.criterion)(base))
