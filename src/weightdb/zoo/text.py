@@ -268,8 +268,10 @@ def prepare(
     """
     prepared = []
     for task in tasks:
+        classes = sorted(set(task.labels))
+        class_ids = np.searchsorted(classes, task.labels).astype(np.int64)
         rows = _subsample(task.labels, per_class, context.seed)
-        indices = stratified_split(_class_ids(task, rows), context.seed)
+        indices = stratified_split(class_ids[rows], context.seed)
         missing = validation_at_least - len(indices["validation"])
         if missing > 0:
             extra = _extra_rows(task.labels, rows, missing, context.seed)
@@ -277,8 +279,7 @@ def prepare(
                 [indices["validation"], np.arange(len(rows), len(rows) + len(extra))]
             )
             rows = np.concatenate([rows, extra])
-        classes = sorted(set(task.labels))
-        labels = _class_ids(task, rows)
+        labels = class_ids[rows]
         inputs = tokenize([task.texts[i] for i in rows], max_length)
         held_out = save_held_out(context.directory, task.name, inputs, labels, indices)
         entry = TaskEntry(
@@ -291,8 +292,3 @@ def prepare(
         )
         prepared.append(PreparedTask(entry, inputs, labels, indices["train"], held_out))
     return prepared
-
-
-def _class_ids(task: TextTask, rows: np.ndarray) -> np.ndarray:
-    classes = sorted(set(task.labels))
-    return np.asarray([classes.index(task.labels[i]) for i in rows], dtype=np.int64)
