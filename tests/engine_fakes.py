@@ -45,6 +45,14 @@ class CountingWeight:
         finally:
             ledger.active -= 1
 
+    def pins_at_once(self) -> int:
+        return 1  # a pool of one page: products run serially, one pin at a time
+
+    @contextmanager
+    def panel(self, axis: str, index: int) -> Iterator[None]:
+        """No zero-copy panels: the engine copies blocks, each pinned through ``block``."""
+        yield None
+
 
 def split_initializers(
     model: onnx.ModelProto, block_shape: tuple[int, int], min_elements: int = 1024

@@ -183,4 +183,4 @@ def test_closing_a_database_releases_compiled_models_and_pages(small_dbs):
     assert db.pool.stats().resident_pages > 0
     db.close()
     stats = db.pool.stats()
-    assert stats.resident_pages == 0 and stats.reserved_bytes == 0
+    assert stats.resident_pages == 0 and stats.resident_bytes == 0

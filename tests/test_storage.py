@@ -11,7 +11,6 @@ import weightdb
 from weightdb import database
 from weightdb.errors import BudgetExceededError, CorruptPageError
 from weightdb.storage import block_writer
-from weightdb.storage.buffer_pool import BufferPool
 from weightdb.storage.page_format import HEADER
 
 
@@ -196,37 +195,3 @@ def test_pinned_pages_are_never_evicted(tmp_path, rng):
                     with tensor.block(i, j):
                         assert pinned_page in db.pool.resident()
         assert db.pool.stats().evictions > 0
-
-
-def test_reservations_count_against_the_budget_and_evict_pages(tmp_path, rng):
-    with pool_db(tmp_path, rng, budget=None) as db:
-        page_ids = [p for (p,) in db.catalog.conn.execute("SELECT page_id FROM pages")]
-        pool = BufferPool(db.reader, db.locate_page, 6 * PAGE)  # told nothing of stored pages
-
-        def read_all() -> None:
-            for page_id in page_ids:
-                with pool.pinned(page_id):
-                    pass
-
-        read_all()
-        assert pool.stats().resident_bytes > 4 * PAGE
-        assert not pool.reserve(4 * PAGE)  # more than half the budget: refused
-        assert pool.reserve(3 * PAGE)
-        stats = pool.stats()
-        assert stats.reserved_bytes == 3 * PAGE
-        assert stats.resident_bytes + stats.reserved_bytes <= 6 * PAGE
-        read_all()  # pages still stream through the other half
-        stats = pool.stats()
-        assert stats.resident_bytes + stats.reserved_bytes <= 6 * PAGE
-        pool.release(3 * PAGE)
-        assert pool.stats().reserved_bytes == 0
-
-
-def test_reservations_leave_room_for_every_stored_page(tmp_path, rng):
-    with pool_db(tmp_path, rng, budget=None) as db:
-        stored = db.page_bytes()
-    with pool_db(tmp_path, rng, budget=3 * stored // 2) as db:
-        assert not db.pool.reserve(3 * stored // 4)  # within half the budget, but crowds pages
-        assert db.pool.reserve(stored // 2)
-        db.tensors("m")["w"].read()
-        assert db.pool.stats().evictions == 0  # every page fits beside the reservation

@@ -104,7 +104,6 @@ class Database:
             self.locate_page,
             budget_bytes,
             make_policy(policy or self.settings.policy, self.page_models),
-            stored_bytes=self.page_bytes,
         )
         self.prepared = PreparedModels(self)
         self._sql_session: SQLSession | None = None

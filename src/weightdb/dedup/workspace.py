@@ -80,7 +80,7 @@ class Workspace:
         if matrix is None:
             block = self.blocks[block_id]
             with self.db.pool.pinned(block.page_id) as page:
-                matrix = np.array(page.block(block.slot))
+                matrix = np.array(page.block(block.slot), order="C")
             self._matrices[block_id] = matrix
         return matrix
 

@@ -3,29 +3,23 @@
 A weight is the relation {(i, j) -> block}. ``x @ W`` is a join of x's column ranges with W's
 blocks on the inner index and a sum grouped by the output block (see ``_product`` for the
 physical plan). An embedding lookup is a join of the requested ids with the row blocks that
-hold them: blocks holding no requested id are never read. Every block is pinned only while an
-operator copies or multiplies it.
+hold them: blocks holding no requested id are never read. Every page is pinned only while an
+operator copies or multiplies its blocks.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from itertools import pairwise
 
 import numpy as np
 
-from weightdb.engine import threads
+from weightdb.engine import gemm, threads
 from weightdb.engine.errors import ExecutionError
 from weightdb.engine.ops import Kernel
 from weightdb.engine.ops.nn import convolve, gemm_epilogue
 from weightdb.engine.weights import InMemoryWeight, StoredWeight, read_region
+from weightdb.storage.panel_order import PanelAxis
 
-# Scratch bytes for one panel, read from storage in one pass over its blocks in storage order:
-# large enough for a whole weight of a BERT-base-sized layer, small next to a pool budget.
-PANEL_BYTES = 8 << 20
-# Bytes of the part of a panel one GEMM multiplies: small enough that a layer's product splits
-# into several tasks for the engine's workers, large enough to keep each GEMM efficient.
-TASK_BYTES = 256 << 10
 # Bytes of gathered embeddings an embedding bag averages at a time (see ``gather_mean``).
 BAG_BYTES = 1 << 20
 
@@ -36,26 +30,29 @@ def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
     return list(pairwise(edges))
 
 
-def _panels(
-    start: int, stop: int, block: int, bytes_per_line: int, limit: int
-) -> list[tuple[int, int]]:
-    """[start, stop) cut at block boundaries into parts of at most ``limit`` bytes (>= a block)."""
-    return _spans(start, stop, block * max(1, limit // (block * bytes_per_line)))
-
-
 @contextmanager
-def _panel(
-    weight: StoredWeight, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype
+def _operand(
+    weight: StoredWeight, axis: PanelAxis, span: tuple[int, int], dtype: np.dtype
 ) -> Iterator[np.ndarray]:
-    """A panel as a contiguous array: a stored block as it is when one covers the panel."""
+    """The (K, width) operand for output columns ``span``: W[:, span], or W[span].T for a
+    block-row panel, C-contiguous. Where storage laid the panel out for it (``panel_order``),
+    it is the page's bytes, pinned, not a copy; otherwise the blocks are copied out."""
     layout = weight.layout
-    i, j = rows[0] // layout.block_rows, cols[0] // layout.block_cols
-    single = weight.dtype == dtype and layout.bounds(i, j) == (*rows, *cols)
-    if single and not isinstance(weight, InMemoryWeight):
-        with weight.block(i, j) as block:
-            yield block
+    block = layout.block_rows if axis == "rows" else layout.block_cols
+    index = span[0] // block
+    first = index * block
+    with weight.panel(axis, index) as run:
+        if run is not None and run.dtype == dtype:
+            if span == (first, first + run.shape[1]):
+                yield run
+            else:
+                yield np.ascontiguousarray(run[:, span[0] - first : span[1] - first])
+            return
+    inner = layout.matrix_shape[1] if axis == "rows" else layout.matrix_shape[0]
+    if axis == "rows":
+        yield np.ascontiguousarray(read_region(weight, span, (0, inner), dtype).T)
     else:
-        yield read_region(weight, rows, cols, dtype)
+        yield read_region(weight, (0, inner), span, dtype)
 
 
 def _product(
@@ -63,42 +60,31 @@ def _product(
 ) -> np.ndarray:
     """x @ W[:, first:end], or x @ W[first:end].T when ``transposed``; x is 2-D (m, k).
 
-    The join of x's column ranges with W's blocks on the inner index, summed per output block,
-    runs over panels (runs of output blocks): a panel's blocks are stacked into scratch in one
-    pass in storage order, then multiplied by GEMMs over parts of it (``TASK_BYTES``), which the
-    engine's workers share. Stacking copies each block once, which costs less than pinning it;
-    multiplying block by block instead adds m * n per inner block and makes one small BLAS call
-    per block, each a synchronization of BLAS's threads (ruinous on a loaded machine). A
-    resident weight hands over its panels without copying. Panels, parts and their memory
-    layout depend on shapes alone, so results do not depend on the budget or the threads.
+    The join of x's columns with W's blocks on the inner index, summed per output block, runs
+    one panel at a time: a panel is a block column (or block row when transposed) spanning the
+    whole inner dimension, so each output element is one BLAS dot product over all of K, never
+    a sum of per-block partial products (one small GEMM per block costs m * n extra additions
+    per block and a BLAS call each). Panels are the engine's parallel tasks. Panels and row
+    tiles (``gemm``) depend on shapes alone, so results do not depend on the budget, the
+    storage layout, the threads or the batch.
     """
     layout = weight.layout
-    rows, cols = layout.matrix_shape
-    out_block, inner = (layout.block_rows, cols) if transposed else (layout.block_cols, rows)
-    line = inner * x.dtype.itemsize
-    out = np.empty((x.shape[0], end - first), x.dtype)
-    for p0, p1 in _panels(first, end, out_block, line, PANEL_BYTES):
-        region = ((p0, p1), (0, inner)) if transposed else ((0, inner), (p0, p1))
-        with _panel(weight, *region, x.dtype) as panel:
-            multiply = partial(_multiply_part, x, panel, transposed, out, p0, first)
-            parts = _panels(p0, p1, out_block, line, TASK_BYTES)
-            threads.run_all(multiply, parts, threads.worth(x.shape[0] * inner * (p1 - p0)))
-    return out
+    axis: PanelAxis = "rows" if transposed else "columns"
+    block = layout.block_rows if transposed else layout.block_cols
+    inner = layout.matrix_shape[1] if transposed else layout.matrix_shape[0]
+    rows = x.shape[0]
+    tiles = gemm.padded(x)
+    out = np.empty((tiles.shape[0], end - first), x.dtype)
 
+    def multiply(span: tuple[int, int]) -> None:
+        with _operand(weight, axis, span, x.dtype) as operand:
+            gemm.multiply(tiles, operand, out[:, span[0] - first : span[1] - first])
 
-def _multiply_part(
-    x: np.ndarray,
-    panel: np.ndarray,
-    transposed: bool,
-    out: np.ndarray,
-    panel_start: int,
-    out_start: int,
-    part: tuple[int, int],
-) -> None:
-    """The output columns ``part`` of x @ panel (or x @ panel.T), written into ``out``."""
-    a, b = part[0] - panel_start, part[1] - panel_start
-    operand = panel[a:b].T if transposed else panel[:, a:b]
-    np.matmul(x, operand, out=out[:, part[0] - out_start : part[1] - out_start])
+    spans = _spans(first, end, block)
+    work = tiles.shape[0] * inner * (end - first)
+    parallel = threads.worth(work) and weight.pins_at_once() > threads.workers()
+    threads.run_all(multiply, spans, parallel)
+    return out[:rows]
 
 
 def matmul(x: np.ndarray, weight: StoredWeight) -> np.ndarray:

@@ -4,9 +4,9 @@
 picks the blockwise kernel for ops whose weight operand is stored, folds the subgraphs that
 depend on constants alone, orders the rest topologically and assigns every value a register.
 ``run`` is then a flat loop over the plan that drops each intermediate after its last reader,
-so peak memory follows the live activations, not the whole graph. Streamed weights that fit in
-their buffer pool are kept resident for the prepared model's lifetime (``keep_resident``);
-``run`` does its parallel work on the engine's own threads, BLAS single-threaded (``threads``).
+so peak memory follows the live activations, not the whole graph. ``run`` does its parallel
+work on the engine's own threads, BLAS single-threaded (``threads``), and computes products on
+fixed row tiles so that a row's outputs do not depend on its batch (``gemm``).
 """
 
 import heapq
@@ -24,7 +24,7 @@ from weightdb.engine import blocked
 from weightdb.engine.errors import ExecutionError, InvalidInputError, UnsupportedModelError
 from weightdb.engine.ops import OPS, Kernel
 from weightdb.engine.threads import engine_threads
-from weightdb.engine.weights import StoredWeight, keep_resident, materialize
+from weightdb.engine.weights import StoredWeight, materialize
 from weightdb.errors import UnsupportedDTypeError
 from weightdb.storage import dtypes
 
@@ -150,12 +150,10 @@ class PreparedModel:
                 last_read[r] = index
             steps.append((node, kernel, inputs, tuple(register(n) for n in node.output)))
         outputs = [register(name) for name in self.outputs]
-        streamed = {key.weight.name: key.weight for key in registers if isinstance(key, _Streamed)}
-        resident = keep_resident(self, list(streamed.values()))
         self._initial: list = [None] * len(registers)
         for key, r in registers.items():
             if isinstance(key, _Streamed):
-                self._initial[r] = resident.get(key.weight.name, key.weight)
+                self._initial[r] = key.weight
             elif key in constants:
                 self._initial[r] = constants[key]
         kept = set(outputs) | {r for key, r in registers.items() if self._initial[r] is not None}

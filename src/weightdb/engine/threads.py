@@ -88,6 +88,11 @@ def _helpers(count: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(count, thread_name_prefix="weightdb-engine")
 
 
+def workers() -> int:
+    """The engine's worker count for the running prediction (1 outside predictions)."""
+    return _workers.get()
+
+
 def worth(work: int) -> bool:
     """Whether a product of ``work`` multiply-adds is worth sharing with the workers."""
     return _workers.get() > 1 and work >= MIN_PARALLEL_MACS

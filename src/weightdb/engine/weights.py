@@ -1,22 +1,23 @@
 """The contract between storage and the engine: a weight tensor readable block by block.
 
 Storage hands the engine one ``StoredWeight`` per large initializer. The engine reads it only
-through ``block``, so every byte flows through the buffer pool and is pinned only while an
-operator uses it. ``InMemoryWeight`` is the same contract over a numpy array: for running a
-graph without a database (benchmarks, checks at import), and as the resident copy a prepared
-model keeps of its weights when they fit in their pool (``keep_resident``).
+through ``block`` and ``panel``, so every byte flows through the buffer pool and is pinned only
+while an operator uses it. A pool that holds a model's pages holds its weights: panels are
+views of the pages, so weights shared by several models are in memory once. ``InMemoryWeight``
+is the same contract over a numpy array, for running a graph without a database (benchmarks,
+checks at import).
 """
 
+import sys
 import threading
-import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 import numpy as np
 
 from weightdb.storage.blocking import BlockLayout, as_matrix
-from weightdb.storage.buffer_pool import BufferPool
+from weightdb.storage.panel_order import PanelAxis
 
 
 class StoredWeight(Protocol):
@@ -27,6 +28,16 @@ class StoredWeight(Protocol):
 
     def block(self, i: int, j: int) -> AbstractContextManager[np.ndarray]:
         """Pin block (i, j) of the matrix view and yield a read-only 2-D view; unpinned on exit."""
+        ...
+
+    def pins_at_once(self) -> int:
+        """How many pins of this weight's pages may be held at once (workers share products
+        only when each can pin its own page)."""
+        ...
+
+    def panel(self, axis: PanelAxis, index: int) -> AbstractContextManager[np.ndarray | None]:
+        """Pin block column ``index`` (or block row, transposed) as one C-contiguous (K, width)
+        array if storage holds it so, else yield None (the engine then copies blocks)."""
         ...
 
 
@@ -45,6 +56,28 @@ class InMemoryWeight:
         self.layout = layout
         self.matrix = as_matrix(np.ascontiguousarray(array))
         self.matrix.flags.writeable = False
+        self._panels: dict[tuple[str, int], np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def pins_at_once(self) -> int:
+        return sys.maxsize
+
+    @contextmanager
+    def panel(self, axis: PanelAxis, index: int) -> Iterator[np.ndarray]:
+        """The panel as storage would lay it out, copied once and kept."""
+        key = (axis, index)
+        kept = self._panels.get(key)
+        if kept is None:
+            if axis == "rows":
+                r0, r1, _, _ = self.layout.bounds(index, 0)
+                kept = np.ascontiguousarray(self.matrix[r0:r1].T)
+            else:
+                _, _, c0, c1 = self.layout.bounds(0, index)
+                kept = np.ascontiguousarray(self.matrix[:, c0:c1])
+            kept.flags.writeable = False
+            with self._lock:
+                kept = self._panels.setdefault(key, kept)
+        yield kept
 
     @contextmanager
     def block(self, i: int, j: int) -> Iterator[np.ndarray]:
@@ -86,69 +119,3 @@ def materialize(weight: StoredWeight) -> np.ndarray:
     """The whole tensor as an ordinary array, for small weights used by non-blocked ops."""
     rows, cols = weight.layout.matrix_shape
     return read_region(weight, (0, rows), (0, cols), weight.dtype).reshape(weight.shape)
-
-
-class _Residency:
-    """What one prepared model holds of its pool's resident bytes, released when it dies."""
-
-    def __init__(self, owner: object, pool: BufferPool) -> None:
-        self.pool = pool
-        self.nbytes = 0
-        weakref.finalize(owner, self.release)
-
-    def reserve(self, nbytes: int) -> bool:
-        if not self.pool.reserve(nbytes):
-            return False
-        self.nbytes += nbytes
-        return True
-
-    def release(self) -> None:
-        self.pool.release(self.nbytes)
-
-
-class ResidentWeight(InMemoryWeight):
-    """A stored weight read through its pool once and kept, for one prepared model.
-
-    Regions that are not contiguous in the matrix (the column panels of a MatMul weight) are
-    copied once and kept as well, while the budget allows: multiplying by a strided view instead
-    can change a GEMM's last bits, and results must not depend on the budget.
-    """
-
-    def __init__(self, weight: StoredWeight, residency: _Residency):
-        super().__init__(weight.name, materialize(weight), weight.layout)
-        self._residency = residency
-        self._regions: dict[tuple, np.ndarray] = {}
-        self._lock = threading.Lock()
-
-    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-        (r0, r1), (c0, c1) = rows, cols
-        view = self.matrix[r0:r1, c0:c1]
-        if view.flags.c_contiguous and view.dtype == dtype:
-            return view
-        key = (rows, cols, np.dtype(dtype))
-        kept = self._regions.get(key)
-        if kept is None:
-            kept = np.ascontiguousarray(view, dtype=dtype)
-            with self._lock:
-                if key not in self._regions and self._residency.reserve(kept.nbytes):
-                    kept.flags.writeable = False
-                    self._regions[key] = kept
-        return kept
-
-
-def keep_resident(owner: object, weights: Sequence[StoredWeight]) -> dict[str, ResidentWeight]:
-    """Resident copies of ``weights`` (name -> copy) that live as long as ``owner``, if they fit.
-
-    Pinning and copying every block on every call costs more than the arithmetic of a
-    batch-256 MLP. When the pool grants a reservation for all of ``weights`` (copies are charged
-    to its budget, at most half of it, evicting pages), they are read through the pool once and
-    kept; otherwise (a budget below the model, weights outside a pool) the result is empty and
-    every call streams. The pool's budget thus bounds pages and copies together.
-    """
-    pools = {getattr(w, "pool", None) for w in weights}
-    if len(pools) != 1 or not isinstance(pool := pools.pop(), BufferPool):
-        return {}
-    residency = _Residency(owner, pool)
-    if not residency.reserve(sum(int(np.prod(w.shape)) * w.dtype.itemsize for w in weights)):
-        return {}
-    return {w.name: ResidentWeight(w, residency) for w in weights}

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from weightdb.errors import ModelExistsError, StorageFullError
 from weightdb.ingest.source import ModelSource
 from weightdb.storage.block_writer import BlockWriter
-from weightdb.storage.blocking import as_matrix, layout_for
+from weightdb.storage.blocking import as_matrix, layout_for, panel_runs
+from weightdb.storage.panel_order import panel_axes
 
 if TYPE_CHECKING:
     from weightdb.database import Database, Progress
@@ -87,6 +88,7 @@ def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, prog
     digest of the whole model (names, dtypes, shapes and block digests, in order)."""
     tensor_rows, block_rows = [], []
     model_digest = hashlib.sha256()
+    axes = panel_axes(source.graph)
     for position, entry in enumerate(source.tensors):
         layout = layout_for(entry.shape, db.settings.block_shape)
         array = entry.load()
@@ -94,13 +96,17 @@ def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, prog
             raise AssertionError(f"reader returned {array.dtype}{array.shape} for {entry.name}")
         matrix = as_matrix(array)
         model_digest.update(json.dumps([entry.name, entry.dtype.name, entry.shape]).encode())
-        for i, j in layout.positions():
-            r0, r1, c0, c1 = layout.bounds(i, j)
-            block_id, block_digest = writer.add(entry.dtype.name, matrix[r0:r1, c0:c1])
-            block_rows.append((position, i, j, block_id))
-            model_digest.update(block_digest)
-            if progress:
-                progress((r1 - r0) * (c1 - c0) * entry.dtype.itemsize, source.nbytes)
+        digests = {}
+        for run, order in panel_runs(layout, axes.get(entry.name)):
+            writer.start_run(sum(layout.block_nbytes(i, j, entry.dtype.itemsize) for i, j in run))
+            for i, j in run:
+                r0, r1, c0, c1 = layout.bounds(i, j)
+                block_id, digests[i, j] = writer.add(entry.dtype.name, matrix[r0:r1, c0:c1], order)
+                block_rows.append((position, i, j, block_id))
+                if progress:
+                    progress((r1 - r0) * (c1 - c0) * entry.dtype.itemsize, source.nbytes)
+        for position_ij in layout.positions():  # the digest follows row-major order
+            model_digest.update(digests[position_ij])
         tensor_rows.append(
             (
                 position,

@@ -85,8 +85,7 @@ class Round:
             self._release(page)
         resident = self._db.pool.resident().keys()
         stats = self._db.pool.stats()
-        # Of what weights kept resident by prepared models leave free, not the whole budget.
-        cap = int((stats.budget_bytes - stats.reserved_bytes) * self._hold_fraction)
+        cap = int(stats.budget_bytes * self._hold_fraction)
         for page in sorted((self._pages[model] & later & resident) - self._held.keys()):
             size = self._db.locate_page(page).length
             if sum(self._held.values()) + size > cap:

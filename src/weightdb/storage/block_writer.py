@@ -5,7 +5,10 @@ in this write) is not written again: its digest is looked up, then the bytes are
 a digest collision can never merge two different blocks. Nothing becomes visible until the
 caller commits the rows this writer returns.
 
-Each block is copied once, from its source straight into a page buffer, and hashed there.
+Each block is copied once, from its source straight into a page buffer, and hashed there
+(a block stored column-major, see ``page_format``, is hashed in row-major order, so its
+digest and duplicate check do not depend on how it is stored). ``start_run`` keeps a run of
+blocks the engine reads as one operand on one page when a page can hold it.
 Two page buffers alternate: while one fills, the other is checksummed and written by a
 background thread (hashlib, zlib and writes release the GIL, so both cores work).
 """
@@ -20,7 +23,7 @@ import numpy as np
 
 from weightdb.storage.buffer_pool import BufferPool
 from weightdb.storage.page_files import PageLocation, PageReader, SegmentWriter
-from weightdb.storage.page_format import PageBuilder
+from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder
 
 
 def block_digest(dtype: str, rows: int, cols: int, data: bytes | memoryview) -> bytes:
@@ -75,18 +78,29 @@ class BlockWriter:
     def _page(self) -> PageBuilder:
         return self._builders[self._current]
 
-    def add(self, dtype: str, block: np.ndarray) -> tuple[int, bytes]:
+    def start_run(self, nbytes: int) -> None:
+        """The next blocks, ``nbytes`` in all, are one run: start a new page unless the open
+        one holds them all or no page could."""
+        if nbytes > self._page.remaining() and nbytes <= self._page.capacity:
+            self._flush_page()
+
+    def add(self, dtype: str, block: np.ndarray, order: int = ROW_MAJOR) -> tuple[int, bytes]:
         """Store a 2-D block (or find its twin); return its block id and content digest."""
         rows, cols = block.shape
         if not self._page.fits(block.nbytes):
             self._flush_page()
         space = self._page.reserve(block.nbytes)
-        np.copyto(np.frombuffer(space, dtype=block.dtype).reshape(rows, cols), block)
-        digest = block_digest(dtype, rows, cols, space)
-        existing = self._find(digest, space)
+        if order == COLUMN_MAJOR:
+            np.copyto(np.frombuffer(space, dtype=block.dtype).reshape(cols, rows), block.T)
+            content: memoryview | bytes = np.ascontiguousarray(block).tobytes()
+        else:
+            np.copyto(np.frombuffer(space, dtype=block.dtype).reshape(rows, cols), block)
+            content = space
+        digest = block_digest(dtype, rows, cols, content)
+        existing = self._find(digest, content)
         if existing is not None:
             return existing, digest
-        slot = self._page.commit(self.next_block_id, dtype, rows, cols, block.nbytes)
+        slot = self._page.commit(self.next_block_id, dtype, rows, cols, block.nbytes, order)
         new = BlockRecord(
             self.next_block_id, digest, dtype, rows, cols, block.nbytes, self.next_page_id, slot
         )
@@ -95,21 +109,21 @@ class BlockWriter:
         self.new_blocks.append(new)
         return new.block_id, digest
 
-    def _find(self, digest: bytes, raw: memoryview) -> int | None:
+    def _find(self, digest: bytes, content: memoryview | bytes) -> int | None:
         for candidate in self._written.get(digest, ()):
             if candidate.page_id == self.next_page_id:  # still in the open page
-                stored = self._page.block_bytes(candidate.slot)
+                stored = self._page.block_content(candidate.slot)
             else:
                 location = self._writes[candidate.page_id].result()
-                stored = self._reader.read(location).block_bytes(candidate.slot)
-            if stored == raw:
+                stored = self._reader.read(location).block_content(candidate.slot)
+            if stored == content:
                 return candidate.block_id
         rows = self.conn.execute(
             "SELECT block_id, page_id, slot FROM blocks WHERE digest = ?", (digest,)
         ).fetchall()
         for block_id, page_id, slot in rows:
             with self.pool.pinned(page_id) as page:
-                if page.block_bytes(slot) == raw:
+                if page.block_content(slot) == content:
                     return block_id
         return None
 

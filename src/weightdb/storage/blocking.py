@@ -18,6 +18,8 @@ from math import prod
 
 import numpy as np
 
+from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR
+
 
 @dataclass(frozen=True)
 class BlockLayout:
@@ -52,11 +54,26 @@ class BlockLayout:
         return r1 - r0, c1 - c0
 
     def positions(self):
-        """Block positions in row-major order, the order blocks are stored and exported in."""
+        """Block positions in row-major order, the order blocks are exported in."""
         grid_rows, grid_cols = self.grid
         for i in range(grid_rows):
             for j in range(grid_cols):
                 yield i, j
+
+    def block_nbytes(self, i: int, j: int, itemsize: int) -> int:
+        rows, cols = self.block_shape(i, j)
+        return rows * cols * itemsize
+
+
+def panel_runs(layout: BlockLayout, axis: str | None) -> list[tuple[list[tuple[int, int]], int]]:
+    """The runs of block positions to store back to back, with the storage order of their
+    blocks (see ``panel_order``): block columns row-major, block rows column-major, or, for a
+    weight read otherwise, each block row row-major."""
+    grid_rows, grid_cols = layout.grid
+    if axis == "columns":
+        return [([(i, j) for i in range(grid_rows)], ROW_MAJOR) for j in range(grid_cols)]
+    order = COLUMN_MAJOR if axis == "rows" else ROW_MAJOR
+    return [([(i, j) for j in range(grid_cols)], order) for i in range(grid_rows)]
 
 
 def matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:

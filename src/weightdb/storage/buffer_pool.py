@@ -6,8 +6,9 @@ the budget, pinned pages included. When pinned pages leave no room, the request 
 the budget it would need, instead of overrunning memory.
 """
 
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -28,7 +29,6 @@ class PoolStats:
     bytes_read: int = 0
     resident_pages: int = 0
     resident_bytes: int = 0
-    reserved_bytes: int = 0
     pinned_pages: int = 0
     budget_bytes: int | None = None
 
@@ -61,17 +61,13 @@ class BufferPool:
         locate: Callable[[int], PageLocation],
         budget_bytes: int | None = None,
         policy: ReplacementPolicy | None = None,
-        stored_bytes: Callable[[], int] | None = None,
     ) -> None:
         self._reader = reader
         self._locate = locate
-        self._stored_bytes = stored_bytes
-        """The bytes of every page the pool may be asked for; reservations leave room for them."""
         self.budget_bytes = budget_bytes
         self.policy = policy or LRUPolicy()
         self._frames: dict[int, _Frame] = {}
         self._resident_bytes = 0
-        self._reserved_bytes = 0  # memory held for the pool's users outside frames
         self._lock = threading.RLock()
         self._stats = PoolStats()
         self.recorder: RequestRecorder | None = None
@@ -90,6 +86,13 @@ class BufferPool:
                 frame = self._load(page_id)
             frame.pins += 1
             return frame.page
+
+    def holds_at_once(self, page_ids: Iterable[int]) -> int:
+        """How many of the largest of these pages the budget holds pinned at once."""
+        if self.budget_bytes is None:
+            return sys.maxsize
+        largest = max((self._locate(page_id).length for page_id in page_ids), default=1)
+        return self.budget_bytes // max(1, largest)
 
     def begin_query(self, model: str) -> None:
         """A query of ``model`` starts (the engine calls this at every run of a prepared model,
@@ -125,50 +128,22 @@ class BufferPool:
         self.policy.on_insert(page_id, page.nbytes)
         return frame
 
-    def reserve(self, nbytes: int) -> bool:
-        """Charge ``nbytes`` held outside the frames (e.g. weights a prepared model keeps
-        assembled) to the budget, evicting unpinned pages to make room; returns False (and
-        changes nothing) when the reservation does not fit.
-
-        Reservations may take at most half the budget, so pages can always stream through the
-        rest, and only room that every stored page still leaves free: a model's assembled copy
-        holds blocks other models read from shared pages, so under a budget smaller than the
-        pages it would evict pages those models need, and every read it saves its own model
-        costs the others more."""
-        stored = self._stored_bytes() if self._stored_bytes and self.budget_bytes else 0
-        with self._lock:
-            if self.budget_bytes is None:
-                self._reserved_bytes += nbytes
-                return True
-            pinned = sum(f.page.nbytes for f in self._frames.values() if f.pins)
-            reserved = self._reserved_bytes + nbytes
-            # Half the budget at most, never what pinned pages need now, never a page's room.
-            if 2 * (pinned + reserved) > self.budget_bytes or reserved + stored > self.budget_bytes:
-                return False
-            self._reserved_bytes = reserved
-            self._evict_until(0)
-            return True
-
-    def release(self, nbytes: int) -> None:
-        with self._lock:
-            self._reserved_bytes -= nbytes
-
     def _make_room(self, location: PageLocation) -> None:
         if self.budget_bytes is None:
             return
         self._evict_until(location.length, location.page_id)
 
     def _evict_until(self, incoming: int, page_id: int | None = None) -> None:
-        """Evict until ``incoming`` more bytes fit next to the frames and reservations."""
+        """Evict until ``incoming`` more bytes fit next to the frames."""
         assert self.budget_bytes is not None
-        while self._resident_bytes + self._reserved_bytes + incoming > self.budget_bytes:
+        while self._resident_bytes + incoming > self.budget_bytes:
             victim = self.policy.victim(lambda page: self._frames[page].pins == 0)
             if victim is None:
-                held = self._resident_bytes + self._reserved_bytes
+                held = self._resident_bytes
                 raise BudgetExceededError(
                     f"buffer pool budget {format_size(self.budget_bytes)} is too small: "
-                    f"page {page_id} needs {format_size(incoming)} while pinned pages and "
-                    f"kept weights hold {format_size(held)}; raise the budget to at least "
+                    f"page {page_id} needs {format_size(incoming)} while pinned pages "
+                    f"hold {format_size(held)}; raise the budget to at least "
                     f"{held + incoming} bytes ({format_size(held + incoming)})"
                 )
             self._evict(victim)
@@ -196,7 +171,6 @@ class BufferPool:
             snapshot = PoolStats(**vars(self._stats))
             snapshot.resident_pages = len(self._frames)
             snapshot.resident_bytes = self._resident_bytes
-            snapshot.reserved_bytes = self._reserved_bytes
             snapshot.pinned_pages = sum(1 for f in self._frames.values() if f.pins)
             snapshot.budget_bytes = self.budget_bytes
             return snapshot

@@ -11,7 +11,7 @@
           44   reserved    20 bytes
           64   data        each block's bytes, C order, at 64-byte aligned offsets
                directory   blocks x 48 bytes: block id u64, offset u64, nbytes u64,
-                           rows u64, cols u64, dtype u8, 7 reserved bytes
+                           rows u64, cols u64, dtype u8, order u8, 6 reserved bytes
 
 The page size setting bounds the data area, so a page of 4 MiB holds exactly 4 MiB of blocks
 (16 blocks of 256x256 float32, 64 of 128x128); header and directory come on top. Blocks are
@@ -19,6 +19,14 @@ written straight into the page buffer as they arrive and the directory follows t
 block is copied once on its way to disk. Pages are self-describing (an entry carries the
 block's dtype and shape) and the checksum covers the version, so a page of an unknown version
 is reported as such, not as corruption.
+
+A block's ``order`` says how its bytes lie: 0 row-major (C order), 1 column-major (stored as
+its transpose). The engine multiplies by runs of blocks as one operand without copying them:
+the blocks of one block column stored row-major one after another form a (K, width) matrix,
+and so do the blocks of one block row stored column-major, which is the operand of
+``x @ W.T`` (Gemm with transB, Conv). ``Page.block`` always returns the block as the matrix
+has it, so only the engine's panels and the writers know about ``order``. Format 1 had no
+``order`` byte (it was reserved, hence 0): format 1 pages read as row-major.
 """
 
 import struct
@@ -31,10 +39,12 @@ from weightdb.errors import CorruptPageError, FormatVersionError
 from weightdb.storage import dtypes
 
 MAGIC = b"WDBPAGE\0"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 HEADER = struct.Struct("<8sIHHIQQQ20x")
 DATA_START = HEADER.size
-ENTRY = struct.Struct("<QQQQQB7x")
+ENTRY = struct.Struct("<QQQQQBB6x")
+ROW_MAJOR, COLUMN_MAJOR = 0, 1
 ALIGN = 64
 # On-disk dtype codes: append only, never renumber.
 DTYPE_CODES = [
@@ -64,6 +74,7 @@ class BlockEntry:
     rows: int
     cols: int
     dtype: str
+    order: int = ROW_MAJOR
 
 
 class PageBuilder:
@@ -76,7 +87,7 @@ class PageBuilder:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.buffer = bytearray(DATA_START + capacity)
-        self.entries: list[tuple[int, int, int, int, int, int]] = []
+        self.entries: list[tuple[int, int, int, int, int, int, int]] = []
         self._end = DATA_START
 
     def __len__(self) -> int:
@@ -89,15 +100,26 @@ class PageBuilder:
         """Writable space for the next block's bytes (call ``fits`` first)."""
         return memoryview(self.buffer)[self._end : self._end + nbytes]
 
-    def commit(self, block_id: int, dtype: str, rows: int, cols: int, nbytes: int) -> int:
+    def remaining(self) -> int:
+        """Bytes of block data this page still takes."""
+        return len(self.buffer) - self._end
+
+    def commit(
+        self, block_id: int, dtype: str, rows: int, cols: int, nbytes: int, order: int = ROW_MAJOR
+    ) -> int:
         """Keep the bytes last written to ``reserve(nbytes)``; returns the block's slot."""
-        self.entries.append((block_id, self._end, nbytes, rows, cols, _CODE_OF[dtype]))
+        self.entries.append((block_id, self._end, nbytes, rows, cols, _CODE_OF[dtype], order))
         self._end = min(_align(self._end + nbytes), len(self.buffer))
         return len(self.entries) - 1
 
-    def block_bytes(self, slot: int) -> memoryview:
-        _, offset, nbytes, *_ = self.entries[slot]
-        return memoryview(self.buffer)[offset : offset + nbytes]
+    def block_content(self, slot: int) -> bytes | memoryview:
+        """The block's bytes in row-major order (see ``Page.block_content``)."""
+        _, offset, nbytes, rows, cols, code, order = self.entries[slot]
+        data = memoryview(self.buffer)[offset : offset + nbytes]
+        if order == ROW_MAJOR:
+            return data
+        dtype = dtypes.by_name(DTYPE_CODES[code]).numpy
+        return np.frombuffer(data, dtype=dtype).reshape(cols, rows).T.tobytes()
 
     def build(self, page_id: int) -> tuple[list[memoryview | bytes], int, int]:
         """The page as pieces to write in order, its length and its checksum.
@@ -134,15 +156,55 @@ class Page:
         return len(self.data)
 
     def block(self, slot: int) -> np.ndarray:
+        """Block ``slot`` as the matrix has it (a transposed view if stored column-major)."""
         entry = self.entries[slot]
         dtype = dtypes.by_name(entry.dtype).numpy
         count = entry.rows * entry.cols
         view = np.frombuffer(self.data, dtype=dtype, count=count, offset=entry.offset)
+        if entry.order == COLUMN_MAJOR:
+            return view.reshape(entry.cols, entry.rows).T
         return view.reshape(entry.rows, entry.cols)
 
+    def run(self, slots: range, order: int) -> np.ndarray | None:
+        """The blocks ``slots`` as one zero-copy (total, width) array, or None if they do not
+        lie back to back in ``order``, with one dtype and one width.
+
+        Row-major blocks stack their rows; column-major ones stack their columns, so the result
+        is the transpose of the blocks placed side by side.
+        """
+        entries = self.entries[slots.start : slots.stop]
+        if len(entries) != len(slots) or not entries:
+            return None
+        first = entries[0]
+        width = first.cols if order == ROW_MAJOR else first.rows
+        end = first.offset
+        for entry in entries:
+            same_width = (entry.cols if order == ROW_MAJOR else entry.rows) == width
+            if entry.order != order or entry.dtype != first.dtype or not same_width:
+                return None
+            if entry.offset != end:
+                return None
+            end += entry.nbytes
+        dtype = dtypes.by_name(first.dtype).numpy
+        view = np.frombuffer(
+            self.data,
+            dtype=dtype,
+            count=(end - first.offset) // dtype.itemsize,
+            offset=first.offset,
+        )
+        return view.reshape(-1, width)
+
     def block_bytes(self, slot: int) -> memoryview:
+        """The block's bytes as stored (see ``order``)."""
         entry = self.entries[slot]
         return memoryview(self.data)[entry.offset : entry.offset + entry.nbytes]
+
+    def block_content(self, slot: int) -> bytes | memoryview:
+        """The block's bytes in row-major order, whatever its storage order: what digests and
+        duplicate checks compare."""
+        if self.entries[slot].order == ROW_MAJOR:
+            return self.block_bytes(slot)
+        return np.ascontiguousarray(self.block(slot)).tobytes()
 
 
 def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
@@ -168,10 +230,10 @@ def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
             f"{name} failed its checksum (stored {checksum:#010x}, computed {actual:#010x}); "
             "the page file is corrupt, restore the database from a backup"
         )
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise FormatVersionError(
-            f"{name} has page format {version}; this weightdb reads format {VERSION}: "
-            "upgrade weightdb"
+            f"{name} has page format {version}; this weightdb reads formats "
+            f"{', '.join(map(str, READABLE_VERSIONS))}: upgrade weightdb"
         )
     if page_id != expected_page_id:
         raise CorruptPageError(
@@ -180,6 +242,6 @@ def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
     entries = []
     for slot in range(count):
         fields = ENTRY.unpack_from(data, directory + slot * ENTRY.size)
-        block_id, offset, nbytes, rows, cols, code = fields
-        entries.append(BlockEntry(block_id, offset, nbytes, rows, cols, DTYPE_CODES[code]))
+        block_id, offset, nbytes, rows, cols, code, order = fields
+        entries.append(BlockEntry(block_id, offset, nbytes, rows, cols, DTYPE_CODES[code], order))
     return Page(data, entries, page_id)

@@ -23,14 +23,17 @@ blocks away from models drop the copies that no longer hold (``reclaim``). A pag
 holding only primaries nobody reads from (after ``rm``) stays until the next repack.
 """
 
+import json
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from weightdb.packing import DEFAULT_ALGORITHM, Instance, Layout, solve
+from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import PageBuilder
+from weightdb.storage.panel_order import panel_axes
 from weightdb.storage.reclaim import retire_pages
 
 if TYPE_CHECKING:
@@ -193,14 +196,30 @@ def _page_bytes(conn: "sqlite3.Connection") -> int:
 
 def _reading_order(conn: "sqlite3.Connection", placement: Placement) -> list[Occurrence]:
     """Every occurrence some model reads, in the order of reading every model front to back in
-    import order: the order to write pages and their blocks in."""
+    import order, each tensor by its panels (``panel_order``): the order to write pages and
+    their blocks in, so that a panel's blocks stay back to back where a page holds them."""
     order: dict[Occurrence, None] = {}
-    for model, block_id in conn.execute(
-        "SELECT m.name, tb.block_id FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
-        "JOIN models m USING (model_id) ORDER BY t.model_id, t.position, tb.block_row, "
-        "tb.block_col"
-    ):
-        order.setdefault((placement.sources[model][block_id], block_id))
+    models = conn.execute("SELECT model_id, name, graph FROM models ORDER BY model_id").fetchall()
+    for model_id, model, graph in models:
+        axes = panel_axes(graph)
+        tensors = conn.execute(
+            "SELECT tensor_id, name, shape, block_rows, block_cols FROM tensors "
+            "WHERE model_id = ? ORDER BY position",
+            (model_id,),
+        ).fetchall()
+        for tensor_id, name, shape, block_rows, block_cols in tensors:
+            grid = {
+                (i, j): block_id
+                for i, j, block_id in conn.execute(
+                    "SELECT block_row, block_col, block_id FROM tensor_blocks WHERE tensor_id = ?",
+                    (tensor_id,),
+                )
+            }
+            layout = BlockLayout(tuple(json.loads(shape)), block_rows, block_cols)
+            for run, _ in panel_runs(layout, axes.get(name)):
+                for position in run:
+                    block_id = grid[position]
+                    order.setdefault((placement.sources[model][block_id], block_id))
     return list(order)
 
 
@@ -242,9 +261,10 @@ def _write_layout(
                     flush()
                 with db.pool.pinned(old_page) as source:
                     builder.reserve(nbytes)[:] = source.block_bytes(old_slot)
+                    storage_order = source.entries[old_slot].order
                 locations[index, block_id] = (
                     next_page,
-                    builder.commit(block_id, dtype, rows, cols, nbytes),
+                    builder.commit(block_id, dtype, rows, cols, nbytes, storage_order),
                 )
             flush()
         segments.finish()

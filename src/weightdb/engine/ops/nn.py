@@ -9,6 +9,7 @@ from math import ceil, prod
 
 import numpy as np
 
+from weightdb.engine import gemm as tiled
 from weightdb.engine.errors import UnsupportedModelError
 from weightdb.engine.ops import op
 
@@ -18,7 +19,7 @@ KernelProduct = Callable[[np.ndarray, int, int], np.ndarray]
 
 @op("MatMul")
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.matmul(a, b)
+    return tiled.matmul(a, b)
 
 
 def gemm_epilogue(
@@ -43,7 +44,7 @@ def gemm(
     transA: int = 0,
     transB: int = 0,
 ) -> np.ndarray:
-    product = np.matmul(a.T if transA else a, b.T if transB else b)
+    product = tiled.product(a.T if transA else a, b.T if transB else b)
     return gemm_epilogue(product, c, alpha, beta)
 
 
@@ -194,7 +195,11 @@ def convolve(
 @op("Conv", since=11)
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes) -> np.ndarray:
     matrix = w.reshape(w.shape[0], -1)
-    return convolve(x, b, w.shape, lambda cols, r0, r1: cols @ matrix[r0:r1].T, **attributes)
+
+    def product(cols: np.ndarray, first: int, end: int) -> np.ndarray:
+        return tiled.product(cols, matrix[first:end].T)
+
+    return convolve(x, b, w.shape, product, **attributes)
 
 
 def _pool(
