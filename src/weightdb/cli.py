@@ -17,6 +17,7 @@ from rich.table import Table
 
 from weightdb.caching.cli import app as cache_app
 from weightdb.cli_common import (
+    BatchInvariantOption,
     BudgetOption,
     PolicyOption,
     TraceOption,
@@ -228,9 +229,10 @@ def predict(
     budget: BudgetOption = None,
     policy: PolicyOption = None,
     trace: TraceOption = None,
+    batch_invariant: BatchInvariantOption = True,
 ) -> None:
     """Run a model on inputs from a file; weights stream through the buffer pool."""
-    with open_db(budget, policy) as db, tracing(db, trace):
+    with open_db(budget, policy, batch_invariant) as db, tracing(db, trace):
         outputs = db.predict(name, read_inputs(input_file, db.inputs(name)))
         pool = db.pool.stats()
     if output is not None:
@@ -255,9 +257,10 @@ def sql(
     budget: BudgetOption = None,
     policy: PolicyOption = None,
     trace: TraceOption = None,
+    batch_invariant: BatchInvariantOption = True,
 ) -> None:
     """Run SQL over feature tables with predict(), predict_label(), embed() and weightdb.*."""
-    with open_db(budget, policy) as db, tracing(db, trace):
+    with open_db(budget, policy, batch_invariant) as db, tracing(db, trace):
         result = db.sql(query)
     rows = result.to_pylist()
     if as_json:

@@ -33,7 +33,9 @@ class _State:
 state = _State()
 
 
-def open_db(budget: str | None = None, policy: str | None = None) -> Database:
+def open_db(
+    budget: str | None = None, policy: str | None = None, batch_invariant: bool = True
+) -> Database:
     if state.db_path is None:
         raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
     return connect(
@@ -41,6 +43,7 @@ def open_db(budget: str | None = None, policy: str | None = None) -> Database:
         create=False,
         budget=DEFAULT_BUDGET if budget is None else size_option(budget, "--budget"),
         policy=policy,
+        batch_invariant=batch_invariant,
     )
 
 
@@ -69,6 +72,15 @@ def byte_progress(description: str):
 BudgetOption = Annotated[
     str | None,
     typer.Option("--budget", help=f"Buffer pool budget, e.g. 64MiB (default {DEFAULT_BUDGET})."),
+]
+
+BatchInvariantOption = Annotated[
+    bool,
+    typer.Option(
+        "--batch-invariant/--no-batch-invariant",
+        help="Give every row the same bits whatever batch it is computed in (default); off is "
+        "faster at small batches.",
+    ),
 ]
 
 PolicyOption = Annotated[

@@ -77,8 +77,10 @@ class Database:
         settings: Settings | None = None,
         budget_bytes: int | None = None,
         policy: str | None = None,
+        batch_invariant: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.batch_invariant = batch_invariant
         config = self.path / CONFIG
         if not config.is_file():
             if not create:
@@ -433,14 +435,22 @@ def connect(
     settings: Settings | None = None,
     budget: int | str | None = DEFAULT_BUDGET,
     policy: str | None = None,
+    batch_invariant: bool = True,
 ) -> Database:
     """Open the database at ``path``, creating it (with ``settings``) if it does not exist.
 
     ``budget`` bounds the buffer pool (bytes or a size such as ``"256MiB"``; None for no
     bound): every read of weights, including export and prediction, goes through it.
     ``policy`` overrides the database's replacement policy for this connection.
+    ``batch_invariant=False`` lets a row's last bits depend on the batch it is predicted in,
+    for speed at small batches (see ``weightdb.engine.gemm``).
     """
     budget_bytes = None if budget is None else parse_size(budget)
     return Database(
-        path, create=create, settings=settings, budget_bytes=budget_bytes, policy=policy
+        path,
+        create=create,
+        settings=settings,
+        budget_bytes=budget_bytes,
+        policy=policy,
+        batch_invariant=batch_invariant,
     )

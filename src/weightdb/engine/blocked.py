@@ -73,14 +73,16 @@ def _product(
     block = layout.block_rows if transposed else layout.block_cols
     inner = layout.matrix_shape[1] if transposed else layout.matrix_shape[0]
     rows = x.shape[0]
-    tiles = gemm.padded(x)
+    spans = _spans(first, end, block)
+    tile = {width: gemm.tile_rows(inner, width, x.dtype) for width in {b - a for a, b in spans}}
+    tiles = gemm.padded(x, max(tile.values()))
     out = np.empty((tiles.shape[0], end - first), x.dtype)
 
     def multiply(span: tuple[int, int]) -> None:
         with _operand(weight, axis, span, x.dtype) as operand:
-            gemm.multiply(tiles, operand, out[:, span[0] - first : span[1] - first])
+            target = out[:, span[0] - first : span[1] - first]
+            gemm.multiply(tiles, operand, target, tile[span[1] - span[0]])
 
-    spans = _spans(first, end, block)
     work = tiles.shape[0] * inner * (end - first)
     parallel = threads.worth(work) and weight.pins_at_once() > threads.workers()
     threads.run_all(multiply, spans, parallel)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from weightdb.engine import blocked
+from weightdb.engine import blocked, gemm
 from weightdb.engine.errors import ExecutionError, InvalidInputError, UnsupportedModelError
 from weightdb.engine.ops import OPS, Kernel
 from weightdb.engine.threads import engine_threads
@@ -110,9 +110,12 @@ class PreparedModel:
         model: onnx.ModelProto,
         weights: Mapping[str, StoredWeight],
         on_run: Callable[[], None] | None = None,
+        batch_invariant: bool = True,
     ):
         self._on_run = on_run
         """Called as each run starts, e.g. to tell the buffer pool a query begins."""
+        self.batch_invariant = batch_invariant
+        """Whether products run on fixed row tiles (``gemm``): the default."""
         problems = unsupported_ops(model)
         if problems:
             raise UnsupportedModelError(f"the model uses unsupported ops: {', '.join(problems)}")
@@ -184,7 +187,11 @@ class PreparedModel:
         values = list(self._initial)
         for r, array in zip(self._input_registers, self.validate(inputs), strict=True):
             values[r] = array
-        with np.errstate(all="ignore"), engine_threads():
+        with (
+            np.errstate(all="ignore"),
+            engine_threads(),
+            gemm.batch_invariance(self.batch_invariant),
+        ):
             for step in self._steps:
                 try:
                     results = step.kernel(*(values[r] for r in step.inputs))
@@ -408,7 +415,8 @@ def prepare(
     model: onnx.ModelProto,
     weights: Mapping[str, StoredWeight],
     on_run: Callable[[], None] | None = None,
+    batch_invariant: bool = True,
 ) -> PreparedModel:
     """Compile ``model`` whose large initializers were moved into ``weights`` (name -> weight);
     ``on_run`` is called as each run starts."""
-    return PreparedModel(model, weights, on_run)
+    return PreparedModel(model, weights, on_run, batch_invariant)

@@ -1,27 +1,29 @@
 """Matrix products whose rows do not depend on the batch they arrive in.
 
-A BLAS chooses kernels and splits work by the shapes it is given, and different kernels sum in
-different orders: with OpenBLAS's Haswell kernels, the same row multiplied in a batch of 7, 64
-or 300 rows gets different last bits (measured; its SkylakeX kernels happen to agree for 8
-rows or more). So, while batch invariance is on (the default), every product over rows runs on
-tiles of exactly ``ROW_TILE`` rows, the last one padded with zeros, BLAS single-threaded
-(``threads``): the BLAS sees the same shapes whatever the batch, so a row's result depends on
-the row alone. The operand is always a C-contiguous (k, n) array, so whether it comes from a
-page, a copy or memory does not change the bits either.
+A BLAS chooses kernels and splits work by the shapes it is given, and kernels differ in the
+order they sum in. Measured with OpenBLAS's Haswell kernels (used on AMD EPYC): the same row
+gets different last bits in a batch of 7, 64 or 300 rows, and even within one call of 16 rows
+its bits depend on its position. So, while batch invariance is on (the default), every
+product over rows is a sequence of calls of exactly ``tile_rows`` rows (the last tile padded
+with zeros), BLAS single-threaded (``threads``), with a C-contiguous (k, n) operand whether it
+is a page, a copy or an array in memory. A row's bits then depend on the row alone.
 
-The price is paid at small batches: a lone row costs a ``ROW_TILE``-row product, where an
-unconstrained BLAS would use a matrix-vector kernel. ``batch_invariance(False)`` trades the
-guarantee for that speed.
+``tile_rows`` is measured, not assumed: for each operand shape, the largest tile in which a
+row gets the same bits at every position (probed once per process with fixed random data;
+64 rows with OpenBLAS's SkylakeX kernels, 8 with its Haswell ones). A product of few rows pays
+for a whole tile, and small tiles repeat the BLAS's packing of the operand; where that costs
+too much, ``batch_invariance(False)`` trades the guarantee for the BLAS's own choices.
 """
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from functools import cache
 
 import numpy as np
+import threadpoolctl
 
-# Rows per tile: chosen by a sweep over 8, 16, 32 and 64 (benchmarks/results/engine.md).
-ROW_TILE = 16
+TILE_CHOICES = (64, 32, 16, 8, 4, 2, 1)
 
 _invariant: ContextVar[bool] = ContextVar("weightdb_batch_invariant", default=True)
 
@@ -36,35 +38,62 @@ def batch_invariance(enabled: bool) -> Iterator[None]:
         _invariant.reset(token)
 
 
-def padded(x: np.ndarray) -> np.ndarray:
+def tile_rows(k: int, n: int, dtype: np.dtype) -> int:
+    """Rows per BLAS call for products with a (k, n) operand of ``dtype`` (1: no tiling)."""
+    return _probed_tile(k, n, np.dtype(dtype).str) if _invariant.get() else 1
+
+
+@cache
+def _probed_tile(k: int, n: int, dtype: str) -> int:
+    rng = np.random.default_rng(0)
+    operand = rng.standard_normal((k, n)).astype(dtype)
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        return next(t for t in TILE_CHOICES if _positions_agree(t, operand, rng))
+
+
+def _positions_agree(tile: int, operand: np.ndarray, rng: np.random.Generator) -> bool:
+    """Whether a row gets the same bits at every position of a ``tile``-row product."""
+    for _ in range(2):
+        row = rng.standard_normal(operand.shape[0]).astype(operand.dtype)
+        filler = rng.standard_normal((tile, operand.shape[0])).astype(operand.dtype)
+        results = set()
+        for position in range(tile):
+            x = filler.copy()
+            x[position] = row
+            results.add(np.matmul(x, operand)[position].tobytes())
+        if len(results) > 1:
+            return False
+    return True
+
+
+def padded(x: np.ndarray, tile: int) -> np.ndarray:
     """A C-contiguous 2-D ``x`` with its rows padded with zeros to whole tiles."""
     x = np.ascontiguousarray(x)
     rows = x.shape[0]
-    if not _invariant.get() or rows % ROW_TILE == 0:
+    if rows % tile == 0:
         return x
-    out = np.zeros((rows + ROW_TILE - rows % ROW_TILE, x.shape[1]), x.dtype)
+    out = np.zeros((rows + tile - rows % tile, x.shape[1]), x.dtype)
     out[:rows] = x
     return out
 
 
-def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray) -> None:
-    """out = x @ operand for an ``x`` from ``padded`` and a C-contiguous (k, n) operand."""
+def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, tile: int) -> None:
+    """out = x @ operand, ``tile`` rows per BLAS call; x's rows are a multiple of ``tile``."""
     if not _invariant.get():
         np.matmul(x, operand, out=out)
         return
-    for start in range(0, x.shape[0], ROW_TILE):
-        stop = start + ROW_TILE
-        np.matmul(x[start:stop], operand, out=out[start:stop])
+    for start in range(0, x.shape[0], tile):
+        np.matmul(x[start : start + tile], operand, out=out[start : start + tile])
 
 
 def product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
     """x @ operand for a 2-D x (m, k) and a 2-D operand (k, n), batch-invariant (see above)."""
-    rows = x.shape[0]
-    tiles = padded(x)
     operand = np.ascontiguousarray(operand)
+    tile = tile_rows(*operand.shape, operand.dtype)
+    tiles = padded(x, tile)
     out = np.empty((tiles.shape[0], operand.shape[1]), np.result_type(x, operand))
-    multiply(tiles, operand, out)
-    return out[:rows]
+    multiply(tiles, operand, out, tile)
+    return out[: x.shape[0]]
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ setting governs both. BLAS is restored when the last concurrent prediction ends;
 BLAS calls from other threads of the process run single-threaded too.
 """
 
+import contextvars
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -123,7 +124,12 @@ def run_all(
             task(span)
 
     count = _workers.get() - 1
-    futures = [_helpers(count).submit(drain) for _ in range(min(count, len(spans) - 1))]
+    # Helpers run in copies of the caller's context, so they compute as the caller asked
+    # (e.g. ``gemm.batch_invariance``).
+    futures = [
+        _helpers(count).submit(contextvars.copy_context().run, drain)
+        for _ in range(min(count, len(spans) - 1))
+    ]
     drain()
     for future in futures:
         if not future.cancel():

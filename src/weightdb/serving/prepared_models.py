@@ -40,7 +40,7 @@ class PreparedModels:
         return prepared
 
     def clear(self) -> None:
-        """Drop every compiled model (and with it any weights it kept resident)."""
+        """Drop every compiled model."""
         with self._lock:
             self._entries.clear()
 
@@ -52,4 +52,9 @@ class PreparedModels:
                 "an ONNX file (or a PyTorch module with from_torch)"
             )
         db = self._db
-        return prepare(model, db.tensors(name), on_run=lambda: db.pool.begin_query(name))
+        return prepare(
+            model,
+            db.tensors(name),
+            on_run=lambda: db.pool.begin_query(name),
+            batch_invariant=db.batch_invariant,
+        )
