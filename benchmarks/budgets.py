@@ -1,38 +1,57 @@
 """Budget sweep: each system's latency and throughput as its memory budget grows from 10% to
-100% of the models' working set.
+100% of the models' working set, every system under a real memory limit.
 
-    python -m benchmarks.run budgets            # scale family at 4 GiB (16 x 256 MiB), ~10 min
-    python -m benchmarks.run --quick budgets    # at 2 GiB (16 x 128 MiB), 3 budgets, ~1 min
+    python -m benchmarks.run budgets            # scale family at 4 GiB (16 x 256 MiB)
+    python -m benchmarks.run --quick budgets    # at 2 GiB (16 x 128 MiB), 3 budgets
 
 The ``scale`` zoo family (see ``benchmarks.scale``): 16 variants of an embedding-bag MLP that
-each change ~10% of the base's blocks. A Zipf(0.9) sequence over the 16 models is served by
-weightdb, onnxruntime, pytorch and safetensors-mmap, each in its own process exactly as in the
-scale suite (the same children, cold storage at every start, weightdb's pages dropped from the
-OS cache before every request, the same watchdog), under budgets B of 10%, 25%, 50%, 75% and
-100% (quick: 10%, 50%, 100%) of the family's model files: the working set of a server that
-keeps whole models, which at 100% holds every model. weightdb's exact deduplication stores the
-family in a fraction of that, so it can keep its pages in memory where the others reload.
-safetensors-mmap leaves caching to the operating system's page cache, which B does not bind: it
-is measured at every B for reference, and at every B it has the whole machine's memory.
+each change ~10% of the base's blocks. A Zipf(0.9) sequence over the 16 models is served by each
+system in its own process exactly as in the scale suite (the same children, cold storage at
+every start, weightdb's pages dropped from the OS cache before every request, the same
+watchdog), under budgets B of 10%, 25%, 50%, 75% and 100% (quick: 10%, 50%, 100%) of the
+family's model files: the working set of a server that keeps whole models.
 
-Per system and budget: median request latency (min-max) and throughput (requests per second of
-serving, setup excluded, one request at a time), with ratios to weightdb; a plot of both
-against B (``budgets.png``).
+Systems: weightdb (pool budget B; its default replacement policy, and at 25% and 50% also lru,
+lfu and netsdb-cost, for bytes read per policy), onnxruntime and pytorch keeping whole models
+LRU while their files fit B, and numpy (``safetensors-mmap``) and pytorch (``pytorch-mmap``)
+over every model's safetensors file memory-mapped, the operating system as the cache.
+
+Every system runs in a memory cgroup limited to B plus its own idle RSS (``memory_limit``), so
+the page cache the mapped baselines live on is bound like weightdb's pool: the cgroup's peak is
+reported beside bytes read. Unlimited runs (no cgroup: the mapped baselines have the machine's
+memory) are kept for reference at 25% and 100% (quick: 50%), labelled as such.
+
+Floors (issue 17), cgroup runs: weightdb's throughput at least 1.5x the best baseline's at 25%
+and 50%, 1.0x at 10%, 0.9x at 100%. Per system and budget: median request latency (min-max),
+throughput (requests per second of serving, setup excluded, one request at a time) with ratios,
+and a plot of both against B (``budgets.png``).
 """
 
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks import memory_limit
 from benchmarks.common import drop_cache, markdown_table, write_results
-from benchmarks.scale import RSS_HEADROOM, SKEW, meminfo, scale_family, serve_system, write_config
+from benchmarks.scale import (
+    POLICY_RUNS,
+    RSS_HEADROOM,
+    SKEW,
+    meminfo,
+    scale_family,
+    serve_system,
+    write_config,
+)
 
-SYSTEMS = ("weightdb", "onnxruntime", "pytorch", "safetensors-mmap")
+BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
+SYSTEMS = ("weightdb", *BASELINES)
+FLOORS = {0.10: 1.0, 0.25: 1.5, 0.50: 1.5, 1.00: 0.9}  # weightdb over the best baseline
+POLICY_FRACTIONS = (0.25, 0.50)
 MODES = {  # family total and models, budgets as shares of the working set, requests per budget
     "full": {"total": "4GiB", "models": 16, "fractions": (0.10, 0.25, 0.50, 0.75, 1.00),
-             "requests": 32, "timeout": 900.0},
-    "quick": {"total": "2GiB", "models": 16, "fractions": (0.10, 0.50, 1.00), "requests": 12,
-              "timeout": 600.0},
+             "unlimited": (0.25, 1.00), "requests": 32, "timeout": 900.0},
+    "quick": {"total": "2GiB", "models": 16, "fractions": (0.10, 0.50, 1.00),
+              "unlimited": (0.50,), "requests": 12, "timeout": 600.0},
 }  # fmt: skip
 
 
@@ -46,15 +65,22 @@ def run(quick: bool, out_dir: Path) -> dict:
     working_set = sum(m["bytes"] for m in fam.manifest["models"])
     sequence = request_sequence(fam.models, mode["requests"], SKEW, seed=0)
     cap = meminfo("MemAvailable") - RSS_HEADROOM
+    limited = memory_limit.available()
     rows = []
     for fraction in mode["fractions"]:
         budget = int(working_set * fraction)
+        runs = [(system, limited) for system in SYSTEMS]
+        if fraction in POLICY_FRACTIONS:
+            runs += [(f"weightdb-{policy}", limited) for policy in POLICY_RUNS]
+        if limited and fraction in mode["unlimited"]:
+            runs += [(system, False) for system in SYSTEMS]
         with tempfile.TemporaryDirectory(prefix="weightdb-budgets-") as tmp:
             config = write_config(fam, db_path, sequence, budget, Path(tmp))
-            for system in SYSTEMS:
+            for system, cgroup in runs:
                 drop_cache(fam.manifest_path.parent / "models")
                 drop_cache(db_path)
-                outcome = serve_system(system, config, cap, mode["timeout"])
+                limit = budget if cgroup else None
+                outcome = serve_system(system, config, cap, mode["timeout"], limit)
                 rows.append(_row(system, fraction, budget, outcome))
                 print(f"budgets: {system} at {fraction:.0%}: {_cell(rows[-1])}", flush=True)
     results = {
@@ -67,8 +93,11 @@ def run(quick: bool, out_dir: Path) -> dict:
         "requests": len(sequence),
         "rss_cap_bytes": cap,
         "fractions": mode["fractions"],
+        "cgroups": limited,
         "rows": rows,
     }
+    results["floors"] = _floors(results)
+    results["policies"] = _policies(results)
     write_results(out_dir, "budgets", results, _markdown(results))
     _plot(results, out_dir / "budgets.png")
     return results
@@ -88,7 +117,56 @@ def _row(system: str, fraction: float, budget: int, outcome: dict) -> dict[str, 
         "peak_anon_bytes": outcome["peak_anon_bytes"],
         "loads": outcome["loads"],
         "load_before": outcome["load_before"],
+        "limit": "cgroup" if outcome["cgroup"] else "unlimited",
+        "cgroup": outcome["cgroup"],
     }
+
+
+def _limited(results: dict) -> dict[tuple[str, float], dict]:
+    """The cgroup runs (or, without cgroups, the only runs) by (system, fraction)."""
+    wanted = "cgroup" if results["cgroups"] else "unlimited"
+    return {(r["system"], r["fraction"]): r for r in results["rows"] if r["limit"] == wanted}
+
+
+def _floors(results: dict) -> list[dict]:
+    """weightdb's throughput over the best baseline's at each budget the issue sets a floor."""
+    runs = _limited(results)
+    floors = []
+    for fraction, floor in FLOORS.items():
+        if ("weightdb", fraction) not in runs:
+            continue
+        ours = runs[("weightdb", fraction)]
+        finished = [runs[(b, fraction)] for b in BASELINES if runs[(b, fraction)]["ok"]]
+        best = max(finished, key=lambda r: r["requests_per_s"], default=None)
+        ratio = ours["requests_per_s"] / best["requests_per_s"] if ours["ok"] and best else None
+        floors.append(
+            {
+                "fraction": fraction,
+                "floor": floor,
+                "best_baseline": best["system"] if best else None,
+                "ratio": ratio,
+                "met": ratio >= floor if ratio is not None else ours["ok"],
+            }
+        )
+    return floors
+
+
+def _policies(results: dict) -> list[dict]:
+    """Bytes weightdb read from storage per replacement policy, where the policies ran."""
+    runs = _limited(results)
+    table = []
+    for fraction in POLICY_FRACTIONS:
+        if ("weightdb", fraction) not in runs:
+            continue
+        names = ["weightdb", *(f"weightdb-{p}" for p in POLICY_RUNS)]
+        read = {
+            name.removeprefix("weightdb-") if name != "weightdb" else "weightdb (default)": (
+                runs[(name, fraction)]["storage_read_bytes"]
+            )
+            for name in names
+        }
+        table.append({"fraction": fraction, "bytes_read": read})
+    return table
 
 
 def _cell(row: dict) -> str:
@@ -102,48 +180,89 @@ def _cell(row: dict) -> str:
 
 
 def _markdown(results: dict) -> str:
-    by_key = {(r["system"], r["fraction"]): r for r in results["rows"]}
+    limited = _limited(results)
     table = []
-    for fraction in results["fractions"]:
-        ours = by_key[("weightdb", fraction)]
-        for system in SYSTEMS:
-            row = by_key[(system, fraction)]
-            ratio = (
-                f"{ours['requests_per_s'] / row['requests_per_s']:.2f}"
-                if row["ok"] and ours["ok"]
-                else "-"
-            )
-            table.append(
-                [
-                    f"{fraction:.0%} ({row['budget_bytes'] / 2**20:.0f} MiB)",
-                    system,
-                    _cell(row),
-                    ratio,
-                    f"{row['storage_read_bytes'] / 2**20:.0f}",
-                    f"{row['peak_anon_bytes'] / 2**20:.0f}",
-                    f"{row['load_before']:.1f}",
-                ]
-            )
+    for row in results["rows"]:
+        ours = limited.get(("weightdb", row["fraction"])) if row["limit"] != "unlimited" else None
+        ours = ours or next(
+            r
+            for r in results["rows"]
+            if r["system"] == "weightdb"
+            and r["fraction"] == row["fraction"]
+            and r["limit"] == row["limit"]
+        )
+        ratio = (
+            f"{ours['requests_per_s'] / row['requests_per_s']:.2f}"
+            if row["ok"] and ours["ok"]
+            else "-"
+        )
+        cgroup = row["cgroup"]
+        table.append(
+            [
+                f"{row['fraction']:.0%} ({row['budget_bytes'] / 2**20:.0f} MiB)",
+                row["system"],
+                row["limit"] + (f" ({cgroup['limit_bytes'] / 2**20:.0f} MiB)" if cgroup else ""),
+                _cell(row),
+                ratio,
+                f"{row['storage_read_bytes'] / 2**20:.0f}",
+                f"{cgroup['peak_bytes'] / 2**20:.0f}" if cgroup else "-",
+                f"{row['load_before']:.1f}",
+            ]
+        )
     gib = 2**30
     intro = (
         f"{results['description']} ({results['family']}). Working set: the "
         f"{results['working_set_bytes'] / gib:.2f} GiB of model files; weightdb stores "
         f"{results['stored_bytes'] / gib:.2f} GiB after exact dedup. {results['requests']} "
         f"requests, Zipf({results['skew']}), one at a time, every system in its own process "
-        "with budget B (onnxruntime and pytorch: whole models LRU while their files fit B; "
-        "safetensors-mmap: the OS page cache, which B does not bind), storage cold at the "
-        "start and weightdb's pages dropped from the OS cache before every request. One run per "
-        "system and budget" + ("; quick mode." if results["quick"] else ".")
+        "with budget B (weightdb: its pool; onnxruntime and pytorch: whole models LRU while "
+        "their files fit B; safetensors-mmap and pytorch-mmap: the OS page cache), storage "
+        "cold at the start and weightdb's pages dropped from the OS cache before every request. "
+        + (
+            "limit: each run's memory cgroup, B plus the process's idle RSS, page cache included "
+            "(runs marked unlimited have the machine's memory). "
+            if results["cgroups"]
+            else "No memory cgroups here (not root): B binds weightdb and the LRU baselines only. "
+        )
+        + "One run per system and budget"
+        + ("; quick mode." if results["quick"] else ".")
     )
     header = [
-        "budget B",
-        "system",
-        "latency median (min-max), throughput",
-        "weightdb throughput / system's",
-        "MiB read",
-        "peak anon MiB",
-        "load",
-    ]
+        "budget B", "system", "limit", "latency median (min-max), throughput",
+        "weightdb throughput / system's", "MiB read", "cgroup peak MiB", "load",
+    ]  # fmt: skip
+    floors = markdown_table(
+        ["budget", "floor: weightdb / best baseline", "best baseline", "measured", "met"],
+        [
+            [
+                f"{f['fraction']:.0%}",
+                f"{f['floor']}x",
+                f["best_baseline"] or "none finished",
+                f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-",
+                "yes" if f["met"] else "NO",
+            ]
+            for f in results["floors"]
+        ],
+    )
+    policies = []
+    for cell in results["policies"]:
+        read = cell["bytes_read"]
+        best = min(read, key=read.get)
+        default = read["weightdb (default)"]
+        others = min(v for k, v in read.items() if k != "weightdb (default)")
+        policies.append(
+            [
+                f"{cell['fraction']:.0%}",
+                *(f"{read[k] / 2**20:.0f}" for k in read),
+                best,
+                f"{default / others:.3f}x" if others else "-",
+            ]
+        )
+    policy_header = [
+        "budget", *(f"{k} MiB read" for k in (results["policies"] or [{"bytes_read": {}}])[0][
+            "bytes_read"
+        ]), "fewest", "default / best other",
+    ]  # fmt: skip
     return "\n".join(
         [
             "## Budgets: latency and throughput from 10% to 100% of the working set",
@@ -153,8 +272,18 @@ def _markdown(results: dict) -> str:
             markdown_table(header, table),
             "",
             "Throughput: requests per second of serving, setup excluded. Ratio above 1: "
-            "weightdb serves more requests per second. MiB read: the process's block input from "
-            "storage (rusage). load: 1-minute load average before the run (2 CPUs).",
+            "weightdb serves more requests per second (against weightdb's run under the same "
+            "kind of limit). MiB read: the process's block input from storage (rusage). "
+            "cgroup peak: the most memory, RSS and page cache, the run's cgroup held. load: "
+            "1-minute load average before the run (2 CPUs).",
+            "",
+            "Floors (issue 17, cgroup runs):",
+            "",
+            floors,
+            "",
+            "Bytes weightdb read from storage per replacement policy (cgroup runs):",
+            "",
+            markdown_table(policy_header, policies) if policies else "(not run at this size)",
         ]
     )
 
@@ -164,8 +293,9 @@ def _plot(results: dict, path: Path) -> None:
 
     figure = Figure(figsize=(10, 3.5))
     latency_axis, throughput_axis = figure.subplots(1, 2)
+    runs = _limited(results)
     for system in SYSTEMS:
-        rows = [r for r in results["rows"] if r["system"] == system and r["ok"]]
+        rows = [runs[(system, f)] for f in results["fractions"] if runs[(system, f)]["ok"]]
         shares = [100 * r["fraction"] for r in rows]
         latency_axis.plot(shares, [r["latency_s"]["median"] for r in rows], marker="o")
         throughput_axis.plot(shares, [r["requests_per_s"] for r in rows], marker="o", label=system)

@@ -17,17 +17,7 @@ def _storage(data: dict) -> list[Row]:
 
 
 def _engine(data: dict) -> list[Row]:
-    rows = []
-    for model, floor in data["floors"].items():
-        cell = {
-            r["system"]: r["rows_per_s"]
-            for r in data["results"]
-            if r["model"] == model and r["setting"] == "in memory" and r["batch"] == 256
-        }
-        ratio = cell["weightdb"] / cell["onnxruntime"]
-        floor_text = f"{model}: throughput at least {floor}x onnxruntime (batch 256, in memory)"
-        rows.append(("4", floor_text, f"{ratio:.2f}x", data["floors_met"][model]))
-    return rows
+    return [("17", f["floor"], f"{f['ratio']:.2f}x", f["met"]) for f in data["floors"]]
 
 
 def _packing(data: dict) -> list[Row]:
@@ -168,6 +158,20 @@ def _scale(data: dict) -> list[Row]:
     ]
 
 
+def _budgets(data: dict) -> list[Row]:
+    limit = "memory cgroup" if data["cgroups"] else "pool budget only (no cgroups)"
+    return [
+        (
+            "17",
+            f"budgets family at {f['fraction']:.0%} ({limit}): weightdb at least {f['floor']}x "
+            "the best baseline's throughput",
+            f"{f['ratio']:.2f}x {f['best_baseline']}" if f["ratio"] is not None else "-",
+            f["met"],
+        )
+        for f in data.get("floors", [])
+    ]
+
+
 FLOORS: dict[str, Callable[[dict], list[Row]]] = {
     "storage": _storage,
     "dedup": _dedup,
@@ -175,6 +179,7 @@ FLOORS: dict[str, Callable[[dict], list[Row]]] = {
     "engine": _engine,
     "caching": _caching,
     "serving": _serving,
+    "budgets": _budgets,
     "scale": _scale,
 }
 

@@ -58,12 +58,14 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.memory_limit import MemoryLimit
 
 SYSTEMS = (
     "weightdb", "onnxruntime", "pytorch", "safetensors-mmap", "onnxruntime-all", "pytorch-all"
@@ -191,17 +193,34 @@ def write_config(fam, db_path: Path, sequence: list[str], budget: int, folder: P
     return path
 
 
-def serve_system(system: str, config_path: Path, cap: int, timeout: float) -> dict:
-    """Run ``system`` over the sequence in a child process, watched for memory and time."""
+def serve_system(
+    system: str, config_path: Path, cap: int, timeout: float, memory_limit: int | None = None
+) -> dict:
+    """Run ``system`` over the sequence in a child process, watched for memory and time.
+
+    With ``memory_limit``, the child runs in its own memory cgroup (``memory_limit``) limited to
+    ``memory_limit`` plus its idle RSS, which it reports once set up and before it serves."""
     from benchmarks.engine import THREADS
 
     load = os.getloadavg()[0]
     env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
     command = [sys.executable, "-m", "benchmarks.scale", "child", str(config_path), system]
+    group = MemoryLimit(system) if memory_limit is not None else None
+    if group:
+        command.append("--handshake")
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env)
+    process = subprocess.Popen(command, cwd=REPO, env=env, preexec_fn=group and group.join)
+    idle_rss = _limit_when_idle(process, group, config_path, system, memory_limit)
     killed, usage, peak_anon = _watch(process, cap, timeout)
     wall = time.perf_counter() - start
+    cgroup = None
+    if group:
+        oom = group.oom_kills
+        cgroup = {"limit_bytes": group.limit_bytes, "idle_rss_bytes": idle_rss,
+                  "peak_bytes": group.peak_bytes, "oom_kills": oom}  # fmt: skip
+        group.close()
+        if oom and killed is None:
+            killed = f"killed by the OOM killer at the cgroup's {group.limit_bytes / 2**20:.0f} MiB"
     result_path = config_path.parent / f"{system}.json"
     record = json.loads(result_path.read_text()) if result_path.is_file() else {}
     requests = len(json.loads(config_path.read_text())["sequence"])
@@ -234,7 +253,29 @@ def serve_system(system: str, config_path: Path, cap: int, timeout: float) -> di
         "loaded_models": record.get("loaded_models"),
         "pool": record.get("pool"),
         "load_before": load,
+        "cgroup": cgroup,
     }
+
+
+def _limit_when_idle(
+    process: subprocess.Popen,
+    group: MemoryLimit | None,
+    config_path: Path,
+    system: str,
+    budget: int | None,
+) -> int | None:
+    """Wait for the child's idle RSS, set its cgroup's limit to it plus ``budget``, let it go."""
+    if group is None or budget is None:
+        return None
+    ready = config_path.parent / f"{system}.ready"
+    while not ready.is_file():
+        if process.poll() is not None:
+            return None
+        time.sleep(POLL_SECONDS)
+    idle = json.loads(ready.read_text())["rss"]
+    group.limit(budget + idle)
+    ready.with_suffix(".go").touch()
+    return idle
 
 
 def _watch(process: subprocess.Popen, cap: int, timeout: float) -> tuple[str | None, Any, int]:
@@ -407,9 +448,11 @@ def _plot(results: dict, path: Path) -> None:
 # -- the child: one system serving the whole sequence -----------------------------------------
 
 
-def _child(config_path: Path, system: str) -> None:
+def _child(config_path: Path, system: str, handshake: bool) -> None:
     """Serve the sequence with ``system``; results go to ``<tmp>/<system>.json`` after every
-    step (so a killed child leaves what it did) and the first answer to ``<system>.npy``."""
+    step (so a killed child leaves what it did) and the first answer to ``<system>.npy``.
+    With ``handshake``, once set up it reports its idle RSS and waits for the parent's go (the
+    parent sets its memory limit meanwhile, ``serve_system``)."""
     config = json.loads(config_path.read_text())
     out = Path(config["tmp"]) / system
     record: dict[str, Any] = {"requests": [], "loads": 0, "hits": 0, "loaded_models": None}
@@ -426,6 +469,11 @@ def _child(config_path: Path, system: str) -> None:
         predict, before = SETUPS[system](config, record, save)
         record["setup_seconds"] = time.perf_counter() - start
         record["rss_after_setup"] = _status_bytes("self", "VmRSS")
+        if handshake:
+            ready = out.with_suffix(".ready")
+            ready.write_text(json.dumps({"rss": record["rss_after_setup"]}))
+            while not ready.with_suffix(".go").is_file():
+                time.sleep(POLL_SECONDS)
         for k, name in enumerate(config["sequence"]):
             if before:
                 before()
@@ -476,13 +524,13 @@ Setup = Callable[[dict, dict, Callable[[], None]], tuple[Predict, Callable[[], N
 Runtime = tuple[Callable[[str], Any], Callable[[Any, dict[str, np.ndarray]], np.ndarray]]
 
 
-def _weightdb(config: dict, record: dict, save: Callable[[], None]):
+def _weightdb(config: dict, record: dict, save: Callable[[], None], policy: str | None = None):
     """``db.predict`` under the budget; the pages folder leaves the OS cache before every
     request (untimed), so a page that left the pool comes back from storage."""
     import weightdb
     from weightdb.database import pool_stats_dict
 
-    db = weightdb.connect(config["db"], create=False, budget=config["budget"])
+    db = weightdb.connect(config["db"], create=False, budget=config["budget"], policy=policy)
 
     def predict(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
         (answer,) = db.predict(name, feeds).values()
@@ -619,8 +667,32 @@ def _safetensors_mmap(config: dict, record: dict, save: Callable[[], None]):
     return predict, None
 
 
+def _pytorch_mmap(config: dict, record: dict, save: Callable[[], None]):
+    """Every model an nn.Module over its safetensors file mapped into memory (``load_file``
+    returns tensors over the mapping; ``assign`` keeps them); the OS pages weights in."""
+    import torch
+    from safetensors.torch import load_file
+
+    modules = {
+        name: _torch_module(load_file(m["safetensors"])) for name, m in config["models"].items()
+    }
+    record["loaded_models"] = len(modules)
+
+    def predict(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        (ids,) = feeds.values()
+        with torch.inference_mode():
+            return modules[name](torch.from_numpy(ids)).numpy()
+
+    return predict, None
+
+
+POLICY_RUNS = ("lru", "lfu", "netsdb-cost")
+"""Replacement policies weightdb also serves with (``weightdb-POLICY``), beside its default."""
+
 SETUPS: dict[str, Setup] = {
     "weightdb": _weightdb,
+    **{f"weightdb-{policy}": partial(_weightdb, policy=policy) for policy in POLICY_RUNS},
+    "pytorch-mmap": _pytorch_mmap,
     "onnxruntime": _cached("onnxruntime"),
     "pytorch": _cached("pytorch"),
     "safetensors-mmap": _safetensors_mmap,
@@ -636,12 +708,13 @@ def main() -> None:
     bench.add_argument("--quick", action="store_true")
     child = sub.add_parser("child", help="serve the sequence with one system (used by run)")
     child.add_argument("config", type=Path)
-    child.add_argument("system", choices=SYSTEMS)
+    child.add_argument("system", choices=list(SETUPS))
+    child.add_argument("--handshake", action="store_true")
     args = parser.parse_args()
     if args.command == "run":
         run(args.quick, RESULTS_DIR)
     else:
-        _child(args.config, args.system)
+        _child(args.config, args.system, args.handshake)
 
 
 if __name__ == "__main__":
