@@ -48,10 +48,22 @@ class CountingWeight:
     def pins_at_once(self) -> int:
         return 1  # a pool of one page: products run serially, one pin at a time
 
+    def panel_groups(self, axis: str, indices: list[int]) -> list[list[int]]:
+        return [[index] for index in indices]
+
     @contextmanager
-    def panel(self, axis: str, index: int) -> Iterator[None]:
+    def panels(self, axis: str, group: list[int]) -> Iterator[list[None]]:
         """No zero-copy panels: the engine copies blocks, each pinned through ``block``."""
-        yield None
+        yield [None] * len(group)
+
+    def block_groups(self, positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        return [[position] for position in positions]
+
+    @contextmanager
+    def blocks(self, group: list[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
+        ((i, j),) = group
+        with self.block(i, j) as block:
+            yield [block]
 
 
 def split_initializers(

@@ -66,7 +66,7 @@ def test_products_multiply_by_the_pages_in_place(tmp_path):
             weight, matrix = tensors[name], parameter.numpy()
             for i in range(weight.layout.grid[0]):
                 r0, r1, _, _ = weight.layout.bounds(i, 0)
-                with weight.panel("rows", i) as panel:
+                with weight.panels("rows", [i]) as (panel,):
                     assert panel is not None and not panel.flags.owndata
                     assert panel.flags.c_contiguous
                     assert np.array_equal(panel, matrix[r0:r1].T)

@@ -7,8 +7,6 @@ hold them: blocks holding no requested id are never read. Every page is pinned o
 operator copies or multiplies its blocks.
 """
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from itertools import pairwise
 
 import numpy as np
@@ -30,29 +28,27 @@ def _spans(start: int, stop: int, block: int) -> list[tuple[int, int]]:
     return list(pairwise(edges))
 
 
-@contextmanager
 def _operand(
-    weight: StoredWeight, axis: PanelAxis, span: tuple[int, int], dtype: np.dtype
-) -> Iterator[np.ndarray]:
+    weight: StoredWeight,
+    axis: PanelAxis,
+    span: tuple[int, int],
+    dtype: np.dtype,
+    run: np.ndarray | None,
+) -> np.ndarray:
     """The (K, width) operand for output columns ``span``: W[:, span], or W[span].T for a
-    block-row panel, C-contiguous. Where storage laid the panel out for it (``panel_order``),
-    it is the page's bytes, pinned, not a copy; otherwise the blocks are copied out."""
+    block-row panel, C-contiguous. ``run`` is the whole panel as storage holds it (a view of its
+    page, see ``panel_order``), or None: then the blocks are copied out."""
     layout = weight.layout
     block = layout.block_rows if axis == "rows" else layout.block_cols
-    index = span[0] // block
-    first = index * block
-    with weight.panel(axis, index) as run:
-        if run is not None and run.dtype == dtype:
-            if span == (first, first + run.shape[1]):
-                yield run
-            else:
-                yield np.ascontiguousarray(run[:, span[0] - first : span[1] - first])
-            return
-    inner = layout.matrix_shape[1] if axis == "rows" else layout.matrix_shape[0]
+    first = span[0] // block * block
+    if run is not None and run.dtype == dtype:
+        if span == (first, first + run.shape[1]):
+            return run
+        return np.ascontiguousarray(run[:, span[0] - first : span[1] - first])
     if axis == "rows":
-        yield np.ascontiguousarray(read_region(weight, span, (0, inner), dtype).T)
-    else:
-        yield read_region(weight, (0, inner), span, dtype)
+        inner = layout.matrix_shape[1]
+        return np.ascontiguousarray(read_region(weight, span, (0, inner), dtype).T)
+    return read_region(weight, (0, layout.matrix_shape[0]), span, dtype)
 
 
 def _product(
@@ -64,28 +60,33 @@ def _product(
     one panel at a time: a panel is a block column (or block row when transposed) spanning the
     whole inner dimension, so each output element is one BLAS dot product over all of K, never
     a sum of per-block partial products (one small GEMM per block costs m * n extra additions
-    per block and a BLAS call each). Panels are the engine's parallel tasks. Panels and row
-    tiles (``gemm``) depend on shapes alone, so results do not depend on the budget, the
-    storage layout, the threads or the batch.
+    per block and a BLAS call each). The panels one page holds are multiplied under one pin,
+    and such groups are the engine's parallel tasks. Panels and row tiles (``gemm``) depend on
+    shapes alone, so results do not depend on the budget, the storage layout, the threads or
+    the batch.
     """
     layout = weight.layout
     axis: PanelAxis = "rows" if transposed else "columns"
     block = layout.block_rows if transposed else layout.block_cols
     inner = layout.matrix_shape[1] if transposed else layout.matrix_shape[0]
     rows = x.shape[0]
-    spans = _spans(first, end, block)
-    tile = {width: gemm.tile_rows(inner, width, x.dtype) for width in {b - a for a, b in spans}}
+    spans = {span[0] // block: span for span in _spans(first, end, block)}
+    tile = {w: gemm.tile_rows(inner, w, x.dtype) for w in {b - a for a, b in spans.values()}}
     tiles = gemm.padded(x, max(tile.values()))
     out = np.empty((tiles.shape[0], end - first), x.dtype)
 
-    def multiply(span: tuple[int, int]) -> None:
-        with _operand(weight, axis, span, x.dtype) as operand:
-            target = out[:, span[0] - first : span[1] - first]
-            gemm.multiply(tiles, operand, target, tile[span[1] - span[0]])
+    def multiply(group: list[int]) -> None:
+        with weight.panels(axis, group) as runs:
+            for index, run in zip(group, runs, strict=True):
+                span = spans[index]
+                operand = _operand(weight, axis, span, x.dtype, run)
+                target = out[:, span[0] - first : span[1] - first]
+                gemm.multiply(tiles, operand, target, tile[span[1] - span[0]])
 
+    groups = weight.panel_groups(axis, list(spans))
     work = tiles.shape[0] * inner * (end - first)
     parallel = threads.worth(work) and weight.pins_at_once() > threads.workers()
-    threads.run_all(multiply, spans, parallel)
+    threads.run_all(multiply, groups, parallel)
     return out[:rows]
 
 
@@ -108,7 +109,8 @@ def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
     """W[indices] along axis 0, reading only the row blocks that hold a requested index.
 
     Requests are grouped by block with one sort; each block then serves all its requests with one
-    vectorized copy per block column. A resident weight serves them all with one ``take``.
+    vectorized copy, under one pin per page. An in-memory weight serves them all with one
+    ``take``.
     """
     layout = weight.layout
     rows, cols = layout.matrix_shape
@@ -126,12 +128,17 @@ def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
     block_of = ids[order] // layout.block_rows
     cuts = np.flatnonzero(np.diff(block_of)) + 1
     out = np.empty((ids.size, cols), weight.dtype)
-    column_spans = list(enumerate(_spans(0, cols, layout.block_cols)))
+    requests = {}  # block row -> (output rows, rows within the block)
     for positions in np.split(order, cuts):
         i = int(ids[positions[0]]) // layout.block_rows
-        local = ids[positions] - i * layout.block_rows
-        for j, (c0, c1) in column_spans:
-            with weight.block(i, j) as block:
+        requests[i] = (positions, ids[positions] - i * layout.block_rows)
+    grid_cols = layout.grid[1]
+    wanted = [(i, j) for i in requests for j in range(grid_cols)]
+    for group in weight.block_groups(wanted):
+        with weight.blocks(group) as blocks:
+            for (i, j), block in zip(group, blocks, strict=True):
+                positions, local = requests[i]
+                _, _, c0, c1 = layout.bounds(i, j)
                 out[positions, c0:c1] = block[local]
     return out.reshape(*indices.shape, *weight.shape[1:])
 

@@ -21,13 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 import threadpoolctl
 
 # Products smaller than this (about 0.3 ms of one core) stay on the calling thread: handing a
 # task to a helper costs 20 us on an idle machine and up to a millisecond on a busy one.
 MIN_PARALLEL_MACS = 1 << 24
+
+T = TypeVar("T")
 
 _workers: ContextVar[int] = ContextVar("weightdb_engine_workers", default=1)
 
@@ -99,9 +101,7 @@ def worth(work: int) -> bool:
     return _workers.get() > 1 and work >= MIN_PARALLEL_MACS
 
 
-def run_all(
-    task: Callable[[tuple[int, int]], None], spans: Sequence[tuple[int, int]], parallel: bool
-) -> None:
+def run_all(task: Callable[[T], None], spans: Sequence[T], parallel: bool) -> None:
     """``task(span)`` for every span: shared with the workers if ``parallel``, else in order.
 
     The calling thread is one of the workers and takes tasks too. Helpers that have not started

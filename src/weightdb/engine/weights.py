@@ -10,7 +10,7 @@ checks at import).
 
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
@@ -35,9 +35,24 @@ class StoredWeight(Protocol):
         only when each can pin its own page)."""
         ...
 
-    def panel(self, axis: PanelAxis, index: int) -> AbstractContextManager[np.ndarray | None]:
-        """Pin block column ``index`` (or block row, transposed) as one C-contiguous (K, width)
-        array if storage holds it so, else yield None (the engine then copies blocks)."""
+    def panel_groups(self, axis: PanelAxis, indices: Sequence[int]) -> list[list[int]]:
+        """Panels (block columns, or block rows for ``x @ W.T``) grouped so that each group is
+        one pin: the engine's unit of work."""
+        ...
+
+    def panels(
+        self, axis: PanelAxis, group: list[int]
+    ) -> AbstractContextManager[list[np.ndarray | None]]:
+        """Pin a group and yield each panel as a C-contiguous (K, width) array where storage
+        holds it so, else None (the engine then copies blocks)."""
+        ...
+
+    def block_groups(self, positions: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Block positions grouped so that each group is one pin."""
+        ...
+
+    def blocks(self, group: list[tuple[int, int]]) -> AbstractContextManager[list[np.ndarray]]:
+        """Pin a group of ``block_groups`` and yield its blocks."""
         ...
 
 
@@ -62,8 +77,25 @@ class InMemoryWeight:
     def pins_at_once(self) -> int:
         return sys.maxsize
 
+    def panel_groups(self, axis: PanelAxis, indices: Sequence[int]) -> list[list[int]]:
+        return [[index] for index in indices]
+
     @contextmanager
-    def panel(self, axis: PanelAxis, index: int) -> Iterator[np.ndarray]:
+    def panels(self, axis: PanelAxis, group: list[int]) -> Iterator[list[np.ndarray]]:
+        yield [self._panel(axis, index) for index in group]
+
+    def block_groups(self, positions: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        return [list(positions)]
+
+    @contextmanager
+    def blocks(self, group: list[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
+        views = []
+        for i, j in group:
+            r0, r1, c0, c1 = self.layout.bounds(i, j)
+            views.append(self.matrix[r0:r1, c0:c1])
+        yield views
+
+    def _panel(self, axis: PanelAxis, index: int) -> np.ndarray:
         """The panel as storage would lay it out, copied once and kept."""
         key = (axis, index)
         kept = self._panels.get(key)
@@ -77,7 +109,7 @@ class InMemoryWeight:
             kept.flags.writeable = False
             with self._lock:
                 kept = self._panels.setdefault(key, kept)
-        yield kept
+        return kept
 
     @contextmanager
     def block(self, i: int, j: int) -> Iterator[np.ndarray]:

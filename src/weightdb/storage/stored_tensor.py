@@ -1,6 +1,6 @@
 """A stored tensor as the engine and export see it: a grid of blocks read through the pool."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -46,10 +46,8 @@ class StoredTensor:
             )
         return self._pins_at_once
 
-    @contextmanager
-    def panel(self, axis: PanelAxis, index: int) -> Iterator[np.ndarray | None]:
-        """Block column ``index`` (or block row, as its transpose) as one array viewing its
-        page, pinned, when its blocks lie back to back there (see ``panel_order``); else None."""
+    def _run(self, axis: PanelAxis, index: int) -> tuple[int, range] | None:
+        """The page and slots of panel ``index`` if its blocks lie back to back on one page."""
         key = (axis, index)
         if key not in self._runs:
             grid = self.locations[:, index] if axis == "columns" else self.locations[index]
@@ -58,13 +56,52 @@ class StoredTensor:
             same_page = bool((grid[:, 0] == page_id).all())
             in_order = bool((grid[:, 1] == np.arange(slots.start, slots.stop)).all())
             self._runs[key] = (page_id, slots) if same_page and in_order else None
-        found = self._runs[key]
-        if found is None:
-            yield None
+        return self._runs[key]
+
+    def panel_groups(self, axis: PanelAxis, indices: Sequence[int]) -> list[list[int]]:
+        """The panels grouped by the page that holds each, in order of first appearance; a
+        panel not stored back to back is a group of its own."""
+        by_page: dict[int, list[int]] = {}
+        groups = []
+        for index in indices:
+            run = self._run(axis, index)
+            if run is None:
+                groups.append([index])
+            elif run[0] in by_page:
+                by_page[run[0]].append(index)
+            else:
+                by_page[run[0]] = [index]
+                groups.append(by_page[run[0]])
+        return groups
+
+    @contextmanager
+    def panels(self, axis: PanelAxis, group: list[int]) -> Iterator[list[np.ndarray | None]]:
+        """The panels of one ``panel_groups`` group, each a (K, width) array viewing its page
+        (block rows as their transpose), all pinned by one pin; None for a panel whose blocks
+        are not back to back (the engine copies those)."""
+        runs = [self._run(axis, index) for index in group]
+        pages = {run[0] for run in runs if run is not None}
+        if not pages:
+            yield [None] * len(group)
             return
-        page_id, slots = found
+        (page_id,) = pages
+        order = ROW_MAJOR if axis == "columns" else COLUMN_MAJOR
         with self.pool.pinned(page_id, self.model) as page:
-            yield page.run(slots, ROW_MAJOR if axis == "columns" else COLUMN_MAJOR)
+            yield [page.run(run[1], order) if run else None for run in runs]
+
+    def block_groups(self, positions: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        """Block positions grouped by the page that holds them, in order of first appearance."""
+        groups: dict[int, list[tuple[int, int]]] = {}
+        for i, j in positions:
+            groups.setdefault(int(self.locations[i, j, 0]), []).append((i, j))
+        return list(groups.values())
+
+    @contextmanager
+    def blocks(self, group: list[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
+        """The blocks of one ``block_groups`` group, pinned by one pin of their page."""
+        page_id = int(self.locations[group[0]][0])
+        with self.pool.pinned(page_id, self.model) as page:
+            yield [page.block(int(self.locations[i, j, 1])) for i, j in group]
 
     def row_bands(self) -> Iterator[np.ndarray]:
         """The matrix view one block row at a time, so a huge tensor is never held whole."""
