@@ -139,6 +139,7 @@ def test_metadata_list_and_health(client: httpx.Client) -> None:
     meta = client.get("/v2/models/mlp").json()
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 100]}]
     assert [o["datatype"] for o in meta["outputs"]] == ["FP32"]
+    assert meta["batched_across_requests"] is True
     text = client.get("/v2/models/text").json()
     assert text["inputs"] == [{"name": "ids", "datatype": "INT64", "shape": [-1, -1]}]
     assert client.get("/v2/models/cnn/ready").json() == {"name": "cnn", "ready": True}

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from weightdb.caching.recorder import TraceRecorder
 from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
+from weightdb.engine.row_independence import RowIndependence, row_independence
 from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
 from weightdb.ingest import exporter, torch_export
 from weightdb.ingest.importer import import_source
@@ -324,6 +325,14 @@ class Database:
         model = onnx.ModelProto()
         model.ParseFromString(graph)
         return model
+
+    def row_independence(self, name: str) -> RowIndependence:
+        """Whether the server may stack concurrent requests for the model into one batch: only
+        when its graph provably keeps rows apart (read from the graph, without compiling it)."""
+        model = self.graph(name)
+        if model is None:
+            return RowIndependence(False, "the model is stored without a graph")
+        return row_independence(model, {n: t.shape for n, t in self.tensors(name).items()})
 
     def tensors(self, name: str) -> dict[str, StoredTensor]:
         """The stored tensors of a model, in source order, readable block by block."""

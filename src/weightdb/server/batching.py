@@ -123,18 +123,20 @@ def run_batch(db: Database, batch: Batch) -> int:
     """Run one model on a batch and deliver each request its rows of the outputs; returns the
     rows that ran (0 when the model does not exist or no request was valid).
 
-    Requests are checked one by one first, so a bad request fails alone. A batch whose run
-    fails on its inputs (e.g. a token id outside the vocabulary) is rerun request by request
-    for the same reason.
+    Requests are stacked only for a model whose graph is row-independent (see
+    ``engine.row_independence``): stacking any other would let one client's rows change
+    another's answer. Requests are checked one by one first, so a bad request fails alone. A
+    batch whose run fails on its inputs (e.g. a token id outside the vocabulary) is rerun
+    request by request for the same reason.
     """
     try:
-        prepared = db.prepared.get(batch[0].model)
+        prepared, rows_apart = db.prepared.batchable(batch[0].model)
     except Exception as error:
         for request in batch:
             request.deliver(error)
         return 0
     valid = [request for request in batch if _validated(prepared, request)]
-    if len(valid) > 1 and _stackable(prepared):
+    if len(valid) > 1 and rows_apart.independent:
         try:
             stacked = {
                 name: np.concatenate([r.inputs[name] for r in valid]) for name in valid[0].inputs
@@ -167,11 +169,6 @@ def _validated(prepared: PreparedModel, request: Request) -> bool:
         return False
     request.inputs = {spec.name: a for spec, a in zip(prepared.inputs, arrays, strict=True)}
     return True
-
-
-def _stackable(prepared: PreparedModel) -> bool:
-    """Every input's first dimension is free, so requests stack along it."""
-    return all(spec.dims and not isinstance(spec.dims[0], int) for spec in prepared.inputs)
 
 
 def _split(outputs: Outputs, rows: list[int]) -> list[Outputs] | None:

@@ -123,13 +123,15 @@ def encode_response(model: str, request: InferRequest, outputs: dict[str, np.nda
 
 
 def model_metadata(db: Database, name: str) -> ModelMetadata:
-    """Inputs and outputs with datatypes and shapes (-1 for a free dimension).
+    """Inputs and outputs with datatypes and shapes (-1 for a free dimension), and whether
+    requests are batched together (the verdict the batcher uses).
 
     Output types come from the stored graph's declared outputs; the engine needs only names.
     """
+    prepared, rows_apart = db.prepared.batchable(name)
     inputs = [
         TensorMetadata(name=s.name, datatype=datatype_of(s.dtype), shape=_wire_shape(s.dims))
-        for s in db.inputs(name)
+        for s in prepared.inputs
     ]
     outputs = []
     for value in db.graph(name).graph.output:
@@ -139,7 +141,13 @@ def model_metadata(db: Database, name: str) -> ModelMetadata:
         outputs.append(
             TensorMetadata(name=value.name, datatype=datatype_of(dtype), shape=_wire_shape(dims))
         )
-    return ModelMetadata(name=name, inputs=inputs, outputs=outputs)
+    return ModelMetadata(
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        batched_across_requests=rows_apart.independent,
+        batching_reason=rows_apart.reason,
+    )
 
 
 def _wire_shape(dims: tuple[int | str | None, ...]) -> list[int]:

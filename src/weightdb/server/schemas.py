@@ -39,6 +39,12 @@ class ModelMetadata(BaseModel):
     platform: str = "weightdb"
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    batched_across_requests: bool = Field(
+        description="weightdb extension: true when concurrent requests are stacked into one "
+        "batch, which only a graph whose rows provably stay apart allows; false when each "
+        "request runs alone."
+    )
+    batching_reason: str = Field(description="Why (weightdb extension).")
 
 
 class ModelEntry(BaseModel):
