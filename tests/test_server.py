@@ -4,6 +4,7 @@ naming the problem; concurrent mixed-model load is answered correctly; a model i
 another process is served without a restart; SIGKILL mid-load loses no model."""
 
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -296,3 +297,70 @@ def test_sigkill_mid_load_loses_no_model(db_path: Path) -> None:
         array = sample("text", 2, np.random.default_rng(3))
         (expected,) = expected_outputs(db_path, "text", [array])
         np.testing.assert_allclose(infer(c, "text", array), expected, rtol=1e-5, atol=1e-6)
+
+
+STALLED = 300
+
+
+def open_socket(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (bounded by the socket timeout)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_stalled_and_oversized_connections_do_not_starve_valid_requests(db_path: Path) -> None:
+    """300 connections stalled mid-head while valid requests are answered; then each stalled one
+    gets 408 and is closed. An oversized head gets 431, a stalled body 408, and a connection
+    over the cap 503 with Retry-After."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * STALLED:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4 * STALLED, hard), hard))
+    options = ("--header-timeout-s", "3", "--body-timeout-s", "1")
+    cap = STALLED + 20
+    with running_server(db_path, *options, "--max-connections", str(cap)) as (url, _):
+        stalled = [open_socket(url) for _ in range(STALLED)]
+        try:
+            for sock in stalled:
+                sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: weightdb\r\n")
+            # Served while every stalled connection is still open (they are closed after 3 s).
+            with httpx.Client(base_url=url, timeout=2) as c:
+                for rows in range(1, 21):
+                    response = c.post("/v2/models/mlp/infer", json=mlp_body([rows, 100]))
+                    assert response.status_code == 200
+                    assert response.json()["outputs"][0]["shape"][0] == rows
+
+            with open_socket(url) as big:
+                big.sendall(b"GET /v2 HTTP/1.1\r\nHost: weightdb\r\nX-Big: " + b"a" * 200_000)
+                big.sendall(b"\r\n\r\n")
+                assert read_all(big).startswith(b"HTTP/1.1 431 ")
+            with open_socket(url) as slow:
+                head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: w\r\nContent-Length: 99\r\n"
+                slow.sendall(head + b"\r\n" + b'{"inputs"')
+                answer = read_all(slow)
+                assert answer.startswith(b"HTTP/1.1 408 ")
+                assert b"--body-timeout-s" in answer
+
+            extra = [open_socket(url) for _ in range(cap - STALLED)]
+            try:
+                with open_socket(url) as over:
+                    answer = read_all(over)
+                assert answer.startswith(b"HTTP/1.1 503 ")
+                assert b"Retry-After: 1" in answer and b"--max-connections" in answer
+            finally:
+                for sock in extra:
+                    sock.close()
+
+            for sock in stalled:
+                answer = read_all(sock)
+                assert answer.startswith(b"HTTP/1.1 408 ")
+                assert b"--header-timeout-s" in answer
+        finally:
+            for sock in stalled:
+                sock.close()

@@ -148,7 +148,7 @@ def list_models(
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table("model", "format", "tensors", "bytes", "graph", "server batching", "imported")
+    table = Table("model", "format", "tensors", "bytes", "graph", "batching", "imported")
     for m in models:
         table.add_row(
             m.name,

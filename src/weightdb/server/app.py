@@ -24,7 +24,7 @@ from weightdb.server import protocol
 from weightdb.server.batching import Batcher
 from weightdb.server.config import ServerConfig
 from weightdb.server.errors import ApiError, status_of
-from weightdb.server.limits import BodyLimit, bearer_token
+from weightdb.server.limits import BodyGuard, bearer_token
 from weightdb.server.metrics import InferenceMetrics, ServerMetrics
 from weightdb.server.schemas import (
     ErrorBody,
@@ -87,7 +87,7 @@ def create_app(db: Database, config: ServerConfig) -> FastAPI:
         lifespan=lifespan,
         default_response_class=WireJSON,
     )
-    app.add_middleware(BodyLimit, max_bytes=config.max_body)
+    app.add_middleware(BodyGuard, max_bytes=config.max_body, timeout_s=config.body_timeout_s)
     app.add_middleware(InferenceMetrics, metrics=metrics)
     _add_error_handlers(app)
     _document_infer_request(app)

@@ -1,5 +1,6 @@
 """``weightdb serve``: the KServe v2 REST server on uvicorn, bound to localhost by default."""
 
+import resource
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +23,7 @@ from weightdb.server.config import ServerConfig
 
 _DEFAULTS = ServerConfig()
 SWITCH_INTERVAL_S = 0.0005
+_FILES_BESIDES_CONNECTIONS = 256  # page files, the catalog, logs
 
 
 def serve_command(
@@ -55,6 +57,22 @@ def serve_command(
     max_body: Annotated[
         str, typer.Option(help="Largest request body, e.g. 64MiB; beyond it, 413.")
     ] = "64MiB",
+    header_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0.001, help="Seconds for a connection to send a request head; beyond it, 408."
+        ),
+    ] = _DEFAULTS.header_timeout_s,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds from a request head to its body's end; then 408."),
+    ] = _DEFAULTS.body_timeout_s,
+    max_header_size: Annotated[
+        str, typer.Option(help="Largest request line and headers, e.g. 64KiB; beyond it, 431.")
+    ] = "64KiB",
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections; beyond it, 503 with Retry-After.")
+    ] = _DEFAULTS.max_connections,
 ) -> None:
     """Serve the database over HTTP: KServe v2 REST, Prometheus /metrics, OpenAPI at /docs."""
     config = ServerConfig(
@@ -63,6 +81,10 @@ def serve_command(
         max_queue=max_queue,
         timeout_s=timeout_s,
         max_body=size_option(max_body, "--max-body"),
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_header_bytes=size_option(max_header_size, "--max-header-size"),
+        max_connections=max_connections,
         token=token or None,
     )
     # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
@@ -72,6 +94,9 @@ def serve_command(
     import uvicorn
 
     from weightdb.server.app import create_app
+    from weightdb.server.connections import guarded_protocol
+
+    _allow_open_files(config.max_connections)
 
     with open_db(budget, policy) as db:
         console.print(
@@ -79,7 +104,29 @@ def serve_command(
             f"(docs at /docs){'; bearer token required' if token else ''}"
         )
         with tracing(db, trace):
-            uvicorn.run(create_app(db, config), host=host, port=port, log_level="warning")
+            uvicorn.run(
+                create_app(db, config),
+                host=host,
+                port=port,
+                log_level="warning",
+                http=guarded_protocol(config),
+            )
+
+
+def _allow_open_files(connections: int) -> None:
+    """Raise the soft limit on open files towards the hard one, so ``--max-connections`` (plus
+    the database's own files) is reached before the process runs out of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + _FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        if raised < wanted:
+            err_console.print(
+                f"warning: only {raised} open files allowed (hard limit); --max-connections "
+                f"{connections} may not be reached",
+                highlight=False,
+            )
 
 
 def main() -> None:
