@@ -104,14 +104,12 @@ def import_(
 ) -> None:
     """Import a model; blocks identical to stored ones are stored once."""
     with open_db() as db:
-        before = db.stats()["stored_bytes"]
         bar, advance = byte_progress(f"importing {name}")
         with bar:
             info = db.import_model(source, name, progress=advance)
-        added = db.stats()["stored_bytes"] - before
         console.print(
             f"imported {info.name}: {info.tensors} tensors, {format_size(info.logical_bytes)}; "
-            f"{format_size(added)} of new blocks stored"
+            f"{format_size(info.new_block_bytes)} of new blocks stored"
         )
 
 
