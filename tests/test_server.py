@@ -3,6 +3,9 @@ called over HTTP. Answers equal ``db.predict``; bad requests get the right statu
 naming the problem; concurrent mixed-model load is answered correctly; a model imported by
 another process is served without a restart; SIGKILL mid-load loses no model."""
 
+import json
+import math
+import os
 import random
 import resource
 import signal
@@ -18,10 +21,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from conftest import SMALL
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
 
 import weightdb
+from weightdb.server.app import create_app
+from weightdb.server.config import ServerConfig
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -47,7 +55,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(db_path: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_server(
+    db_path: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start ``python -m weightdb.server``; yield its base URL and process once it answers."""
     port = free_port()
     command = [sys.executable, "-m", "weightdb.server", "--db", str(db_path), "serve"]
@@ -55,6 +65,7 @@ def running_server(db_path: Path, *options: str) -> Iterator[tuple[str, subproce
         [*command, "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -81,7 +92,9 @@ def wait_until_live(url: str, process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(db_path: Path) -> Iterator[str]:
-    with running_server(db_path, "--token", TOKEN, "--max-body", "256KiB") as (url, _):
+    token = {"WEIGHTDB_TOKEN": TOKEN}
+    with running_server(db_path, "--max-body", "256KiB", env=token) as (url, process):
+        assert TOKEN not in Path(f"/proc/{process.pid}/cmdline").read_text()
         yield url
 
 
@@ -148,8 +161,8 @@ def test_metadata_list_and_health(client: httpx.Client) -> None:
     assert "/v2/models/{name}/infer" in client.get("/openapi.json").json()["paths"]
 
 
-def mlp_body(shape: list[int], datatype: str = "FP32", name: str = "x") -> dict:
-    count = int(np.prod(shape))
+def mlp_body(shape: list, datatype: str = "FP32", name: str = "x") -> dict:
+    count = math.prod(int(d) for d in shape)
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": [1] * count}]}
 
 
@@ -169,6 +182,7 @@ def mlp_body(shape: list[int], datatype: str = "FP32", name: str = "x") -> dict:
             400,
             "needs 100 values, data has 1",
         ),
+        ("mlp", mlp_body(["1", "100"]), 400, "inputs.0.shape.0: Input should be a valid integer"),
         ("missing", mlp_body([1, 100]), 404, "no model named 'missing'"),
         ("mlp", mlp_body([2000, 100]), 413, "exceeds 256.0 KiB"),
     ],
@@ -194,6 +208,24 @@ def test_token_is_required(server: str) -> None:
     assert wrong.status_code == 401
     assert "wrong bearer token" in wrong.json()["error"]
     assert httpx.get(f"{server}/v2/health/live").status_code == 200  # probes stay open
+    for page in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{server}{page}").status_code == 401
+        assert httpx.get(f"{server}{page}", headers=AUTH).status_code == 200
+
+
+def test_token_from_a_file_and_a_warning_for_one_on_the_command_line(
+    db_path: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    with running_server(db_path, "--token-file", str(secret)) as (url, process):
+        assert "from-a-file" not in Path(f"/proc/{process.pid}/cmdline").read_text()
+        bearer = {"Authorization": "Bearer from-a-file"}
+        assert httpx.get(f"{url}/v2/models", headers=bearer).status_code == 200
+        assert httpx.get(f"{url}/v2/models").status_code == 401
+    with running_server(db_path, "--token", "visible") as (url, process):
+        assert httpx.get(f"{url}/v2/models", headers={"Authorization": "Bearer visible"}).is_success
+    assert "warning: --token is visible to every local user" in process.stdout.read().decode()
 
 
 def run_mixed_load(url: str, db_path: Path, clients: int, requests: int) -> int:
@@ -364,3 +396,25 @@ def test_stalled_and_oversized_connections_do_not_starve_valid_requests(db_path:
         finally:
             for sock in stalled:
                 sock.close()
+
+
+def test_nan_and_infinite_outputs_are_sent_as_strings_in_standard_json(tmp_path: Path) -> None:
+    """y = log(x), z = -log(x): at x = 0, -1, 1 that is -inf, NaN, 0 and inf, NaN, -0."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"]) for n in "yz"]
+    nodes = [helper.make_node("Log", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "log", [x], outputs)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "log.onnx"
+    )
+    with weightdb.connect(tmp_path / "db") as db:
+        db.import_model(tmp_path / "log.onnx", "log")
+        with TestClient(create_app(db, ServerConfig())) as c:
+            request = {
+                "inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [0, -1, 1]}]
+            }
+            response = c.post("/v2/models/log/infer", json=request)
+    assert response.status_code == 200
+    outputs = json.loads(response.text, parse_constant=lambda token: pytest.fail(token))
+    data = {o["name"]: o["data"] for o in outputs["outputs"]}
+    assert data == {"y": ["-Infinity", "NaN", 0.0], "z": ["Infinity", "NaN", -0.0]}

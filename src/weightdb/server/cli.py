@@ -1,5 +1,6 @@
 """``weightdb serve``: the KServe v2 REST server on uvicorn, bound to localhost by default."""
 
+import os
 import resource
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from weightdb.server.config import ServerConfig
 
 _DEFAULTS = ServerConfig()
 SWITCH_INTERVAL_S = 0.0005
+TOKEN_VARIABLE = "WEIGHTDB_TOKEN"
 _FILES_BESIDES_CONNECTIONS = 256  # page files, the catalog, logs
 
 
@@ -34,11 +36,19 @@ def serve_command(
     budget: BudgetOption = None,
     policy: PolicyOption = None,
     trace: TraceOption = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Require 'Authorization: Bearer TOKEN', TOKEN read from this file (or set "
+            "WEIGHTDB_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
-            envvar="WEIGHTDB_TOKEN",
-            help="Require 'Authorization: Bearer TOKEN' (or set WEIGHTDB_TOKEN).",
+            help="The token itself; other users can read it in the process list, so prefer "
+            "WEIGHTDB_TOKEN or --token-file.",
             show_default=False,
         ),
     ] = None,
@@ -85,7 +95,7 @@ def serve_command(
         body_timeout_s=body_timeout_s,
         max_header_bytes=size_option(max_header_size, "--max-header-size"),
         max_connections=max_connections,
-        token=token or None,
+        token=_token(token, token_file),
     )
     # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
     # the event loop would wait that long for the GIL at every step of every HTTP request.
@@ -101,7 +111,7 @@ def serve_command(
     with open_db(budget, policy) as db:
         console.print(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
-            f"(docs at /docs){'; bearer token required' if token else ''}"
+            f"(docs at /docs){'; bearer token required' if config.token else ''}"
         )
         with tracing(db, trace):
             uvicorn.run(
@@ -111,6 +121,35 @@ def serve_command(
                 log_level="warning",
                 http=guarded_protocol(config),
             )
+
+
+def _token(given: str | None, path: Path | None) -> str | None:
+    """The bearer token from exactly one of --token-file, WEIGHTDB_TOKEN and --token (which
+    leaves it in /proc/PID/cmdline for every local user to read, so it earns a warning)."""
+    environment = os.environ.get(TOKEN_VARIABLE) or None
+    sources = [
+        s
+        for s, v in (("--token-file", path), (TOKEN_VARIABLE, environment), ("--token", given))
+        if v
+    ]
+    if len(sources) > 1:
+        raise WeightDBError(f"the token is given by {' and '.join(sources)}; give it one way")
+    if given:
+        err_console.print(
+            f"warning: --token is visible to every local user in the process list; set "
+            f"{TOKEN_VARIABLE} or use --token-file instead",
+            highlight=False,
+        )
+        return given
+    if path is None:
+        return environment
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise WeightDBError(f"cannot read the token file {path}: {error}") from None
+    if not token:
+        raise WeightDBError(f"the token file {path} is empty; write the token into it")
+    return token
 
 
 def _allow_open_files(connections: int) -> None:

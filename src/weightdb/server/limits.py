@@ -85,7 +85,9 @@ async def _send_error(send: Send, error: ApiError) -> None:
 
 def bearer_token(token: str) -> Callable[..., Awaitable[None]]:
     """A route dependency that answers 401 unless the request carries ``Bearer <token>``."""
-    scheme = HTTPBearer(auto_error=False, description="The server's --token / WEIGHTDB_TOKEN.")
+    scheme = HTTPBearer(
+        auto_error=False, description="The server's WEIGHTDB_TOKEN or --token-file."
+    )
     expected = token.encode()
 
     async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:

@@ -115,11 +115,28 @@ def encode_response(model: str, request: InferRequest, outputs: dict[str, np.nda
             "name": name,
             "datatype": datatype_of(outputs[name].dtype),
             "shape": list(outputs[name].shape),
-            "data": outputs[name].ravel().tolist(),
+            "data": _wire_values(outputs[name]),
         }
         for name in wanted
     ]
     return {"model_name": model, "id": request.id, "outputs": tensors}
+
+
+def _wire_values(array: np.ndarray) -> list:
+    """The values as JSON can carry them: NaN and infinities, which JSON lacks, as the strings
+    the protobuf JSON mapping uses ("NaN", "Infinity", "-Infinity")."""
+    values = array.ravel().tolist()
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return values
+    return [_wire_float(v) for v in values]
+
+
+def _wire_float(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
 
 
 def model_metadata(db: Database, name: str) -> ModelMetadata:
