@@ -109,12 +109,25 @@ def test_row_mixing_graphs_are_not_row_independent(name: str) -> None:
     assert reason in verdict.reason
 
 
+def two_inputs() -> onnx.ModelProto:
+    """y = a + b, with inputs whose first dims are free and unrelated."""
+    a, b = (
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [d, FEATURES])
+        for n, d in (("a", "rows_a"), ("b", "rows_b"))
+    )
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, FEATURES])
+    body = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "two", [a, b], [y])
+    return helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def test_unknown_ops_and_fixed_batch_are_not_row_independent() -> None:
     custom = graph([helper.make_node("Mystery", ["x"], ["y"], domain="example")])
     assert "Mystery is not known to be row-wise" in row_independence(custom).reason
     fixed = mean_over_batch()
     fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
     assert "no free first dimension" in row_independence(fixed).reason
+    transposed = graph([helper.make_node("Transpose", ["x"], ["y"])])
+    assert "holds the batch on axis 1, not 0" in row_independence(transposed).reason
 
 
 def test_row_wise_graph_is_row_independent() -> None:
@@ -133,6 +146,7 @@ def served(tmp_path_factory, exported_models: dict[str, Path]) -> Path:
             ("mean-over-batch", mean_over_batch),
             ("reshape-folding-batch", reshape_folding_batch),
             ("row-wise", row_wise),
+            ("two-inputs", two_inputs),
         ):
             onnx.save(build(), folder / f"{name}.onnx")
             db.import_model(folder / f"{name}.onnx", name)
@@ -152,6 +166,7 @@ def test_zoo_models_are_batched_and_ls_and_metadata_say_so(served: Path) -> None
         "cnn": True,
         "text": True,
         "row-wise": True,
+        "two-inputs": True,
         "mean-over-batch": False,
         "reshape-folding-batch": False,
     }
@@ -175,6 +190,20 @@ def test_no_answer_depends_on_another_requests_rows(served: Path) -> None:
             assert run_batch(db, [Request(model, {"x": x}, answers.append) for x in (a, b)]) == 5
             for answer, expected in zip(answers, alone, strict=True):
                 np.testing.assert_array_equal(answer["y"], expected)
+
+
+def test_inputs_of_different_row_counts_are_not_stacked(served: Path) -> None:
+    """a of 1 row and b of 2 (broadcast alone) must not be stacked with a request holding a of
+    2 rows and b of 1: stacked, the rows of a and b would pair across the two requests."""
+    rng = np.random.default_rng(1)
+    first = {"a": rng.standard_normal((1, FEATURES)), "b": rng.standard_normal((2, FEATURES))}
+    second = {"a": rng.standard_normal((2, FEATURES)), "b": rng.standard_normal((1, FEATURES))}
+    requests = [{k: v.astype(np.float32) for k, v in r.items()} for r in (first, second)]
+    with weightdb.connect(served, create=False) as db:
+        answers: list = []
+        run_batch(db, [Request("two-inputs", dict(r), answers.append) for r in requests])
+        for answer, inputs in zip(answers, requests, strict=True):
+            np.testing.assert_array_equal(answer["y"], db.predict("two-inputs", inputs)["y"])
 
 
 SHAPES = {"mlp": (100,), "cnn": (1, 8, 8), "text": (7,), "row-wise": (FEATURES,)}

@@ -116,6 +116,8 @@ def row_independence(
             value = values.get(output.name)
             if value is None or not value.rows:
                 raise _Mixes(f"output {output.name!r} does not carry the batch dimension")
+            if value.axis != 0:
+                raise _Mixes(f"output {output.name!r} holds the batch on axis {value.axis}, not 0")
     except _Mixes as problem:
         return RowIndependence(False, str(problem))
     return RowIndependence(True, "every op is row-wise along the batch axis")
@@ -148,7 +150,8 @@ def _step(node: onnx.NodeProto, inputs: list[_Value | None], opset: int) -> list
         return [folded]
     if not any(v.rows or v.batch_sized for v in inputs):
         return [_Value(None) for _ in node.output]  # weights and shapes only
-    if node.op_type not in _TAKES_SHAPES and any(v.batch_sized for v in inputs):
+    shape_input = _SHAPE_INPUT.get(node.op_type)
+    if any(v.batch_sized for i, v in enumerate(inputs) if i != shape_input):
         raise _Mixes(f"{where} computes with the batch size")
     rule = _RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
@@ -157,6 +160,8 @@ def _step(node: onnx.NodeProto, inputs: list[_Value | None], opset: int) -> list
         out = rule(inputs, attrs, opset)
     except _Mixes as problem:
         raise _Mixes(f"{where}: {problem}") from None
+    except (IndexError, KeyError, TypeError, ValueError) as error:  # attributes it cannot read
+        raise _Mixes(f"{where}: cannot follow its inputs or attributes ({error})") from None
     used = [name for name in node.output[1:] if name]
     if isinstance(out, _Value):
         if used and node.op_type not in _SAME_FOR_ALL_OUTPUTS:
@@ -579,7 +584,8 @@ _FOLDS: dict[str, Callable[[list[np.ndarray], dict], np.ndarray]] = {
     "Squeeze": _fold_squeeze,
     "Slice": _fold_slice,
 }
-_TAKES_SHAPES = {"Reshape", "ConstantOfShape", "Expand", "Tile"}
+_SHAPE_INPUT = {"Reshape": 1, "Expand": 1, "Tile": 1, "ConstantOfShape": 0}
+"""The one input of these ops that may hold the batch size: the shape they produce."""
 
 
 _ELEMENTWISE = [

@@ -136,28 +136,38 @@ def run_batch(db: Database, batch: Batch) -> int:
             request.deliver(error)
         return 0
     valid = [request for request in batch if _validated(prepared, request)]
-    if len(valid) > 1 and rows_apart.independent:
-        try:
-            stacked = {
-                name: np.concatenate([r.inputs[name] for r in valid]) for name in valid[0].inputs
-            }
-            parts = _split(prepared.run(stacked), [r.rows for r in valid])
-        except WeightDBError:
-            parts = None
-        except Exception as error:
-            for request in valid:
-                request.deliver(error)
-            return sum(request.rows for request in valid)
-        if parts is not None:
-            for request, outputs in zip(valid, parts, strict=True):
-                request.deliver(outputs)
-            return sum(request.rows for request in valid)
-    for request in valid:
+    stackable = [r for r in valid if _one_batch_size(r)] if rows_apart.independent else []
+    alone = [r for r in valid if r not in stackable]
+    if len(stackable) > 1 and _run_stacked(prepared, stackable):
+        stackable = []
+    for request in alone + stackable:
         try:
             request.deliver(prepared.run(request.inputs))
         except Exception as error:
             request.deliver(error)
     return sum(request.rows for request in valid)
+
+
+def _run_stacked(prepared: PreparedModel, requests: Batch) -> bool:
+    """Run ``requests`` stacked into one batch and deliver each its rows; False, having
+    delivered nothing, when the run fails on its inputs or its outputs do not split into rows
+    (the requests then run alone)."""
+    try:
+        stacked = {
+            name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs
+        }
+        parts = _split(prepared.run(stacked), [r.rows for r in requests])
+    except WeightDBError:
+        return False
+    except Exception as error:  # a bug: each request answers it rather than hang
+        for request in requests:
+            request.deliver(error)
+        return True
+    if parts is None:
+        return False
+    for request, outputs in zip(requests, parts, strict=True):
+        request.deliver(outputs)
+    return True
 
 
 def _validated(prepared: PreparedModel, request: Request) -> bool:
@@ -169,6 +179,13 @@ def _validated(prepared: PreparedModel, request: Request) -> bool:
         return False
     request.inputs = {spec.name: a for spec, a in zip(prepared.inputs, arrays, strict=True)}
     return True
+
+
+def _one_batch_size(request: Request) -> bool:
+    """Every input has the same first dimension, as the analysis assumes of stacked inputs:
+    stacking ``a`` of 1 row and ``b`` of 2 rows with another request would pair rows of
+    different requests."""
+    return len({a.shape[0] if a.ndim else None for a in request.inputs.values()}) == 1
 
 
 def _split(outputs: Outputs, rows: list[int]) -> list[Outputs] | None:
