@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from engine_fakes import stored
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 import weightdb
+from weightdb.engine import prepare
 from weightdb.engine.row_independence import row_independence
 from weightdb.server import protocol
 from weightdb.server.batching import Batcher, Request, run_batch
@@ -94,7 +96,37 @@ def row_wise() -> onnx.ModelProto:
     )
 
 
+def gather_rows(stride: int, width: int = FEATURES) -> onnx.ModelProto:
+    """Folds x's rows into one axis, then gathers ``width`` elements for row n from
+    n * ``stride`` on (row-wise only for stride and width 4, the row's length)."""
+    scalar = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [], [v])  # noqa: E731
+    return graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Gather", ["shape", "zero"], ["n"]),
+            helper.make_node("Range", ["zero", "n", "one"], ["rows"]),
+            helper.make_node("Unsqueeze", ["rows", "axis1"], ["column"]),
+            helper.make_node("Mul", ["column", "stride"], ["starts"]),
+            helper.make_node("Range", ["zero", "width", "one"], ["j"]),
+            helper.make_node("Unsqueeze", ["j", "axis0"], ["offsets"]),
+            helper.make_node("Add", ["starts", "offsets"], ["indices"]),
+            helper.make_node("Flatten", ["x"], ["flat"], axis=2),
+            helper.make_node("Gather", ["flat", "indices"], ["picked"], axis=0),
+            helper.make_node("Reshape", ["picked", "target"], ["y"]),
+        ],
+        scalar("zero", 0),
+        scalar("one", 1),
+        scalar("stride", stride),
+        scalar("width", width),
+        ints("axis0", [0]),
+        ints("axis1", [1]),
+        ints("target", [0, width]),
+    )
+
+
 MIXING = {
+    "gather-next-row": (lambda: gather_rows(3, 3), "do not step by the folded rows' block"),
+    "gather-past-row": (lambda: gather_rows(4, 5), "what may reach the next row"),
     "mean-over-batch": (mean_over_batch, "reduces over the batch axis"),
     "batchnorm-training": (batchnorm_training, "training mode normalises over the batch"),
     "reshape-folding-batch": (reshape_folding_batch, "folds the batch dimension"),
@@ -130,8 +162,9 @@ def test_unknown_ops_and_fixed_batch_are_not_row_independent() -> None:
     assert "holds the batch on axis 1, not 0" in row_independence(transposed).reason
 
 
-def test_row_wise_graph_is_row_independent() -> None:
+def test_row_wise_graphs_are_row_independent() -> None:
     assert row_independence(row_wise()).independent
+    assert row_independence(gather_rows(4)).independent
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +180,8 @@ def served(tmp_path_factory, exported_models: dict[str, Path]) -> Path:
             ("reshape-folding-batch", reshape_folding_batch),
             ("row-wise", row_wise),
             ("two-inputs", two_inputs),
+            ("gather-rows", lambda: gather_rows(4)),
+            ("gather-next-row", lambda: gather_rows(3, 3)),
         ):
             onnx.save(build(), folder / f"{name}.onnx")
             db.import_model(folder / f"{name}.onnx", name)
@@ -167,6 +202,8 @@ def test_zoo_models_are_batched_and_ls_and_metadata_say_so(served: Path) -> None
         "text": True,
         "row-wise": True,
         "two-inputs": True,
+        "gather-rows": True,
+        "gather-next-row": False,
         "mean-over-batch": False,
         "reshape-folding-batch": False,
     }
@@ -182,10 +219,10 @@ def test_no_answer_depends_on_another_requests_rows(served: Path) -> None:
     a = rng.standard_normal((2, FEATURES)).astype(np.float32)
     b = 100 + rng.standard_normal((3, FEATURES)).astype(np.float32)
     with weightdb.connect(served, create=False) as db:
-        for model in ("mean-over-batch", "reshape-folding-batch"):
+        for model in ("mean-over-batch", "reshape-folding-batch", "gather-next-row"):
             alone = [db.predict(model, {"x": x})["y"] for x in (a, b)]
             stacked = db.predict(model, {"x": np.concatenate([a, b])})["y"]
-            assert not np.allclose(stacked[:2], alone[0])  # stacking these would leak
+            assert not np.allclose(stacked, np.concatenate(alone))  # stacking them would leak
             answers: list = []
             assert run_batch(db, [Request(model, {"x": x}, answers.append) for x in (a, b)]) == 5
             for answer, expected in zip(answers, alone, strict=True):
@@ -206,8 +243,10 @@ def test_inputs_of_different_row_counts_are_not_stacked(served: Path) -> None:
             np.testing.assert_array_equal(answer["y"], db.predict("two-inputs", inputs)["y"])
 
 
-SHAPES = {"mlp": (100,), "cnn": (1, 8, 8), "text": (7,), "row-wise": (FEATURES,)}
-INPUTS = {"mlp": "x", "cnn": "x", "text": "ids", "row-wise": "x"}
+SHAPES = {"mlp": (100,), "cnn": (1, 8, 8), "text": (7,)} | {
+    name: (FEATURES,) for name in ("row-wise", "gather-rows")
+}
+INPUTS = {"mlp": "x", "cnn": "x", "text": "ids", "row-wise": "x", "gather-rows": "x"}
 
 
 def sample(model: str, rows: int, seed: int) -> np.ndarray:
@@ -259,3 +298,23 @@ def test_concurrent_requests_get_the_answer_they_get_alone(served: Path, request
             np.testing.assert_allclose(output, alone, rtol=1e-6, atol=1e-6)
     asked = Counter(model for model, _, _ in requests)
     assert all(runs[model] < n for model, n in asked.items() if n > 1)  # stacked
+
+
+def test_minilm_is_row_independent_and_stacks_to_the_same_answers(minilm_onnx: Path) -> None:
+    """The encoder builds its attention mask by folding the rows and gathering each row's block
+    back with indices from Range(batch size): proven row-wise, and stacked requests with
+    different padding get their answers alone."""
+    graph, weights, _ = stored(minilm_onnx, (64, 64), min_elements=1024)
+    verdict = row_independence(graph, {name: w.shape for name, w in weights.items()})
+    assert verdict.independent, verdict.reason
+    rng = np.random.default_rng(4)
+    ids = rng.integers(1000, 30522, (3, 12))
+    mask = np.ones_like(ids)
+    mask[0, 5:] = 0
+    mask[2, 9:] = 0
+    model = prepare(graph, weights)
+    stacked = model.run({"input_ids": ids, "attention_mask": mask})["output"]
+    for row in range(3):
+        alone = model.run({"input_ids": ids[row : row + 1], "attention_mask": mask[row : row + 1]})
+        # batch invariance: tighten to array_equal
+        np.testing.assert_allclose(stacked[row : row + 1], alone["output"], rtol=1e-6, atol=1e-6)

@@ -7,15 +7,19 @@ one client's rows into another's answer. ``row_independence`` walks the graph on
 for every value, where the batch axis is. Each op must be on a whitelist whose rule proves it
 row-wise for that axis and those attributes; anything unknown is judged not row-independent.
 
-A value is one of three kinds:
+A value is one of these kinds:
 
 - constant: the same whether a request runs alone or stacked with others (weights, and values
   computed from weights and from input dimensions other than the batch);
 - batch-sized: a small integer tensor (a shape) holding the batch size, known symbolically;
-- rows: computed from the inputs' data, with the batch axis at one known position.
+- rows: computed from the inputs' data, with the batch axis at one known position;
+- stacking-dependent: row positions n * stride (+ j under stride) built from Range(batch
+  size), and rows folded into one axis; they become rows again only when a gather or reshape
+  provably hands row n its own block (how exported encoders build their attention masks).
 
 Dimensions other than the batch are equal for every request of a stacked batch (the server
-only stacks requests whose inputs agree on them), so an unknown one is still a constant.
+only stacks requests whose inputs agree on them, and the engine checks that inputs agree on
+named dims), so an unknown one is still a constant, and a named one one size wherever it is.
 """
 
 import math
@@ -36,6 +40,16 @@ class _BatchSize:
 
 BATCH = _BatchSize()
 """Marks the batch dimension in dims, and the batch size in a shape tensor's data."""
+
+
+@dataclass(frozen=True)
+class _Symbol:
+    """A named input dimension other than the batch: unknown, but one size wherever it
+    appears, and equal for every request of a stacked batch. No arithmetic, as BATCH."""
+
+    name: str
+
+
 _KEPT_DATA = 64  # constants up to this many elements keep their values (shapes, axes)
 
 
@@ -58,13 +72,21 @@ class _Mixes(Exception):
 
 @dataclass(frozen=True)
 class _Value:
-    dims: tuple | None  # ints, None (unknown but the same for every request) or BATCH
-    data: np.ndarray | None = None  # an object array of ints and BATCH, when known
+    dims: tuple | None  # ints, symbols, None (unknown, but the same for every request), BATCH
+    data: np.ndarray | None = None  # an object array of ints, symbols and BATCH, when known
     rows: bool = False  # computed from the inputs' data (then BATCH is in dims)
+    below: object = None  # a size every value is under (a constant from Range(0, size))
+    position: tuple | None = None  # (stride, plus): holds row n's n * stride (+ under stride)
+    block: object = None  # rows folded into axis 0, each a block of this many entries
 
     @property
     def batch_sized(self) -> bool:
         return self.data is not None and any(v is BATCH for v in self.data.flat)
+
+    @property
+    def stacking_dependent(self) -> bool:
+        """Its values depend on where the request sits in a stacked batch."""
+        return self.position is not None or self.block is not None
 
     @property
     def axis(self) -> int:
@@ -73,10 +95,14 @@ class _Value:
         return self.dims.index(BATCH)
 
     @property
-    def rank(self) -> int:
+    def known_dims(self) -> tuple:
         if self.dims is None:
             raise _Mixes("a value of unknown rank meets the batch")
-        return len(self.dims)
+        return self.dims
+
+    @property
+    def rank(self) -> int:
+        return len(self.known_dims)
 
 
 _ABSENT = _Value(None)
@@ -101,13 +127,16 @@ def row_independence(
     inputs = [v for v in graph.input if v.name not in values]
     if not inputs:
         return RowIndependence(False, "the graph has no inputs to stack")
-    for value in inputs:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in _dims(value)]
-        if not dims or dims[0] is not None:
+    shapes = {value.name: [_input_dim(d) for d in _dims(value)] for value in inputs}
+    batch_names = {dims[0] for dims in shapes.values() if dims} - {None}
+    for name, dims in shapes.items():
+        if not dims or isinstance(dims[0], int):
             return RowIndependence(
-                False, f"input {value.name!r} has no free first dimension to stack requests on"
+                False, f"input {name!r} has no free first dimension to stack requests on"
             )
-        values[value.name] = _Value((BATCH, *dims[1:]), rows=True)
+        if batch_names.intersection(dims[1:]):
+            return RowIndependence(False, f"input {name!r} names another axis like the batch")
+        values[name] = _Value((BATCH, *dims[1:]), rows=True)
     try:
         for node in graph.node:
             results = _step(node, [values.get(name) for name in node.input], opset)
@@ -127,6 +156,12 @@ def _dims(value: onnx.ValueInfoProto) -> Sequence[onnx.TensorShapeProto.Dimensio
     return value.type.tensor_type.shape.dim
 
 
+def _input_dim(dim: onnx.TensorShapeProto.Dimension) -> int | _Symbol | None:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    return _Symbol(dim.dim_param) if dim.dim_param else None
+
+
 def _constant(array: np.ndarray) -> _Value:
     kept = array.size <= _KEPT_DATA and array.dtype.kind in "iub"
     return _Value(array.shape, array.astype(object) if kept else None)
@@ -142,32 +177,45 @@ def _step(node: onnx.NodeProto, inputs: list[_Value | None], opset: int) -> list
     if any(v is None for v in inputs):
         missing = [n for n, v in zip(node.input, inputs, strict=True) if v is None]
         raise _Mixes(f"{where} reads {missing[0]!r}, which nothing computes")
+    if node.domain not in ("", "ai.onnx") or any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+    ):  # unknown semantics, or a subgraph that may read any value of the graph
+        raise _Mixes(f"{where}: {node.op_type} is not known to be row-wise")
     attrs = _attributes(node)
     if node.op_type == "Constant":
         return [_constant(numpy_helper.to_array(attrs["value"]))] if "value" in attrs else []
     folded = _fold(node.op_type, inputs, attrs)
     if folded is not None:
         return [folded]
+    if any(v.stacking_dependent for v in inputs) or _range_over_batch(node.op_type, inputs):
+        rule = _POSITIONAL.get(node.op_type)
+        if rule is None:
+            raise _Mixes(f"{where} computes with where a request sits in the batch")
+        return [_applied(where, rule, inputs, attrs)] * len(node.output)
     if not any(v.rows or v.batch_sized for v in inputs):
-        return [_Value(None) for _ in node.output]  # weights and shapes only
+        return [_constant_result(node.op_type, inputs, attrs)] * len(node.output)
     shape_input = _SHAPE_INPUT.get(node.op_type)
     if any(v.batch_sized for i, v in enumerate(inputs) if i != shape_input):
         raise _Mixes(f"{where} computes with the batch size")
-    rule = _RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    rule = _RULES.get(node.op_type)
     if rule is None:
         raise _Mixes(f"{where}: {node.op_type} is not known to be row-wise")
-    try:
-        out = rule(inputs, attrs, opset)
-    except _Mixes as problem:
-        raise _Mixes(f"{where}: {problem}") from None
-    except (IndexError, KeyError, TypeError, ValueError) as error:  # attributes it cannot read
-        raise _Mixes(f"{where}: cannot follow its inputs or attributes ({error})") from None
+    out = _applied(where, rule, inputs, attrs, opset)
     used = [name for name in node.output[1:] if name]
     if isinstance(out, _Value):
         if used and node.op_type not in _SAME_FOR_ALL_OUTPUTS:
             raise _Mixes(f"{where}: its extra output {used[0]!r} is not known to be row-wise")
         return [out] * len(node.output)
     return out
+
+
+def _applied(where: str, rule: Callable, *arguments) -> _Value | list[_Value]:
+    try:
+        return rule(*arguments)
+    except _Mixes as problem:
+        raise _Mixes(f"{where}: {problem}") from None
+    except (IndexError, KeyError, TypeError, ValueError) as error:  # attributes it cannot read
+        raise _Mixes(f"{where}: cannot follow its inputs or attributes ({error})") from None
 
 
 def _rows(dims: Sequence) -> _Value:
@@ -199,22 +247,31 @@ def _const(value: _Value, what: str) -> _Value:
 def _broadcast(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
     """Elementwise with numpy broadcasting: every operand aligned on the batch axis, and a
     constant operand of size 1 (or absent) along it."""
-    operands = [v for v in inputs if v.dims != ()]  # scalars broadcast everywhere
-    rank = max(v.rank for v in operands)
-    batched = {v.axis + rank - v.rank for v in operands if v.rows}
-    if len(batched) != 1:
-        raise _Mixes("its operands hold the batch on different axes")
-    (axis,) = batched
-    dims: list = [1] * rank
-    for value in operands:
-        for position, size in enumerate(value.dims, rank - value.rank):
-            if position == axis:
-                if size not in (1, BATCH):
-                    raise _Mixes("a constant operand is not size 1 along the batch axis")
-                dims[position] = BATCH
-            elif dims[position] == 1 or size is None:
-                dims[position] = size
-    return _rows(dims)
+    return _rows(_broadcast_dims([v.known_dims for v in inputs if v is not _ABSENT]))
+
+
+def _broadcast_dims(shapes: list[tuple]) -> list:
+    """numpy's broadcast of ``shapes`` (ints, symbols, None, BATCH). Only a size 1 meets the
+    batch, and a dimension is known only when every operand agrees on it."""
+    rank = max(len(dims) for dims in shapes)
+    result = []
+    for position in range(rank):
+        sizes = {
+            dims[position - rank + len(dims)] for dims in shapes if position >= rank - len(dims)
+        }
+        sizes.discard(1)
+        if BATCH in sizes and len(sizes) > 1:
+            raise _Mixes("an operand is not size 1 along the batch axis")
+        known = {size for size in sizes if isinstance(size, int)}
+        if len(known) > 1:
+            raise _Mixes(f"its operands' sizes {sorted(known)} do not broadcast")
+        if known:
+            result.append(known.pop())
+        elif len(sizes) == 1 and None not in sizes:
+            result.append(sizes.pop())
+        else:
+            result.append(1 if not sizes else None)
+    return result
 
 
 def _first_operand(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
@@ -337,6 +394,8 @@ def _reshape(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
     if not x.rows:
         raise _Mixes("it reshapes the batch size")
     target = list(shape.data.flat)
+    if target == [-1] and x.axis == 0:
+        return _folded(x.dims[1:], (None,))
     for i, d in enumerate(target):
         if isinstance(d, int) and d == 0:
             if attrs.get("allowzero", 0):
@@ -364,9 +423,11 @@ def _product(dims: Sequence) -> int | None:
 def _flatten(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
     x = inputs[0]
     axis = _axis(attrs.get("axis", 1), x.rank)
+    if x.axis == 0 and axis > 1:
+        return _folded(x.dims[1:axis], (None, _size_product(x.dims[axis:])))
     if x.axis >= axis or _product([d for d in x.dims[:axis] if d is not BATCH]) != 1:
         raise _Mixes("it folds the batch dimension")
-    return _rows((BATCH, _product(x.dims[axis:])))
+    return _rows((BATCH, _size_product(x.dims[axis:])))
 
 
 def _transpose(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
@@ -499,7 +560,7 @@ def _constant_of_shape(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
 
 
 def _fold(op_type: str, inputs: list[_Value], attrs: dict) -> _Value | None:
-    if op_type == "Shape" and inputs[0].dims is not None:
+    if op_type == "Shape" and inputs[0].dims is not None and inputs[0].block is None:
         data = np.array(inputs[0].dims[attrs.get("start", 0) : attrs.get("end")], dtype=object)
         return _Value(data.shape, data)
     fold = _FOLDS.get(op_type)
@@ -686,3 +747,182 @@ _RULES: dict[str, Callable] = {
     "ConstantOfShape": _constant_of_shape,
 }
 _SAME_FOR_ALL_OUTPUTS = {"Dropout", "Split"}
+
+
+# Where a request sits in a stacked batch. Exports that vectorise over the batch (e.g. the
+# attention mask of Hugging Face encoders) fold the rows into one axis, then gather each row's
+# block back with indices n * stride + j built from Range(batch size). Such indices and folded
+# values depend on the stacking; they are followed only through these ops, and become rows
+# again only when a gather or reshape provably takes row n's block for row n.
+
+
+def _size_product(dims: Sequence) -> object:
+    """The product of sizes as a size: an int, or one symbol times ones; None if unknown."""
+    symbols = [d for d in dims if not isinstance(d, int)]
+    ints = math.prod(d for d in dims if isinstance(d, int))
+    if not symbols:
+        return ints
+    if len(symbols) == 1 and ints == 1 and isinstance(symbols[0], _Symbol):
+        return symbols[0]
+    return None
+
+
+def _folded(block_dims: Sequence, dims: tuple) -> _Value:
+    block = _size_product(block_dims)
+    if block is None:
+        raise _Mixes("it folds the batch dimension with sizes it cannot follow")
+    return _Value(dims, block=block)
+
+
+def _range_over_batch(op_type: str, inputs: list[_Value]) -> bool:
+    return op_type == "Range" and len(inputs) == 3 and inputs[1].batch_sized
+
+
+def _single(value: _Value) -> object:
+    if value.data is None or value.data.size != 1 or value.stacking_dependent:
+        raise _Mixes("an operand is not one known size")
+    return value.data.flat[0]
+
+
+def _positional_range(inputs: list[_Value], attrs: dict) -> _Value:
+    start, limit, delta = (_single(v) for v in inputs)
+    if (start, limit, delta) != (0, BATCH, 1):
+        raise _Mixes("a range over the batch other than 0, 1, ... rows - 1")
+    return _Value((BATCH,), position=(1, False))
+
+
+def _positional_mul(inputs: list[_Value], attrs: dict) -> _Value:
+    index, factor = inputs if inputs[0].position else inputs[::-1]
+    if index.position != (1, False) or factor.stacking_dependent:
+        raise _Mixes("it scales row positions other than 0, 1, ...")
+    stride = _single(factor)
+    if not (isinstance(stride, _Symbol) or (isinstance(stride, int) and stride >= 1)):
+        raise _Mixes("it scales row positions by other than a positive size")
+    dims = tuple(_broadcast_dims([index.known_dims, factor.known_dims]))
+    return _Value(dims, position=(stride, False))
+
+
+def _positional_add(inputs: list[_Value], attrs: dict) -> _Value:
+    index, offset = inputs if inputs[0].position else inputs[::-1]
+    stride, plus = index.position or (None, True)
+    if plus or offset.stacking_dependent or offset.below != stride:
+        raise _Mixes("it adds to row positions what may reach the next row")
+    return _Value(
+        tuple(_broadcast_dims([index.known_dims, offset.known_dims])), position=(stride, True)
+    )
+
+
+def _positional_unary(op_type: str) -> Callable:
+    """Unsqueeze, and casts to integers, of row positions (which keep their values)."""
+
+    def rule(inputs: list[_Value], attrs: dict) -> _Value:
+        x = inputs[0]
+        if any(v.stacking_dependent for v in inputs[1:]) or x.block is not None:
+            raise _Mixes("it reshapes folded rows")
+        if op_type == "Cast" and attrs.get("to") not in _WIDE_INTEGERS:
+            raise _Mixes("it casts row positions to a type that may change them")
+        dims = x.known_dims
+        if op_type == "Unsqueeze":
+            dims = tuple(_unsqueezed(list(dims), _axes_of(inputs, attrs) or []))
+        return _Value(dims, position=x.position)
+
+    return rule
+
+
+def _positional_gather(inputs: list[_Value], attrs: dict) -> _Value:
+    """Row n's block of folded rows, picked by indices n * block + j (j under block)."""
+    data, indices = inputs
+    if attrs.get("axis", 0) != 0 or data.block is None or indices.position is None:
+        raise _Mixes("it gathers across folded rows")
+    if indices.position[0] != data.block or data.block is None:
+        raise _Mixes("its indices do not step by the folded rows' block")
+    return _rows([*indices.known_dims, *data.known_dims[1:]])
+
+
+def _positional_reshape(inputs: list[_Value], attrs: dict) -> _Value:
+    """Folded 1-D rows back into rows of the block's size."""
+    data, shape = inputs
+    target = list(shape.data.flat) if shape.data is not None else []
+    if data.block is None or len(data.known_dims) != 1 or target[:1] != [BATCH]:
+        raise _Mixes("it reshapes folded rows into other than one row per block")
+    if any(d is None or d == -1 or d == 0 for d in target[1:]):
+        raise _Mixes("it unfolds rows into sizes it cannot follow")
+    if _size_product(target[1:]) != data.block:
+        raise _Mixes("it unfolds rows into blocks of another size")
+    return _rows(target)
+
+
+_POSITIONAL: dict[str, Callable[[list[_Value], dict], _Value]] = {
+    "Range": _positional_range,
+    "Mul": _positional_mul,
+    "Add": _positional_add,
+    "Unsqueeze": _positional_unary("Unsqueeze"),
+    "Cast": _positional_unary("Cast"),
+    "Identity": _positional_unary("Identity"),
+    "Gather": _positional_gather,
+    "Reshape": _positional_reshape,
+}
+
+
+# Constants: their dims where they can be followed (a constant meeting the batch must be known
+# to be size 1 along it), and the bound of Range(0, size).
+
+
+def _constant_result(op_type: str, inputs: list[_Value], attrs: dict) -> _Value:
+    try:
+        return _CONSTANT_RESULTS[op_type](inputs, attrs)
+    except (KeyError, _Mixes, IndexError, TypeError, ValueError):
+        return _Value(None)
+
+
+def _constant_range(inputs: list[_Value], attrs: dict) -> _Value:
+    """1-D; of ``size`` values under ``size`` for Range(0, size, 1)."""
+    try:
+        start, limit, delta = (_single(v) for v in inputs)
+    except _Mixes:
+        return _Value((None,))
+    if (start, delta) != (0, 1) or limit is None:
+        return _Value((None,))
+    return _Value((limit,), below=limit)
+
+
+def _constant_unsqueeze(inputs: list[_Value], attrs: dict) -> _Value:
+    dims = _unsqueezed(list(inputs[0].known_dims), _axes_of(inputs, attrs) or [])
+    return _Value(tuple(dims), below=inputs[0].below)
+
+
+def _constant_slice(inputs: list[_Value], attrs: dict) -> _Value:
+    dims = list(inputs[0].known_dims)
+    given = len(inputs) > 3 and inputs[3] is not _ABSENT
+    axes = _ints(inputs[3], "axes") if given else range(len(_ints(inputs[1], "starts")))
+    for axis in axes:
+        dims[_axis(axis, len(dims))] = None
+    return _Value(tuple(dims))
+
+
+def _constant_gather(inputs: list[_Value], attrs: dict) -> _Value:
+    data, indices = (v.known_dims for v in inputs)
+    axis = _axis(attrs.get("axis", 0), len(data))
+    return _Value((*data[:axis], *indices, *data[axis + 1 :]))
+
+
+_WIDE_INTEGERS = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+_CONSTANT_RESULTS: dict[str, Callable[[list[_Value], dict], _Value]] = {
+    **dict.fromkeys(
+        [op for op in _ELEMENTWISE if op != "Identity"],
+        lambda inputs, attrs: _Value(tuple(_broadcast_dims([v.known_dims for v in inputs]))),
+    ),
+    "Identity": lambda inputs, attrs: _Value(inputs[0].known_dims, below=inputs[0].below),
+    "Cast": lambda inputs, attrs: _Value(
+        inputs[0].known_dims, below=inputs[0].below if attrs.get("to") in _WIDE_INTEGERS else None
+    ),
+    "Range": _constant_range,
+    "Unsqueeze": _constant_unsqueeze,
+    "Slice": _constant_slice,
+    "Gather": _constant_gather,
+    "GatherElements": lambda inputs, attrs: _Value(inputs[1].known_dims),
+    "Expand": lambda inputs, attrs: _Value(
+        tuple(_broadcast_dims([inputs[0].known_dims, tuple(inputs[1].data.flat)]))
+    ),
+    "ConstantOfShape": lambda inputs, attrs: _Value(tuple(inputs[0].data.flat)),
+}
