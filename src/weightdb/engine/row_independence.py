@@ -295,13 +295,13 @@ def _matmul(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
         raise _Mixes("a 1-D operand is contracted whole")
     rank = max(a.rank, b.rank)
     positions = set()
-    for value, kept, contracted in ((a, a.rank - 2, a.rank - 1), (b, b.rank - 1, b.rank - 2)):
+    matrix_axes = ((a, a.rank - 2, a.rank - 1, rank - 2), (b, b.rank - 1, b.rank - 2, rank - 1))
+    for value, kept, contracted, out in matrix_axes:
         if not value.rows:
             continue
         if value.axis == contracted:
             raise _Mixes("it contracts the batch axis")
-        offset = 0 if value.axis == kept and value is a else 1 if value.axis == kept else None
-        positions.add(rank - 2 + offset if offset is not None else value.axis + rank - value.rank)
+        positions.add(out if value.axis == kept else value.axis + rank - value.rank)
     if len(positions) != 1:
         raise _Mixes("its operands hold the batch on different axes")
     (axis,) = positions
@@ -317,7 +317,7 @@ def _gemm(inputs: list[_Value], attrs: dict, opset: int) -> _Value:
     _const(b, "weight")
     if not a.rows or a.rank != 2 or a.axis != attrs.get("transA", 0):
         raise _Mixes("the batch is not A's row axis")
-    if c:
+    if c and c[0] is not _ABSENT:
         bias = _const(c[0], "bias")
         if bias.dims is None or (len(bias.dims) == 2 and bias.dims[0] != 1):
             raise _Mixes("its bias is not a row vector")
