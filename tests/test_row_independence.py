@@ -318,3 +318,12 @@ def test_minilm_is_row_independent_and_stacks_to_the_same_answers(minilm_onnx: P
         alone = model.run({"input_ids": ids[row : row + 1], "attention_mask": mask[row : row + 1]})
         # batch invariance: tighten to array_equal
         np.testing.assert_allclose(stacked[row : row + 1], alone["output"], rtol=1e-6, atol=1e-6)
+
+
+def test_the_analysis_never_reads_external_data() -> None:
+    model = mean_over_batch()
+    axes = model.graph.initializer[0]
+    axes.ClearField("int64_data")
+    axes.data_location = TensorProto.EXTERNAL
+    axes.external_data.add(key="location", value="../../etc/passwd")
+    assert "its axes are not constant" in row_independence(model).reason

@@ -51,6 +51,17 @@ class _Symbol:
 
 
 _KEPT_DATA = 64  # constants up to this many elements keep their values (shapes, axes)
+_INTEGERS = {
+    onnx.TensorProto.BOOL,
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.INT16,
+    onnx.TensorProto.INT32,
+    onnx.TensorProto.INT64,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.UINT16,
+    onnx.TensorProto.UINT32,
+    onnx.TensorProto.UINT64,
+}
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ def row_independence(
     for name, shape in (shapes or {}).items():
         values[name] = _Value(tuple(shape))
     for tensor in graph.initializer:
-        values[tensor.name] = _constant(numpy_helper.to_array(tensor))
+        values[tensor.name] = _constant(tensor)
     inputs = [v for v in graph.input if v.name not in values]
     if not inputs:
         return RowIndependence(False, "the graph has no inputs to stack")
@@ -162,9 +173,14 @@ def _input_dim(dim: onnx.TensorShapeProto.Dimension) -> int | _Symbol | None:
     return _Symbol(dim.dim_param) if dim.dim_param else None
 
 
-def _constant(array: np.ndarray) -> _Value:
-    kept = array.size <= _KEPT_DATA and array.dtype.kind in "iub"
-    return _Value(array.shape, array.astype(object) if kept else None)
+def _constant(tensor: onnx.TensorProto) -> _Value:
+    """Its dims, and its values when small integers stored in the graph: external data is
+    never read (the analysis opens no file)."""
+    dims = tuple(tensor.dims)
+    small = math.prod(dims) <= _KEPT_DATA and tensor.data_type in _INTEGERS
+    if not small or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return _Value(dims)
+    return _Value(dims, numpy_helper.to_array(tensor).astype(object))
 
 
 def _attributes(node: onnx.NodeProto) -> dict:
@@ -183,7 +199,7 @@ def _step(node: onnx.NodeProto, inputs: list[_Value | None], opset: int) -> list
         raise _Mixes(f"{where}: {node.op_type} is not known to be row-wise")
     attrs = _attributes(node)
     if node.op_type == "Constant":
-        return [_constant(numpy_helper.to_array(attrs["value"]))] if "value" in attrs else []
+        return [_constant(attrs["value"])] if "value" in attrs else []
     folded = _fold(node.op_type, inputs, attrs)
     if folded is not None:
         return [folded]
