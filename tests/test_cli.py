@@ -4,11 +4,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
+
+import weightdb
+from weightdb.units import format_size
 
 WEIGHTDB = [sys.executable, "-m", "weightdb"]
 
@@ -101,3 +105,32 @@ def test_bench_runs_the_checkouts_suites_and_names_the_valid_ones() -> None:
     assert result.returncode == 2
     assert "unknown suites ['no-such-suite']" in result.stderr
     assert "'dedup'" in result.stderr and "'budgets'" in result.stderr
+
+
+def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, model_file):
+    """Another writer commits while this import waits for the writer lock: the summary counts
+    only the blocks this import stored."""
+    db_path = tmp_path / "db"
+    rng = np.random.default_rng(1)
+    other = tmp_path / "other.safetensors"
+    save_file({"v": rng.standard_normal((300, 40)).astype(np.float32)}, other)
+    with weightdb.connect(db_path) as db, db.writer_lock:
+        waiting = subprocess.Popen(
+            [*WEIGHTDB, "--db", str(db_path), "import", str(model_file), "--name", "mine"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        lock = db_path / "writer.lock"
+        deadline = time.monotonic() + 60
+        while not any(fd.resolve() == lock for fd in Path(f"/proc/{waiting.pid}/fd").iterdir()):
+            assert time.monotonic() < deadline and waiting.poll() is None, "import never waited"
+            time.sleep(0.05)
+        db.import_model(other, "other")  # commits while the import above waits
+        before = db.stats()["stored_bytes"]
+    out, _ = waiting.communicate(timeout=120)
+    with weightdb.connect(db_path, create=False) as db:
+        added = db.stats()["stored_bytes"] - before
+    assert waiting.returncode == 0
+    assert f"; {format_size(added)} of new blocks stored" in out
+    assert before > 0  # blocks of the other model, which the summary must not count

@@ -3,7 +3,11 @@ called over HTTP. Answers equal ``db.predict``; bad requests get the right statu
 naming the problem; concurrent mixed-model load is answered correctly; a model imported by
 another process is served without a restart; SIGKILL mid-load loses no model."""
 
+import json
+import math
+import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -17,10 +21,15 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import onnx
 import pytest
 from conftest import SMALL
+from fastapi.testclient import TestClient
+from onnx import TensorProto, helper
 
 import weightdb
+from weightdb.server.app import create_app
+from weightdb.server.config import ServerConfig
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,7 +55,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(db_path: Path, *options: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_server(
+    db_path: Path, *options: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start ``python -m weightdb.server``; yield its base URL and process once it answers."""
     port = free_port()
     command = [sys.executable, "-m", "weightdb.server", "--db", str(db_path), "serve"]
@@ -54,6 +65,7 @@ def running_server(db_path: Path, *options: str) -> Iterator[tuple[str, subproce
         [*command, "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -80,7 +92,9 @@ def wait_until_live(url: str, process: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def server(db_path: Path) -> Iterator[str]:
-    with running_server(db_path, "--token", TOKEN, "--max-body", "256KiB") as (url, _):
+    token = {"WEIGHTDB_TOKEN": TOKEN}
+    with running_server(db_path, "--max-body", "256KiB", env=token) as (url, process):
+        assert TOKEN not in Path(f"/proc/{process.pid}/cmdline").read_text()
         yield url
 
 
@@ -127,7 +141,7 @@ def test_answers_equal_db_predict(client: httpx.Client, db_path: Path) -> None:
     for model in MODELS:
         arrays = [sample(model, rows, rng) for rows in (1, 3)]
         for array, expected in zip(arrays, expected_outputs(db_path, model, arrays), strict=True):
-            np.testing.assert_allclose(infer(client, model, array), expected, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(infer(client, model, array), expected)
 
 
 def test_metadata_list_and_health(client: httpx.Client) -> None:
@@ -139,6 +153,7 @@ def test_metadata_list_and_health(client: httpx.Client) -> None:
     meta = client.get("/v2/models/mlp").json()
     assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 100]}]
     assert [o["datatype"] for o in meta["outputs"]] == ["FP32"]
+    assert meta["batched_across_requests"] is True
     text = client.get("/v2/models/text").json()
     assert text["inputs"] == [{"name": "ids", "datatype": "INT64", "shape": [-1, -1]}]
     assert client.get("/v2/models/cnn/ready").json() == {"name": "cnn", "ready": True}
@@ -146,8 +161,8 @@ def test_metadata_list_and_health(client: httpx.Client) -> None:
     assert "/v2/models/{name}/infer" in client.get("/openapi.json").json()["paths"]
 
 
-def mlp_body(shape: list[int], datatype: str = "FP32", name: str = "x") -> dict:
-    count = int(np.prod(shape))
+def mlp_body(shape: list, datatype: str = "FP32", name: str = "x") -> dict:
+    count = math.prod(int(d) for d in shape)
     return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": [1] * count}]}
 
 
@@ -167,6 +182,7 @@ def mlp_body(shape: list[int], datatype: str = "FP32", name: str = "x") -> dict:
             400,
             "needs 100 values, data has 1",
         ),
+        ("mlp", mlp_body(["1", "100"]), 400, "inputs.0.shape.0: Input should be a valid integer"),
         ("missing", mlp_body([1, 100]), 404, "no model named 'missing'"),
         ("mlp", mlp_body([2000, 100]), 413, "exceeds 256.0 KiB"),
     ],
@@ -192,6 +208,24 @@ def test_token_is_required(server: str) -> None:
     assert wrong.status_code == 401
     assert "wrong bearer token" in wrong.json()["error"]
     assert httpx.get(f"{server}/v2/health/live").status_code == 200  # probes stay open
+    for page in ("/docs", "/redoc", "/openapi.json"):
+        assert httpx.get(f"{server}{page}").status_code == 401
+        assert httpx.get(f"{server}{page}", headers=AUTH).status_code == 200
+
+
+def test_token_from_a_file_and_a_warning_for_one_on_the_command_line(
+    db_path: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    with running_server(db_path, "--token-file", str(secret)) as (url, process):
+        assert "from-a-file" not in Path(f"/proc/{process.pid}/cmdline").read_text()
+        bearer = {"Authorization": "Bearer from-a-file"}
+        assert httpx.get(f"{url}/v2/models", headers=bearer).status_code == 200
+        assert httpx.get(f"{url}/v2/models").status_code == 401
+    with running_server(db_path, "--token", "visible") as (url, process):
+        assert httpx.get(f"{url}/v2/models", headers={"Authorization": "Bearer visible"}).is_success
+    assert "warning: --token is visible to every local user" in process.stdout.read().decode()
 
 
 def run_mixed_load(url: str, db_path: Path, clients: int, requests: int) -> int:
@@ -209,7 +243,7 @@ def run_mixed_load(url: str, db_path: Path, clients: int, requests: int) -> int:
                 model = chooser.choice(MODELS)
                 k = chooser.randrange(len(cases[model]))
                 got = infer(c, model, cases[model][k])
-                np.testing.assert_allclose(got, expected[model][k], rtol=1e-5, atol=1e-6)
+                np.testing.assert_array_equal(got, expected[model][k])  # mixed batches
                 correct += 1
         return correct
 
@@ -240,7 +274,7 @@ def test_model_imported_by_another_process_is_served(
     )
     array = sample("cnn", 2, np.random.default_rng(2))
     (expected,) = expected_outputs(db_path, "cnn", [array])
-    np.testing.assert_allclose(infer(client, "late", array), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(infer(client, "late", array), expected)
     assert "late" in {m["name"] for m in client.get("/v2/models").json()["models"]}
 
 
@@ -294,4 +328,93 @@ def test_sigkill_mid_load_loses_no_model(db_path: Path) -> None:
         assert {m["name"] for m in c.get("/v2/models").json()["models"]} == stored
         array = sample("text", 2, np.random.default_rng(3))
         (expected,) = expected_outputs(db_path, "text", [array])
-        np.testing.assert_allclose(infer(c, "text", array), expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(infer(c, "text", array), expected)
+
+
+STALLED = 300
+
+
+def open_socket(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (bounded by the socket timeout)."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_stalled_and_oversized_connections_do_not_starve_valid_requests(db_path: Path) -> None:
+    """300 connections stalled mid-head while valid requests are answered; then each stalled one
+    gets 408 and is closed. An oversized head gets 431, a stalled body 408, and a connection
+    over the cap 503 with Retry-After."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * STALLED:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4 * STALLED, hard), hard))
+    options = ("--header-timeout-s", "3", "--body-timeout-s", "1")
+    cap = STALLED + 20
+    with running_server(db_path, *options, "--max-connections", str(cap)) as (url, _):
+        stalled = [open_socket(url) for _ in range(STALLED)]
+        try:
+            for sock in stalled:
+                sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: weightdb\r\n")
+            # Served while every stalled connection is still open (they are closed after 3 s).
+            with httpx.Client(base_url=url, timeout=2) as c:
+                for rows in range(1, 21):
+                    response = c.post("/v2/models/mlp/infer", json=mlp_body([rows, 100]))
+                    assert response.status_code == 200
+                    assert response.json()["outputs"][0]["shape"][0] == rows
+
+            with open_socket(url) as big:
+                big.sendall(b"GET /v2 HTTP/1.1\r\nHost: weightdb\r\nX-Big: " + b"a" * 200_000)
+                big.sendall(b"\r\n\r\n")
+                assert read_all(big).startswith(b"HTTP/1.1 431 ")
+            with open_socket(url) as slow:
+                head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: w\r\nContent-Length: 99\r\n"
+                slow.sendall(head + b"\r\n" + b'{"inputs"')
+                answer = read_all(slow)
+                assert answer.startswith(b"HTTP/1.1 408 ")
+                assert b"--body-timeout-s" in answer
+
+            extra = [open_socket(url) for _ in range(cap - STALLED)]
+            try:
+                with open_socket(url) as over:
+                    answer = read_all(over)
+                assert answer.startswith(b"HTTP/1.1 503 ")
+                assert b"Retry-After: 1" in answer and b"--max-connections" in answer
+            finally:
+                for sock in extra:
+                    sock.close()
+
+            for sock in stalled:
+                answer = read_all(sock)
+                assert answer.startswith(b"HTTP/1.1 408 ")
+                assert b"--header-timeout-s" in answer
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_nan_and_infinite_outputs_are_sent_as_strings_in_standard_json(tmp_path: Path) -> None:
+    """y = log(x), z = -log(x): at x = 0, -1, 1 that is -inf, NaN, 0 and inf, NaN, -0."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch"])
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch"]) for n in "yz"]
+    nodes = [helper.make_node("Log", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "log", [x], outputs)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "log.onnx"
+    )
+    with weightdb.connect(tmp_path / "db") as db:
+        db.import_model(tmp_path / "log.onnx", "log")
+        with TestClient(create_app(db, ServerConfig())) as c:
+            request = {
+                "inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [0, -1, 1]}]
+            }
+            response = c.post("/v2/models/log/infer", json=request)
+    assert response.status_code == 200
+    outputs = json.loads(response.text, parse_constant=lambda token: pytest.fail(token))
+    data = {o["name"]: o["data"] for o in outputs["outputs"]}
+    assert data == {"y": ["-Infinity", "NaN", 0.0], "z": ["Infinity", "NaN", -0.0]}

@@ -105,14 +105,12 @@ def import_(
 ) -> None:
     """Import a model; blocks identical to stored ones are stored once."""
     with open_db() as db:
-        before = db.stats()["stored_bytes"]
         bar, advance = byte_progress(f"importing {name}")
         with bar:
             info = db.import_model(source, name, progress=advance)
-        added = db.stats()["stored_bytes"] - before
         console.print(
             f"imported {info.name}: {info.tensors} tensors, {format_size(info.logical_bytes)}; "
-            f"{format_size(added)} of new blocks stored"
+            f"{format_size(info.new_block_bytes)} of new blocks stored"
         )
 
 
@@ -133,13 +131,23 @@ def export(
 def list_models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """List stored models."""
+    """List stored models, and whether the server batches requests for each across clients
+    (only when its graph provably keeps rows apart)."""
     with open_db() as db:
         models = db.models()
+        batching = {m.name: db.row_independence(m.name) for m in models}
     if as_json:
-        print(json.dumps([asdict(m) for m in models], indent=2))
+        rows = [
+            {
+                **asdict(m),
+                "batched_across_requests": batching[m.name].independent,
+                "batching_reason": batching[m.name].reason,
+            }
+            for m in models
+        ]
+        print(json.dumps(rows, indent=2))
         return
-    table = Table("model", "format", "tensors", "bytes", "graph", "imported")
+    table = Table("model", "format", "tensors", "bytes", "graph", "batching", "imported")
     for m in models:
         table.add_row(
             m.name,
@@ -147,9 +155,13 @@ def list_models(
             str(m.tensors),
             format_size(m.logical_bytes),
             "yes" if m.has_graph else "no",
+            "across requests" if batching[m.name].independent else "per request",
             m.created_at,
         )
     console.print(table)
+    for m in models:
+        if m.has_graph and not batching[m.name].independent:
+            console.print(f"{m.name}: each request runs alone, {batching[m.name]}", highlight=False)
 
 
 @app.command()

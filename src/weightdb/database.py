@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from weightdb.caching.recorder import TraceRecorder
 from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
+from weightdb.engine.row_independence import RowIndependence, row_independence
 from weightdb.errors import DatabaseNotFoundError, ModelNotFoundError, WeightDBError
 from weightdb.ingest import exporter, torch_export
 from weightdb.ingest.importer import import_source
@@ -64,6 +65,13 @@ class ModelInfo:
     has_graph: bool
     source_digest: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class ImportedModel(ModelInfo):
+    new_block_bytes: int
+    """Bytes of the blocks this import stored: blocks already stored (by any model, including
+    one another writer committed while this import waited for the lock) are not counted."""
 
 
 class Database:
@@ -212,14 +220,14 @@ class Database:
 
     def import_model(
         self, source: str | Path, name: str, *, progress: Progress | None = None
-    ) -> ModelInfo:
+    ) -> ImportedModel:
         """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder."""
         check_model_name(name)
         with open_source(Path(source)) as opened:
             if opened.graph is not None:
                 check_graph(opened.graph, Path(source))
-            import_source(self, opened, name, progress)
-        return self.model(name)
+            new_bytes = import_source(self, opened, name, progress)
+        return ImportedModel(*astuple(self.model(name)), new_bytes)
 
     def from_torch(
         self,
@@ -229,19 +237,19 @@ class Database:
         name: str,
         input_names: list[str] | None = None,
         output_names: list[str] | None = None,
-    ) -> ModelInfo:
+    ) -> ImportedModel:
         """Import a PyTorch module: exported to ONNX (batch dimension free), then imported."""
         check_model_name(name)
         names = {"input_names": input_names, "output_names": output_names}
         with torch_export.exported(module, example_inputs, **names) as folder:
             return self.import_model(Path(folder) / "model.onnx", name)
 
-    def import_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> ModelInfo:
+    def import_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> ImportedModel:
         """Import in-memory numpy arrays as a model (no graph)."""
         check_model_name(name)
         with from_arrays(arrays) as opened:
-            import_source(self, opened, name, None)
-        return self.model(name)
+            new_bytes = import_source(self, opened, name, None)
+        return ImportedModel(*astuple(self.model(name)), new_bytes)
 
     def export_model(
         self, name: str, path: str | Path, *, progress: Progress | None = None
@@ -325,6 +333,14 @@ class Database:
         model = onnx.ModelProto()
         model.ParseFromString(graph)
         return model
+
+    def row_independence(self, name: str) -> RowIndependence:
+        """Whether the server may stack concurrent requests for the model into one batch: only
+        when its graph provably keeps rows apart (read from the graph, without compiling it)."""
+        model = self.graph(name)
+        if model is None:
+            return RowIndependence(False, "the model is stored without a graph")
+        return row_independence(model, {n: t.shape for n, t in self.tensors(name).items()})
 
     def tensors(self, name: str) -> dict[str, StoredTensor]:
         """The stored tensors of a model, in source order, readable block by block."""

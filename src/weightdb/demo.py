@@ -83,14 +83,13 @@ def _build_family(out: Path, console: Console) -> dict:
 def _import(db: Database, family: dict, console: Console, summary: dict) -> None:
     table = Table("model", "parent", "frozen", "bytes", "new bytes stored")
     for model in family["models"]:
-        before = db.stats()["stored_bytes"]
         info = db.import_model(family["dir"] / model["onnx"], model["name"])
         table.add_row(
             model["name"],
             model["parent"] or "-",
             ", ".join(model["frozen"]) or "-",
             format_size(info.logical_bytes),
-            format_size(db.stats()["stored_bytes"] - before),
+            format_size(info.new_block_bytes),
         )
     console.print(table)
     stats = db.stats()

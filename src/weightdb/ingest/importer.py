@@ -31,7 +31,9 @@ def _refuse_existing(db: "Database", name: str) -> None:
 
 def import_source(
     db: "Database", source: ModelSource, name: str, progress: "Progress | None"
-) -> None:
+) -> int:
+    """Store the source as model ``name``; returns the bytes of the blocks this import added
+    (counted in its own write, as other writers may commit while it waits for the lock)."""
     _refuse_existing(db, name)
     with db.writer_lock:
         db.collect_garbage()
@@ -81,6 +83,7 @@ def import_source(
         except (ModelExistsError, sqlite3.Error):
             db.collect_garbage()
             raise
+    return sum(block.nbytes for block in writer.new_blocks)
 
 
 def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, progress):

@@ -14,7 +14,8 @@ from importlib import metadata
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
@@ -24,7 +25,7 @@ from weightdb.server import protocol
 from weightdb.server.batching import Batcher
 from weightdb.server.config import ServerConfig
 from weightdb.server.errors import ApiError, status_of
-from weightdb.server.limits import BodyLimit, bearer_token
+from weightdb.server.limits import BodyGuard, bearer_token
 from weightdb.server.metrics import InferenceMetrics, ServerMetrics
 from weightdb.server.schemas import (
     ErrorBody,
@@ -54,10 +55,11 @@ _ERRORS = {
 
 
 class WireJSON(JSONResponse):
-    """Compact JSON that lets NaN and infinities through (as Python's json reads them)."""
+    """Compact, standard JSON: a NaN or infinity left in ``content`` is an error, not the
+    non-standard tokens Python's json would write (outputs carry them as strings)."""
 
     def render(self, content: object) -> bytes:
-        return json.dumps(content, separators=(",", ":")).encode()
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode()
 
 
 def create_app(db: Database, config: ServerConfig) -> FastAPI:
@@ -78,16 +80,21 @@ def create_app(db: Database, config: ServerConfig) -> FastAPI:
         summary="KServe v2 / Open Inference Protocol REST API over a weightdb database.",
         description=(
             "Models stored as deduplicated tensor blocks, served with dynamic batching. "
-            "Requests for one model arriving within `--max-wait-ms` run as one batch; a round "
-            "of batches for models that share weights reads each shared page once. "
-            "`GET /v2/models` lists stored models (a weightdb extension), `GET /metrics` is "
-            "Prometheus. With `--token`, every route except the health probes needs "
-            '`Authorization: Bearer <token>`. Errors answer `{"error": "..."}`.'
+            "Requests for one model arriving within `--max-wait-ms` run as one batch when the "
+            "model's graph provably keeps rows apart (`batched_across_requests` in its "
+            "metadata), else one by one; a round of batches for models that share weights "
+            "reads each shared page once. `GET /v2/models` lists stored models (a weightdb "
+            "extension), `GET /metrics` is Prometheus. With a token (`WEIGHTDB_TOKEN` or "
+            "`--token-file`), every route except the health probes, these docs included, "
+            'needs `Authorization: Bearer <token>`. Errors answer `{"error": "..."}`.'
         ),
         lifespan=lifespan,
         default_response_class=WireJSON,
+        docs_url=None,  # served by _docs_routes, behind the token when there is one
+        redoc_url=None,
+        openapi_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=config.max_body)
+    app.add_middleware(BodyGuard, max_bytes=config.max_body, timeout_s=config.body_timeout_s)
     app.add_middleware(InferenceMetrics, metrics=metrics)
     _add_error_handlers(app)
     _document_infer_request(app)
@@ -95,7 +102,27 @@ def create_app(db: Database, config: ServerConfig) -> FastAPI:
     guarded = [Depends(bearer_token(config.token))] if config.token else []
     app.include_router(_model_routes(db, batcher), dependencies=guarded)
     app.include_router(_metrics_route(metrics), dependencies=guarded)
+    app.include_router(_docs_routes(app), dependencies=guarded)
     return app
+
+
+def _docs_routes(app: FastAPI) -> APIRouter:
+    """The OpenAPI schema and its Swagger UI and ReDoc pages, as FastAPI would serve them."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/openapi.json")
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @router.get("/docs")
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - Swagger UI")
+
+    @router.get("/redoc")
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
+
+    return router
 
 
 def _health_routes(db: Database) -> APIRouter:

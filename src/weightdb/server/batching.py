@@ -123,39 +123,51 @@ def run_batch(db: Database, batch: Batch) -> int:
     """Run one model on a batch and deliver each request its rows of the outputs; returns the
     rows that ran (0 when the model does not exist or no request was valid).
 
-    Requests are checked one by one first, so a bad request fails alone. A batch whose run
-    fails on its inputs (e.g. a token id outside the vocabulary) is rerun request by request
-    for the same reason.
+    Requests are stacked only for a model whose graph is row-independent (see
+    ``engine.row_independence``): stacking any other would let one client's rows change
+    another's answer. Requests are checked one by one first, so a bad request fails alone. A
+    batch whose run fails on its inputs (e.g. a token id outside the vocabulary) is rerun
+    request by request for the same reason.
     """
     try:
-        prepared = db.prepared.get(batch[0].model)
+        prepared, rows_apart = db.prepared.batchable(batch[0].model)
     except Exception as error:
         for request in batch:
             request.deliver(error)
         return 0
     valid = [request for request in batch if _validated(prepared, request)]
-    if len(valid) > 1 and _stackable(prepared):
-        try:
-            stacked = {
-                name: np.concatenate([r.inputs[name] for r in valid]) for name in valid[0].inputs
-            }
-            parts = _split(prepared.run(stacked), [r.rows for r in valid])
-        except WeightDBError:
-            parts = None
-        except Exception as error:
-            for request in valid:
-                request.deliver(error)
-            return sum(request.rows for request in valid)
-        if parts is not None:
-            for request, outputs in zip(valid, parts, strict=True):
-                request.deliver(outputs)
-            return sum(request.rows for request in valid)
-    for request in valid:
+    stackable = [r for r in valid if _one_batch_size(r)] if rows_apart.independent else []
+    alone = [r for r in valid if r not in stackable]
+    if len(stackable) > 1 and _run_stacked(prepared, stackable):
+        stackable = []
+    for request in alone + stackable:
         try:
             request.deliver(prepared.run(request.inputs))
         except Exception as error:
             request.deliver(error)
     return sum(request.rows for request in valid)
+
+
+def _run_stacked(prepared: PreparedModel, requests: Batch) -> bool:
+    """Run ``requests`` stacked into one batch and deliver each its rows; False, having
+    delivered nothing, when the run fails on its inputs or its outputs do not split into rows
+    (the requests then run alone)."""
+    try:
+        stacked = {
+            name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs
+        }
+        parts = _split(prepared.run(stacked), [r.rows for r in requests])
+    except WeightDBError:
+        return False
+    except Exception as error:  # a bug: each request answers it rather than hang
+        for request in requests:
+            request.deliver(error)
+        return True
+    if parts is None:
+        return False
+    for request, outputs in zip(requests, parts, strict=True):
+        request.deliver(outputs)
+    return True
 
 
 def _validated(prepared: PreparedModel, request: Request) -> bool:
@@ -169,9 +181,11 @@ def _validated(prepared: PreparedModel, request: Request) -> bool:
     return True
 
 
-def _stackable(prepared: PreparedModel) -> bool:
-    """Every input's first dimension is free, so requests stack along it."""
-    return all(spec.dims and not isinstance(spec.dims[0], int) for spec in prepared.inputs)
+def _one_batch_size(request: Request) -> bool:
+    """Every input has the same first dimension, as the analysis assumes of stacked inputs:
+    stacking ``a`` of 1 row and ``b`` of 2 rows with another request would pair rows of
+    different requests."""
+    return len({a.shape[0] if a.ndim else None for a in request.inputs.values()}) == 1
 
 
 def _split(outputs: Outputs, rows: list[int]) -> list[Outputs] | None:

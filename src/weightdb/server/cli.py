@@ -1,5 +1,7 @@
 """``weightdb serve``: the KServe v2 REST server on uvicorn, bound to localhost by default."""
 
+import os
+import resource
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +24,8 @@ from weightdb.server.config import ServerConfig
 
 _DEFAULTS = ServerConfig()
 SWITCH_INTERVAL_S = 0.0005
+TOKEN_VARIABLE = "WEIGHTDB_TOKEN"
+_FILES_BESIDES_CONNECTIONS = 256  # page files, the catalog, logs
 
 
 def serve_command(
@@ -32,11 +36,19 @@ def serve_command(
     budget: BudgetOption = None,
     policy: PolicyOption = None,
     trace: TraceOption = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Require 'Authorization: Bearer TOKEN', TOKEN read from this file (or set "
+            "WEIGHTDB_TOKEN).",
+            show_default=False,
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
-            envvar="WEIGHTDB_TOKEN",
-            help="Require 'Authorization: Bearer TOKEN' (or set WEIGHTDB_TOKEN).",
+            help="The token itself; other users can read it in the process list, so prefer "
+            "WEIGHTDB_TOKEN or --token-file.",
             show_default=False,
         ),
     ] = None,
@@ -55,6 +67,22 @@ def serve_command(
     max_body: Annotated[
         str, typer.Option(help="Largest request body, e.g. 64MiB; beyond it, 413.")
     ] = "64MiB",
+    header_timeout_s: Annotated[
+        float,
+        typer.Option(
+            min=0.001, help="Seconds for a connection to send a request head; beyond it, 408."
+        ),
+    ] = _DEFAULTS.header_timeout_s,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(min=0.001, help="Seconds from a request head to its body's end; then 408."),
+    ] = _DEFAULTS.body_timeout_s,
+    max_header_size: Annotated[
+        str, typer.Option(help="Largest request line and headers, e.g. 64KiB; beyond it, 431.")
+    ] = "64KiB",
+    max_connections: Annotated[
+        int, typer.Option(min=1, help="Open connections; beyond it, 503 with Retry-After.")
+    ] = _DEFAULTS.max_connections,
 ) -> None:
     """Serve the database over HTTP: KServe v2 REST, Prometheus /metrics, OpenAPI at /docs."""
     config = ServerConfig(
@@ -63,7 +91,11 @@ def serve_command(
         max_queue=max_queue,
         timeout_s=timeout_s,
         max_body=size_option(max_body, "--max-body"),
-        token=token or None,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        max_header_bytes=size_option(max_header_size, "--max-header-size"),
+        max_connections=max_connections,
+        token=_token(token, token_file),
     )
     # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
     # the event loop would wait that long for the GIL at every step of every HTTP request.
@@ -72,14 +104,68 @@ def serve_command(
     import uvicorn
 
     from weightdb.server.app import create_app
+    from weightdb.server.connections import guarded_protocol
+
+    _allow_open_files(config.max_connections)
 
     with open_db(budget, policy) as db:
         console.print(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
-            f"(docs at /docs){'; bearer token required' if token else ''}"
+            f"(docs at /docs){'; bearer token required' if config.token else ''}"
         )
         with tracing(db, trace):
-            uvicorn.run(create_app(db, config), host=host, port=port, log_level="warning")
+            uvicorn.run(
+                create_app(db, config),
+                host=host,
+                port=port,
+                log_level="warning",
+                http=guarded_protocol(config),
+            )
+
+
+def _token(given: str | None, path: Path | None) -> str | None:
+    """The bearer token from exactly one of --token-file, WEIGHTDB_TOKEN and --token (which
+    leaves it in /proc/PID/cmdline for every local user to read, so it earns a warning)."""
+    environment = os.environ.get(TOKEN_VARIABLE) or None
+    sources = [
+        s
+        for s, v in (("--token-file", path), (TOKEN_VARIABLE, environment), ("--token", given))
+        if v
+    ]
+    if len(sources) > 1:
+        raise WeightDBError(f"the token is given by {' and '.join(sources)}; give it one way")
+    if given:
+        err_console.print(
+            f"warning: --token is visible to every local user in the process list; set "
+            f"{TOKEN_VARIABLE} or use --token-file instead",
+            highlight=False,
+        )
+        return given
+    if path is None:
+        return environment
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise WeightDBError(f"cannot read the token file {path}: {error}") from None
+    if not token:
+        raise WeightDBError(f"the token file {path} is empty; write the token into it")
+    return token
+
+
+def _allow_open_files(connections: int) -> None:
+    """Raise the soft limit on open files towards the hard one, so ``--max-connections`` (plus
+    the database's own files) is reached before the process runs out of descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + _FILES_BESIDES_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        raised = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        if raised < wanted:
+            err_console.print(
+                f"warning: only {raised} open files allowed (hard limit); --max-connections "
+                f"{connections} may not be reached",
+                highlight=False,
+            )
 
 
 def main() -> None:

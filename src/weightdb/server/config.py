@@ -15,5 +15,14 @@ class ServerConfig:
     """From arrival to answer; a request still queued or running then is answered 504."""
     max_body: int = 64 << 20
     """Bytes of request body; a larger body is answered 413 before it is parsed."""
+    header_timeout_s: float = 10.0
+    """From a connection (or the end of its previous response) to a complete request head;
+    then the connection is answered 408 and closed, so stalled clients hold no socket."""
+    body_timeout_s: float = 30.0
+    """From a complete request head to the last byte of its body; then 408."""
+    max_header_bytes: int = 64 << 10
+    """Bytes of request line and headers; a larger head is answered 431."""
+    max_connections: int = 2048
+    """Open connections; one more is answered 503 with ``Retry-After`` and closed."""
     token: str | None = None
     """When set, every route except the health probes needs ``Authorization: Bearer <token>``."""

@@ -1,7 +1,10 @@
-"""Protection at the door: a request body size limit and an optional bearer token."""
+"""Protection at the door: a request body size limit and read deadline, and an optional
+bearer token."""
 
+import asyncio
 import hmac
 import json
+import time
 from collections.abc import Awaitable, Callable
 
 from fastapi import Depends
@@ -19,13 +22,24 @@ class BodyTooLargeError(ApiError):
         )
 
 
-class BodyLimit:
-    """ASGI middleware answering 413 to a body over ``max_bytes``: at once when Content-Length
-    says so, else as soon as the streamed body passes the limit, before anything parses it."""
+class BodyTooSlowError(ApiError):
+    def __init__(self, timeout_s: float):
+        super().__init__(
+            408,
+            f"request body not complete within {timeout_s:g} s (the server's --body-timeout-s)",
+            {"Connection": "close"},
+        )
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+
+class BodyGuard:
+    """ASGI middleware answering 413 to a body over ``max_bytes``: at once when Content-Length
+    says so, else as soon as the streamed body passes the limit, before anything parses it; and
+    408 to a body whose last byte has not arrived ``timeout_s`` after the request head."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -36,13 +50,22 @@ class BodyLimit:
             await _send_error(send, BodyTooLargeError(self._max_bytes))
             return
         received = 0
+        deadline = time.monotonic() + self._timeout_s
+        complete = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:  # e.g. waiting for the client to disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTooSlowError(self._timeout_s) from None
             received += len(message.get("body", b""))
             if received > self._max_bytes:
                 raise BodyTooLargeError(self._max_bytes)
+            complete = not message.get("more_body", False)
             return message
 
         await self._app(scope, limited, send)
@@ -62,7 +85,9 @@ async def _send_error(send: Send, error: ApiError) -> None:
 
 def bearer_token(token: str) -> Callable[..., Awaitable[None]]:
     """A route dependency that answers 401 unless the request carries ``Bearer <token>``."""
-    scheme = HTTPBearer(auto_error=False, description="The server's --token / WEIGHTDB_TOKEN.")
+    scheme = HTTPBearer(
+        auto_error=False, description="The server's WEIGHTDB_TOKEN or --token-file."
+    )
     expected = token.encode()
 
     async def check(credentials: HTTPAuthorizationCredentials | None = Depends(scheme)) -> None:

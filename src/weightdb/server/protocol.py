@@ -115,21 +115,40 @@ def encode_response(model: str, request: InferRequest, outputs: dict[str, np.nda
             "name": name,
             "datatype": datatype_of(outputs[name].dtype),
             "shape": list(outputs[name].shape),
-            "data": outputs[name].ravel().tolist(),
+            "data": _wire_values(outputs[name]),
         }
         for name in wanted
     ]
     return {"model_name": model, "id": request.id, "outputs": tensors}
 
 
+def _wire_values(array: np.ndarray) -> list:
+    """The values as JSON can carry them: NaN and infinities, which JSON lacks, as the strings
+    the protobuf JSON mapping uses ("NaN", "Infinity", "-Infinity")."""
+    values = array.ravel().tolist()
+    if array.dtype.kind != "f" or np.isfinite(array).all():
+        return values
+    return [_wire_float(v) for v in values]
+
+
+def _wire_float(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
 def model_metadata(db: Database, name: str) -> ModelMetadata:
-    """Inputs and outputs with datatypes and shapes (-1 for a free dimension).
+    """Inputs and outputs with datatypes and shapes (-1 for a free dimension), and whether
+    requests are batched together (the verdict the batcher uses).
 
     Output types come from the stored graph's declared outputs; the engine needs only names.
     """
+    prepared, rows_apart = db.prepared.batchable(name)
     inputs = [
         TensorMetadata(name=s.name, datatype=datatype_of(s.dtype), shape=_wire_shape(s.dims))
-        for s in db.inputs(name)
+        for s in prepared.inputs
     ]
     outputs = []
     for value in db.graph(name).graph.output:
@@ -139,7 +158,13 @@ def model_metadata(db: Database, name: str) -> ModelMetadata:
         outputs.append(
             TensorMetadata(name=value.name, datatype=datatype_of(dtype), shape=_wire_shape(dims))
         )
-    return ModelMetadata(name=name, inputs=inputs, outputs=outputs)
+    return ModelMetadata(
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        batched_across_requests=rows_apart.independent,
+        batching_reason=rows_apart.reason,
+    )
 
 
 def _wire_shape(dims: tuple[int | str | None, ...]) -> list[int]:

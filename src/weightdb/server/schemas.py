@@ -3,7 +3,7 @@ in the OpenAPI page (``/docs``)."""
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictInt
 
 
 class ErrorBody(BaseModel):
@@ -39,6 +39,12 @@ class ModelMetadata(BaseModel):
     platform: str = "weightdb"
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    batched_across_requests: bool = Field(
+        description="weightdb extension: true when concurrent requests are stacked into one "
+        "batch, which only a graph whose rows provably stay apart allows; false when each "
+        "request runs alone."
+    )
+    batching_reason: str = Field(description="Why (weightdb extension).")
 
 
 class ModelEntry(BaseModel):
@@ -60,7 +66,7 @@ class RequestedOutput(BaseModel):
 
 class InferInput(BaseModel):
     name: str
-    shape: list[int]
+    shape: list[StrictInt] = Field(description='JSON integers; strings such as "8" are refused.')
     datatype: str = Field(examples=["FP32"])
     data: list[Any] = Field(description="Values in row-major order, flat or nested.")
     parameters: dict[str, Any] | None = None
@@ -79,7 +85,11 @@ class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any] = Field(description="Values in row-major order, flat.")
+    data: list[Any] = Field(
+        description="Values in row-major order, flat. JSON has no NaN or infinity: such float "
+        'values are sent as the strings "NaN", "Infinity" and "-Infinity" (as in the protobuf '
+        "JSON mapping of the protocol's gRPC form)."
+    )
 
 
 class InferResponse(BaseModel):

@@ -3,7 +3,9 @@
 Compiling a graph costs far more than a small prediction, so the database keeps the most
 recently used ``PreparedModel``s. An entry is keyed by the model's catalog row id and the
 catalog's layout generation, so a re-imported model, or a layout change, is compiled afresh
-while in-flight predictions finish on the objects they hold.
+while in-flight predictions finish on the objects they hold. Each entry also holds whether the
+graph's rows are independent, judged on the same graph, so a batcher never pairs one graph's
+verdict with another graph's run.
 """
 
 import threading
@@ -11,6 +13,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from weightdb.engine import PreparedModel, prepare
+from weightdb.engine.row_independence import RowIndependence, row_independence
 from weightdb.errors import WeightDBError
 
 if TYPE_CHECKING:
@@ -21,30 +24,36 @@ class PreparedModels:
     def __init__(self, db: "Database", capacity: int = 32) -> None:
         self._db = db
         self._capacity = capacity
-        self._entries: OrderedDict[str, tuple[tuple, PreparedModel]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[tuple, PreparedModel, RowIndependence]] = (
+            OrderedDict()
+        )
         self._lock = threading.Lock()
 
     def get(self, name: str) -> PreparedModel:
+        return self.batchable(name)[0]
+
+    def batchable(self, name: str) -> tuple[PreparedModel, RowIndependence]:
+        """The compiled model and whether requests for it may be stacked into one batch."""
         key = (self._db.model_id(name), self._db.layout_generation())
         with self._lock:
             entry = self._entries.get(name)
             if entry is not None and entry[0] == key:
                 self._entries.move_to_end(name)
-                return entry[1]
-        prepared = self._compile(name)
+                return entry[1:]
+        entry = (key, *self._compile(name))
         with self._lock:
-            self._entries[name] = (key, prepared)
+            self._entries[name] = entry
             self._entries.move_to_end(name)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-        return prepared
+        return entry[1:]
 
     def clear(self) -> None:
         """Drop every compiled model."""
         with self._lock:
             self._entries.clear()
 
-    def _compile(self, name: str) -> PreparedModel:
+    def _compile(self, name: str) -> tuple[PreparedModel, RowIndependence]:
         model = self._db.graph(name)
         if model is None:
             raise WeightDBError(
@@ -52,9 +61,11 @@ class PreparedModels:
                 "an ONNX file (or a PyTorch module with from_torch)"
             )
         db = self._db
-        return prepare(
+        tensors = db.tensors(name)
+        prepared = prepare(
             model,
-            db.tensors(name),
+            tensors,
             on_run=lambda: db.pool.begin_query(name),
             batch_invariant=db.batch_invariant,
         )
+        return prepared, row_independence(model, {n: t.shape for n, t in tensors.items()})
