@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from weightdb.cli_common import (
+    BatchInvariantOption,
     BudgetOption,
     PolicyOption,
     TraceOption,
@@ -35,6 +36,7 @@ def serve_command(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
     budget: BudgetOption = None,
     policy: PolicyOption = None,
+    batch_invariant: BatchInvariantOption = True,
     trace: TraceOption = None,
     token_file: Annotated[
         Path | None,
@@ -108,7 +110,7 @@ def serve_command(
 
     _allow_open_files(config.max_connections)
 
-    with open_db(budget, policy) as db:
+    with open_db(budget, policy, batch_invariant) as db:
         console.print(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
             f"(docs at /docs){'; bearer token required' if config.token else ''}"
