@@ -56,14 +56,18 @@ class CountingWeight:
         """No zero-copy panels: the engine copies blocks, each pinned through ``block``."""
         yield [None] * len(group)
 
-    def block_groups(self, positions: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        return [[position] for position in positions]
+    def row_groups(self, block_rows: list[int]) -> list[list[int]]:
+        return [[i] for i in block_rows]
 
     @contextmanager
-    def blocks(self, group: list[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
-        ((i, j),) = group
-        with self.block(i, j) as block:
-            yield [block]
+    def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:
+        """Copies of the row's blocks, each pinned only for its copy."""
+        (i,) = group
+        blocks = []
+        for j in range(self.layout.grid[1]):
+            with self.block(i, j) as block:
+                blocks.append(block.copy())
+        yield [blocks]
 
 
 def split_initializers(

@@ -108,9 +108,9 @@ def matmul_transposed(
 def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
     """W[indices] along axis 0, reading only the row blocks that hold a requested index.
 
-    Requests are grouped by block with one sort; each block then serves all its requests with one
-    vectorized copy, under one pin per page. An in-memory weight serves them all with one
-    ``take``.
+    Requests are grouped by block row with one sort; a block row stored back to back serves
+    all its requests with one vectorized copy (otherwise one per block), under one pin per page.
+    An in-memory weight serves them all with one ``take``.
     """
     layout = weight.layout
     rows, cols = layout.matrix_shape
@@ -132,14 +132,16 @@ def gather_rows(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
     for positions in np.split(order, cuts):
         i = int(ids[positions[0]]) // layout.block_rows
         requests[i] = (positions, ids[positions] - i * layout.block_rows)
-    grid_cols = layout.grid[1]
-    wanted = [(i, j) for i in requests for j in range(grid_cols)]
-    for group in weight.block_groups(wanted):
-        with weight.blocks(group) as blocks:
-            for (i, j), block in zip(group, blocks, strict=True):
+    for group in weight.row_groups(list(requests)):
+        with weight.block_rows(group) as block_rows:
+            for i, row in zip(group, block_rows, strict=True):
                 positions, local = requests[i]
-                _, _, c0, c1 = layout.bounds(i, j)
-                out[positions, c0:c1] = block[local]
+                if isinstance(row, np.ndarray):  # (grid cols, rows, width): one copy
+                    out[positions] = row[:, local].transpose(1, 0, 2).reshape(len(local), -1)
+                    continue
+                for j, block in enumerate(row):
+                    _, _, c0, c1 = layout.bounds(i, j)
+                    out[positions, c0:c1] = block[local]
     return out.reshape(*indices.shape, *weight.shape[1:])
 
 

@@ -11,7 +11,7 @@ checks at import).
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -47,12 +47,15 @@ class StoredWeight(Protocol):
         holds it so, else None (the engine then copies blocks)."""
         ...
 
-    def block_groups(self, positions: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """Block positions grouped so that each group is one pin."""
+    def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
+        """Block rows grouped so that each group is read under one pin per page."""
         ...
 
-    def blocks(self, group: list[tuple[int, int]]) -> AbstractContextManager[list[np.ndarray]]:
-        """Pin a group of ``block_groups`` and yield its blocks."""
+    def block_rows(
+        self, group: list[int]
+    ) -> AbstractContextManager[list[np.ndarray | list[np.ndarray]]]:
+        """Pin a group of ``row_groups`` and yield each block row as one (grid cols, rows,
+        width) array where storage holds it so, else as the list of its blocks."""
         ...
 
 
@@ -84,16 +87,17 @@ class InMemoryWeight:
     def panels(self, axis: PanelAxis, group: list[int]) -> Iterator[list[np.ndarray]]:
         yield [self._panel(axis, index) for index in group]
 
-    def block_groups(self, positions: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        return [list(positions)]
+    def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
+        return [list(block_rows)]
 
     @contextmanager
-    def blocks(self, group: list[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
-        views = []
-        for i, j in group:
-            r0, r1, c0, c1 = self.layout.bounds(i, j)
-            views.append(self.matrix[r0:r1, c0:c1])
-        yield views
+    def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:
+        grid_cols = self.layout.grid[1]
+        rows = []
+        for i in group:
+            with ExitStack() as stack:
+                rows.append([stack.enter_context(self.block(i, j)) for j in range(grid_cols)])
+        yield rows
 
     def _panel(self, axis: PanelAxis, index: int) -> np.ndarray:
         """The panel as storage would lay it out, copied once and kept."""

@@ -1,14 +1,14 @@
 """A stored tensor as the engine and export see it: a grid of blocks read through the pool."""
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool
-from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR
+from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, Page
 from weightdb.storage.panel_order import PanelAxis
 
 
@@ -89,19 +89,42 @@ class StoredTensor:
         with self.pool.pinned(page_id, self.model) as page:
             yield [page.run(run[1], order) if run else None for run in runs]
 
-    def block_groups(self, positions: Sequence[tuple[int, int]]) -> list[list[tuple[int, int]]]:
-        """Block positions grouped by the page that holds them, in order of first appearance."""
-        groups: dict[int, list[tuple[int, int]]] = {}
-        for i, j in positions:
-            groups.setdefault(int(self.locations[i, j, 0]), []).append((i, j))
+    def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
+        """Block rows grouped by the page that holds their first block, in order."""
+        groups: dict[int, list[int]] = {}
+        for i in block_rows:
+            groups.setdefault(int(self.locations[i, 0, 0]), []).append(i)
         return list(groups.values())
 
     @contextmanager
-    def blocks(self, group: list[tuple[int, int]]) -> Iterator[list[np.ndarray]]:
-        """The blocks of one ``block_groups`` group, pinned by one pin of their page."""
-        page_id = int(self.locations[group[0]][0])
-        with self.pool.pinned(page_id, self.model) as page:
-            yield [page.block(int(self.locations[i, j, 1])) for i, j in group]
+    def block_rows(self, group: list[int]) -> Iterator[list[np.ndarray | list[np.ndarray]]]:
+        """Each block row of a ``row_groups`` group, under one pin per page: as one zero-copy
+        (grid cols, rows, width) array when its blocks lie back to back, row-major, of one
+        width; else as the list of its blocks."""
+        with ExitStack() as pins:
+            pages: dict[int, Page] = {}
+
+            def page(page_id: int) -> Page:
+                if page_id not in pages:
+                    pages[page_id] = pins.enter_context(self.pool.pinned(page_id, self.model))
+                return pages[page_id]
+
+            rows = []
+            for i in group:
+                grid = self.locations[i]
+                first_page, first_slot = (int(v) for v in grid[0])
+                run = None
+                if (grid[:, 0] == first_page).all() and (
+                    grid[:, 1] == np.arange(first_slot, first_slot + len(grid))
+                ).all():
+                    slots = range(first_slot, first_slot + len(grid))
+                    run = page(first_page).run(slots, ROW_MAJOR)
+                if run is not None:
+                    width = run.shape[1]
+                    rows.append(run.reshape(len(grid), -1, width))
+                else:
+                    rows.append([page(int(p)).block(int(slot)) for p, slot in grid])
+            yield rows
 
     def row_bands(self) -> Iterator[np.ndarray]:
         """The matrix view one block row at a time, so a huge tensor is never held whole."""
