@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weightdb.errors import SourceFormatError, WeightDBError
+from weightdb.errors import SourceFormatError, UnsupportedDTypeError, WeightDBError
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
@@ -60,7 +60,15 @@ def open_torch(path: Path) -> ModelSource:
             raise SourceFormatError(
                 f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor"
             )
+        if value.layout != torch.strided:
+            raise SourceFormatError(
+                f"{path}: tensor {name!r} is stored {value.layout} (not dense); weightdb imports "
+                "dense tensors only: save tensor.to_dense() instead"
+            )
+        try:
+            dtype = dtypes.by_name(str(value.dtype).removeprefix("torch."))
+        except UnsupportedDTypeError as error:
+            raise UnsupportedDTypeError(f"{path}: tensor {name!r}: {error}") from None
         array = tensor_to_numpy(value)
-        dtype = dtypes.from_numpy(array.dtype)
         tensors.append(TensorEntry(str(name), dtype, tuple(array.shape), lambda a=array: a))
     return ModelSource(format="pytorch", tensors=tensors)
