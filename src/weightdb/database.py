@@ -29,7 +29,7 @@ from weightdb.names import check_model_name
 from weightdb.packing import DEFAULT_ALGORITHM
 from weightdb.serving.prepared_models import PreparedModels
 from weightdb.sql.session import SQLSession
-from weightdb.storage import dtypes, reclaim
+from weightdb.storage import catalog_digest, dtypes, reclaim
 from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
@@ -39,7 +39,7 @@ from weightdb.storage.repack import RepackReport, pages_read, repack
 from weightdb.storage.savings import savings_by_tier
 from weightdb.storage.settings import Settings, read_settings, write_settings
 from weightdb.storage.stored_tensor import StoredTensor
-from weightdb.storage.verify import verify_pages
+from weightdb.storage.verify import verify_database
 from weightdb.storage.writer_lock import WriterLock
 from weightdb.units import parse_size
 
@@ -316,8 +316,10 @@ class Database:
 
     def graph(self, name: str) -> onnx.ModelProto | None:
         """The model's ONNX graph without its stored initializers; None for weights only."""
+        model_id = self.model_id(name)
+        catalog_digest.check_model(self.catalog.conn, model_id)
         (graph,) = self.catalog.conn.execute(
-            "SELECT graph FROM models WHERE model_id = ?", (self.model_id(name),)
+            "SELECT graph FROM models WHERE model_id = ?", (model_id,)
         ).fetchone()
         if graph is None:
             return None
@@ -326,9 +328,11 @@ class Database:
         return model
 
     def tensors(self, name: str) -> dict[str, StoredTensor]:
-        """The stored tensors of a model, in source order, readable block by block."""
+        """The stored tensors of a model, in source order, readable block by block, once the
+        rows that map them are checked against their digests."""
         model_id = self.model_id(name)
         conn = self.catalog.conn
+        catalog_digest.check_tensors(conn, model_id)
         blocks: dict[int, list[tuple[int, int, int, int]]] = {}
         for tensor_id, *position in conn.execute(
             "SELECT tensor_id, block_row, block_col, page_id, slot FROM block_reads "
@@ -390,8 +394,9 @@ class Database:
         }
 
     def verify(self, progress: Progress | None = None) -> int:
-        """Read every page and check its checksum and directory; returns pages checked."""
-        return verify_pages(self, progress)
+        """Check the catalog file, every model's rows against their digests, and every page's
+        checksum, directory and block digests; raise naming the damage. Returns pages checked."""
+        return verify_database(self, progress)
 
     def close(self) -> None:
         """Release what the database holds: compiled models, cached pages, files, SQL."""

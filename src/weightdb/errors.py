@@ -51,3 +51,7 @@ class ConcurrentWriteError(WeightDBError):
 
 class StorageFullError(WeightDBError):
     """The disk ran out of space during a write; nothing was committed."""
+
+
+class CatalogCorruptError(WeightDBError):
+    """catalog.sqlite is damaged, or its rows no longer match their digests."""

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from weightdb.errors import FormatVersionError
+from weightdb.errors import CatalogCorruptError, FormatVersionError
+from weightdb.storage import catalog_digest
 
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2
+"""1: no digests; 2: every model has digests over its rows (migrated on open)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -102,6 +104,15 @@ CREATE TABLE IF NOT EXISTS retired_pages (
     checksum INTEGER NOT NULL,
     retired_at REAL NOT NULL
 );
+-- Digests over the rows above that decide what a model reads: see catalog_digest.py.
+CREATE TABLE IF NOT EXISTS tensor_digests (
+    tensor_id INTEGER PRIMARY KEY REFERENCES tensors(tensor_id) ON DELETE CASCADE,
+    digest BLOB NOT NULL            -- sha256 of the tensor row and its block map
+);
+CREATE TABLE IF NOT EXISTS model_digests (
+    model_id INTEGER PRIMARY KEY REFERENCES models(model_id) ON DELETE CASCADE,
+    digest BLOB NOT NULL            -- sha256 of the model row and its tensor digests in order
+);
 CREATE TABLE IF NOT EXISTS quality (
     model_id INTEGER NOT NULL REFERENCES models(model_id) ON DELETE CASCADE,
     metric TEXT NOT NULL,
@@ -138,6 +149,15 @@ class Catalog:
     def __init__(self, path: Path, create: bool) -> None:
         self.path = path
         self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            self._open(create)
+        except sqlite3.DatabaseError as error:
+            self.conn.close()
+            if not is_damage(error):
+                raise
+            raise damaged(path, error) from None
+
+    def _open(self, create: bool) -> None:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -148,28 +168,34 @@ class Catalog:
                     "INSERT INTO meta(key, value) VALUES ('catalog_version', ?)",
                     (str(CATALOG_VERSION),),
                 )
-        self._check_version()
-        self._ensure_schema()
+        version = self._check_version()
+        self._ensure_schema(version)
 
-    def _ensure_schema(self) -> None:
-        """Create whatever relation is missing: a database made by an earlier build of the
-        same catalog version gains the tables added since, and nothing else changes."""
+    def _ensure_schema(self, version: int) -> None:
+        """Create whatever relation is missing: a database made by an earlier build gains the
+        tables added since, and a version 1 catalog its digests (catalog_digest.py)."""
         missing = [
             statement
             for statement in SCHEMA.split(";")
             if statement.strip() and not self._exists(statement)
         ]
-        if missing:
-            with self.transaction():
+        if missing or version < CATALOG_VERSION:
+            with self.transaction() as conn:
                 for statement in missing:
-                    self.conn.execute(statement)
+                    conn.execute(statement)
+                if version < CATALOG_VERSION:
+                    catalog_digest.record_missing(conn)
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'catalog_version'",
+                        (str(CATALOG_VERSION),),
+                    )
 
     def _exists(self, statement: str) -> bool:
         name = statement.split("EXISTS", 1)[1].split()[0]
         row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
         return row is not None
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
         try:
             row = self.conn.execute(
                 "SELECT value FROM meta WHERE key = 'catalog_version'"
@@ -184,6 +210,7 @@ class Catalog:
             )
         if version < 1:
             raise FormatVersionError(f"{self.path} is not a weightdb catalog (no version)")
+        return version
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -211,3 +238,15 @@ class Catalog:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def is_damage(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file damaged (or not a database at all), not merely busy."""
+    return getattr(error, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+def damaged(path: Path, error: sqlite3.DatabaseError) -> CatalogCorruptError:
+    """The one-line error for a catalog file SQLite cannot read."""
+    return CatalogCorruptError(
+        f"{path} is damaged ({error}); restore it from a backup, then run `weightdb verify`"
+    )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from weightdb.packing import DEFAULT_ALGORITHM, Instance, Layout, solve
+from weightdb.storage import catalog_digest
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import PageBuilder
 from weightdb.storage.reclaim import retire_pages
@@ -150,7 +151,7 @@ def repack(
         bytes_before = _page_bytes(conn)
         locations, new_pages = _write_layout(db, _reading_order(conn, placement))
         model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
-        with db.catalog.transaction() as tx:
+        with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, model_ids.values()):
             tx.executemany(
                 "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
                 [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
