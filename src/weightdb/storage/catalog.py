@@ -3,8 +3,9 @@
 Every statement binds user strings as parameters; none is ever formatted into SQL text.
 """
 
+import functools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -148,14 +149,19 @@ class Catalog:
 
     def __init__(self, path: Path, create: bool) -> None:
         self.path = path
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(
+            path,
+            timeout=60,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_DamageReportingConnection,
+        )
+        self.conn.path = path
         try:
             self._open(create)
-        except sqlite3.DatabaseError as error:
+        except BaseException:
             self.conn.close()
-            if not is_damage(error):
-                raise
-            raise damaged(path, error) from None
+            raise
 
     def _open(self, create: bool) -> None:
         self.conn.execute("PRAGMA journal_mode=WAL")
@@ -240,13 +246,54 @@ class Catalog:
         self.conn.close()
 
 
+def _reporting_damage(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(self, *args):
+        try:
+            return method(self, *args)
+        except sqlite3.DatabaseError as error:
+            if not is_damage(error):
+                raise
+            connection = self if isinstance(self, sqlite3.Connection) else self.connection
+            raise damaged(connection.path, error) from None
+
+    return call
+
+
+class _DamageReportingCursor(sqlite3.Cursor):
+    execute = _reporting_damage(sqlite3.Cursor.execute)
+    executemany = _reporting_damage(sqlite3.Cursor.executemany)
+    fetchone = _reporting_damage(sqlite3.Cursor.fetchone)
+    fetchmany = _reporting_damage(sqlite3.Cursor.fetchmany)
+    fetchall = _reporting_damage(sqlite3.Cursor.fetchall)
+    __next__ = _reporting_damage(sqlite3.Cursor.__next__)
+
+
+class _DamageReportingConnection(sqlite3.Connection):
+    """A connection whose every query turns SQLite's report of a damaged file into one
+    ``CatalogCorruptError`` saying what to do: damage surfaces in whichever query first
+    reads the damaged page, not only when the catalog is opened."""
+
+    path: Path
+
+    def cursor(self, factory=_DamageReportingCursor):
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters) -> sqlite3.Cursor:
+        return self.cursor().executemany(sql, parameters)
+
+
 def is_damage(error: sqlite3.DatabaseError) -> bool:
     """Whether SQLite found the file damaged (or not a database at all), not merely busy."""
     return getattr(error, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
-def damaged(path: Path, error: sqlite3.DatabaseError) -> CatalogCorruptError:
-    """The one-line error for a catalog file SQLite cannot read."""
+def damaged(path: Path, problem: object) -> CatalogCorruptError:
+    """The one-line error for a catalog file SQLite finds damaged (``problem`` says how)."""
+    text = " ".join(str(problem).split())
     return CatalogCorruptError(
-        f"{path} is damaged ({error}); restore it from a backup, then run `weightdb verify`"
+        f"{path} is damaged ({text}); restore it from a backup, then run `weightdb verify`"
     )

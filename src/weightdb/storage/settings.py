@@ -57,18 +57,25 @@ def write_settings(path: Path, settings: Settings) -> None:
 
 
 def read_settings(path: Path) -> Settings:
+    damaged = f"database settings {path} are damaged; restore the file from a backup"
     try:
         values = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except OSError as error:
         raise WeightDBError(f"cannot read database settings {path}: {error}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise WeightDBError(f"{damaged} ({error})") from None
     version = values.get("format_version", 0)
-    if version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise FormatVersionError(
             f"the database at {path.parent} has format version {version}, newer than this "
             f"weightdb reads ({FORMAT_VERSION}); upgrade weightdb to open it"
         )
-    known = set(Settings.__dataclass_fields__)
-    unknown = set(values) - known
+    defaults = Settings()
+    unknown = set(values) - set(Settings.__dataclass_fields__)
     if unknown:
         raise WeightDBError(f"{path} has unknown settings: {', '.join(sorted(unknown))}")
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if type(value) is not expected:
+            raise WeightDBError(f"{damaged}: {key} = {value!r} is not of type {expected.__name__}")
     return Settings(**values).validate()

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 from weightdb.errors import CatalogCorruptError, CorruptPageError
 from weightdb.storage import catalog_digest
 from weightdb.storage.block_writer import block_digest
+from weightdb.storage.catalog import damaged
 
 if TYPE_CHECKING:
     from weightdb.database import Database, Progress
@@ -18,11 +19,9 @@ def verify_database(db: "Database", progress: "Progress | None" = None) -> int:
     """Check the catalog, then every page; raise on the first problem found, naming what is
     damaged (by model and tensor for catalog rows). Returns the pages checked."""
     conn = db.catalog.conn
-    problems = [row for (row,) in conn.execute("PRAGMA quick_check").fetchall() if row != "ok"]
-    if problems:
-        raise CatalogCorruptError(
-            f"{db.catalog.path} is damaged ({problems[0]}); restore it from a backup"
-        )
+    problems = [row for (row,) in conn.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise damaged(db.catalog.path, problems[0])
     damage = catalog_digest.verify(conn)
     if damage:
         more = f" and {len(damage) - SHOWN} more" if len(damage) > SHOWN else ""
