@@ -2,6 +2,7 @@
 weights: on predict and export, in verify (naming model and tensor), and before any writer
 would rewrite the damaged rows."""
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -133,3 +134,20 @@ def test_a_damaged_config_file_is_one_line_saying_what_to_do(db_path):
     ) as caught:
         weightdb.connect(db_path, create=False)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("page_size", "1e9", "page_size = 1000000000.0 is not of type int"),
+        ("block_rows", '"8"', "block_rows = '8' is not of type int"),
+        ("page_size", str(2**64), "over the 1073741824 bytes"),
+        ("segment_bytes", str(2**50), "at most 1099511627776 bytes"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_size_are_refused(db_path, key, value, message):
+    config = db_path / "config.toml"
+    text = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", config.read_text())
+    config.write_text(text)
+    with pytest.raises(WeightDBError, match=re.escape(message)):
+        weightdb.connect(db_path, create=False)

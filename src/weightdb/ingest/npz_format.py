@@ -8,7 +8,7 @@ from tokenize import TokenError
 
 import numpy as np
 
-from weightdb.errors import SourceFormatError, UnsupportedDTypeError
+from weightdb.errors import SourceFormatError, UnsupportedDTypeError, one_line
 from weightdb.ingest import declared
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
@@ -70,7 +70,9 @@ def open_npz(path: Path) -> ModelSource:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
-        raise SourceFormatError(f"{path} is not a readable .npz archive: {error}") from None
+        raise SourceFormatError(
+            f"{path} is not a readable .npz archive: {one_line(error)}"
+        ) from None
     tensors = []
     with archive:
         for member in archive.infolist():
@@ -84,7 +86,8 @@ def open_npz(path: Path) -> ModelSource:
                 array = _read_member(archive, member, where)
             except UNREADABLE as error:
                 raise SourceFormatError(
-                    f"{where} is not a readable .npy array ({error}); re-save it with numpy.savez"
+                    f"{where} is not a readable .npy array ({one_line(error)}); re-save it with "
+                    "numpy.savez"
                 ) from None
             tensors.append(_entry(name, array, str(path)))
     return ModelSource(format="npz", tensors=tensors)

@@ -16,7 +16,7 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from weightdb.errors import SourceFormatError
+from weightdb.errors import SourceFormatError, one_line
 from weightdb.ingest import declared
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
@@ -96,9 +96,9 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
-        raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
+        raise SourceFormatError(f"{path} is not a valid ONNX model: {one_line(error)}") from None
     except RuntimeError as error:  # onnx reports damaged protobufs this way in some versions
-        raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
+        raise SourceFormatError(f"{path} is not a valid ONNX model: {one_line(error)}") from None
     if model.graph.sparse_initializer:
         raise SourceFormatError(
             f"{path} has sparse initializers, which weightdb does not import; densify them first"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from weightdb.errors import SourceFormatError, UnsupportedDTypeError, WeightDBError
+from weightdb.errors import SourceFormatError, UnsupportedDTypeError, WeightDBError, one_line
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
@@ -51,7 +51,8 @@ def open_torch(path: Path) -> ModelSource:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for damaged or unsafe files
         raise SourceFormatError(
-            f"{path} cannot be loaded as a PyTorch state dict with weights_only=True: {error}"
+            f"{path} cannot be loaded as a PyTorch state dict with weights_only=True: "
+            f"{one_line(error)}"
         ) from None
     state = _state_dict(loaded, path)
     tensors = []

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from weightdb.errors import CatalogCorruptError, FormatVersionError
+from weightdb.errors import CatalogCorruptError, FormatVersionError, one_line
 from weightdb.storage import catalog_digest
 
 CATALOG_VERSION = 2
@@ -293,7 +293,7 @@ def is_damage(error: sqlite3.DatabaseError) -> bool:
 
 def damaged(path: Path, problem: object) -> CatalogCorruptError:
     """The one-line error for a catalog file SQLite finds damaged (``problem`` says how)."""
-    text = " ".join(str(problem).split())
     return CatalogCorruptError(
-        f"{path} is damaged ({text}); restore it from a backup, then run `weightdb verify`"
+        f"{path} is damaged ({one_line(problem)}); restore it from a backup, then run "
+        "`weightdb verify`"
     )
