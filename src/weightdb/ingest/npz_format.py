@@ -43,6 +43,8 @@ UNREADABLE = (
     zlib.error,
     SyntaxError,
     TokenError,
+    NotImplementedError,  # zipfile: an unknown compression method
+    RuntimeError,  # zipfile: an encrypted member
 )
 
 
@@ -69,7 +71,7 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, where: str) 
 def open_npz(path: Path) -> ModelSource:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+    except UNREADABLE as error:
         raise SourceFormatError(
             f"{path} is not a readable .npz archive: {one_line(error)}"
         ) from None

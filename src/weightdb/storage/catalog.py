@@ -4,6 +4,7 @@ Every statement binds user strings as parameters; none is ever formatted into SQ
 """
 
 import functools
+import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -176,6 +177,7 @@ class Catalog:
                 )
         version = self._check_version()
         self._ensure_schema(version)
+        self._check_tables()
 
     def _ensure_schema(self, version: int) -> None:
         """Create whatever relation is missing: a database made by an earlier build gains the
@@ -195,6 +197,13 @@ class Catalog:
                         "UPDATE meta SET value = ? WHERE key = 'catalog_version'",
                         (str(CATALOG_VERSION),),
                     )
+
+    def _check_tables(self) -> None:
+        """Refuse a catalog whose tables are not the ones this build creates: a damaged
+        schema would otherwise fail (or mislead) in whichever query first meets it."""
+        for table, expected in _expected_tables().items():
+            if _table_shape(self.conn, table) != expected:
+                raise damaged(self.path, f"table {table} is not as weightdb created it")
 
     def _exists(self, statement: str) -> bool:
         name = statement.split("EXISTS", 1)[1].split()[0]
@@ -251,8 +260,9 @@ def _reporting_damage(method: Callable) -> Callable:
     def call(self, *args):
         try:
             return method(self, *args)
-        except sqlite3.DatabaseError as error:
-            if not is_damage(error):
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
+            # weightdb writes only valid text: a value that is not UTF-8 is damage too
+            if isinstance(error, sqlite3.DatabaseError) and not is_damage(error):
                 raise
             connection = self if isinstance(self, sqlite3.Connection) else self.connection
             raise damaged(connection.path, error) from None
@@ -286,9 +296,41 @@ class _DamageReportingConnection(sqlite3.Connection):
         return self.cursor().executemany(sql, parameters)
 
 
+def _table_shape(conn: sqlite3.Connection, table: str) -> tuple[list, list]:
+    """Columns (name, type, constraints, key) and foreign keys of a table; ``table`` is one
+    of SCHEMA's own names, never user text."""
+    return (
+        conn.execute(f"PRAGMA table_info({table})").fetchall(),
+        conn.execute(f"PRAGMA foreign_key_list({table})").fetchall(),
+    )
+
+
+@functools.cache
+def _expected_tables() -> dict[str, tuple[list, list]]:
+    memory = sqlite3.connect(":memory:")
+    try:
+        memory.executescript(SCHEMA)
+        tables = memory.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {table: _table_shape(memory, table) for (table,) in tables}
+    finally:
+        memory.close()
+
+
+SCHEMA_DAMAGE = re.compile(
+    r"no such (table|column)|foreign key mismatch|table \S+ has (no column named|\d+ columns)"
+    r"|Could not decode to UTF-8"
+)
+"""Messages of SQLITE_ERROR (or of the sqlite3 module itself, which sets no error name)
+that mean the stored schema or text is not what weightdb wrote."""
+
+
 def is_damage(error: sqlite3.DatabaseError) -> bool:
-    """Whether SQLite found the file damaged (or not a database at all), not merely busy."""
-    return getattr(error, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    """Whether SQLite found the file damaged (or not a database at all, or with a schema
+    weightdb did not create), not merely busy."""
+    name = getattr(error, "sqlite_errorname", None)
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return True
+    return name in ("SQLITE_ERROR", None) and SCHEMA_DAMAGE.match(str(error)) is not None
 
 
 def damaged(path: Path, problem: object) -> CatalogCorruptError:
