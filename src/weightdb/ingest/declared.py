@@ -16,15 +16,15 @@ MAX_RANK = 32
 
 INT64_MAX = 2**63 - 1
 
+REMEDY = "the file is damaged or hostile: re-save it from the framework that made it"
+
 
 def whole_number(value: object, what: str) -> int:
     """``value`` if it is a non-negative int; ``what`` names it in the error."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SourceFormatError(f"{what} is {value!r}, not a whole number; the file is malformed")
+        raise SourceFormatError(f"{what} is {value!r}, not a whole number; {REMEDY}")
     if not 0 <= value <= INT64_MAX:
-        raise SourceFormatError(
-            f"{what} is {value}, outside 0..2**63-1; the file is malformed or hostile"
-        )
+        raise SourceFormatError(f"{what} is {value}, outside 0..2**63-1; {REMEDY}")
     return value
 
 
@@ -35,17 +35,16 @@ def tensor_shape(value: object, itemsize: int, what: str) -> tuple[int, ...]:
     is zero: numpy refuses such an empty array, and it is what the block grid is built from.
     """
     if not isinstance(value, list | tuple):
-        raise SourceFormatError(f"{what} has shape {value!r}, not a list of dimensions")
+        raise SourceFormatError(f"{what} has shape {value!r}, not a list of dimensions; {REMEDY}")
     if len(value) > MAX_RANK:
         raise SourceFormatError(
             f"{what} has {len(value)} dimensions, more than the {MAX_RANK} weightdb stores; "
-            "the file is malformed"
+            f"{REMEDY}"
         )
-    shape = tuple(whole_number(d, f"a dimension of {what}") for d in value)
+    shape = tuple(whole_number(d, f"{what} dimension {i}") for i, d in enumerate(value))
     if math.prod(d for d in shape if d) * itemsize > INT64_MAX:
         raise SourceFormatError(
-            f"{what} has shape {list(shape)}, larger than any file can hold; the file is "
-            "malformed or hostile"
+            f"{what} has shape {list(shape)}, larger than any file can hold; {REMEDY}"
         )
     return shape
 
@@ -78,4 +77,4 @@ def parse_json(text: bytes | str, what: str) -> object:
         return json.loads(text, parse_int=_number, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
-        raise SourceFormatError(f"{what}: {reason}") from None
+        raise SourceFormatError(f"{what}: {reason}; {REMEDY}") from None

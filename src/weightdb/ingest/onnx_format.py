@@ -24,15 +24,16 @@ from weightdb.storage import dtypes
 INLINE_MAX_BYTES = 256
 
 
-def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path):
+def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, path: Path):
+    where = f"{path}: initializer {tensor.name!r}"
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return _external_loader(tensor, dtype, shape, folder)
+        return _external_loader(tensor, dtype, shape, path.parent, where)
 
     if tensor.HasField("raw_data") and len(tensor.raw_data) != declared.nbytes(
         shape, dtype.itemsize
     ):
         raise SourceFormatError(
-            f"initializer {tensor.name!r} of {dtype.name}{list(shape)} holds "
+            f"{where} of {dtype.name}{list(shape)} holds "
             f"{len(tensor.raw_data)} bytes of data; the ONNX file is damaged"
         )
 
@@ -43,7 +44,7 @@ def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tupl
             array = numpy_helper.to_array(tensor)
         except ValueError as error:
             raise SourceFormatError(
-                f"initializer {tensor.name!r} does not hold {dtype.name}{list(shape)} ({error}); "
+                f"{where} does not hold {dtype.name}{list(shape)} ({one_line(error)}); "
                 "the ONNX file is damaged"
             ) from None
         return array.astype(dtype.numpy, copy=False).reshape(shape)
@@ -61,12 +62,13 @@ def _external_number(info: dict[str, str], key: str, default: int, where: str) -
             f"{where} has external data {key} {text[:30]!r}, not a byte count; the ONNX file "
             "is malformed"
         )
-    return declared.whole_number(int(text), f"the external data {key} of {where}")
+    return declared.whole_number(int(text), f"{where} external data {key}")
 
 
-def _external_loader(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path):
+def _external_loader(
+    tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path, where: str
+):
     info = {entry.key: entry.value for entry in tensor.external_data}
-    where = f"initializer {tensor.name!r}"
     file = (folder / info.get("location", "")).resolve()
     if folder.resolve() not in file.parents:
         raise SourceFormatError(
@@ -116,7 +118,7 @@ def open_onnx(path: Path) -> ModelSource:
         shape = declared.tensor_shape(
             list(tensor.dims), dtype.itemsize, f"{path}: initializer {tensor.name!r}"
         )
-        load = _load_initializer(tensor, dtype, shape, path.parent)
+        load = _load_initializer(tensor, dtype, shape, path)
         entry = TensorEntry(tensor.name, dtype, shape, load)
         if entry.nbytes <= INLINE_MAX_BYTES:
             kept.append(

@@ -67,7 +67,7 @@ def _entries(
         offsets = info["data_offsets"]
         if not isinstance(offsets, list) or len(offsets) != 2:
             raise SourceFormatError(f"{what} has data offsets {_clip(offsets)}, not [begin, end]")
-        begin, end = (declared.whole_number(x, f"a data offset of {what}") for x in offsets)
+        begin, end = (declared.whole_number(x, f"{what} data offset") for x in offsets)
         expected = declared.nbytes(shape, dtype.itemsize)
         if not begin <= end or end - begin != expected:
             raise SourceFormatError(

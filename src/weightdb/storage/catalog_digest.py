@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 from weightdb.errors import CatalogCorruptError
 
-RESTORE = "restore catalog.sqlite from a backup, or re-import the model"
+RESTORE = (
+    "restore catalog.sqlite from a backup, or remove the model (`weightdb rm`) and import it again"
+)
 
 
 @dataclass(frozen=True)
