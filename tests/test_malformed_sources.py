@@ -167,3 +167,10 @@ def test_hugging_face_links_out_of_the_folder_are_refused(db, tmp_path, link):
     (folder / link).symlink_to(outside)
     with pytest.raises(SourceFormatError, match=f"'{link}' in .* links outside the folder"):
         db.import_model(folder, name="bad")
+
+
+def test_pytorch_tensor_of_too_many_dimensions(db, tmp_path):
+    path = tmp_path / "m.pt"
+    torch.save({"w": torch.ones([1] * 40)}, path)
+    with pytest.raises(SourceFormatError, match="has 40 dimensions, more than the 32"):
+        db.import_model(path, name="bad")

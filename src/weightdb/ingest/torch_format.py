@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from weightdb.errors import SourceFormatError, UnsupportedDTypeError, WeightDBError, one_line
+from weightdb.ingest import declared
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
@@ -70,6 +71,7 @@ def open_torch(path: Path) -> ModelSource:
             dtype = dtypes.by_name(str(value.dtype).removeprefix("torch."))
         except UnsupportedDTypeError as error:
             raise UnsupportedDTypeError(f"{path}: tensor {name!r}: {error}") from None
+        shape = declared.tensor_shape(list(value.shape), dtype.itemsize, f"{path}: tensor {name!r}")
         array = tensor_to_numpy(value)
-        tensors.append(TensorEntry(str(name), dtype, tuple(array.shape), lambda a=array: a))
+        tensors.append(TensorEntry(str(name), dtype, shape, lambda a=array: a))
     return ModelSource(format="pytorch", tensors=tensors)
