@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from weightdb.errors import SourceFormatError, UnsupportedDTypeError
+from weightdb.storage import catalog_digest
 
 
 def safetensors_bytes(header: str | bytes, data: bytes = b"") -> bytes:
@@ -61,6 +62,20 @@ def test_empty_tensor_with_huge_dimensions_costs_nothing(db, tmp_path):
     exported = (tmp_path / "back.safetensors").read_bytes()
     assert json.loads(exported[8:]) == json.loads(record([2**50, 0]))
     assert db.stats()["distinct_blocks"] == 0
+
+
+def test_an_empty_tensor_stored_with_a_tall_grid_exports_without_a_loop(db, tmp_path):
+    """Earlier builds cut [2**27, 0] into 2**24 empty block rows, and export looped over them."""
+    path = tmp_path / "empty.safetensors"
+    path.write_bytes(safetensors_bytes(record([2**27, 0])))
+    db.import_model(path, name="empty")
+    with db.catalog.transaction() as conn:  # the rows such a build wrote, digests recorded
+        conn.execute("UPDATE tensors SET block_rows = 8, block_cols = 1")
+        catalog_digest.record(conn, [db.model_id("empty")])
+    start = time.perf_counter()
+    db.export_model("empty", tmp_path / "back.npz")
+    assert time.perf_counter() - start < 2
+    assert np.load(tmp_path / "back.npz")["w"].shape == (2**27, 0)
 
 
 def npz_with(tmp_path: Path, members: dict[str, bytes]) -> Path:

@@ -30,7 +30,7 @@ from weightdb.packing import DEFAULT_ALGORITHM
 from weightdb.serving.prepared_models import PreparedModels
 from weightdb.sql.session import SQLSession
 from weightdb.storage import catalog_digest, dtypes, reclaim
-from weightdb.storage.blocking import BlockLayout
+from weightdb.storage.blocking import BlockLayout, layout_for
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
@@ -347,6 +347,8 @@ class Database:
             (model_id,),
         ).fetchall():
             layout = BlockLayout(tuple(json.loads(shape)), block_rows, block_cols)
+            if layout.num_blocks == 0:  # stored by a build that gave empty tensors a tall grid
+                layout = layout_for(layout.shape, self.settings.block_shape)
             locations = np.zeros((*layout.grid, 2), dtype=np.int64)
             for i, j, page_id, slot in blocks.get(tensor_id, ()):
                 locations[i, j] = (page_id, slot)
