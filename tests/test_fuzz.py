@@ -149,7 +149,7 @@ def secret(tmp_path: Path) -> Path:
 def fuzz_files(tmp_path: Path, secret: Path, seed: int, build: Callable) -> None:
     """Fuzz one importer: ``build(folder, rng)`` writes a mutated source into ``folder``
     and returns its path; each is imported into one database."""
-    results = []
+    results, read_source = [], []
     with weightdb.connect(tmp_path / "db", settings=SMALL) as db:
 
         def case(run: int, rng: np.random.Generator) -> None:
@@ -159,12 +159,13 @@ def fuzz_files(tmp_path: Path, secret: Path, seed: int, build: Callable) -> None
             with opened_files() as opened:
                 results.append(import_and_read(db, source, f"m{run}"))
             assert str(secret) not in opened
+            read_source.append(any(path.startswith(str(folder.resolve())) for path in opened))
             shutil.rmtree(folder)
 
         runs = fuzz(case, seed)
         assert db.models() == []
         assert db.verify() == db.stats()["pages"]
-    assert runs >= 5
+    assert runs >= 5 and any(read_source)  # the audit hook sees the importers' reads
     assert "ok" in results and len(set(results)) > 2, results[:5]
 
 
