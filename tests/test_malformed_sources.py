@@ -1,6 +1,7 @@
 """Hostile or damaged source files end in one WeightDBError naming the file, never a traceback,
 and declared sizes are checked before any work: an empty tensor costs nothing."""
 
+import errno
 import json
 import struct
 import time
@@ -12,8 +13,9 @@ import onnx
 import pytest
 import torch
 
-from weightdb.errors import SourceFormatError, UnsupportedDTypeError
+from weightdb.errors import SourceFormatError, StorageFullError, UnsupportedDTypeError
 from weightdb.storage import catalog_digest
+from weightdb.storage.block_writer import BlockWriter
 
 
 def safetensors_bytes(header: str | bytes, data: bytes = b"") -> bytes:
@@ -189,3 +191,17 @@ def test_pytorch_tensor_of_too_many_dimensions(db, tmp_path):
     torch.save({"w": torch.ones([1] * 40)}, path)
     with pytest.raises(SourceFormatError, match="has 40 dimensions, more than the 32"):
         db.import_model(path, name="bad")
+
+
+def test_an_error_during_import_is_not_hidden_by_closing_the_mapped_file(db, tmp_path, monkeypatch):
+    """The probe saw a BufferError from closing the mmap replace the real error."""
+    from safetensors.numpy import save_file
+
+    save_file({"w": np.ones((64, 64), np.float32)}, tmp_path / "m.safetensors")
+
+    def disk_full(*block: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(BlockWriter, "add", disk_full)
+    with pytest.raises(StorageFullError, match="is full; nothing of 'm' was imported"):
+        db.import_model(tmp_path / "m.safetensors", name="m")

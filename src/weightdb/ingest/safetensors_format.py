@@ -5,6 +5,7 @@ we need three things the library does not give numpy users: bfloat16, precise er
 truncated or inconsistent files, and streaming export of models larger than memory.
 """
 
+import contextlib
 import itertools
 import json
 import mmap
@@ -89,6 +90,14 @@ def _entries(
     return [(name, dtype, shape, begin) for name, dtype, shape, begin, _ in records]
 
 
+def _close_map(mapped: mmap.mmap) -> None:
+    """Unmap now if no array views the map. One still may (an import that failed holds its
+    arrays in the traceback): then the map goes with the last view, and the import's own
+    error, not a BufferError, is what the caller sees."""
+    with contextlib.suppress(BufferError):
+        mapped.close()
+
+
 def open_safetensors(path: Path, fmt: str = "safetensors") -> ModelSource:
     source = ModelSource(format=fmt, tensors=[])
     with path.open("rb") as file:
@@ -102,7 +111,7 @@ def open_safetensors(path: Path, fmt: str = "safetensors") -> ModelSource:
         records = _entries(path, header, size - data_start)
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     if mapped is not None:
-        source.resources.callback(mapped.close)
+        source.resources.callback(_close_map, mapped)
         mapped.madvise(mmap.MADV_SEQUENTIAL)
 
     def loader(dtype: dtypes.DType, shape: tuple, begin: int):
