@@ -221,12 +221,13 @@ def remove(name: Annotated[str, typer.Argument(help="Model to remove.")]) -> Non
 
 @app.command()
 def verify() -> None:
-    """Read every page and check its checksum against the catalog."""
+    """Check the catalog file and every model's rows against their digests, then read every
+    page and check its checksum and block digests against the catalog."""
     with open_db() as db:
         bar, advance = byte_progress("verifying pages")
         with bar:
             pages = db.verify(progress=advance)
-    console.print(f"ok: {pages} pages verified")
+    console.print(f"ok: catalog and {pages} pages verified")
 
 
 @app.command()

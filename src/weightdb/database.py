@@ -30,8 +30,8 @@ from weightdb.names import check_model_name
 from weightdb.packing import DEFAULT_ALGORITHM
 from weightdb.serving.prepared_models import PreparedModels
 from weightdb.sql.session import SQLSession
-from weightdb.storage import dtypes, reclaim
-from weightdb.storage.blocking import BlockLayout
+from weightdb.storage import catalog_digest, dtypes, reclaim
+from weightdb.storage.blocking import BlockLayout, layout_for
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
@@ -40,7 +40,7 @@ from weightdb.storage.repack import RepackReport, pages_read, repack
 from weightdb.storage.savings import savings_by_tier
 from weightdb.storage.settings import Settings, read_settings, write_settings
 from weightdb.storage.stored_tensor import StoredTensor
-from weightdb.storage.verify import verify_pages
+from weightdb.storage.verify import verify_database
 from weightdb.storage.writer_lock import WriterLock
 from weightdb.units import parse_size
 
@@ -325,8 +325,10 @@ class Database:
 
     def graph(self, name: str) -> onnx.ModelProto | None:
         """The model's ONNX graph without its stored initializers; None for weights only."""
+        model_id = self.model_id(name)
+        catalog_digest.check_model(self.catalog.conn, model_id)
         (graph,) = self.catalog.conn.execute(
-            "SELECT graph FROM models WHERE model_id = ?", (self.model_id(name),)
+            "SELECT graph FROM models WHERE model_id = ?", (model_id,)
         ).fetchone()
         if graph is None:
             return None
@@ -343,9 +345,11 @@ class Database:
         return row_independence(model, {n: t.shape for n, t in self.tensors(name).items()})
 
     def tensors(self, name: str) -> dict[str, StoredTensor]:
-        """The stored tensors of a model, in source order, readable block by block."""
+        """The stored tensors of a model, in source order, readable block by block, once the
+        rows that map them are checked against their digests."""
         model_id = self.model_id(name)
         conn = self.catalog.conn
+        catalog_digest.check_tensors(conn, model_id)
         blocks: dict[int, list[tuple[int, int, int, int]]] = {}
         for tensor_id, *position in conn.execute(
             "SELECT tensor_id, block_row, block_col, page_id, slot FROM block_reads "
@@ -360,6 +364,8 @@ class Database:
             (model_id,),
         ).fetchall():
             layout = BlockLayout(tuple(json.loads(shape)), block_rows, block_cols)
+            if layout.num_blocks == 0:  # stored by a build that gave empty tensors a tall grid
+                layout = layout_for(layout.shape, self.settings.block_shape)
             locations = np.zeros((*layout.grid, 2), dtype=np.int64)
             for i, j, page_id, slot in blocks.get(tensor_id, ()):
                 locations[i, j] = (page_id, slot)
@@ -407,8 +413,9 @@ class Database:
         }
 
     def verify(self, progress: Progress | None = None) -> int:
-        """Read every page and check its checksum and directory; returns pages checked."""
-        return verify_pages(self, progress)
+        """Check the catalog file, every model's rows against their digests, and every page's
+        checksum, directory and block digests; raise naming the damage. Returns pages checked."""
+        return verify_database(self, progress)
 
     def close(self) -> None:
         """Release what the database holds: compiled models, cached pages, files, SQL."""

@@ -5,6 +5,11 @@ Each message says what is wrong and, where there is one, what to do about it.
 """
 
 
+def one_line(cause: object) -> str:
+    """A library's message (often several lines, e.g. ONNX's checker) as one line."""
+    return " ".join(str(cause).split())
+
+
 class WeightDBError(Exception):
     """Base class of all errors a user can cause and fix."""
 
@@ -51,3 +56,7 @@ class ConcurrentWriteError(WeightDBError):
 
 class StorageFullError(WeightDBError):
     """The disk ran out of space during a write; nothing was committed."""
+
+
+class CatalogCorruptError(WeightDBError):
+    """catalog.sqlite is damaged, or its rows no longer match their digests."""

@@ -14,6 +14,7 @@ from weightdb.database import Database
 from weightdb.dedup.metrics import Measurement
 from weightdb.dedup.plan import Replacement
 from weightdb.dedup.workspace import Workspace
+from weightdb.storage import catalog_digest
 from weightdb.storage.catalog import SCHEMA, Catalog
 from weightdb.storage.reclaim import reclaim_unreferenced
 
@@ -46,7 +47,9 @@ def commit_plan(
     for r in replacements:
         refs[r.new_block] += 1
         refs[r.old_block] -= 1
-    with db.catalog.transaction() as conn:
+    owners = dict(db.catalog.conn.execute("SELECT tensor_id, model_id FROM tensors"))
+    changed = {owners[r.position.tensor_id] for r in replacements}
+    with db.catalog.transaction() as conn, catalog_digest.rewriting(conn, changed):
         run_id = conn.execute(
             "INSERT INTO dedup_runs(method, parameters, stored_bytes_before, stored_bytes_after) "
             "SELECT ?, ?, COALESCE(SUM(nbytes), 0), 0 FROM blocks",

@@ -1,14 +1,24 @@
 """Hugging Face style model folders: one ``model.safetensors`` or shards plus an index JSON."""
 
-import json
 from contextlib import ExitStack
 from pathlib import Path
 
 from weightdb.errors import SourceFormatError
+from weightdb.ingest import declared
 from weightdb.ingest.safetensors_format import open_safetensors
 from weightdb.ingest.source import ModelSource
 
 INDEX_NAME = "model.safetensors.index.json"
+
+
+def _inside(folder: Path, path: Path, what: str) -> Path:
+    """``path`` if it is a file that really lies in ``folder``: a symlink out is refused."""
+    if folder.resolve() != path.resolve().parent:
+        raise SourceFormatError(
+            f"{what} {path.name!r} in {folder} links outside the folder; weightdb reads only "
+            "files inside a model folder, so copy the file in"
+        )
+    return path
 
 
 def _shard_path(folder: Path, shard: object) -> Path:
@@ -21,18 +31,29 @@ def _shard_path(folder: Path, shard: object) -> Path:
     path = folder / shard
     if not path.is_file():
         raise SourceFormatError(f"{folder / INDEX_NAME} names shard {shard!r}, which is missing")
-    return path
+    return _inside(folder, path, "shard")
+
+
+def _read_text(folder: Path, path: Path) -> str:
+    try:
+        return _inside(folder, path, "file").read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SourceFormatError(f"{path} cannot be read as text: {error}") from None
+
+
+def _weight_map(folder: Path, index_path: Path) -> dict[str, str]:
+    what = f"{index_path} is not a valid index"
+    index = declared.parse_json(_read_text(folder, index_path), what)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise SourceFormatError(f"{what}: it needs an object with a weight_map object")
+    return weight_map
 
 
 def open_hf_directory(folder: Path) -> ModelSource:
     index_path = folder / INDEX_NAME
     if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            weight_map = index["weight_map"]
-            assert isinstance(weight_map, dict)
-        except (json.JSONDecodeError, KeyError, AssertionError, UnicodeDecodeError):
-            raise SourceFormatError(f"{index_path} is not a valid index (no weight_map)") from None
+        weight_map = _weight_map(folder, index_path)
         shards = list(dict.fromkeys(weight_map.values()))
     else:
         shards = sorted(p.name for p in folder.glob("*.safetensors"))
@@ -61,7 +82,7 @@ def open_hf_directory(folder: Path) -> ModelSource:
                 )
         config = folder / "config.json"
         if config.is_file():
-            metadata["hf_config"] = config.read_text()
+            metadata["hf_config"] = _read_text(folder, config)
         source = ModelSource("hf-directory", tensors, metadata=metadata, resources=resources)
         on_error.pop_all()
     return source

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from weightdb.errors import ModelExistsError, StorageFullError
 from weightdb.ingest.source import ModelSource
+from weightdb.storage import catalog_digest
 from weightdb.storage.block_writer import BlockWriter
 from weightdb.storage.blocking import as_matrix, layout_for, panel_runs
 from weightdb.storage.panel_order import panel_axes
@@ -80,6 +81,7 @@ def import_source(
                     "VALUES (?, ?, ?, ?)",
                     [(tensor_ids[t], i, j, b) for t, i, j, b in block_rows],
                 )
+                catalog_digest.record(conn, [model_id])
         except (ModelExistsError, sqlite3.Error):
             db.collect_garbage()
             raise

@@ -16,38 +16,69 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 
-from weightdb.errors import SourceFormatError
+from weightdb.errors import SourceFormatError, one_line
+from weightdb.ingest import declared
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
 INLINE_MAX_BYTES = 256
 
 
-def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path):
+def _load_initializer(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, path: Path):
+    where = f"{path}: initializer {tensor.name!r}"
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return _external_loader(tensor, dtype, shape, folder)
+        return _external_loader(tensor, dtype, shape, path.parent, where)
+
+    if tensor.HasField("raw_data") and len(tensor.raw_data) != declared.nbytes(
+        shape, dtype.itemsize
+    ):
+        raise SourceFormatError(
+            f"{where} of {dtype.name}{list(shape)} holds "
+            f"{len(tensor.raw_data)} bytes of data; the ONNX file is damaged"
+        )
 
     def load() -> np.ndarray:
         if tensor.HasField("raw_data"):
             return np.frombuffer(tensor.raw_data, dtype=dtype.numpy).reshape(shape)
-        return numpy_helper.to_array(tensor).astype(dtype.numpy, copy=False).reshape(shape)
+        try:
+            array = numpy_helper.to_array(tensor)
+        except ValueError as error:
+            raise SourceFormatError(
+                f"{where} does not hold {dtype.name}{list(shape)} ({one_line(error)}); "
+                "the ONNX file is damaged"
+            ) from None
+        return array.astype(dtype.numpy, copy=False).reshape(shape)
 
     return load
 
 
-def _external_loader(tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path):
+def _external_number(info: dict[str, str], key: str, default: int, where: str) -> int:
+    """An offset or length of external data: ONNX stores them as decimal strings."""
+    text = info.get(key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= declared.MAX_NUMBER_DIGITS):
+        raise SourceFormatError(
+            f"{where} has external data {key} {text[:30]!r}, not a byte count; the ONNX file "
+            "is malformed"
+        )
+    return declared.whole_number(int(text), f"{where} external data {key}")
+
+
+def _external_loader(
+    tensor: onnx.TensorProto, dtype: dtypes.DType, shape: tuple, folder: Path, where: str
+):
     info = {entry.key: entry.value for entry in tensor.external_data}
-    where = f"initializer {tensor.name!r}"
     file = (folder / info.get("location", "")).resolve()
     if folder.resolve() not in file.parents:
         raise SourceFormatError(
             f"{where} points at external data {info.get('location')!r} outside the model's "
             f"folder {folder}; weightdb only reads weights stored beside the model"
         )
-    offset = int(info.get("offset", 0))
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.numpy.itemsize
+    offset = _external_number(info, "offset", 0, where)
+    nbytes = declared.nbytes(shape, dtype.itemsize)
     available = file.stat().st_size - offset if file.is_file() else -1
-    if int(info.get("length", nbytes)) != nbytes or available < nbytes:
+    if _external_number(info, "length", nbytes, where) != nbytes or available < nbytes:
         raise SourceFormatError(
             f"{where} needs {nbytes} bytes at offset {offset} of {file.name}, which holds "
             f"{max(available, 0)} there; the external data file is truncated or mismatched"
@@ -67,9 +98,9 @@ def read_onnx(path: Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
         onnx.checker.check_model(str(path))
     except (DecodeError, onnx.checker.ValidationError, ValueError, OSError) as error:
-        raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
+        raise SourceFormatError(f"{path} is not a valid ONNX model: {one_line(error)}") from None
     except RuntimeError as error:  # onnx reports damaged protobufs this way in some versions
-        raise SourceFormatError(f"{path} is not a valid ONNX model: {error}") from None
+        raise SourceFormatError(f"{path} is not a valid ONNX model: {one_line(error)}") from None
     if model.graph.sparse_initializer:
         raise SourceFormatError(
             f"{path} has sparse initializers, which weightdb does not import; densify them first"
@@ -84,8 +115,10 @@ def open_onnx(path: Path) -> ModelSource:
     kept = []
     for tensor in model.graph.initializer:
         dtype = dtypes.from_onnx(tensor.data_type)
-        shape = tuple(int(d) for d in tensor.dims)
-        load = _load_initializer(tensor, dtype, shape, path.parent)
+        shape = declared.tensor_shape(
+            list(tensor.dims), dtype.itemsize, f"{path}: initializer {tensor.name!r}"
+        )
+        load = _load_initializer(tensor, dtype, shape, path)
         entry = TensorEntry(tensor.name, dtype, shape, load)
         if entry.nbytes <= INLINE_MAX_BYTES:
             kept.append(

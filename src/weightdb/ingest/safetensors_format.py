@@ -5,6 +5,7 @@ we need three things the library does not give numpy users: bfloat16, precise er
 truncated or inconsistent files, and streaming export of models larger than memory.
 """
 
+import contextlib
 import itertools
 import json
 import mmap
@@ -15,7 +16,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from weightdb.errors import SourceFormatError
+from weightdb.errors import SourceFormatError, UnsupportedDTypeError
+from weightdb.ingest import declared
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
@@ -32,13 +34,17 @@ def read_header(path: Path, size: int, head: bytes) -> tuple[int, dict]:
             f"{path} is truncated or not a safetensors file: its header claims {header_len} "
             f"bytes but the file has {size - 8} after the length prefix"
         )
-    try:
-        header = json.loads(head[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SourceFormatError(f"{path} has a malformed safetensors header: {error}") from None
+    what = f"{path} has a malformed safetensors header"
+    header = declared.parse_json(head[8 : 8 + header_len], what)
     if not isinstance(header, dict):
-        raise SourceFormatError(f"{path} has a malformed safetensors header: not a JSON object")
+        raise SourceFormatError(f"{what}: not a JSON object")
     return header_len, header
+
+
+def _clip(value: object) -> str:
+    """A declared value short enough for a one-line error."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _entries(
@@ -49,18 +55,22 @@ def _entries(
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        what = f"{path}: tensor {name!r}"
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise SourceFormatError(f"{what} has a malformed record {_clip(info)}")
+        if not isinstance(info["dtype"], str):
+            raise SourceFormatError(f"{what} has dtype {_clip(info['dtype'])}, not a name")
         try:
             dtype = dtypes.from_safetensors(info["dtype"])
-            shape = tuple(int(d) for d in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise SourceFormatError(
-                f"{path}: tensor {name!r} has a malformed record {info!r}"
-            ) from None
-        if any(d < 0 for d in shape):
-            raise SourceFormatError(f"{path}: tensor {name!r} has a negative dimension {shape}")
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if not 0 <= begin <= end or end - begin != expected:
+        except UnsupportedDTypeError as error:
+            raise UnsupportedDTypeError(f"{what}: {error}") from None
+        shape = declared.tensor_shape(info["shape"], dtype.itemsize, what)
+        offsets = info["data_offsets"]
+        if not isinstance(offsets, list) or len(offsets) != 2:
+            raise SourceFormatError(f"{what} has data offsets {_clip(offsets)}, not [begin, end]")
+        begin, end = (declared.whole_number(x, f"{what} data offset") for x in offsets)
+        expected = declared.nbytes(shape, dtype.itemsize)
+        if not begin <= end or end - begin != expected:
             raise SourceFormatError(
                 f"{path}: tensor {name!r} of {dtype.name}{list(shape)} needs {expected} bytes "
                 f"but its data offsets are [{begin}, {end}]"
@@ -80,6 +90,14 @@ def _entries(
     return [(name, dtype, shape, begin) for name, dtype, shape, begin, _ in records]
 
 
+def _close_map(mapped: mmap.mmap) -> None:
+    """Unmap now if no array views the map. One still may (an import that failed holds its
+    arrays in the traceback): then the map goes with the last view, and the import's own
+    error, not a BufferError, is what the caller sees."""
+    with contextlib.suppress(BufferError):
+        mapped.close()
+
+
 def open_safetensors(path: Path, fmt: str = "safetensors") -> ModelSource:
     source = ModelSource(format=fmt, tensors=[])
     with path.open("rb") as file:
@@ -93,7 +111,7 @@ def open_safetensors(path: Path, fmt: str = "safetensors") -> ModelSource:
         records = _entries(path, header, size - data_start)
         mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
     if mapped is not None:
-        source.resources.callback(mapped.close)
+        source.resources.callback(_close_map, mapped)
         mapped.madvise(mmap.MADV_SEQUENTIAL)
 
     def loader(dtype: dtypes.DType, shape: tuple, begin: int):

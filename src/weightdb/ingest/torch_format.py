@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from weightdb.errors import SourceFormatError, WeightDBError
+from weightdb.errors import SourceFormatError, UnsupportedDTypeError, WeightDBError, one_line
+from weightdb.ingest import declared
 from weightdb.ingest.source import ModelSource, TensorEntry
 from weightdb.storage import dtypes
 
@@ -51,7 +52,8 @@ def open_torch(path: Path) -> ModelSource:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # torch raises many types for damaged or unsafe files
         raise SourceFormatError(
-            f"{path} cannot be loaded as a PyTorch state dict with weights_only=True: {error}"
+            f"{path} cannot be loaded as a PyTorch state dict with weights_only=True: "
+            f"{one_line(error)}"
         ) from None
     state = _state_dict(loaded, path)
     tensors = []
@@ -60,7 +62,16 @@ def open_torch(path: Path) -> ModelSource:
             raise SourceFormatError(
                 f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor"
             )
+        if value.layout != torch.strided:
+            raise SourceFormatError(
+                f"{path}: tensor {name!r} is stored {value.layout} (not dense); weightdb imports "
+                "dense tensors only: save tensor.to_dense() instead"
+            )
+        try:
+            dtype = dtypes.by_name(str(value.dtype).removeprefix("torch."))
+        except UnsupportedDTypeError as error:
+            raise UnsupportedDTypeError(f"{path}: tensor {name!r}: {error}") from None
+        shape = declared.tensor_shape(list(value.shape), dtype.itemsize, f"{path}: tensor {name!r}")
         array = tensor_to_numpy(value)
-        dtype = dtypes.from_numpy(array.dtype)
-        tensors.append(TensorEntry(str(name), dtype, tuple(array.shape), lambda a=array: a))
+        tensors.append(TensorEntry(str(name), dtype, shape, lambda a=array: a))
     return ModelSource(format="pytorch", tensors=tensors)

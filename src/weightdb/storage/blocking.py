@@ -88,6 +88,8 @@ def layout_for(shape: tuple[int, ...], block_shape: tuple[int, int]) -> BlockLay
     """Choose the block grid of a tensor of ``shape`` under the database block shape (R, C)."""
     nominal_rows, nominal_cols = block_shape
     rows, cols = matrix_shape(shape)
+    if rows == 0 or cols == 0:  # one block row or column, so import and export loop 0 times
+        return BlockLayout(tuple(shape), max(1, rows), max(1, cols))
     block_cols = max(1, min(nominal_cols, cols))
     # Keep about R*C elements per block when the matrix is narrower than C.
     widened_rows = max(nominal_rows, (nominal_rows * nominal_cols) // block_cols)

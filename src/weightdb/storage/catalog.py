@@ -3,14 +3,18 @@
 Every statement binds user strings as parameters; none is ever formatted into SQL text.
 """
 
+import functools
+import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from weightdb.errors import FormatVersionError
+from weightdb.errors import CatalogCorruptError, FormatVersionError, one_line
+from weightdb.storage import catalog_digest
 
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2
+"""1: no digests; 2: every model has digests over its rows (migrated on open)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -102,6 +106,15 @@ CREATE TABLE IF NOT EXISTS retired_pages (
     checksum INTEGER NOT NULL,
     retired_at REAL NOT NULL
 );
+-- Digests over the rows above that decide what a model reads: see catalog_digest.py.
+CREATE TABLE IF NOT EXISTS tensor_digests (
+    tensor_id INTEGER PRIMARY KEY REFERENCES tensors(tensor_id) ON DELETE CASCADE,
+    digest BLOB NOT NULL            -- sha256 of the tensor row and its block map
+);
+CREATE TABLE IF NOT EXISTS model_digests (
+    model_id INTEGER PRIMARY KEY REFERENCES models(model_id) ON DELETE CASCADE,
+    digest BLOB NOT NULL            -- sha256 of the model row and its tensor digests in order
+);
 CREATE TABLE IF NOT EXISTS quality (
     model_id INTEGER NOT NULL REFERENCES models(model_id) ON DELETE CASCADE,
     metric TEXT NOT NULL,
@@ -137,7 +150,21 @@ class Catalog:
 
     def __init__(self, path: Path, create: bool) -> None:
         self.path = path
-        self.conn = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        self.conn = sqlite3.connect(
+            path,
+            timeout=60,
+            isolation_level=None,
+            check_same_thread=False,
+            factory=_DamageReportingConnection,
+        )
+        self.conn.path = path
+        try:
+            self._open(create)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _open(self, create: bool) -> None:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
@@ -148,28 +175,42 @@ class Catalog:
                     "INSERT INTO meta(key, value) VALUES ('catalog_version', ?)",
                     (str(CATALOG_VERSION),),
                 )
-        self._check_version()
-        self._ensure_schema()
+        version = self._check_version()
+        self._ensure_schema(version)
+        self._check_tables()
 
-    def _ensure_schema(self) -> None:
-        """Create whatever relation is missing: a database made by an earlier build of the
-        same catalog version gains the tables added since, and nothing else changes."""
+    def _ensure_schema(self, version: int) -> None:
+        """Create whatever relation is missing: a database made by an earlier build gains the
+        tables added since, and a version 1 catalog its digests (catalog_digest.py)."""
         missing = [
             statement
             for statement in SCHEMA.split(";")
             if statement.strip() and not self._exists(statement)
         ]
-        if missing:
-            with self.transaction():
+        if missing or version < CATALOG_VERSION:
+            with self.transaction() as conn:
                 for statement in missing:
-                    self.conn.execute(statement)
+                    conn.execute(statement)
+                if version < CATALOG_VERSION:
+                    catalog_digest.record_missing(conn)
+                    conn.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'catalog_version'",
+                        (str(CATALOG_VERSION),),
+                    )
+
+    def _check_tables(self) -> None:
+        """Refuse a catalog whose tables are not the ones this build creates: a damaged
+        schema would otherwise fail (or mislead) in whichever query first meets it."""
+        for table, expected in _expected_tables().items():
+            if _table_shape(self.conn, table) != expected:
+                raise damaged(self.path, f"table {table} is not as weightdb created it")
 
     def _exists(self, statement: str) -> bool:
         name = statement.split("EXISTS", 1)[1].split()[0]
         row = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone()
         return row is not None
 
-    def _check_version(self) -> None:
+    def _check_version(self) -> int:
         try:
             row = self.conn.execute(
                 "SELECT value FROM meta WHERE key = 'catalog_version'"
@@ -184,6 +225,7 @@ class Catalog:
             )
         if version < 1:
             raise FormatVersionError(f"{self.path} is not a weightdb catalog (no version)")
+        return version
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -211,3 +253,89 @@ class Catalog:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _reporting_damage(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(self, *args):
+        try:
+            return method(self, *args)
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as error:
+            # weightdb writes only valid text: a value that is not UTF-8 is damage too
+            if isinstance(error, sqlite3.DatabaseError) and not is_damage(error):
+                raise
+            connection = self if isinstance(self, sqlite3.Connection) else self.connection
+            raise damaged(connection.path, error) from None
+
+    return call
+
+
+class _DamageReportingCursor(sqlite3.Cursor):
+    execute = _reporting_damage(sqlite3.Cursor.execute)
+    executemany = _reporting_damage(sqlite3.Cursor.executemany)
+    fetchone = _reporting_damage(sqlite3.Cursor.fetchone)
+    fetchmany = _reporting_damage(sqlite3.Cursor.fetchmany)
+    fetchall = _reporting_damage(sqlite3.Cursor.fetchall)
+    __next__ = _reporting_damage(sqlite3.Cursor.__next__)
+
+
+class _DamageReportingConnection(sqlite3.Connection):
+    """A connection whose every query turns SQLite's report of a damaged file into one
+    ``CatalogCorruptError`` saying what to do: damage surfaces in whichever query first
+    reads the damaged page, not only when the catalog is opened."""
+
+    path: Path
+
+    def cursor(self, factory=_DamageReportingCursor):
+        return super().cursor(factory)
+
+    def execute(self, sql: str, parameters=()) -> sqlite3.Cursor:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters) -> sqlite3.Cursor:
+        return self.cursor().executemany(sql, parameters)
+
+
+def _table_shape(conn: sqlite3.Connection, table: str) -> tuple[list, list]:
+    """Columns (name, type, constraints, key) and foreign keys of a table; ``table`` is one
+    of SCHEMA's own names, never user text."""
+    return (
+        conn.execute(f"PRAGMA table_info({table})").fetchall(),
+        conn.execute(f"PRAGMA foreign_key_list({table})").fetchall(),
+    )
+
+
+@functools.cache
+def _expected_tables() -> dict[str, tuple[list, list]]:
+    memory = sqlite3.connect(":memory:")
+    try:
+        memory.executescript(SCHEMA)
+        tables = memory.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        return {table: _table_shape(memory, table) for (table,) in tables}
+    finally:
+        memory.close()
+
+
+SCHEMA_DAMAGE = re.compile(
+    r"no such (table|column)|foreign key mismatch|table \S+ has (no column named|\d+ columns)"
+    r"|Could not decode to UTF-8"
+)
+"""Messages of SQLITE_ERROR (or of the sqlite3 module itself, which sets no error name)
+that mean the stored schema or text is not what weightdb wrote."""
+
+
+def is_damage(error: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite found the file damaged (or not a database at all, or with a schema
+    weightdb did not create), not merely busy."""
+    name = getattr(error, "sqlite_errorname", None)
+    if name in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+        return True
+    return name in ("SQLITE_ERROR", None) and SCHEMA_DAMAGE.match(str(error)) is not None
+
+
+def damaged(path: Path, problem: object) -> CatalogCorruptError:
+    """The one-line error for a catalog file SQLite finds damaged (``problem`` says how)."""
+    return CatalogCorruptError(
+        f"{path} is damaged ({one_line(problem)}); restore it from a backup, then run "
+        "`weightdb verify`"
+    )

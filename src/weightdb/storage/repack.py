@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from weightdb.packing import DEFAULT_ALGORITHM, Instance, Layout, solve
+from weightdb.storage import catalog_digest
 from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import PageBuilder
@@ -144,6 +145,9 @@ def repack(
     with db.writer_lock:
         db.collect_garbage()
         conn = db.catalog.conn
+        catalog_digest.refuse_damaged(
+            conn, [m for (m,) in conn.execute("SELECT model_id FROM models")]
+        )
         models = model_blocks(conn)
         instance = Instance.from_models(models, blocks_per_page(db), frequencies)
         layout = solve(instance, algorithm).layout if models else Layout(pages=(), reads={})
@@ -153,7 +157,7 @@ def repack(
         bytes_before = _page_bytes(conn)
         locations, new_pages = _write_layout(db, _reading_order(conn, placement))
         model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
-        with db.catalog.transaction() as tx:
+        with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, model_ids.values()):
             tx.executemany(
                 "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
                 [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],

@@ -12,11 +12,13 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from weightdb.errors import FormatVersionError, WeightDBError
+from weightdb.errors import FormatVersionError, WeightDBError, one_line
 from weightdb.storage.policies import DEFAULT_POLICY, make_policy
 
 FORMAT_VERSION = 1
 WIDEST_ITEMSIZE = 8  # float64 / int64
+MAX_PAGE_SIZE = 1024**3  # writers hold two page buffers in memory
+MAX_SEGMENT_BYTES = 1024**4
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,17 @@ class Settings:
                 f"{self.block_cols} block of 8-byte values; use a page size of at least "
                 f"{needed} bytes or a smaller block shape"
             )
+        if self.page_size > MAX_PAGE_SIZE:
+            raise WeightDBError(
+                f"page size {self.page_size} bytes is over the {MAX_PAGE_SIZE} bytes a page "
+                "buffer may take; use a smaller page size"
+            )
         make_policy(self.policy)  # a clear error for unknown names
-        if self.segment_bytes < self.page_size:
-            raise WeightDBError("segment size must be at least the page size")
+        if not self.page_size <= self.segment_bytes <= MAX_SEGMENT_BYTES:
+            raise WeightDBError(
+                f"segment size must be at least the page size and at most {MAX_SEGMENT_BYTES} "
+                f"bytes, got {self.segment_bytes}"
+            )
         return self
 
 
@@ -57,18 +67,25 @@ def write_settings(path: Path, settings: Settings) -> None:
 
 
 def read_settings(path: Path) -> Settings:
+    damaged = f"database settings {path} are damaged; restore the file from a backup"
     try:
         values = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as error:
+    except OSError as error:
         raise WeightDBError(f"cannot read database settings {path}: {error}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as error:
+        raise WeightDBError(f"{damaged} ({one_line(error) or 'nested too deeply'})") from None
     version = values.get("format_version", 0)
-    if version > FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise FormatVersionError(
             f"the database at {path.parent} has format version {version}, newer than this "
             f"weightdb reads ({FORMAT_VERSION}); upgrade weightdb to open it"
         )
-    known = set(Settings.__dataclass_fields__)
-    unknown = set(values) - known
+    defaults = Settings()
+    unknown = set(values) - set(Settings.__dataclass_fields__)
     if unknown:
         raise WeightDBError(f"{path} has unknown settings: {', '.join(sorted(unknown))}")
+    for key, value in values.items():
+        expected = type(getattr(defaults, key))
+        if type(value) is not expected:
+            raise WeightDBError(f"{damaged}: {key} = {value!r} is not of type {expected.__name__}")
     return Settings(**values).validate()
