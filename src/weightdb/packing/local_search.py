@@ -26,13 +26,13 @@ from collections.abc import Callable
 from weightdb.packing.instance import Instance, Signature
 from weightdb.packing.patterns import Pattern, materialize
 
-Progress = Callable[[int, int], None]
+SearchProgress = Callable[[int, int], None]
 """Called with (types tried, types to try) as the search goes; the second number grows when
 a dissolve gives types already tried a new chance."""
 
 
 def weightdb(
-    instance: Instance, time_limit: float | None = None, progress: Progress | None = None
+    instance: Instance, time_limit: float | None = None, progress: SearchProgress | None = None
 ) -> list[list[int]]:
     groups = instance.signature_groups()
     search = _DissolveSearch(instance, groups)
@@ -79,7 +79,7 @@ class _DissolveSearch:
         self.changed: set[Signature] = set()
         """The types whose blocks changed pattern in this pass: the ones worth another try."""
 
-    def run(self, deadline: float | None, progress: Progress) -> None:
+    def run(self, deadline: float | None, progress: SearchProgress) -> None:
         """Try every type once, then again those whose blocks changed pattern since their
         last try, until nothing changes or the deadline passes."""
         pending = list(self.load)
