@@ -26,6 +26,10 @@ from collections.abc import Callable
 from weightdb.packing.instance import Instance, Signature
 from weightdb.packing.patterns import Pattern, materialize
 
+_Cover = tuple[int, int, int]
+"""A type that may take over readers: (minus its number of models, its rank, its models as a
+bit mask), so that sorting puts the largest first."""
+
 SearchProgress = Callable[[int, int], None]
 """Called with (types tried, types to try) as the search goes; the second number grows when
 a dissolve gives types already tried a new chance."""
@@ -69,6 +73,7 @@ class _DissolveSearch:
         models = {model: 1 << index for index, model in enumerate(self.holders)}
         self.members = {s: sum(models[model] for model in s) for s in groups}
         """Type -> its models as a bit mask."""
+        self.members_by_rank = list(self.members.values())
         self.within: dict[Signature, int] = {}
         """Signature -> the types that are subsets of it (computed when first needed)."""
         self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
@@ -111,8 +116,10 @@ class _DissolveSearch:
     def _dissolve(self, page_type: Signature) -> bool:
         """Empty the last page of ``page_type`` into free slots elsewhere, or change nothing.
 
-        Moves come from a heap of candidate moves by copies added; a popped move is recomputed
-        (earlier moves took free slots) and goes back if it now costs more.
+        Candidate moves wait in a heap by copies added, cheapest first (ties: first seen).
+        A move's cost is computed when it reaches the top, starting from a lower bound (none
+        if the rest of its pattern already covers ``page_type``'s readers, else one), and again
+        when earlier moves took free slots; it goes back if it now costs more.
         """
         excess = self.load[page_type] % self.capacity
         if not excess:
@@ -126,26 +133,23 @@ class _DissolveSearch:
             }
         )
         near = self.open & self._any_of(page_type) & ~(1 << self.rank[page_type])
-        covers = {
-            signature: [
-                (self.members[t], t)
-                for t in map(self.types.__getitem__, _bits(near & self._subsets(signature)))
-            ]
-            for signature, _ in available
-        }
-        """Per signature, the open types that may take over some of ``page_type``'s readers."""
-        reserved: Counter[Signature] = Counter()
-        heap: list[tuple[int, int, Signature, Pattern, Pattern, int]] = []
-        for order, (signature, pattern) in enumerate(available):
-            if (new := self._recover(pattern, page_type, covers[signature], reserved)) is not None:
-                heap.append((len(new - pattern), order, signature, pattern, new, 0))
+        covers: dict[Signature, list[_Cover]] = {}
+        """Per signature, the open types that may take over some of ``page_type``'s readers,
+        largest first (computed when first needed)."""
+        reserved: dict[Signature, int] = Counter()
+        heap: list[tuple[int, int, Signature, Pattern, Pattern | None, int]] = [
+            (1 if self._need(pattern, page_type) else 0, order, signature, pattern, None, -1)
+            for order, (signature, pattern) in enumerate(available)
+        ]
         heapq.heapify(heap)
         moves: list[tuple[Signature, Pattern, Pattern, int]] = []
         while excess:
             if not heap:
                 return False
             cost, order, signature, pattern, new, seen = heapq.heappop(heap)
-            if seen < len(moves):  # free slots were taken since: recompute
+            if new is None or seen < len(moves):  # a bound, or free slots were taken since
+                if signature not in covers:
+                    covers[signature] = self._covers(near & self._subsets(signature))
                 new = self._recover(pattern, page_type, covers[signature], reserved)
                 if new is None:
                     continue
@@ -169,36 +173,52 @@ class _DissolveSearch:
             self._apply(signature, pattern, new, units)
         return True
 
+    def _need(self, pattern: Pattern, dropped: Signature) -> int:
+        """The readers of ``dropped`` that the rest of ``pattern`` does not cover (bit mask)."""
+        need = self.members[dropped]
+        for page_type in pattern:
+            if page_type != dropped:
+                need &= ~self.members[page_type]
+        return need
+
+    def _covers(self, mask: int) -> list["_Cover"]:
+        """The types of ``mask``, largest first, then by rank."""
+        members = self.members_by_rank
+        covers = [(-members[index].bit_count(), index, members[index]) for index in _bits(mask)]
+        covers.sort()
+        return covers
+
     def _recover(
         self,
         pattern: Pattern,
         dropped: Signature,
-        covers: list[tuple[int, Signature]],
+        covers: list["_Cover"],
         reserved: dict[Signature, int],
     ) -> Pattern | None:
         """``pattern`` without ``dropped``, its readers covered by ``covers`` with free slots
-        (greedy set cover: most readers covered, then most free slots, then first)."""
-        kept = pattern - {dropped}
-        need = self.members[dropped]
-        for page_type in kept:
-            need &= ~self.members[page_type]
+        (greedy set cover: most readers covered, then most free slots, then lowest rank)."""
+        need = self._need(pattern, dropped)
         slack = self.slack
+        types = self.types
         candidates = [
-            (members, free, t)
-            for members, t in covers
-            if members & need and (free := slack[t] - reserved.get(t, 0)) > 0
+            (-minus_size, -rank, members, free, types[rank])
+            for minus_size, rank, members in covers
+            if members & need and (free := slack[types[rank]] - reserved.get(types[rank], 0)) > 0
         ]
         chosen: list[Signature] = []
         while need:
-            best_key, best = (0, 0), None
-            for members, free, page_type in candidates:
-                if (covered := (members & need).bit_count()) and (covered, free) > best_key:
-                    best_key, best = (covered, free), (members, page_type)
+            best_key, best = (0, 0, 0), None
+            for size, minus_rank, members, free, page_type in candidates:
+                if size < best_key[0]:
+                    break  # sorted by size: no later type covers more
+                covered = (members & need).bit_count()
+                if covered and (covered, free, minus_rank) > best_key:
+                    best_key, best = (covered, free, minus_rank), (members, page_type)
             if best is None:
                 return None
             need &= ~best[0]
             chosen.append(best[1])
-        return kept | frozenset(chosen)
+        return pattern - {dropped} | frozenset(chosen)
 
     def _apply(self, signature: Signature, old: Pattern, new: Pattern, units: int) -> None:
         self.patterns[signature][old] -= units
