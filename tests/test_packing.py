@@ -22,7 +22,7 @@ from weightdb.packing import (
     solve,
 )
 from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
-from weightdb.packing.synthetic import fine_tune_families
+from weightdb.packing.synthetic import fine_tune_families, lineage
 
 REFERENCE = REFERENCE_INSTANCES
 REFERENCE_FILES = sorted(REFERENCE.glob("*.json"))
@@ -206,6 +206,32 @@ def test_a_moderately_large_instance_packs_validly() -> None:
         result = solve(instance, algorithm)
         assert check_layout(instance, result.layout) == []
     assert solve(instance, "weightdb").pages <= result.pages
+
+
+def test_a_lineage_with_thousands_of_signatures_packs_validly_in_far_fewer_pages() -> None:
+    """A tree of 30 fine-tunes: more than 3,000 sharing signatures, the shape that made the
+    search slow (issue 21). The layout is valid, every model reads at most its Greedy-1
+    pages, and a search stopped before its first dissolve returns Greedy-1's layout."""
+    instance = lineage(models=30, distinct_blocks=25_000, blocks_per_page=64)
+    assert len(instance.signature_groups()) == 3314 and instance.lower_bound_pages == 391
+    greedy1 = solve(instance, "greedy1")
+    ours = solve(instance, "weightdb")
+    assert check_layout(instance, ours.layout) == []
+    assert (ours.pages, greedy1.pages) == (542, 3594)
+    reads = greedy1.layout.pages_read()
+    assert all(pages <= reads[model] for model, pages in ours.layout.pages_read().items())
+    stopped = solve(instance, "weightdb", time_limit=1e-9)
+    assert check_layout(instance, stopped.layout) == []
+    assert stopped.pages == greedy1.pages and stopped.layout.copied_blocks == 0
+
+
+def test_lineages_rewrite_blocks_down_the_tree() -> None:
+    instance = lineage(models=10, distinct_blocks=1_000, churn=0.1, seed=3)
+    assert instance.name == f"churn_10x{instance.distinct_blocks}_cap64"
+    assert abs(instance.distinct_blocks - 1_000) < 50
+    sizes = {len(blocks) for blocks in instance.models.values()}
+    assert len(sizes) == 1  # a fine-tune rewrites blocks, it does not add or drop any
+    assert lineage(models=10, distinct_blocks=1_000, churn=0.1, seed=3) == instance
 
 
 def test_weighted_pages_read_averages_by_frequency() -> None:
