@@ -10,11 +10,14 @@ and creates no page, so the search only improves; it stops when no page can be d
 Pages whose readers are served most often are dissolved first, so when free slots run out the
 popular models are the ones that read fewer pages. Among covers, fewer copies win.
 
-Time grows with blocks and signatures, not their product: free slots are indexed by model
-(only types with a partly filled last page, and slots never reopen), and after the first pass
-over all types a type is tried again only if a block on it changed its pattern, the one thing
-that can turn a failed dissolve into a possible one. Each dissolve keeps the layout valid and
-no worse, so a time limit stops the search with the best layout so far.
+Lineages of fine-tunes have thousands of signatures, so the search avoids scanning them: the
+types with free slots that may take over a block's readers are found with bit masks over types
+(free slots never reopen, so the mask only loses bits); a candidate move is costed only when it
+reaches the top of a heap; and after the first pass over all types a type is tried again only
+if a block on it changed pattern (free slots only shrink, so little else can turn a failed
+dissolve into one that works). Time still grows faster than linearly in signatures (see
+``benchmarks/results/packing_lineages.md``); since every dissolve keeps the layout valid and
+saves a page, a time limit stops the search with the best layout so far.
 """
 
 import heapq

@@ -83,7 +83,7 @@ def solve(
     ``weightdb`` stops its search at the limit with the best layout so far and reports
     ``progress`` (types tried, types to try); ``optimal`` returns the best layout its solver
     found, proved or not. The netsDB packers are single passes linear in the instance, with
-    no partial layout to stop at; they take about a second at 200,000 blocks.
+    no partial layout to stop at; they take seconds at 200,000 blocks.
     """
     if algorithm not in ALGORITHMS:
         raise PackingError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
