@@ -77,8 +77,9 @@ class _DissolveSearch:
         self.members = {s: sum(models[model] for model in s) for s in groups}
         """Type -> its models as a bit mask."""
         self.members_by_rank = list(self.members.values())
-        self.within: dict[Signature, int] = {}
-        """Signature -> the types that are subsets of it (computed when first needed)."""
+        self.subset_covers: dict[Signature, list[_Cover]] = {}
+        """Signature -> the types that are subsets of it and had free slots when it was first
+        needed, largest first (types that filled up since are skipped, slots never reopen)."""
         self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
         """Page type -> the signatures with blocks on pages of that type (an ordered set, so
         that ties break the same way in every process)."""
@@ -135,10 +136,6 @@ class _DissolveSearch:
                 if page_type in pattern and count
             }
         )
-        near = self.open & self._any_of(page_type) & ~(1 << self.rank[page_type])
-        covers: dict[Signature, list[_Cover]] = {}
-        """Per signature, the open types that may take over some of ``page_type``'s readers,
-        largest first (computed when first needed)."""
         reserved: dict[Signature, int] = Counter()
         heap: list[tuple[int, int, Signature, Pattern, Pattern | None, int]] = [
             (1 if self._need(pattern, page_type) else 0, order, signature, pattern, None, -1)
@@ -151,9 +148,7 @@ class _DissolveSearch:
                 return False
             cost, order, signature, pattern, new, seen = heapq.heappop(heap)
             if new is None or seen < len(moves):  # a bound, or free slots were taken since
-                if signature not in covers:
-                    covers[signature] = self._covers(near & self._subsets(signature))
-                new = self._recover(pattern, page_type, covers[signature], reserved)
+                new = self._recover(pattern, page_type, self._covers(signature), reserved)
                 if new is None:
                     continue
                 if len(new - pattern) > cost:
@@ -184,12 +179,17 @@ class _DissolveSearch:
                 need &= ~self.members[page_type]
         return need
 
-    def _covers(self, mask: int) -> list["_Cover"]:
-        """The types of ``mask``, largest first, then by rank."""
-        members = self.members_by_rank
-        covers = [(-members[index].bit_count(), index, members[index]) for index in _bits(mask)]
-        covers.sort()
-        return covers
+    def _covers(self, signature: Signature) -> list["_Cover"]:
+        """The types that may take over readers of ``signature``'s blocks (see
+        ``subset_covers``), largest first, then by rank."""
+        if signature not in self.subset_covers:
+            outside = self._any_of(frozenset(self.holders) - signature)
+            members = self.members_by_rank
+            self.subset_covers[signature] = sorted(
+                (-members[index].bit_count(), index, members[index])
+                for index in _bits(self.open & ~outside)
+            )
+        return self.subset_covers[signature]
 
     def _recover(
         self,
@@ -201,12 +201,13 @@ class _DissolveSearch:
         """``pattern`` without ``dropped``, its readers covered by ``covers`` with free slots
         (greedy set cover: most readers covered, then most free slots, then lowest rank)."""
         need = self._need(pattern, dropped)
-        slack = self.slack
-        types = self.types
+        slack, types, skip = self.slack, self.types, self.rank[dropped]
         candidates = [
             (-minus_size, -rank, members, free, types[rank])
             for minus_size, rank, members in covers
-            if members & need and (free := slack[types[rank]] - reserved.get(types[rank], 0)) > 0
+            if members & need
+            and rank != skip
+            and (free := slack[types[rank]] - reserved.get(types[rank], 0)) > 0
         ]
         chosen: list[Signature] = []
         while need:
@@ -246,12 +247,6 @@ class _DissolveSearch:
         for model in models:
             mask |= self.holders[model]
         return mask
-
-    def _subsets(self, signature: Signature) -> int:
-        if signature not in self.within:
-            outside = self._any_of(frozenset(self.holders) - signature)
-            self.within[signature] = (1 << len(self.types)) - 1 & ~outside
-        return self.within[signature]
 
 
 def _bits(mask: int) -> list[int]:
