@@ -220,8 +220,10 @@ def test_a_lineage_with_thousands_of_signatures_packs_validly_in_far_fewer_pages
     assert (ours.pages, greedy1.pages) == (542, 3594)
     reads = greedy1.layout.pages_read()
     assert all(pages <= reads[model] for model, pages in ours.layout.pages_read().items())
+    assert ours.search_finished
     stopped = solve(instance, "weightdb", time_limit=1e-9)
     assert check_layout(instance, stopped.layout) == []
+    assert stopped.search_finished is False
     assert stopped.pages == greedy1.pages and stopped.layout.copied_blocks == 0
 
 
@@ -292,6 +294,20 @@ def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
     result = runner.invoke(app, ["packing", "solve", str(write_instance(tmp_path))])
     assert result.exit_code == 0, result.output
     assert "weightdb" in result.output and "pages read" in result.output
+
+
+def test_cli_solve_time_limit_stops_the_search_with_a_valid_layout(tmp_path: Path) -> None:
+    instance = lineage(models=20, distinct_blocks=8_000)
+    path = tmp_path / "lineage.json"
+    path.write_text(json.dumps({"models": instance.models, "blocks_per_page": 64}))
+    args = ["packing", "solve", str(path), "--json", "--time-limit", "0.001"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["search_finished"] is False
+    assert summary["pages"] <= solve(instance, "greedy1").pages
+    table = runner.invoke(app, ["packing", "solve", str(path), "--time-limit", "0.001"])
+    assert "stopped at the time limit" in table.output
 
 
 def test_cli_rejects_bad_input(tmp_path: Path) -> None:

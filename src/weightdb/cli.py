@@ -200,6 +200,11 @@ def pack_command(
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return
+    if report.search_finished is False:
+        console.print(
+            f"the {report.algorithm} search stopped at the time limit ({time_limit:g}s) with "
+            "its best layout so far; a larger --time-limit may find fewer pages"
+        )
     if report.kept_current:
         candidate = report.candidate
         console.print(

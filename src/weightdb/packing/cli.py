@@ -98,6 +98,8 @@ def _print_table(result: PackingResult) -> None:
         "pages read per request (frequency-weighted)": summary["weighted_pages_read"],
         "seconds": f"{summary['seconds']:.3f}",
     }
+    if result.search_finished is False:
+        facts["search"] = "stopped at the time limit (best layout so far)"
     if result.proved_optimal is not None:
         facts["proved optimal"] = "yes" if result.proved_optimal else "no (time limit)"
         facts["proved bound"] = summary["bound_pages"]

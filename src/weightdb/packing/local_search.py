@@ -40,12 +40,14 @@ a dissolve gives types already tried a new chance."""
 
 def weightdb(
     instance: Instance, time_limit: float | None = None, progress: SearchProgress | None = None
-) -> list[list[int]]:
+) -> tuple[list[list[int]], bool]:
+    """The pages, and whether the search ran to its end (False: it stopped at the time limit
+    with the best layout so far)."""
     groups = instance.signature_groups()
     search = _DissolveSearch(instance, groups)
     deadline = None if time_limit is None else time.monotonic() + time_limit
-    search.run(deadline, progress or (lambda done, total: None))
-    return materialize(groups, search.assignment(), instance.blocks_per_page)
+    finished = search.run(deadline, progress or (lambda done, total: None))
+    return materialize(groups, search.assignment(), instance.blocks_per_page), finished
 
 
 class _DissolveSearch:
@@ -88,9 +90,9 @@ class _DissolveSearch:
         self.changed: set[Signature] = set()
         """The types whose blocks changed pattern in this pass: the ones worth another try."""
 
-    def run(self, deadline: float | None, progress: SearchProgress) -> None:
+    def run(self, deadline: float | None, progress: SearchProgress) -> bool:
         """Try every type once, then again those whose blocks changed pattern since their
-        last try, until nothing changes or the deadline passes."""
+        last try, until nothing changes (True) or the deadline passes (False)."""
         pending = list(self.load)
         done = 0
         while pending:
@@ -98,11 +100,12 @@ class _DissolveSearch:
             self.changed.clear()
             for page_type in sorted(pending, key=self._dissolve_order):
                 if deadline is not None and time.monotonic() > deadline:
-                    return
+                    return False
                 self._dissolve(page_type)
                 done += 1
                 progress(done, total)
             pending = [t for t in self.changed if self.load[t] % self.capacity]
+        return True
 
     def assignment(self) -> dict[Signature, list[tuple[Pattern, int]]]:
         return {

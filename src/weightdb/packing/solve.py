@@ -31,6 +31,9 @@ class PackingResult:
     """For ``optimal`` only: whether the solver proved that no layout has fewer pages."""
     bound_pages: int | None = None
     """For ``optimal`` only: the best lower bound on pages the solver proved."""
+    search_finished: bool | None = None
+    """For ``weightdb`` only: whether the search ran to its end rather than stopping at the
+    time limit with the best layout so far."""
 
     @property
     def pages(self) -> int:
@@ -60,6 +63,7 @@ class PackingResult:
             "seconds": round(self.seconds, 6),
             "proved_optimal": self.proved_optimal,
             "bound_pages": self.bound_pages,
+            "search_finished": self.search_finished,
             "netsdb_reference_pages": dict(instance.reference_pages),
             "models": {
                 model: {
@@ -101,12 +105,15 @@ def solve(
             proved_optimal=exact.proved_optimal,
             bound_pages=exact.bound,
         )
+    finished = None
     if algorithm == "weightdb":
-        pages = weightdb(instance, time_limit, progress)
+        pages, finished = weightdb(instance, time_limit, progress)
     else:
         pages = ONE_PASS[algorithm](instance)
     layout = Layout.from_pages(instance, pages)
-    return PackingResult(instance, algorithm, layout, time.perf_counter() - start)
+    return PackingResult(
+        instance, algorithm, layout, time.perf_counter() - start, search_finished=finished
+    )
 
 
 def pack(

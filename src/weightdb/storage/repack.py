@@ -73,6 +73,8 @@ class RepackReport:
     numbers are then the current layout's; ``candidate`` says what was declined)."""
     candidate: dict[str, float]
     """The new layout's weighted pages read, pages and page bytes, committed or not."""
+    search_finished: bool | None
+    """For ``weightdb``: False if its search stopped at the time limit (best layout so far)."""
     seconds: float
 
     def to_json(self) -> dict:
@@ -163,11 +165,8 @@ def repack(
         conn = db.catalog.conn
         models = model_blocks(conn)
         instance = Instance.from_models(models, blocks_per_page(db), frequencies)
-        layout = (
-            solve(instance, algorithm, time_limit, progress).layout
-            if models
-            else Layout(pages=(), reads={})
-        )
+        solved = solve(instance, algorithm, time_limit, progress) if models else None
+        layout = solved.layout if solved else Layout(pages=(), reads={})
         placement = Placement.of(layout)
         before = pages_read(conn)
         old_pages = {p for (p,) in conn.execute("SELECT page_id FROM pages")}
@@ -204,6 +203,7 @@ def repack(
         ),
         kept_current=kept,
         candidate=candidate,
+        search_finished=solved.search_finished if solved else None,
         seconds=time.perf_counter() - start,
     )
 
