@@ -1,7 +1,7 @@
 """Page packing: pages per algorithm on the netsDB reference instances and the zoo families,
 time at scale, and what ``db.pack()`` does to cold inference.
 
-    python -m benchmarks.packing [--quick]
+    python -m benchmarks.packing [--quick] [--lineages]
 
 Every instance is solved with every algorithm (``optimal`` under a time limit) and compared
 with the lower bound ceil(distinct / l), the proved optimum where the solver finished, and the
@@ -15,6 +15,11 @@ Cold inference: per model, one prediction on a small test batch on a fresh conne
 on a copy of the database in import order and on a copy after ``db.pack("weightdb")`` (copies
 of shared blocks allowed), back to back; bytes read from storage and latency, median with min
 and max, as the ratio packed / unpacked.
+
+``--lineages`` runs only the lineage-shaped instances (``synthetic.lineage``: trees of
+fine-tunes with thousands of sharing signatures, some with churn) with every one-pass packer and
+``weightdb`` under its default time limit, and saves ``packing_lineages`` (JSON, markdown and a
+plot of seconds against signatures).
 """
 
 import argparse
@@ -26,7 +31,7 @@ from benchmarks import families
 from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, timed, write_results
 from weightdb.packing import ALGORITHMS, Instance, PackingError, load_instance, solve
 from weightdb.packing.instance import REFERENCE_INSTANCES
-from weightdb.packing.synthetic import fine_tune_families
+from weightdb.packing.synthetic import fine_tune_families, lineage
 from weightdb.storage.repack import blocks_per_page, model_blocks
 from weightdb.units import format_size
 
@@ -45,6 +50,20 @@ FULL_FAMILIES = [
 ]
 """(family, size, dedup tiers). Approximate dedup evaluates every model many times: for the
 transformer fine-tunes and the 3.8 GiB xml-mlp that takes too long for a benchmark run."""
+LINEAGES = [
+    (10, 1_000, 0.0),
+    (20, 8_000, 0.0),
+    (30, 33_000, 0.0),
+    (30, 33_000, 0.05),
+    (50, 50_000, 0.0),
+    (100, 100_000, 0.0),
+    (100, 100_000, 0.02),
+    (200, 200_000, 0.0),
+]
+"""(models, distinct blocks, churn): 10 to 200 models, 1,000 to 200,000 blocks."""
+QUICK_LINEAGES = LINEAGES[:4]
+LINEAGE_ALGORITHMS = [name for name in ALGORITHMS if name != "optimal"]
+"""The exact model declines every lineage (too many copy patterns), so it is left out."""
 BATCH_ROWS = 4
 PACK_ALGORITHM = "weightdb"
 """What the cold-inference runs pack with: the database stores its copies of shared blocks."""
@@ -73,6 +92,89 @@ def run(quick: bool, out_dir: Path) -> dict:
     }
     write_results(out_dir, "packing", results, _markdown(results))
     return results
+
+
+def run_lineages(quick: bool, out_dir: Path) -> dict:
+    """Pages, gap to the lower bound and seconds per algorithm on synthetic lineages."""
+    entries = []
+    for models, blocks, churn in QUICK_LINEAGES if quick else LINEAGES:
+        instance = lineage(models, blocks, blocks_per_page=64, churn=churn)
+        entry = {
+            "instance": instance.name,
+            "models": models,
+            "churn": churn,
+            "distinct_blocks": instance.distinct_blocks,
+            "signatures": len(instance.signature_groups()),
+            "lower_bound_pages": instance.lower_bound_pages,
+            "runs": {},
+        }
+        for algorithm in LINEAGE_ALGORITHMS:
+            result = solve(instance, algorithm)
+            entry["runs"][algorithm] = {
+                "pages": result.pages,
+                "gap_to_lower_bound": result.pages - instance.lower_bound_pages,
+                "seconds": result.seconds,
+                "copied_blocks": result.layout.copied_blocks,
+                "weighted_pages_read": result.weighted_pages_read(),
+            }
+        print(f"packing: {instance.name} ({entry['signatures']} signatures) done", flush=True)
+        entries.append(entry)
+    results = {"algorithms": LINEAGE_ALGORITHMS, "lineages": entries}
+    write_results(out_dir, "packing_lineages", results, _lineage_markdown(results))
+    _lineage_plot(results, out_dir / "packing_lineages.png")
+    return results
+
+
+def _lineage_markdown(results: dict) -> str:
+    names = results["algorithms"]
+    header = ["instance", "signatures", "lower bound", *names]
+    pages, seconds = [], []
+    for entry in results["lineages"]:
+        runs = entry["runs"]
+        first = [entry["instance"], f"{entry['signatures']:,}", entry["lower_bound_pages"]]
+        pages.append(
+            first + [f"{runs[n]['pages']} (+{runs[n]['gap_to_lower_bound']})" for n in names]
+        )
+        seconds.append(first + [f"{runs[n]['seconds']:.2f}" for n in names])
+    return "\n".join(
+        [
+            "## Page packing on lineages",
+            "",
+            "Synthetic lineages (`weightdb.packing.synthetic.lineage`): each model fine-tunes a "
+            "random earlier one and rewrites 2-30% of its blocks; churn instances also rewrite "
+            "the next slice of the positions every generation. 64 blocks per page; `weightdb` "
+            "under its default time limit. Pages (+gap to the lower bound ceil(distinct / l)):",
+            "",
+            markdown_table(header, pages),
+            "",
+            "Seconds per algorithm (whole solve, including deriving the pages each model reads):",
+            "",
+            markdown_table(header, seconds),
+        ]
+    )
+
+
+def _lineage_plot(results: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    entries = sorted(results["lineages"], key=lambda entry: entry["signatures"])
+    for name in results["algorithms"]:
+        ax.plot(
+            [entry["signatures"] for entry in entries],
+            [entry["runs"][name]["seconds"] for entry in entries],
+            marker="o",
+            label=name,
+        )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("sharing signatures")
+    ax.set_ylabel("seconds (whole solve)")
+    ax.set_title("Packing lineages: time against signatures", fontsize=9)
+    ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def _solve_all(instance: Instance, time_limit: float) -> dict:
@@ -277,4 +379,6 @@ def _seconds(run: dict) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small families and instances")
-    run(parser.parse_args().quick, RESULTS_DIR)
+    parser.add_argument("--lineages", action="store_true", help="only the lineage instances")
+    arguments = parser.parse_args()
+    (run_lineages if arguments.lineages else run)(arguments.quick, RESULTS_DIR)

@@ -240,7 +240,7 @@ def test_dedup_after_a_copying_pack_gives_the_same_models(
     for path in (db_path, unpacked):
         with weightdb.connect(path, create=False) as db:
             if path == db_path:
-                assert db.pack("weightdb").copied_blocks > 0
+                assert db.pack("weightdb", force=True).copied_blocks > 0
             assert deduplicate(db, eval_spec=family / "family.json", max_drop=0.035).run_id
             assert db.verify() == db.stats()["pages"]
     assert _replaced_models(db_path)
@@ -251,7 +251,7 @@ def test_replacing_a_copied_block_drops_its_copy(db_path: Path, tmp_path: Path):
     """The stale copy goes in the commit; the model reads the new block, the others are
     untouched."""
     with weightdb.connect(db_path, create=False) as db:
-        db.pack("weightdb")
+        db.pack("weightdb", force=True)
         conn = db.catalog.conn
         model, block_id = conn.execute(
             "SELECT m.name, c.block_id FROM block_copies c JOIN models m USING (model_id) "

@@ -22,7 +22,7 @@ from weightdb.packing import (
     solve,
 )
 from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
-from weightdb.packing.synthetic import fine_tune_families
+from weightdb.packing.synthetic import fine_tune_families, lineage
 
 REFERENCE = REFERENCE_INSTANCES
 REFERENCE_FILES = sorted(REFERENCE.glob("*.json"))
@@ -208,6 +208,34 @@ def test_a_moderately_large_instance_packs_validly() -> None:
     assert solve(instance, "weightdb").pages <= result.pages
 
 
+def test_a_lineage_with_thousands_of_signatures_packs_validly_in_far_fewer_pages() -> None:
+    """A tree of 30 fine-tunes: more than 3,000 sharing signatures, the shape that made the
+    search slow (issue 21). The layout is valid, every model reads at most its Greedy-1
+    pages, and a search stopped before its first dissolve returns Greedy-1's layout."""
+    instance = lineage(models=30, distinct_blocks=25_000, blocks_per_page=64)
+    assert len(instance.signature_groups()) == 3314 and instance.lower_bound_pages == 391
+    greedy1 = solve(instance, "greedy1")
+    ours = solve(instance, "weightdb")
+    assert check_layout(instance, ours.layout) == []
+    assert (ours.pages, greedy1.pages) == (542, 3594)
+    reads = greedy1.layout.pages_read()
+    assert all(pages <= reads[model] for model, pages in ours.layout.pages_read().items())
+    assert ours.search_finished
+    stopped = solve(instance, "weightdb", time_limit=1e-9)
+    assert check_layout(instance, stopped.layout) == []
+    assert stopped.search_finished is False
+    assert stopped.pages == greedy1.pages and stopped.layout.copied_blocks == 0
+
+
+def test_lineages_rewrite_blocks_down_the_tree() -> None:
+    instance = lineage(models=10, distinct_blocks=1_000, churn=0.1, seed=3)
+    assert instance.name == f"churn_10x{instance.distinct_blocks}_cap64"
+    assert abs(instance.distinct_blocks - 1_000) < 50
+    sizes = {len(blocks) for blocks in instance.models.values()}
+    assert len(sizes) == 1  # a fine-tune rewrites blocks, it does not add or drop any
+    assert lineage(models=10, distinct_blocks=1_000, churn=0.1, seed=3) == instance
+
+
 def test_weighted_pages_read_averages_by_frequency() -> None:
     instance = Instance.from_models({"a": [1, 2, 3], "b": [4]}, 2, frequencies={"a": 3.0, "b": 1.0})
     result = solve(instance, "greedy1")
@@ -266,6 +294,20 @@ def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
     result = runner.invoke(app, ["packing", "solve", str(write_instance(tmp_path))])
     assert result.exit_code == 0, result.output
     assert "weightdb" in result.output and "pages read" in result.output
+
+
+def test_cli_solve_time_limit_stops_the_search_with_a_valid_layout(tmp_path: Path) -> None:
+    instance = lineage(models=20, distinct_blocks=8_000)
+    path = tmp_path / "lineage.json"
+    path.write_text(json.dumps({"models": instance.models, "blocks_per_page": 64}))
+    args = ["packing", "solve", str(path), "--json", "--time-limit", "0.001"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output[result.output.index("{") :])
+    assert summary["search_finished"] is False
+    assert summary["pages"] <= solve(instance, "greedy1").pages
+    table = runner.invoke(app, ["packing", "solve", str(path), "--time-limit", "0.001"])
+    assert "stopped at the time limit" in table.output
 
 
 def test_cli_rejects_bad_input(tmp_path: Path) -> None:

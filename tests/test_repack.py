@@ -100,7 +100,7 @@ def signatures(db) -> dict[int, frozenset[str]]:
 def test_greedy1_layout_is_optimal_without_copies_and_keeps_models_intact(tmp_path):
     models = build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:
-        report = db.pack("greedy1")
+        report = db.pack("greedy1", force=True)
         assert report.copied_blocks == 0
         assert db.catalog.conn.execute("SELECT COUNT(*) FROM block_copies").fetchone()[0] == 0
         signature_of = signatures(db)
@@ -123,7 +123,7 @@ def test_in_flight_readers_and_predictions_survive_a_repack(tmp_path):
     models = build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:
         planned = db.tensors("tune1")["hidden"]
-        db.pack()
+        db.pack(force=True)
         db.pool.discard(set(db.pool.resident()))
         assert planned.read().tobytes() == models["tune1"]["hidden"].tobytes()
 
@@ -133,7 +133,7 @@ def test_every_layout_is_stored_as_solved_and_keeps_models_intact(tmp_path, algo
     models = build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:
         expected = solved_reads(db, algorithm)
-        report = db.pack(algorithm)
+        report = db.pack(algorithm, force=True)
         reads = {name: row["pages"] for name, row in report.pages_read_after.items()}
         assert reads == expected
         stats = db.stats()
@@ -149,7 +149,7 @@ def test_pages_are_written_in_the_order_the_first_model_reads_them(tmp_path, alg
     # it streams through the segment file; the layout's own page order follows no model.
     build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:
-        db.pack(algorithm)
+        db.pack(algorithm, force=True)
         visits = [
             (location.file, location.offset)
             for tensor in db.tensors("base").values()
@@ -165,7 +165,7 @@ def test_weightdb_reads_fewer_pages_than_greedy1_in_fewer_pages(tmp_path):
     reports = {}
     with weightdb.connect(tmp_path / "db") as db:
         for algorithm in ("greedy1", "weightdb"):
-            reports[algorithm] = db.pack(algorithm)
+            reports[algorithm] = db.pack(algorithm, force=True)
     greedy1, ours = reports["greedy1"], reports["weightdb"]
     assert ours.pages_after < greedy1.pages_after
     assert all(
@@ -207,7 +207,7 @@ def test_predictions_and_exports_stay_identical_under_every_layout(tmp_path):
         }
         copied = 0
         for algorithm in ALGORITHMS:  # each repack starts from the previous one's copies
-            copied += db.pack(algorithm).copied_blocks
+            copied += db.pack(algorithm, force=True).copied_blocks
             for name in names:
                 got = db.predict(name, {"x": x})
                 assert all(got[k].tobytes() == v.tobytes() for k, v in want[name].items()), name
@@ -221,7 +221,7 @@ def test_removing_a_model_after_a_copying_pack_keeps_the_others_and_reclaims_pag
 ):
     models = build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:
-        db.pack("two-stage")
+        db.pack("two-stage", force=True)
         conn = db.catalog.conn
         (removed,) = conn.execute(
             "SELECT m.name FROM block_copies JOIN models m USING (model_id) "
@@ -239,7 +239,7 @@ def test_removing_a_model_after_a_copying_pack_keeps_the_others_and_reclaims_pag
         assert {f.name for f in db.pages_dir.iterdir()} == in_use
     assert_models_intact(tmp_path / "db", models)
     with weightdb.connect(tmp_path / "db") as db:
-        db.pack()
+        db.pack(force=True)
     assert_models_intact(tmp_path / "db", models)
 
 
@@ -254,7 +254,7 @@ def test_an_old_catalog_without_copies_opens_and_packs(tmp_path):
             old.execute(statement)
     assert_models_intact(tmp_path / "db", models, packed=False)
     with weightdb.connect(tmp_path / "db") as db:
-        assert db.pack().copied_blocks > 0
+        assert db.pack(force=True).copied_blocks > 0
     assert_models_intact(tmp_path / "db", models)
 
 
@@ -262,7 +262,9 @@ def test_cli_packs_with_weightdb_by_default_and_takes_any_algorithm(tmp_path):
     build(tmp_path / "db")
     runner = CliRunner()
     for args, algorithm in (([], "weightdb"), (["--algorithm", "two-stage"], "two-stage")):
-        result = runner.invoke(app, ["--db", str(tmp_path / "db"), "pack", "--json", *args])
+        result = runner.invoke(
+            app, ["--db", str(tmp_path / "db"), "pack", "--json", "--force", *args]
+        )
         assert result.exit_code == 0, result.output
         report = json.loads(result.output)
         assert report["algorithm"] == algorithm and report["copied_blocks"] > 0
@@ -290,7 +292,7 @@ elif point == "inside the commit":
 elif point == "after the commit":
     weightdb.database.BufferPool.discard = die
 with weightdb.connect(path) as db:
-    db.pack(algorithm)
+    db.pack(algorithm, force=True)
 """
 
 
@@ -305,11 +307,11 @@ def run_packer(path: Path, point: str, algorithm: str = "weightdb") -> subproces
 def test_sigkill_during_repack_leaves_a_consistent_database(tmp_path, point, algorithm):
     models = build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:  # killed while leaving a layout with copies
-        db.pack("greedy2")
+        db.pack("greedy2", force=True)
     assert run_packer(tmp_path / "db", point, algorithm).wait(timeout=120) == -signal.SIGKILL
     assert_models_intact(tmp_path / "db", models)
     with weightdb.connect(tmp_path / "db") as db:  # and the next writer can pack it
-        db.pack(algorithm)
+        db.pack(algorithm, force=True)
     assert_models_intact(tmp_path / "db", models)
 
 
@@ -334,3 +336,33 @@ def test_sigkill_at_random_instants_during_repack(tmp_path):
         outcomes.add("packed" if packed else "killed mid-write" if orphans else "not started")
         assert_models_intact(path, models, packed=packed)
     assert "killed mid-write" in outcomes, outcomes
+
+
+def test_pack_keeps_the_current_layout_unless_the_new_one_is_better(tmp_path):
+    models = build(tmp_path / "db")
+    runner = CliRunner()
+    with weightdb.connect(tmp_path / "db") as db:
+        assert not db.pack("greedy1", force=True).kept_current
+        best = db.pack("weightdb")  # reads fewer pages than greedy1's layout
+        assert not best.kept_current
+        files = sorted(p.name for p in db.pages_dir.iterdir())
+        generation = db.layout_generation()
+        worse = db.pack("baseline")
+        assert worse.kept_current
+        declined = tuple(worse.candidate.values())  # weighted pages read, pages, bytes
+        assert declined > (best.weighted_pages_read_after, best.pages_after, best.page_bytes_after)
+        assert worse.pages_after == worse.pages_before == best.pages_after
+        assert worse.pages_read_after == best.pages_read_after
+        assert worse.copied_blocks == best.copied_blocks
+        assert sorted(p.name for p in db.pages_dir.iterdir()) == files  # new files deleted
+        assert db.layout_generation() == generation
+    result = runner.invoke(app, ["--db", str(tmp_path / "db"), "pack", "--algorithm", "baseline"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.startswith(f"kept the current layout: {best.pages_after} pages, 7.00 pages read")
+    assert "the baseline layout was not better (19 pages" in said
+    with weightdb.connect(tmp_path / "db") as db:
+        forced = db.pack("baseline", force=True)
+        assert not forced.kept_current
+        assert forced.weighted_pages_read_after == forced.candidate["weighted_pages_read"]
+    assert_models_intact(tmp_path / "db", models)

@@ -34,7 +34,8 @@ from weightdb.database import connect
 from weightdb.dedup.cli import dedup_command
 from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
-from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM
+from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
+from weightdb.packing.cli import TIME_LIMIT_HELP, search_progress
 from weightdb.packing.cli import app as packing_app
 from weightdb.server.cli import serve_command
 from weightdb.serving.tensor_files import read_inputs, write_outputs
@@ -195,12 +196,37 @@ def pack_command(
         ),
     ] = DEFAULT_ALGORITHM,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    time_limit: Annotated[
+        float, typer.Option("--time-limit", min=0.001, help=TIME_LIMIT_HELP)
+    ] = DEFAULT_TIME_LIMIT,
+    force: Annotated[
+        bool, typer.Option("--force", help="Store the new layout even if it is not better.")
+    ] = False,
 ) -> None:
-    """Repack pages so that every model reads few pages; atomic and crash-safe."""
+    """Repack pages so that every model reads few pages; atomic and crash-safe. Keeps the
+    current layout unless the new one reads fewer pages per request (weighted by how often
+    each model is served), or as many from fewer pages or bytes."""
     with open_db() as db:
-        report = db.pack(algorithm)
+        bar, progress = search_progress(algorithm)
+        with bar:
+            report = db.pack(algorithm, time_limit=time_limit, progress=progress, force=force)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
+        return
+    if report.search_finished is False:
+        console.print(
+            f"the {report.algorithm} search stopped at the time limit ({time_limit:g}s) with "
+            "its best layout so far; a larger --time-limit may find fewer pages"
+        )
+    if report.kept_current:
+        candidate = report.candidate
+        console.print(
+            f"kept the current layout: {report.pages_before} pages, "
+            f"{report.weighted_pages_read_before:.2f} pages read per request; the "
+            f"{report.algorithm} layout was not better ({candidate['pages']} pages, "
+            f"{candidate['weighted_pages_read']:.2f} pages read per request, "
+            f"{format_size(int(candidate['page_bytes']))}; --force stores it anyway)"
+        )
         return
     console.print(
         f"{report.pages_before} pages -> {report.pages_after} (lower bound "

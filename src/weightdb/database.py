@@ -27,7 +27,8 @@ from weightdb.ingest.importer import import_source
 from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
 from weightdb.names import check_model_name
-from weightdb.packing import DEFAULT_ALGORITHM
+from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
+from weightdb.packing.local_search import SearchProgress
 from weightdb.serving.prepared_models import PreparedModels
 from weightdb.sql.session import SQLSession
 from weightdb.storage import catalog_digest, dtypes, reclaim
@@ -258,12 +259,20 @@ class Database:
         return exporter.export_model(self, name, Path(path), progress)
 
     def pack(
-        self, algorithm: str = DEFAULT_ALGORITHM, frequencies: dict[str, float] | None = None
+        self,
+        algorithm: str = DEFAULT_ALGORITHM,
+        frequencies: dict[str, float] | None = None,
+        *,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+        progress: SearchProgress | None = None,
+        force: bool = False,
     ) -> RepackReport:
         """Rewrite all pages in the layout of a packing algorithm, so each model reads few
         pages (shared blocks may be stored on several); atomic, and in-flight reads finish on
-        the old pages."""
-        return repack(self, algorithm, frequencies)
+        the old pages. Keeps the current layout unless the new one is better (or ``force``)."""
+        return repack(
+            self, algorithm, frequencies, time_limit=time_limit, progress=progress, force=force
+        )
 
     def remove_model(self, name: str) -> None:
         """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""

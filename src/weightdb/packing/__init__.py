@@ -8,11 +8,19 @@ copied, ``netsdb`` for the reference algorithms, ``local_search`` for our defaul
 
 from weightdb.packing.instance import Instance, PackingError, load_instance
 from weightdb.packing.layout import Layout, check_layout
-from weightdb.packing.solve import ALGORITHMS, DEFAULT_ALGORITHM, PackingResult, pack, solve
+from weightdb.packing.solve import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    DEFAULT_TIME_LIMIT,
+    PackingResult,
+    pack,
+    solve,
+)
 
 __all__ = [
     "ALGORITHMS",
     "DEFAULT_ALGORITHM",
+    "DEFAULT_TIME_LIMIT",
     "Instance",
     "Layout",
     "PackingError",

@@ -6,12 +6,41 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from weightdb.packing.instance import load_instance
-from weightdb.packing.solve import ALGORITHMS, DEFAULT_ALGORITHM, PackingResult, solve
+from weightdb.packing.local_search import SearchProgress
+from weightdb.packing.solve import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    DEFAULT_TIME_LIMIT,
+    PackingResult,
+    solve,
+)
 
 app = typer.Typer(help="Page-packing algorithms on instance files.", no_args_is_help=True)
+
+
+TIME_LIMIT_HELP = (
+    "Seconds allowed: weightdb keeps the best layout found by then, optimal the best its "
+    "solver found; the netsDB packers are single passes."
+)
+
+
+def search_progress(algorithm: str) -> tuple[Progress, SearchProgress]:
+    """A rich progress bar over the page types the search tries (on stderr, gone when done),
+    and the (done, total) callback that moves it; other algorithms show it without a total."""
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    task = bar.add_task(f"packing ({algorithm}, page types tried)", total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def _known_algorithm(name: str) -> str:
@@ -40,11 +69,14 @@ def solve_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     time_limit: Annotated[
-        float, typer.Option("--time-limit", min=0.001, help="Seconds allowed for `optimal`.")
-    ] = 60.0,
+        float, typer.Option("--time-limit", min=0.001, help=TIME_LIMIT_HELP)
+    ] = DEFAULT_TIME_LIMIT,
 ) -> None:
     """Pack an instance's blocks into pages and report pages, copies and pages read per model."""
-    result = solve(load_instance(instance_path), algorithm, time_limit)
+    instance = load_instance(instance_path)
+    bar, progress = search_progress(algorithm)
+    with bar:
+        result = solve(instance, algorithm, time_limit, progress)
     if layout_path is not None:
         pages = {str(index): list(page) for index, page in enumerate(result.layout.pages)}
         layout_path.write_text(json.dumps(pages) + "\n")
@@ -66,6 +98,8 @@ def _print_table(result: PackingResult) -> None:
         "pages read per request (frequency-weighted)": summary["weighted_pages_read"],
         "seconds": f"{summary['seconds']:.3f}",
     }
+    if result.search_finished is False:
+        facts["search"] = "stopped at the time limit (best layout so far)"
     if result.proved_optimal is not None:
         facts["proved optimal"] = "yes" if result.proved_optimal else "no (time limit)"
         facts["proved bound"] = summary["bound_pages"]

@@ -7,17 +7,18 @@ from dataclasses import dataclass
 from weightdb.packing import netsdb
 from weightdb.packing.instance import Instance, PackingError
 from weightdb.packing.layout import Layout
-from weightdb.packing.local_search import weightdb
+from weightdb.packing.local_search import SearchProgress, weightdb
 
-HEURISTICS: dict[str, Callable[[Instance], list[list[int]]]] = {
+ONE_PASS: dict[str, Callable[[Instance], list[list[int]]]] = {
     "baseline": netsdb.baseline,
     "greedy1": netsdb.greedy1,
     "greedy2": netsdb.greedy2,
     "two-stage": netsdb.two_stage,
-    "weightdb": weightdb,
 }
-ALGORITHMS = (*HEURISTICS, "optimal")
+"""The netsDB packers: single passes, linear in the instance, with nothing to stop early."""
+ALGORITHMS = (*ONE_PASS, "weightdb", "optimal")
 DEFAULT_ALGORITHM = "weightdb"
+DEFAULT_TIME_LIMIT = 60.0
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class PackingResult:
     """For ``optimal`` only: whether the solver proved that no layout has fewer pages."""
     bound_pages: int | None = None
     """For ``optimal`` only: the best lower bound on pages the solver proved."""
+    search_finished: bool | None = None
+    """For ``weightdb`` only: whether the search ran to its end rather than stopping at the
+    time limit with the best layout so far."""
 
     @property
     def pages(self) -> int:
@@ -59,6 +63,7 @@ class PackingResult:
             "seconds": round(self.seconds, 6),
             "proved_optimal": self.proved_optimal,
             "bound_pages": self.bound_pages,
+            "search_finished": self.search_finished,
             "netsdb_reference_pages": dict(instance.reference_pages),
             "models": {
                 model: {
@@ -72,9 +77,18 @@ class PackingResult:
 
 
 def solve(
-    instance: Instance, algorithm: str = DEFAULT_ALGORITHM, time_limit: float = 60.0
+    instance: Instance,
+    algorithm: str = DEFAULT_ALGORITHM,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    progress: SearchProgress | None = None,
 ) -> PackingResult:
-    """Pack ``instance`` with ``algorithm``; ``time_limit`` bounds only ``optimal``."""
+    """Pack ``instance`` with ``algorithm`` in about ``time_limit`` seconds at most.
+
+    ``weightdb`` stops its search at the limit with the best layout so far and reports
+    ``progress`` (types tried, types to try); ``optimal`` returns the best layout its solver
+    found, proved or not. The netsDB packers are single passes linear in the instance, with
+    no partial layout to stop at; they take seconds at 200,000 blocks.
+    """
     if algorithm not in ALGORITHMS:
         raise PackingError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
     start = time.perf_counter()
@@ -91,8 +105,15 @@ def solve(
             proved_optimal=exact.proved_optimal,
             bound_pages=exact.bound,
         )
-    layout = Layout.from_pages(instance, HEURISTICS[algorithm](instance))
-    return PackingResult(instance, algorithm, layout, time.perf_counter() - start)
+    finished = None
+    if algorithm == "weightdb":
+        pages, finished = weightdb(instance, time_limit, progress)
+    else:
+        pages = ONE_PASS[algorithm](instance)
+    layout = Layout.from_pages(instance, pages)
+    return PackingResult(
+        instance, algorithm, layout, time.perf_counter() - start, search_finished=finished
+    )
 
 
 def pack(

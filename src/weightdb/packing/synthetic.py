@@ -6,6 +6,7 @@ rest (private blocks); all models also share one embedding. Popularity follows Z
 """
 
 import random
+from dataclasses import replace
 
 from weightdb.packing.instance import Instance
 
@@ -54,4 +55,48 @@ def fine_tune_families(
         blocks_per_page,
         frequencies={name: 1.0 / rank for name, rank in zip(names, popularity, strict=True)},
         name=f"synthetic_{models}x{distinct_blocks}_cap{blocks_per_page}",
+    )
+
+
+def lineage(
+    models: int = 30,
+    distinct_blocks: int = 30_000,
+    blocks_per_page: int = 64,
+    changed: tuple[float, float] = (0.02, 0.3),
+    churn: float = 0.0,
+    seed: int = 0,
+) -> Instance:
+    """A tree of fine-tunes: each model copies a random earlier one and rewrites a random
+    fraction (drawn from ``changed``) of its blocks; with ``churn``, every generation also
+    rewrites the next slice of that fraction of the positions, as when training rolls through
+    the layers. About ``distinct_blocks`` distinct blocks; many sharing signatures, as in a
+    family of fine-tunes of fine-tunes."""
+    rng = random.Random(seed)
+    fractions = [rng.uniform(*changed) for _ in range(models - 1)]
+    size = max(1, round(distinct_blocks / (1 + sum(f + churn - f * churn for f in fractions))))
+    next_id = iter(range(10**12))
+    weights = [[next(next_id) for _ in range(size)]]
+    depth = [0]
+    slice_size = round(churn * size)
+    for fraction in fractions:
+        parent = rng.randrange(len(weights))
+        depth.append(depth[parent] + 1)
+        rewritten = set(rng.sample(range(size), round(fraction * size)))
+        start = depth[-1] * slice_size
+        rewritten.update(position % size for position in range(start, start + slice_size))
+        child = list(weights[parent])
+        for position in rewritten:
+            child[position] = next(next_id)
+        weights.append(child)
+    names = [f"m{index}" for index in range(models)]
+    popularity = list(range(1, models + 1))
+    rng.shuffle(popularity)
+    instance = Instance.from_models(
+        dict(zip(names, weights, strict=True)),
+        blocks_per_page,
+        frequencies={name: 1.0 / rank for name, rank in zip(names, popularity, strict=True)},
+    )
+    label = "churn" if churn else "lineage"
+    return replace(
+        instance, name=f"{label}_{models}x{instance.distinct_blocks}_cap{blocks_per_page}"
     )

@@ -12,6 +12,11 @@ Pages are written in reading order: models in import order, each front to back, 
 one model reads lie in a few contiguous runs of the segment files and a cold read of a model
 streams instead of seeking (the layout's own page order follows no model).
 
+A repack never makes the database worse: once the new pages are written it compares the two
+layouts by pages read per request (weighted by how often each model is served), then pages,
+then page bytes, and unless the new one is strictly better it deletes the new files and keeps
+the current layout (``force`` commits it anyway).
+
 New pages go to new segment files; one catalog transaction then inserts them, points every
 block at its primary copy, replaces all copy rows, retires the old pages (still readable for
 in-flight requests, deleted after the grace period) and bumps the layout generation. A crash
@@ -24,12 +29,14 @@ holding only primaries nobody reads from (after ``rm``) stays until the next rep
 """
 
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from weightdb.packing import DEFAULT_ALGORITHM, Instance, Layout, solve
+from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT, Instance, Layout, solve
+from weightdb.packing.local_search import SearchProgress
 from weightdb.storage import catalog_digest
 from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
@@ -62,6 +69,16 @@ class RepackReport:
     """Bytes of all pages in use, copies included (``stats()["page_bytes"]``)."""
     pages_read_before: dict[str, dict[str, int]]
     pages_read_after: dict[str, dict[str, int]]
+    weighted_pages_read_before: float
+    weighted_pages_read_after: float
+    """Pages read per request, averaged over models weighted by how often each is served."""
+    kept_current: bool
+    """The new layout was not better, so the database kept its current one (the ``after``
+    numbers are then the current layout's; ``candidate`` says what was declined)."""
+    candidate: dict[str, float]
+    """The new layout's weighted pages read, pages and page bytes, committed or not."""
+    search_finished: bool | None
+    """For ``weightdb``: False if its search stopped at the time limit (best layout so far)."""
     seconds: float
 
     def to_json(self) -> dict:
@@ -139,8 +156,13 @@ def repack(
     db: "Database",
     algorithm: str = DEFAULT_ALGORITHM,
     frequencies: dict[str, float] | None = None,
+    *,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    progress: SearchProgress | None = None,
+    force: bool = False,
 ) -> RepackReport:
-    """Store every block in the layout ``algorithm`` finds (see the module docstring)."""
+    """Store every block in the layout ``algorithm`` finds, if it is better than the current
+    one or ``force`` is set (see the module docstring)."""
     start = time.perf_counter()
     with db.writer_lock:
         db.collect_garbage()
@@ -150,48 +172,106 @@ def repack(
         )
         models = model_blocks(conn)
         instance = Instance.from_models(models, blocks_per_page(db), frequencies)
-        layout = solve(instance, algorithm).layout if models else Layout(pages=(), reads={})
+        solved = solve(instance, algorithm, time_limit, progress) if models else None
+        layout = solved.layout if solved else Layout(pages=(), reads={})
         placement = Placement.of(layout)
         before = pages_read(conn)
         old_pages = {p for (p,) in conn.execute("SELECT page_id FROM pages")}
         bytes_before = _page_bytes(conn)
         locations, new_pages = _write_layout(db, _reading_order(conn, placement))
-        model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
-        with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, model_ids.values()):
-            tx.executemany(
-                "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
-                [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
-            )
-            tx.executemany(
-                "UPDATE blocks SET page_id = ?, slot = ? WHERE block_id = ?",
-                [(*locations[index, block], block) for block, index in placement.primary.items()],
-            )
-            tx.execute("DELETE FROM block_copies")
-            tx.executemany(
-                "INSERT INTO block_copies(model_id, block_id, page_id, slot) VALUES (?, ?, ?, ?)",
-                [
-                    (model_ids[model], block, *locations[index, block])
-                    for model, block, index in placement.copies
-                ],
-            )
-            retire_pages(tx, old_pages)
-            db.catalog.bump_layout_generation(tx)
-        db.pool.discard(old_pages)
+        candidate = {
+            "weighted_pages_read": _weighted(instance, _stored_reads(placement, locations)),
+            "pages": len(new_pages),
+            "page_bytes": sum(page.length for page in new_pages),
+        }
+        weighted_before = _weighted(instance, {m: row["pages"] for m, row in before.items()})
+        current = (weighted_before, len(old_pages), bytes_before)
+        kept = not force and not _better(tuple(candidate.values()), current)
+        if kept:
+            db.collect_garbage()  # the new pages' files, which no page refers to
+        else:
+            _commit(db, placement, locations, new_pages, old_pages)
         after = pages_read(conn)
         bytes_after = _page_bytes(conn)
     return RepackReport(
         algorithm=algorithm,
         blocks_per_page=instance.blocks_per_page,
         pages_before=len(old_pages),
-        pages_after=len(new_pages),
+        pages_after=len(old_pages) if kept else len(new_pages),
         lower_bound_pages=instance.lower_bound_pages,
-        copied_blocks=placement.copied_blocks,
+        copied_blocks=_copied_blocks(conn) if kept else placement.copied_blocks,
         page_bytes_before=bytes_before,
         page_bytes_after=bytes_after,
         pages_read_before=before,
         pages_read_after=after,
+        weighted_pages_read_before=weighted_before,
+        weighted_pages_read_after=_weighted(
+            instance, {m: row["pages"] for m, row in after.items()}
+        ),
+        kept_current=kept,
+        candidate=candidate,
+        search_finished=solved.search_finished if solved else None,
         seconds=time.perf_counter() - start,
     )
+
+
+def _commit(
+    db: "Database",
+    placement: Placement,
+    locations: dict[Occurrence, tuple[int, int]],
+    new_pages: list[PageLocation],
+    old_pages: set[int],
+) -> None:
+    """Switch the catalog to the new pages in one transaction and retire the old ones."""
+    conn = db.catalog.conn
+    model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
+    with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, model_ids.values()):
+        tx.executemany(
+            "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
+            [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
+        )
+        tx.executemany(
+            "UPDATE blocks SET page_id = ?, slot = ? WHERE block_id = ?",
+            [(*locations[index, block], block) for block, index in placement.primary.items()],
+        )
+        tx.execute("DELETE FROM block_copies")
+        tx.executemany(
+            "INSERT INTO block_copies(model_id, block_id, page_id, slot) VALUES (?, ?, ?, ?)",
+            [
+                (model_ids[model], block, *locations[index, block])
+                for model, block, index in placement.copies
+            ],
+        )
+        retire_pages(tx, old_pages)
+        db.catalog.bump_layout_generation(tx)
+    db.pool.discard(old_pages)
+
+
+def _stored_reads(
+    placement: Placement, locations: dict[Occurrence, tuple[int, int]]
+) -> dict[str, int]:
+    """Model -> the written pages it reads (a layout page may have continued on more)."""
+    return {
+        model: len({locations[index, block][0] for block, index in chosen.items()})
+        for model, chosen in placement.sources.items()
+    }
+
+
+def _weighted(instance: Instance, reads: dict[str, int]) -> float:
+    total = math.fsum(map(instance.frequency, reads))
+    weighted = math.fsum(instance.frequency(model) * pages for model, pages in reads.items())
+    return weighted / total if total else 0.0
+
+
+def _better(new: tuple[float, ...], current: tuple[float, ...]) -> bool:
+    """Lexicographically smaller, ignoring float noise in the weighted pages read."""
+    if not math.isclose(new[0], current[0], rel_tol=1e-9, abs_tol=1e-12):
+        return new[0] < current[0]
+    return new[1:] < current[1:]
+
+
+def _copied_blocks(conn: "sqlite3.Connection") -> int:
+    return conn.execute("SELECT COUNT(DISTINCT block_id) FROM block_copies").fetchone()[0]
 
 
 def _page_bytes(conn: "sqlite3.Connection") -> int:
