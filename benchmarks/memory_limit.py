@@ -34,8 +34,11 @@ class MemoryLimit:
         self.path.mkdir(exist_ok=True)
 
     def limit(self, nbytes: int) -> None:
+        """Limit the cgroup to ``nbytes`` from now on; the peak restarts from here, so it shows
+        what the limited run held, not the libraries read while starting."""
         self.limit_bytes = -(-nbytes // PAGE) * PAGE
         self._write("memory.limit_in_bytes", self.limit_bytes)
+        self._write("memory.max_usage_in_bytes", 0)
 
     def join(self) -> None:
         """Move the calling process into the cgroup (e.g. as a child's ``preexec_fn``)."""
