@@ -71,8 +71,8 @@ def _product(
     inner = layout.matrix_shape[1] if transposed else layout.matrix_shape[0]
     rows = x.shape[0]
     spans = {span[0] // block: span for span in _spans(first, end, block)}
-    tile = {w: gemm.tile_rows(inner, w, x.dtype) for w in {b - a for a, b in spans.values()}}
-    tiles = gemm.padded(x, max(tile.values()))
+    cuts = {w: gemm.tiling(inner, w, x.dtype) for w in {b - a for a, b in spans.values()}}
+    tiles = gemm.padded(x, max(cut.base for cut in cuts.values()))
     out = np.empty((tiles.shape[0], end - first), x.dtype)
 
     def multiply(group: list[int]) -> None:
@@ -81,7 +81,7 @@ def _product(
                 span = spans[index]
                 operand = _operand(weight, axis, span, x.dtype, run)
                 target = out[:, span[0] - first : span[1] - first]
-                gemm.multiply(tiles, operand, target, tile[span[1] - span[0]])
+                gemm.multiply(tiles, operand, target, cuts[span[1] - span[0]])
 
     groups = weight.panel_groups(axis, list(spans))
     work = tiles.shape[0] * inner * (end - first)
