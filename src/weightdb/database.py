@@ -34,6 +34,7 @@ from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
+from weightdb.storage.page_format import DATA_START
 from weightdb.storage.policies import make_policy
 from weightdb.storage.repack import RepackReport, pages_read, repack
 from weightdb.storage.savings import savings_by_tier
@@ -104,6 +105,8 @@ class Database:
             self.locate_page,
             budget_bytes,
             make_policy(policy or self.settings.policy, self.page_models),
+            self.locate_block,
+            DATA_START + self.settings.page_size,
         )
         self.prepared = PreparedModels(self)
         self._sql_session: SQLSession | None = None
@@ -141,6 +144,15 @@ class Database:
             with self._locations_lock:
                 self._locations[page_id] = location
         return location
+
+    def locate_block(self, block_id: int) -> tuple[int, int]:
+        """A block's own page and slot (where the bases of deltas are read)."""
+        row = self.catalog.conn.execute(
+            "SELECT page_id, slot FROM blocks WHERE block_id = ?", (block_id,)
+        ).fetchone()
+        if row is None:
+            raise WeightDBError(f"block {block_id} is not in the catalog; the database is damaged")
+        return row
 
     def page_bytes(self) -> int:
         """The bytes of every live page: what a pool holding all of them needs."""
@@ -209,14 +221,24 @@ class Database:
     # -- the Python API -----------------------------------------------------------------
 
     def import_model(
-        self, source: str | Path, name: str, *, progress: Progress | None = None
+        self,
+        source: str | Path,
+        name: str,
+        *,
+        progress: Progress | None = None,
+        parent: str | None = None,
+        lossless: bool | None = None,
     ) -> ModelInfo:
-        """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder."""
+        """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder.
+
+        ``parent`` names the stored model this one descends from; ``lossless`` (default: the
+        database's setting) codes new blocks, against the parent's (found if not given)."""
         check_model_name(name)
+        coded = self.settings.lossless if lossless is None else lossless
         with open_source(Path(source)) as opened:
             if opened.graph is not None:
                 check_graph(opened.graph, Path(source))
-            import_source(self, opened, name, progress)
+            import_source(self, opened, name, progress, parent, coded)
         return self.model(name)
 
     def from_torch(
@@ -234,11 +256,19 @@ class Database:
         with torch_export.exported(module, example_inputs, **names) as folder:
             return self.import_model(Path(folder) / "model.onnx", name)
 
-    def import_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> ModelInfo:
-        """Import in-memory numpy arrays as a model (no graph)."""
+    def import_arrays(
+        self,
+        name: str,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        parent: str | None = None,
+        lossless: bool | None = None,
+    ) -> ModelInfo:
+        """Import in-memory numpy arrays as a model (no graph); see ``import_model``."""
         check_model_name(name)
+        coded = self.settings.lossless if lossless is None else lossless
         with from_arrays(arrays) as opened:
-            import_source(self, opened, name, None)
+            import_source(self, opened, name, None, parent, coded)
         return self.model(name)
 
     def export_model(
