@@ -142,10 +142,9 @@ class PageBuilder:
         """Keep the bytes last written to ``reserve``: ``stored_nbytes`` of them if the block
         is coded, else ``nbytes``. Returns the block's slot."""
         stored = nbytes if stored_nbytes is None else stored_nbytes
-        self.entries.append(
-            (block_id, self._image_end, nbytes, rows, cols, _CODE_OF[dtype], order)
-            + (codec, self._end, stored, base)
-        )
+        image_place = (self._image_end, nbytes)
+        shape = (rows, cols, _CODE_OF[dtype], order)
+        self.entries.append((block_id, *image_place, *shape, codec, self._end, stored, base))
         self._end = min(_align(self._end + stored), len(self.buffer))
         self._image_end = min(_align(self._image_end + nbytes), len(self.buffer))
         return len(self.entries) - 1
