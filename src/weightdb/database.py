@@ -33,6 +33,7 @@ from weightdb.storage import dtypes, reclaim
 from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
+from weightdb.storage.compress import CompressReport, compress
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
 from weightdb.storage.page_format import DATA_START
 from weightdb.storage.policies import make_policy
@@ -65,6 +66,7 @@ class ModelInfo:
     has_graph: bool
     source_digest: str
     created_at: str
+    parent: str | None = None
 
 
 class Database:
@@ -285,6 +287,20 @@ class Database:
         the old pages."""
         return repack(self, algorithm, frequencies)
 
+    def compress(self, lossless: bool = True, progress: Progress | None = None) -> CompressReport:
+        """Code every stored block with the lossless tier (or, ``lossless=False``, store every
+        block raw again); atomic like ``pack``, and exports stay bit-identical."""
+        return compress(self, lossless, progress)
+
+    def parent(self, name: str) -> str | None:
+        """The model ``name`` descends from (given or found at import or compress), if any."""
+        row = self.catalog.conn.execute(
+            "SELECT p.name FROM lineage l JOIN models p ON p.model_id = l.parent_id "
+            "WHERE l.model_id = ?",
+            (self.model_id(name),),
+        ).fetchone()
+        return row[0] if row else None
+
     def remove_model(self, name: str) -> None:
         """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""
         reclaim.remove_model(self, name)
@@ -336,7 +352,9 @@ class Database:
     def _model_infos(self, where: str, parameters: tuple) -> list[ModelInfo]:
         rows = self.catalog.conn.execute(
             "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
-            "m.graph IS NOT NULL, m.source_digest, m.created_at "
+            "m.graph IS NOT NULL, m.source_digest, m.created_at, "
+            "(SELECT p.name FROM lineage l JOIN models p ON p.model_id = l.parent_id "
+            "WHERE l.model_id = m.model_id) "
             f"FROM models m LEFT JOIN tensors t USING (model_id) {where} "
             "GROUP BY m.model_id ORDER BY m.name",
             parameters,
@@ -387,14 +405,15 @@ class Database:
         tensors, logical = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM tensors"
         ).fetchone()
-        blocks, stored, refs = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), COALESCE(SUM(refs), 0) FROM blocks"
+        blocks, refs = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(refs), 0) FROM blocks"
         ).fetchone()
         (pages,) = conn.execute("SELECT COUNT(*) FROM pages").fetchone()
         page_bytes = self.page_bytes()
         files = [f for f in self.pages_dir.iterdir() if segment_number(f.name) is not None]
         pool = self.pool.stats()
         tiers = savings_by_tier(conn)
+        stored = tiers["stored_bytes"]  # after exact, lossless and approximate
         return {
             "models": models,
             "tensors": tensors,
@@ -405,6 +424,7 @@ class Database:
             "dedup_ratio": logical / stored if stored else 1.0,
             "saved_bytes_by_tier": {
                 "exact": tiers["exact_saved_bytes"],
+                "lossless": tiers["lossless_saved_bytes"],
                 "approximate": tiers["approximate_saved_bytes"],
             },
             "replaced_block_positions": tiers["replaced_positions"],

@@ -29,11 +29,14 @@ def signature_of(tensors) -> Signature:
     return [(t.name, t.dtype.name, list(t.shape)) for t in tensors]
 
 
-def candidates(conn: sqlite3.Connection, signature: Signature) -> list[int]:
-    """Stored models with exactly these tensor names, dtypes and shapes, newest first."""
+def candidates(conn: sqlite3.Connection, signature: Signature, before: int | None) -> list[int]:
+    """Stored models with exactly these tensor names, dtypes and shapes, newest first (only
+    those imported before model ``before`` if given)."""
     by_model: dict[int, Signature] = {}
     for model_id, name, dtype, shape in conn.execute(
-        "SELECT model_id, name, dtype, shape FROM tensors ORDER BY model_id, position"
+        "SELECT model_id, name, dtype, shape FROM tensors WHERE model_id < ? "
+        "ORDER BY model_id, position",
+        (before if before is not None else 2**62,),
     ):
         by_model.setdefault(model_id, []).append((name, dtype, json.loads(shape)))
     return sorted((m for m, sig in by_model.items() if sig == signature), reverse=True)
@@ -56,9 +59,11 @@ def find_parent(
     source,
     block_shape: tuple[int, int],
     row_major_bytes: Callable[[int], np.ndarray],
+    before: int | None = None,
 ) -> tuple[int, str] | None:
-    """The parent to code ``source`` against and how it was found, or None."""
-    models = candidates(conn, signature_of(source.tensors))
+    """The parent to code ``source`` against and how it was found, or None (``before``: see
+    ``candidates``)."""
+    models = candidates(conn, signature_of(source.tensors), before)
     if not models:
         return None
     sample = _sample(source, block_shape)
