@@ -56,7 +56,9 @@ def import_source(
                 db.settings.block_shape,
                 lambda block_id: db.pool.block_bytes(block_id, ROW_MAJOR),
             )
-        bases = lineage.base_blocks(db.catalog.conn, found[0]) if lossless and found else {}
+        bases = {}
+        if lossless and found:
+            bases = lineage.base_blocks(db.catalog.conn, found[0], source.tensors)
         writer = BlockWriter(
             db.catalog.conn,
             db.pool,

@@ -131,12 +131,12 @@ def _choose_bases(db: "Database", found: dict[int, tuple[int, str]]) -> dict[int
     conn = db.catalog.conn
     parents = dict(conn.execute("SELECT model_id, parent_id FROM lineage"))
     parents.update({child: parent for child, (parent, _) in found.items()})
-    positions: dict[int, dict[tuple[str, int, int], int]] = {}
-    for model_id, name, i, j, block_id in conn.execute(
-        "SELECT t.model_id, t.name, tb.block_row, tb.block_col, tb.block_id FROM tensors t "
-        "JOIN tensor_blocks tb USING (tensor_id) ORDER BY t.model_id"
+    positions: dict[int, dict[tuple, int]] = {}  # (name, dtype, shape, i, j) -> block
+    for model_id, *key, block_id in conn.execute(
+        "SELECT t.model_id, t.name, t.dtype, t.shape, tb.block_row, tb.block_col, tb.block_id "
+        "FROM tensors t JOIN tensor_blocks tb USING (tensor_id) ORDER BY t.model_id"
     ):
-        positions.setdefault(model_id, {})[name, i, j] = block_id
+        positions.setdefault(model_id, {})[tuple(key)] = block_id
     bases: dict[int, int] = {}
     decided: set[int] = set()
     for model_id, blocks in positions.items():

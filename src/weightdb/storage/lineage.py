@@ -1,11 +1,12 @@
 """Lineage: which stored model a model descends from, and the base block of each position.
 
-A model's parent is given (``--parent``) or found at import among the stored models with the
-same tensor names, dtypes and shapes: the one sharing the most exact blocks on a sample of
-positions, else the one whose XOR against the sample codes smallest (fine-tunes of a pretrained
-model that is not stored are each other's best parents). The lossless tier codes each new block
-as a delta against the parent's block at the same position; where that block is itself a delta,
-against its base instead, so a delta's base is never a delta.
+A model's parent is given (``--parent``) or found at import among the stored models whose
+tensors of the same names, dtypes and shapes hold most of its bytes (fine-tunes for other tasks
+differ in their heads only): the one sharing the most exact blocks on a sample of positions,
+else the one whose XOR against the sample codes smallest (fine-tunes of a pretrained model
+that is not stored are each other's best parents). The lossless tier codes each new block of
+such a tensor as a delta against the parent's block at the same position; where that block is
+itself a delta, against its base instead, so a delta's base is never a delta.
 """
 
 import json
@@ -21,37 +22,49 @@ from weightdb.storage.blocking import as_matrix, layout_for
 SAMPLE_BLOCKS = 24
 """Positions sampled to choose a parent: enough to tell siblings from strangers."""
 
-Signature = list[tuple[str, str, list[int]]]
-"""(name, dtype, shape) of every tensor, in source order."""
+Signature = dict[str, tuple[str, str]]
+"""Tensor name -> (dtype, shape as the catalog's JSON)."""
 
 
 def signature_of(tensors) -> Signature:
-    return [(t.name, t.dtype.name, list(t.shape)) for t in tensors]
+    return {t.name: (t.dtype.name, json.dumps(list(t.shape))) for t in tensors}
 
 
-def candidates(conn: sqlite3.Connection, signature: Signature, before: int | None) -> list[int]:
-    """Stored models with exactly these tensor names, dtypes and shapes, newest first (only
-    those imported before model ``before`` if given)."""
-    by_model: dict[int, Signature] = {}
+def candidates(conn: sqlite3.Connection, tensors, before: int | None) -> list[int]:
+    """Stored models whose tensors matching ``tensors`` in name, dtype and shape hold more than
+    half of their bytes, newest first (only models imported before ``before`` if given)."""
+    signature = signature_of(tensors)
+    nbytes = {t.name: t.nbytes for t in tensors}
+    matched: dict[int, int] = {}
     for model_id, name, dtype, shape in conn.execute(
-        "SELECT model_id, name, dtype, shape FROM tensors WHERE model_id < ? "
-        "ORDER BY model_id, position",
+        "SELECT model_id, name, dtype, shape FROM tensors WHERE model_id < ?",
         (before if before is not None else 2**62,),
     ):
-        by_model.setdefault(model_id, []).append((name, dtype, json.loads(shape)))
-    return sorted((m for m, sig in by_model.items() if sig == signature), reverse=True)
+        if signature.get(name) == (dtype, shape):
+            matched[model_id] = matched.get(model_id, 0) + nbytes[name]
+    total = sum(nbytes.values())
+    return sorted((m for m, n in matched.items() if 2 * n > total), reverse=True)
 
 
-def base_blocks(conn: sqlite3.Connection, parent_id: int) -> dict[tuple[str, int, int], int]:
+def base_blocks(
+    conn: sqlite3.Connection, parent_id: int, tensors
+) -> dict[tuple[str, int, int], int]:
     """(tensor name, block row, block col) -> the block a child's block there is coded against:
-    the parent's block, or that block's own base if it is a delta."""
+    the parent's block, or that block's own base if it is a delta; only for the parent's
+    tensors that match ``tensors`` in name, dtype and shape."""
+    signature = signature_of(tensors)
     rows = conn.execute(
-        "SELECT t.name, tb.block_row, tb.block_col, COALESCE(c.base_block_id, tb.block_id) "
-        "FROM tensors t JOIN tensor_blocks tb USING (tensor_id) "
-        "LEFT JOIN block_codings c ON c.block_id = tb.block_id WHERE t.model_id = ?",
+        "SELECT t.name, t.dtype, t.shape, tb.block_row, tb.block_col, "
+        "COALESCE(c.base_block_id, tb.block_id) FROM tensors t JOIN tensor_blocks tb "
+        "USING (tensor_id) LEFT JOIN block_codings c ON c.block_id = tb.block_id "
+        "WHERE t.model_id = ?",
         (parent_id,),
     )
-    return {(name, i, j): block for name, i, j, block in rows}
+    return {
+        (name, i, j): block
+        for name, dtype, shape, i, j, block in rows
+        if signature.get(name) == (dtype, shape)
+    }
 
 
 def find_parent(
@@ -63,7 +76,7 @@ def find_parent(
 ) -> tuple[int, str] | None:
     """The parent to code ``source`` against and how it was found, or None (``before``: see
     ``candidates``)."""
-    models = candidates(conn, signature_of(source.tensors), before)
+    models = candidates(conn, source.tensors, before)
     if not models:
         return None
     sample = _sample(source, block_shape)
@@ -88,9 +101,11 @@ def find_parent(
         return best, "shared blocks"
 
     def coded_bytes(model: int) -> int:
-        bases = base_blocks(conn, model)
+        bases = base_blocks(conn, model, source.tensors)
         return sum(
             len(codecs.encode(data, itemsize, row_major_bytes(bases[key])))
+            if key in bases
+            else len(data)
             for key, _, data, itemsize in sample
         )
 
