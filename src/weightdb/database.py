@@ -107,7 +107,7 @@ class Database:
             self.locate_page,
             budget_bytes,
             make_policy(policy or self.settings.policy, self.page_models),
-            self.locate_block,
+            self.locate_blocks,
             DATA_START + self.settings.page_size,
         )
         self.prepared = PreparedModels(self)
@@ -147,14 +147,25 @@ class Database:
                 self._locations[page_id] = location
         return location
 
-    def locate_block(self, block_id: int) -> tuple[int, int]:
-        """A block's own page and slot (where the bases of deltas are read)."""
-        row = self.catalog.conn.execute(
-            "SELECT page_id, slot FROM blocks WHERE block_id = ?", (block_id,)
-        ).fetchone()
-        if row is None:
-            raise WeightDBError(f"block {block_id} is not in the catalog; the database is damaged")
-        return row
+    def locate_blocks(self, block_ids: list[int]) -> dict[int, tuple[int, int]]:
+        """Blocks' own page and slot (where the bases of deltas are read)."""
+        found = {}
+        for start in range(0, len(block_ids), 500):  # under SQLite's parameter limit
+            chunk = block_ids[start : start + 500]
+            found |= {
+                block_id: (page_id, slot)
+                for block_id, page_id, slot in self.catalog.conn.execute(
+                    "SELECT block_id, page_id, slot FROM blocks WHERE block_id IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            }
+        missing = set(block_ids) - found.keys()
+        if missing:
+            raise WeightDBError(
+                f"blocks {sorted(missing)[:5]} are not in the catalog; the database is damaged"
+            )
+        return found
 
     def page_bytes(self) -> int:
         """The bytes of every live page: what a pool holding all of them needs."""

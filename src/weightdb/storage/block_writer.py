@@ -159,7 +159,7 @@ class BlockWriter:
                 page = self._page.page(candidate.page_id)
             else:
                 page = self._reader.read(self._writes[candidate.page_id].result())
-            stored = block_content(page, candidate.slot, self.pool.base_bytes)
+            stored = block_content(page, candidate.slot, self.pool.bases)
             if stored == content:
                 return candidate.block_id
         rows = self.conn.execute(

@@ -68,14 +68,14 @@ class BufferPool:
         locate: Callable[[int], PageLocation],
         budget_bytes: int | None = None,
         policy: ReplacementPolicy | None = None,
-        locate_block: Callable[[int], tuple[int, int]] | None = None,
+        locate_blocks: Callable[[list[int]], dict[int, tuple[int, int]]] | None = None,
         image_bytes: int = 0,
     ) -> None:
-        """``locate_block`` gives a block's own (page id, slot), to find the bases of deltas;
+        """``locate_blocks`` gives blocks' own (page id, slot), to find the bases of deltas;
         ``image_bytes`` bounds the image of a coded page (header plus page size)."""
         self._reader = reader
         self._locate = locate
-        self._locate_block = locate_block
+        self._locate_blocks = locate_blocks
         self._image_bytes = image_bytes
         self.budget_bytes = budget_bytes
         self.policy = policy or LRUPolicy()
@@ -135,7 +135,7 @@ class BufferPool:
         location = self._locate(page_id)
         page = self._reader.read(location)
         if page.coded:
-            page = decode_page(page, self.base_bytes)
+            page = decode_page(page, self.bases)
         if self.budget_bytes is not None:
             self._evict_until(page.nbytes, page_id)
         frame = _Frame(page)
@@ -145,15 +145,25 @@ class BufferPool:
         self.policy.on_insert(page_id, page.nbytes)
         return frame
 
-    def base_bytes(self, entry: BlockEntry) -> np.ndarray:
-        """The base block of delta ``entry``: its bytes in the entry's order, flat uint8."""
-        return self.block_bytes(entry.base, entry.order)
+    def bases(self, entries: list[BlockEntry]) -> dict[tuple[int, int], np.ndarray]:
+        """The bases of the deltas among ``entries`` by (base id, order): each one's bytes laid
+        out in that order, flat uint8 (see ``page_images.Bases``)."""
+        wanted = {(entry.base, entry.order) for entry in entries if entry.base}
+        where = self._where(sorted({base for base, _ in wanted}))
+        return {(base, order): self._bytes_at(*where[base], order) for base, order in wanted}
 
     def block_bytes(self, block_id: int, order: int) -> np.ndarray:
         """A block's bytes laid out in ``order`` (row- or column-major), flat uint8."""
-        if self._locate_block is None:
-            raise RuntimeError(f"block {block_id} is needed as a base but the pool cannot find it")
-        page_id, slot = self._locate_block(block_id)
+        return self._bytes_at(*self._where([block_id])[block_id], order)
+
+    def _where(self, block_ids: list[int]) -> dict[int, tuple[int, int]]:
+        if not block_ids:
+            return {}
+        if self._locate_blocks is None:
+            raise RuntimeError("a delta needs its base but this pool cannot find blocks")
+        return self._locate_blocks(block_ids)
+
+    def _bytes_at(self, page_id: int, slot: int, order: int) -> np.ndarray:
         with self.pinned(page_id) as page:
             block = page.block(slot)
             stored = block.T if order == COLUMN_MAJOR else block

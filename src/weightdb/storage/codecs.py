@@ -6,8 +6,9 @@ into planes (byte k of every element together) gathers the zeros so zstd removes
 (ZipLLM's BitX). Without a base the exponent plane alone still compresses (ZipNN).
 
 An encoded block is ``itemsize`` little-endian u32 plane lengths, then the planes. A length
-with ``STORED`` set is a plane kept as is, because zstd could not shrink it (the low mantissa
-bytes): decoding copies it instead of running zstd, which keeps decoding fast.
+with ``STORED`` set is a plane kept as is, because zstd shrinks it by less than
+``PLANE_MIN_SAVING`` (the low mantissa bytes are noise): decoding copies it instead of running
+zstd, which keeps decoding fast for a few bytes of saving.
 """
 
 import struct
@@ -24,6 +25,7 @@ MIN_SAVING = 0.05
 """A coded block is kept only if it is at least this fraction smaller than the raw block:
 below that, decoding costs more than the bytes are worth."""
 STORED = 1 << 31
+PLANE_MIN_SAVING = 0.1
 
 _local = threading.local()
 
@@ -48,7 +50,7 @@ def encode(data: np.ndarray, itemsize: int, base: np.ndarray | None = None) -> b
     header, body = [], []
     for plane in planes(data, itemsize):
         packed = compress(plane.data)
-        if len(packed) < len(plane):
+        if len(packed) <= len(plane) * (1 - PLANE_MIN_SAVING):
             header.append(len(packed))
             body.append(packed)
         else:

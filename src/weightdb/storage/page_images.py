@@ -7,30 +7,32 @@ buffer, dropped once decoded. A delta's base is never itself a delta, so a read 
 twice: the page, and no further than the base's page, which is raw or plane-coded.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from weightdb.storage import codecs, dtypes
 from weightdb.storage.page_format import BlockEntry, Page
 
-BaseBytes = Callable[[BlockEntry], np.ndarray]
-"""The base block of a delta entry, its bytes as flat uint8 in the entry's storage order."""
+Bases = Callable[[list[BlockEntry]], Mapping[tuple[int, int], np.ndarray]]
+"""The bases of the delta entries among some entries, by (base block id, storage order): each
+one's bytes laid out in that order, flat uint8 (``BufferPool.bases``, one catalog query)."""
 
 
-def decode_page(page: Page, base_bytes: BaseBytes) -> Page:
+def decode_page(page: Page, bases: Bases) -> Page:
     """The image of a page read from disk (the page itself when it holds no coded block)."""
     if not page.coded:
         return page
-    image = bytearray(page.image_nbytes)
+    image = np.empty(page.image_nbytes, np.uint8)  # every block's bytes are written below
+    found = bases(page.entries)
     for slot, entry in enumerate(page.entries):
-        decode_into(
-            page, slot, np.frombuffer(image, np.uint8, entry.nbytes, entry.offset), base_bytes
-        )
+        decode_into(page, slot, image[entry.offset : entry.offset + entry.nbytes], found)
     return Page(memoryview(image).toreadonly(), page.entries, page.page_id)
 
 
-def decode_into(page: Page, slot: int, out: np.ndarray, base_bytes: BaseBytes) -> None:
+def decode_into(
+    page: Page, slot: int, out: np.ndarray, bases: Mapping[tuple[int, int], np.ndarray]
+) -> None:
     """Block ``slot`` of a page as read from disk, decoded into ``out`` (flat uint8)."""
     entry = page.entries[slot]
     stored = page.stored(slot)
@@ -38,17 +40,17 @@ def decode_into(page: Page, slot: int, out: np.ndarray, base_bytes: BaseBytes) -
         out[:] = np.frombuffer(stored, np.uint8)
         return
     itemsize = dtypes.by_name(entry.dtype).itemsize
-    base = base_bytes(entry) if entry.codec == codecs.XOR_PLANES else None
+    base = bases[entry.base, entry.order] if entry.codec == codecs.XOR_PLANES else None
     codecs.decode(stored, out, itemsize, base)
 
 
-def block_content(page: Page, slot: int, base_bytes: BaseBytes) -> bytes | memoryview:
+def block_content(page: Page, slot: int, bases: Bases) -> bytes | memoryview:
     """Block ``slot``'s row-major bytes, decoding it if it is coded (digests cover these)."""
-    if not page.entries[slot].coded:
-        return page.block_content(slot)
     entry = page.entries[slot]
+    if not entry.coded:
+        return page.block_content(slot)
     out = np.empty(entry.nbytes, np.uint8)
-    decode_into(page, slot, out, base_bytes)
+    decode_into(page, slot, out, bases([entry]))
     single = Page(out.data, [_alone(entry)], page.page_id)
     return single.block_content(0)
 

@@ -36,7 +36,7 @@ def verify_pages(db: "Database", progress: "Progress | None" = None) -> int:
                     f"slot {slot} as the catalog records"
                 )
             if entry.coded:
-                content = block_content(page, slot, db.pool.base_bytes)
+                content = block_content(page, slot, db.pool.bases)
                 if block_digest(dtype, rows, cols, content) != digest:
                     raise CorruptPageError(
                         f"block {block_id} on page {page_id} in {location.file} decodes to "

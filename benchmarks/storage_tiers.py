@@ -1,0 +1,357 @@
+"""storage_tiers: bytes stored by the exact, lossless and approximate tiers, and what the lossless
+tier costs to read.
+
+For every family measured, fp32 and a bf16 copy (each float32 tensor rounded to bfloat16, saved
+as safetensors beside the zoo build): bytes stored after exact dedup (import), after
+``weightdb compress`` (exact + lossless), and after compressing the database that approximate
+dedup at a 1% budget left (exact + approximate + lossless, fp32 only: the approximate tier
+needs the graph to validate); against the model files compressed three ways without any
+dedup: plain zstd-3 per file, byte planes + zstd-3 per tensor (ZipNN-style, no parent), and
+zipnn where it is installed. The bit statistics of the deltas say why a family saves what it
+does: the share of elements a delta leaves unchanged and how many sign, exponent and mantissa
+bits flip per element.
+
+Decode throughput is one core decoding every coded page of a compressed database from memory
+(pages read from disk first, bases resident). Serving throughput runs one fine-tune in memory
+(unbounded pool, warm) from the exact database and from the compressed one.
+"""
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import zstandard
+from safetensors.numpy import load_file, save_file
+
+import weightdb
+from benchmarks.common import markdown_table, timed, write_results
+from benchmarks.families import BENCH_DIR, Family, copy_database, database, family
+from weightdb.storage import codecs
+from weightdb.storage.page_images import decode_page
+from weightdb.units import format_size
+
+FAMILIES = [("minilm-finetunes", "small"), ("digits-cnn", "small"), ("xml-mlp", "small")]
+FLOOR_SAVING = 0.5  # exact + lossless stores at least this much less than exact alone
+FLOOR_DECODE_GBPS = 1.0
+FLOOR_SERVING_RATIO = 0.95
+DELTA_SAMPLE = 256  # delta blocks whose bit statistics are measured
+
+
+def run(quick: bool, out_dir: Path) -> dict:
+    repeats = 3 if quick else 5
+    results = {"quick": quick, "families": {}}
+    for name, size in FAMILIES:
+        fam = family(name, size)
+        for dtype in ("float32", "bfloat16"):
+            label = f"{fam.label} {dtype}"
+            print(f"  {label}", flush=True)
+            results["families"][label] = measure(fam, dtype, repeats)
+    results["floors"] = floors(results)
+    write_results(out_dir, "storage_tiers", results, markdown(results))
+    return results
+
+
+def measure(fam: Family, dtype: str, repeats: int) -> dict:
+    files = model_files(fam, dtype)
+    exact = exact_database(fam, dtype, files)
+    lossless = copy_database(exact, BENCH_DIR / "scratch" / f"{fam.name}-{dtype}-lossless")
+    with weightdb.connect(exact) as db:
+        exact_stats = db.stats()
+    with weightdb.connect(lossless) as db:
+        report = db.compress()
+        stats = db.stats()
+        deltas = delta_bits(db)
+        decode = decode_speed(db, repeats)
+    result = {
+        "logical_bytes": exact_stats["logical_bytes"],
+        "exact_bytes": exact_stats["stored_bytes"],
+        "exact_lossless_bytes": stats["stored_bytes"],
+        "lossless_saving_vs_exact": 1 - stats["stored_bytes"] / exact_stats["stored_bytes"],
+        "compress_seconds": report.seconds,
+        "parents": report.parents_found,
+        "delta_blocks": report.delta_blocks,
+        "coded_blocks": report.coded_blocks,
+        "files": file_baselines(files, dtype),
+        "delta_bits": deltas,
+        "decode": decode,
+    }
+    if dtype == "float32":
+        result["exact_approximate_lossless_bytes"] = approximate_lossless(fam)
+        result["serving"] = serving(fam, exact, lossless, repeats)
+    return result
+
+
+def model_files(fam: Family, dtype: str) -> dict[str, Path]:
+    """Model name -> its safetensors file in ``dtype`` (bf16 copies are made once)."""
+    root = fam.manifest_path.parent
+    files = {m["name"]: root / m["safetensors"] for m in fam.manifest["models"]}
+    if dtype == "float32":
+        return files
+    folder = BENCH_DIR / "bf16" / f"{fam.name}-{fam.size}-{fam.manifest['cache_key']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = {}
+    for name, path in files.items():
+        copies[name] = folder / f"{name}.safetensors"
+        if not copies[name].is_file():
+            arrays = {
+                k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v
+                for k, v in load_file(path).items()
+            }
+            save_file(arrays, copies[name].with_suffix(".partial"))
+            copies[name].with_suffix(".partial").rename(copies[name])
+    return copies
+
+
+def exact_database(fam: Family, dtype: str, files: dict[str, Path]) -> Path:
+    """The family deduplicated exactly: the cached ONNX import for fp32, else the copies."""
+    if dtype == "float32":
+        return database(fam, "exact")[0]
+    folder = BENCH_DIR / "scratch" / f"{fam.name}-{dtype}-exact"
+    shutil.rmtree(folder, ignore_errors=True)
+    with weightdb.connect(folder, settings=fam.settings) as db:
+        for name, path in files.items():
+            db.import_model(path, name)
+    return folder
+
+
+def approximate_lossless(fam: Family) -> int:
+    """Stored bytes after approximate dedup at the 1% budget, then compress."""
+    folder, _ = database(fam, "weightdb")
+    target = copy_database(folder, BENCH_DIR / "scratch" / f"{fam.name}-approximate-lossless")
+    with weightdb.connect(target) as db:
+        db.compress()
+        return db.stats()["stored_bytes"]
+
+
+def file_baselines(files: dict[str, Path], dtype: str) -> dict[str, int | None]:
+    """Bytes of the model files under plain zstd-3, byte planes + zstd-3 and zipnn."""
+    zstd = zstandard.ZstdCompressor(level=3)
+    totals = {"files": 0, "zstd3": 0, "planes_zstd3": 0, "zipnn": 0}
+    zipnn = _zipnn(dtype)
+    for path in files.values():
+        data = path.read_bytes()
+        totals["files"] += len(data)
+        totals["zstd3"] += len(zstd.compress(data))
+        for array in load_file(path).values():
+            raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+            coded = len(codecs.encode(raw, array.dtype.itemsize)) if raw.size else 0
+            totals["planes_zstd3"] += min(coded, raw.size)
+            if zipnn is not None:
+                totals["zipnn"] += (
+                    len(zipnn.compress(raw.tobytes())) if array.dtype.name == dtype else raw.size
+                )
+    if zipnn is None:
+        totals["zipnn"] = None
+    return totals
+
+
+def _zipnn(dtype: str):
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return None
+    return ZipNN(input_format="byte", bytearray_dtype=dtype, threads=1)
+
+
+def delta_bits(db) -> dict:
+    """Over a sample of delta blocks: elements unchanged, and mean bits flipped per element in
+    the sign, exponent and mantissa."""
+    rows = db.catalog.conn.execute(
+        "SELECT c.block_id, c.base_block_id, b.dtype FROM block_codings c JOIN blocks b "
+        "USING (block_id) WHERE c.base_block_id IS NOT NULL ORDER BY c.block_id"
+    ).fetchall()
+    if not rows:
+        return {}
+    step = max(1, len(rows) // DELTA_SAMPLE)
+    dtype = rows[0][2]
+    exponent_bits = {"float32": 8, "bfloat16": 8, "float16": 5}.get(dtype)
+    if exponent_bits is None:
+        return {}
+    width = 32 if dtype == "float32" else 16
+    unsigned = np.uint32 if width == 32 else np.uint16
+    unchanged, counts = [], np.zeros(width)
+    elements = 0
+    for block_id, base, _ in rows[::step]:
+        child = db.pool.block_bytes(block_id, 0).view(unsigned)
+        parent = db.pool.block_bytes(base, 0).view(unsigned)
+        delta = child ^ parent
+        unchanged.append(float((delta == 0).mean()))
+        bits = np.unpackbits(delta.view(np.uint8).reshape(-1, width // 8)[:, ::-1], axis=1)
+        counts += bits.sum(0)
+        elements += len(delta)
+    per_bit = counts / elements
+    return {
+        "dtype": dtype,
+        "sampled_blocks": len(unchanged),
+        "unchanged_elements": statistics.fmean(unchanged),
+        "sign_bits_flipped": float(per_bit[0]),
+        "exponent_bits_flipped": float(per_bit[1 : 1 + exponent_bits].sum()),
+        "mantissa_bits_flipped": float(per_bit[1 + exponent_bits :].sum()),
+        "mantissa_bits": width - 1 - exponent_bits,
+        "flip_probability_per_bit": [round(float(p), 3) for p in per_bit],
+    }
+
+
+def decode_speed(db, repeats: int) -> dict:
+    """GB/s of decoded images, one core, every coded page held encoded in memory."""
+    page_ids = [p for (p,) in db.catalog.conn.execute("SELECT page_id FROM pages")]
+    pages = [db.reader.read(db.locate_page(p)) for p in page_ids]
+    pages = [page for page in pages if page.coded]
+    if not pages:
+        return {}
+    for page in pages:  # bases resident, so only decoding is timed
+        decode_page(page, db.pool.bases)
+    image_bytes = sum(page.image_nbytes for page in pages)
+    seconds = timed(lambda: [decode_page(page, db.pool.bases) for page in pages], repeats)
+    return {
+        "image_bytes": image_bytes,
+        "seconds": seconds,
+        "gb_per_s": image_bytes / seconds["median"] / 1e9,
+        "gb_per_s_min": image_bytes / seconds["max"] / 1e9,
+        "gb_per_s_max": image_bytes / seconds["min"] / 1e9,
+    }
+
+
+def serving(fam: Family, exact: Path, lossless: Path, repeats: int) -> dict:
+    """Rows per second predicting a fine-tune in memory, lossless tier off and on, measured
+    alternately so that both see the same machine load."""
+    model = fam.models[-1]
+    batch = fam.test_batch(model, 32)
+    rows = len(next(iter(batch.values())))
+    dbs = {
+        "off": weightdb.connect(exact, budget=None),
+        "on": weightdb.connect(lossless, budget=None),
+    }
+    try:
+        for db in dbs.values():
+            db.predict(model, batch)  # warm: pages decoded and resident, plan compiled
+        runs: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(repeats):
+            for tier, db in dbs.items():
+                start = time.perf_counter()
+                for _ in range(3):
+                    db.predict(model, batch)
+                runs[tier].append(3 * rows / (time.perf_counter() - start))
+        equal = all(
+            dbs["off"].predict(model, batch)[k].tobytes() == v.tobytes()
+            for k, v in dbs["on"].predict(model, batch).items()
+        )
+        resident = {tier: db.pool.stats().resident_bytes for tier, db in dbs.items()}
+    finally:
+        for db in dbs.values():
+            db.close()
+    median = {tier: statistics.median(values) for tier, values in runs.items()}
+    return {
+        "model": model,
+        "batch": rows,
+        "rows_per_s": {
+            tier: {"median": median[tier], "min": min(v), "max": max(v)} for tier, v in runs.items()
+        },
+        "ratio_on_off": median["on"] / median["off"],
+        "predictions_equal": equal,
+        "resident_bytes": resident,
+    }
+
+
+def floors(results: dict) -> dict:
+    cells = {}
+    for label, r in results["families"].items():
+        files = r["files"]
+        others = [files["zstd3"]] + ([files["zipnn"]] if files["zipnn"] is not None else [])
+        cells[label] = {
+            "saving_vs_exact": r["lossless_saving_vs_exact"],
+            "saving_met": r["lossless_saving_vs_exact"] >= FLOOR_SAVING,
+            "beats_zstd_and_zipnn": r["exact_lossless_bytes"] < min(others),
+            "decode_met": r["decode"].get("gb_per_s", 0) >= FLOOR_DECODE_GBPS,
+        }
+        if "serving" in r:
+            cells[label]["serving_met"] = r["serving"]["ratio_on_off"] >= FLOOR_SERVING_RATIO
+    return cells
+
+
+def markdown(results: dict) -> str:
+    fams = results["families"]
+    parts = [
+        "## Storage tiers (`python -m benchmarks.run storage_tiers`)",
+        "",
+        "Bytes stored by each tier and by compressing the model files without dedup. "
+        "*lossless saving* is exact + lossless against exact alone (floor: at least 50% on "
+        "minilm-finetunes). Approximate is weightdb dedup at a 1% accuracy budget (fp32 only).",
+        "",
+        markdown_table(
+            [
+                "family",
+                "logical",
+                "exact",
+                "exact+lossless",
+                "lossless saving",
+                "exact+approx.+lossless",
+                "zstd-3 files",
+                "planes+zstd files",
+                "zipnn files",
+            ],
+            [
+                [
+                    label,
+                    format_size(r["logical_bytes"]),
+                    format_size(r["exact_bytes"]),
+                    format_size(r["exact_lossless_bytes"]),
+                    f"{r['lossless_saving_vs_exact']:.1%}",
+                    format_size(r["exact_approximate_lossless_bytes"])
+                    if "exact_approximate_lossless_bytes" in r
+                    else "n/a",
+                    format_size(r["files"]["zstd3"]),
+                    format_size(r["files"]["planes_zstd3"]),
+                    format_size(r["files"]["zipnn"]) if r["files"]["zipnn"] is not None else "n/a",
+                ]
+                for label, r in fams.items()
+            ],
+        ),
+        "",
+        "Why: bit statistics of the deltas (a sample of delta blocks; bits flipped per element).",
+        "",
+        markdown_table(
+            ["family", "unchanged elements", "sign", "exponent", "mantissa (of)", "parents"],
+            [
+                [
+                    label,
+                    f"{d['unchanged_elements']:.1%}",
+                    f"{d['sign_bits_flipped']:.3f}",
+                    f"{d['exponent_bits_flipped']:.3f}",
+                    f"{d['mantissa_bits_flipped']:.2f} ({d['mantissa_bits']})",
+                    ", ".join(f"{c}<-{p}" for c, p in r["parents"].items()),
+                ]
+                for label, r in fams.items()
+                if (d := r["delta_bits"])
+            ],
+        ),
+        "",
+        "Decoding (one core, coded pages from memory) and serving in memory, tier off and on "
+        "(rows/s, median of alternating runs, min-max).",
+        "",
+        markdown_table(
+            ["family", "decode GB/s (min-max)", "serving off", "serving on", "on/off", "equal"],
+            [
+                [
+                    label,
+                    f"{r['decode']['gb_per_s']:.2f} ({r['decode']['gb_per_s_min']:.2f}-"
+                    f"{r['decode']['gb_per_s_max']:.2f})"
+                    if r["decode"]
+                    else "n/a",
+                    _rate(r["serving"]["rows_per_s"]["off"]) if "serving" in r else "n/a",
+                    _rate(r["serving"]["rows_per_s"]["on"]) if "serving" in r else "n/a",
+                    f"{r['serving']['ratio_on_off']:.2f}x" if "serving" in r else "n/a",
+                    str(r["serving"]["predictions_equal"]) if "serving" in r else "n/a",
+                ]
+                for label, r in fams.items()
+            ],
+        ),
+    ]
+    return "\n".join(parts)
+
+
+def _rate(cell: dict) -> str:
+    return f"{cell['median']:.0f} ({cell['min']:.0f}-{cell['max']:.0f})"
