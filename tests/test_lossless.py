@@ -2,8 +2,10 @@
 predictions, compress, repack, removal of a parent and a SIGKILL during compress."""
 
 import signal
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -15,7 +17,7 @@ from safetensors.numpy import load_file
 
 import weightdb
 from weightdb.errors import CorruptPageError
-from weightdb.storage import codecs
+from weightdb.storage import codecs, page_format
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder, parse_page
 from weightdb.storage.page_images import decode_page
 from weightdb.storage.settings import Settings
@@ -262,3 +264,22 @@ def test_sigkill_during_compress_leaves_the_previous_state(tmp_path, point):
         db.compress()  # and the next writer compresses it
         assert db.stats()["stored_bytes"] < before
         assert_intact(db, models)
+
+
+def test_pages_of_formats_1_and_2_read_as_raw_pages():
+    block = np.arange(128, dtype=np.float32).reshape(16, 8)
+    builder = PageBuilder(8192)
+    np.copyto(np.frombuffer(builder.reserve(block.nbytes), np.float32).reshape(8, 16), block.T)
+    builder.commit(5, "float32", 16, 8, block.nbytes, COLUMN_MAJOR)
+    (data, _), _, _ = builder.build(3)
+    for version, order in ((1, ROW_MAJOR), (2, COLUMN_MAJOR)):
+        entry = page_format.RAW_ENTRY.pack(5, page_format.DATA_START, block.nbytes, 16, 8, 1, order)
+        page = bytearray(bytes(data) + entry)
+        page_format.HEADER.pack_into(
+            page, 0, page_format.MAGIC, 0, version, 0, 1, 3, len(page), len(data)
+        )
+        struct.pack_into("<I", page, 8, zlib.crc32(memoryview(page)[12:]))
+        parsed = parse_page(bytes(page), 3, "test")
+        assert not parsed.coded and parsed.entries[0].stored_nbytes == block.nbytes
+        expected = block if version == 2 else block.T.copy().reshape(16, 8)
+        assert np.array_equal(parsed.block(0), expected)
