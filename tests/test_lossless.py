@@ -283,3 +283,32 @@ def test_pages_of_formats_1_and_2_read_as_raw_pages():
         assert not parsed.coded and parsed.entries[0].stored_nbytes == block.nbytes
         expected = block if version == 2 else block.T.copy().reshape(16, 8)
         assert np.array_equal(parsed.block(0), expected)
+
+
+def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_path):
+    models = family(np.random.default_rng(9))
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays)
+        coded = {
+            page_id
+            for (page_id,) in db.catalog.conn.execute(
+                "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings USING (block_id)"
+            )
+        }
+        smallest_budget = 3 * (page_format.DATA_START + SETTINGS.page_size)
+    with weightdb.connect(tmp_path / "db", budget=smallest_budget) as db:
+        for name, arrays in models.items():
+            stored = db.tensors(name)
+            for tensor, array in arrays.items():
+                assert stored[tensor].read().tobytes() == array.tobytes()
+                resident = db.pool.resident()
+                held = 0
+                for page_id in resident:
+                    with db.pool.pinned(page_id) as page:
+                        assert not page.coded or page_id not in coded
+                        held += page.nbytes
+                        if page_id in coded:  # an image, larger than the page on disk
+                            assert page.nbytes > db.locate_page(page_id).length
+                stats = db.pool.stats()
+                assert stats.resident_bytes == held <= smallest_budget

@@ -192,11 +192,19 @@ class Page:
     until ``page_images.decode_page`` makes the image.
     """
 
-    def __init__(self, data: bytes | memoryview, entries: list[BlockEntry], page_id: int) -> None:
+    def __init__(
+        self,
+        data: bytes | memoryview,
+        entries: list[BlockEntry],
+        page_id: int,
+        image: bool = False,
+    ) -> None:
+        """``image``: ``data`` is the decoded image of a page of coded blocks."""
         self.data = data
         self.entries = entries
         self.page_id = page_id
-        self.coded = any(entry.coded for entry in entries)
+        self.coded = not image and any(entry.coded for entry in entries)
+        """The page as read from disk, holding coded blocks: not readable until decoded."""
 
     @property
     def image_nbytes(self) -> int:

@@ -27,7 +27,7 @@ def decode_page(page: Page, bases: Bases) -> Page:
     found = bases(page.entries)
     for slot, entry in enumerate(page.entries):
         decode_into(page, slot, image[entry.offset : entry.offset + entry.nbytes], found)
-    return Page(memoryview(image).toreadonly(), page.entries, page.page_id)
+    return Page(memoryview(image).toreadonly(), page.entries, page.page_id, image=True)
 
 
 def decode_into(
@@ -47,7 +47,7 @@ def decode_into(
 def block_content(page: Page, slot: int, bases: Bases) -> bytes | memoryview:
     """Block ``slot``'s row-major bytes, decoding it if it is coded (digests cover these)."""
     entry = page.entries[slot]
-    if not entry.coded:
+    if not page.coded or not entry.coded:  # an image or a raw block: readable as it is
         return page.block_content(slot)
     out = np.empty(entry.nbytes, np.uint8)
     decode_into(page, slot, out, bases([entry]))
