@@ -1,6 +1,7 @@
 """The lossless tier: coded blocks read back bit-exact on every dtype, through export, panels,
 predictions, compress, repack, removal of a parent and a SIGKILL during compress."""
 
+import json
 import signal
 import struct
 import subprocess
@@ -13,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 import weightdb
 from weightdb.errors import CorruptPageError
@@ -312,3 +313,37 @@ def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_pa
                             assert page.nbytes > db.locate_page(page_id).length
                 stats = db.pool.stats()
                 assert stats.resident_bytes == held <= smallest_budget
+
+
+def test_cli_imports_with_a_parent_compresses_and_shows_parents_and_tiers(tmp_path):
+    rng = np.random.default_rng(10)
+    models = family(rng)
+    paths = {}
+    for name in ("base", "a"):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file(models[name], paths[name])
+    db = str(tmp_path / "db")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "weightdb", "--db", db, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cli("import", str(paths["base"]), "--name", "base").returncode == 1  # no database
+    subprocess.run([sys.executable, "-m", "weightdb", "init", db, "--block-shape", "32,32"])
+    assert cli("import", str(paths["base"]), "--name", "base").returncode == 0
+    result = cli("import", str(paths["a"]), "--name", "a", "--parent", "base")
+    assert result.returncode == 0, result.stderr
+    listing = {m["name"]: m["parent"] for m in json.loads(cli("ls", "--json").stdout)}
+    assert listing == {"base": None, "a": "base"}
+    row_of_a = next(line for line in cli("ls").stdout.splitlines() if line.startswith("│ a "))
+    assert row_of_a.split("│")[2].strip() == "base"  # the parent column
+    report = json.loads(cli("compress", "--json").stdout)
+    assert report["delta_blocks"] > 0
+    tiers = json.loads(cli("stats", "--json").stdout)["saved_bytes_by_tier"]
+    assert tiers["lossless"] > 0 and set(tiers) == {"exact", "lossless", "approximate"}
+    missing = cli("import", str(paths["a"]), "--name", "b", "--parent", "nope")
+    assert missing.returncode == 1 and "no model named 'nope'" in missing.stderr
