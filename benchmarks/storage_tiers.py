@@ -41,6 +41,7 @@ FLOOR_SAVING = 0.5  # exact + lossless stores at least this much less than exact
 FLOOR_DECODE_GBPS = 1.0
 FLOOR_SERVING_RATIO = 0.95
 DELTA_SAMPLE = 256  # delta blocks whose bit statistics are measured
+SAMPLE_SECONDS = 1.0  # of serving per throughput sample, so small models are timed in bulk
 
 
 def run(quick: bool, out_dir: Path) -> dict:
@@ -291,11 +292,12 @@ def serving(fam: Family, exact: Path, lossless: Path, repeats: int) -> dict:
             db.predict(model, batch)  # warm: pages decoded and resident, plan compiled
         runs: dict[str, list[float]] = {"off": [], "on": []}
         for _ in range(repeats):
-            for tier, db in dbs.items():
-                start = time.perf_counter()
-                for _ in range(3):
+            for tier, db in dbs.items():  # each sample predicts for SAMPLE_SECONDS at least
+                start, done = time.perf_counter(), 0
+                while time.perf_counter() - start < SAMPLE_SECONDS:
                     db.predict(model, batch)
-                runs[tier].append(3 * rows / (time.perf_counter() - start))
+                    done += rows
+                runs[tier].append(done / (time.perf_counter() - start))
         equal = all(
             dbs["off"].predict(model, batch)[k].tobytes() == v.tobytes()
             for k, v in dbs["on"].predict(model, batch).items()

@@ -25,6 +25,7 @@ MIN_SAVING = 0.05
 """A coded block is kept only if it is at least this fraction smaller than the raw block:
 below that, decoding costs more than the bytes are worth."""
 STORED = 1 << 31
+LITTLE_U16 = np.dtype("<u2")  # plane 0 is the low byte: blocks are stored little-endian
 PLANE_MIN_SAVING = 0.1
 
 _local = threading.local()
@@ -65,17 +66,31 @@ def decode(
     """Decode into ``out`` (flat uint8, the block's bytes as stored), then XOR ``base``."""
     decompress = _contexts()[1].decompress
     lengths = struct.unpack_from(f"<{itemsize}I", encoded)
-    elements = out.reshape(-1, itemsize)
-    count = len(elements)
+    count = len(out) // itemsize
     start = 4 * itemsize
-    for k, length in enumerate(lengths):
+    planes = []
+    for length in lengths:
         size = length & ~STORED
         piece = encoded[start : start + size]
         plane = piece if length & STORED else decompress(piece, max_output_size=count)
-        elements[:, k] = np.frombuffer(plane, dtype=np.uint8, count=count)
+        planes.append(np.frombuffer(plane, dtype=np.uint8, count=count))
         start += size
+    _interleave(planes, out)
     if base is not None:
         np.bitwise_xor(out, base, out=out)
+
+
+def _interleave(planes: list[np.ndarray], out: np.ndarray) -> None:
+    """Byte k of every element from plane k. Two planes combine as uint16 arithmetic, twice
+    as fast as numpy's strided byte copies (which win for four planes)."""
+    if len(planes) == 2:
+        halves = out.view(LITTLE_U16)
+        np.left_shift(planes[1], 8, out=halves, dtype=LITTLE_U16)
+        np.bitwise_or(halves, planes[0], out=halves, dtype=LITTLE_U16)
+        return
+    elements = out.reshape(-1, len(planes))
+    for k, plane in enumerate(planes):
+        elements[:, k] = plane
 
 
 def choose(data: np.ndarray, itemsize: int, base: np.ndarray | None) -> tuple[int, bytes | None]:
