@@ -147,14 +147,25 @@ class BufferPool:
 
     def bases(self, entries: list[BlockEntry]) -> dict[tuple[int, int], np.ndarray]:
         """The bases of the deltas among ``entries`` by (base id, order): each one's bytes laid
-        out in that order, flat uint8 (see ``page_images.Bases``)."""
+        out in that order, flat uint8 (see ``page_images.Bases``). Each base page is pinned
+        once, however many of its blocks are bases here."""
         wanted = {(entry.base, entry.order) for entry in entries if entry.base}
         where = self._where(sorted({base for base, _ in wanted}))
-        return {(base, order): self._bytes_at(*where[base], order) for base, order in wanted}
+        by_page: dict[int, list[tuple[int, int]]] = {}
+        for base, order in wanted:
+            by_page.setdefault(where[base][0], []).append((base, order))
+        found = {}
+        for page_id, keys in by_page.items():
+            with self.pinned(page_id) as page:
+                for base, order in keys:
+                    found[base, order] = _laid_out(page, where[base][1], order)
+        return found
 
     def block_bytes(self, block_id: int, order: int) -> np.ndarray:
         """A block's bytes laid out in ``order`` (row- or column-major), flat uint8."""
-        return self._bytes_at(*self._where([block_id])[block_id], order)
+        page_id, slot = self._where([block_id])[block_id]
+        with self.pinned(page_id) as page:
+            return _laid_out(page, slot, order)
 
     def _where(self, block_ids: list[int]) -> dict[int, tuple[int, int]]:
         if not block_ids:
@@ -162,12 +173,6 @@ class BufferPool:
         if self._locate_blocks is None:
             raise RuntimeError("a delta needs its base but this pool cannot find blocks")
         return self._locate_blocks(block_ids)
-
-    def _bytes_at(self, page_id: int, slot: int, order: int) -> np.ndarray:
-        with self.pinned(page_id) as page:
-            block = page.block(slot)
-            stored = block.T if order == COLUMN_MAJOR else block
-            return np.ascontiguousarray(stored).view(np.uint8).reshape(-1)
 
     def _evict_until(self, incoming: int, page_id: int | None = None) -> None:
         """Evict until ``incoming`` more bytes fit next to the frames."""
@@ -215,3 +220,11 @@ class BufferPool:
         """Resident page ids and their pin counts (for tests and the stats tables)."""
         with self._lock:
             return {page_id: frame.pins for page_id, frame in self._frames.items()}
+
+
+def _laid_out(page: Page, slot: int, order: int) -> np.ndarray:
+    """Block ``slot`` of an image or raw page, its bytes in ``order``, flat uint8 (a view
+    when it is stored so)."""
+    block = page.block(slot)
+    stored = block.T if order == COLUMN_MAJOR else block
+    return np.ascontiguousarray(stored).view(np.uint8).reshape(-1)
