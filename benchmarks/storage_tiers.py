@@ -5,11 +5,11 @@ For every family measured, fp32 and a bf16 copy (each float32 tensor rounded to 
 as safetensors beside the zoo build): bytes stored after exact dedup (import), after
 ``weightdb compress`` (exact + lossless), and after compressing the database that approximate
 dedup at a 1% budget left (exact + approximate + lossless, fp32 only: the approximate tier
-needs the graph to validate); against the model files compressed three ways without any
-dedup: plain zstd-3 per file, byte planes + zstd-3 per tensor (ZipNN-style, no parent), and
-zipnn where it is installed. The bit statistics of the deltas say why a family saves what it
-does: the share of elements a delta leaves unchanged and how many sign, exponent and mantissa
-bits flip per element.
+needs the graph to validate; measured where the dedup suite's database is cached); against
+the model files compressed three ways without any dedup: plain zstd-3 per file, byte
+planes + zstd-3 per tensor (ZipNN-style, no parent), and zipnn where it is installed. The bit
+statistics of the deltas say why a family saves what it does: the share of elements a delta
+leaves unchanged and how many sign, exponent and mantissa bits flip per element.
 
 Decode throughput is one core decoding every coded page of a compressed database from memory
 (pages read from disk first, bases resident). Serving throughput runs one fine-tune in memory
@@ -52,7 +52,7 @@ def run(quick: bool, out_dir: Path) -> dict:
         for dtype in ("float32", "bfloat16"):
             label = f"{fam.label} {dtype}"
             print(f"  {label}", flush=True)
-            results["families"][label] = measure(fam, dtype, repeats, quick)
+            results["families"][label] = measure(fam, dtype, repeats)
     print(f"  minilm-finetunes/small with a {LONG_STEPS}-step fine-tune", flush=True)
     results["long_finetune"] = long_finetune()
     results["floors"] = floors(results)
@@ -60,7 +60,7 @@ def run(quick: bool, out_dir: Path) -> dict:
     return results
 
 
-def measure(fam: Family, dtype: str, repeats: int, quick: bool) -> dict:
+def measure(fam: Family, dtype: str, repeats: int) -> dict:
     files = model_files(fam, dtype)
     exact = exact_database(fam, dtype, files)
     lossless = copy_database(exact, BENCH_DIR / "scratch" / f"{fam.name}-{dtype}-lossless")
@@ -85,7 +85,7 @@ def measure(fam: Family, dtype: str, repeats: int, quick: bool) -> dict:
         "decode": decode,
     }
     if dtype == "float32":
-        result["approximate"] = approximate_lossless(fam, quick)
+        result["approximate"] = approximate_lossless(fam)
         result["serving"] = serving(fam, exact, lossless, repeats)
     return result
 
@@ -164,10 +164,11 @@ def exact_database(fam: Family, dtype: str, files: dict[str, Path]) -> Path:
     return folder
 
 
-def approximate_lossless(fam: Family, quick: bool) -> dict[str, int] | None:
-    """Stored bytes after approximate dedup at the 1% budget, and after compressing that;
-    quick runs use the dedup suite's database only if it is cached (minutes per family)."""
-    if quick and not (BENCH_DIR / "db" / f"{fam.name}-{fam.size}-weightdb" / MARKER).is_file():
+def approximate_lossless(fam: Family) -> dict[str, int] | None:
+    """Stored bytes after approximate dedup at the 1% budget, and after compressing that,
+    where the dedup suite's database is cached (``benchmarks.families.database``: a run takes
+    up to an hour per family here, so this suite does not start one)."""
+    if not (BENCH_DIR / "db" / f"{fam.name}-{fam.size}-weightdb" / MARKER).is_file():
         return None
     folder, info = database(fam, "weightdb")
     target = copy_database(folder, BENCH_DIR / "scratch" / f"{fam.name}-approximate-lossless")
