@@ -172,6 +172,49 @@ def _budgets(data: dict) -> list[Row]:
     ]
 
 
+def _storage_tiers(data: dict) -> list[Row]:
+    rows = []
+    for label, cell in data["floors"].items():
+        family = data["families"][label]
+        rows.append(
+            (
+                "19",
+                f"{label}: exact + lossless stores at least 50% less than exact alone",
+                f"{cell['saving_vs_exact']:.1%} less",
+                cell["saving_met"] if label.startswith("minilm-finetunes") else None,
+            )
+        )
+        rows.append(
+            (
+                "19",
+                f"{label}: exact + lossless beats zstd-3 and zipnn over the files",
+                f"{format_size(family['exact_lossless_bytes'])} vs zstd-3 "
+                f"{format_size(family['files']['zstd3'])}",
+                cell["beats_zstd_and_zipnn"],
+            )
+        )
+        if family["decode"]:
+            rows.append(
+                (
+                    "19",
+                    f"{label}: decoding at least 1 GB/s on one core",
+                    f"{family['decode']['gb_per_s']:.2f} GB/s",
+                    cell["decode_met"],
+                )
+            )
+        if "serving_met" in cell:
+            ratio = family["serving"]["ratio_on_off"]
+            rows.append(
+                (
+                    "19",
+                    f"{label}: serving in memory with the tier on at least 0.95x off",
+                    f"{ratio:.2f}x",
+                    cell["serving_met"],
+                )
+            )
+    return rows
+
+
 FLOORS: dict[str, Callable[[dict], list[Row]]] = {
     "storage": _storage,
     "dedup": _dedup,
@@ -181,6 +224,7 @@ FLOORS: dict[str, Callable[[dict], list[Row]]] = {
     "serving": _serving,
     "budgets": _budgets,
     "scale": _scale,
+    "storage_tiers": _storage_tiers,
 }
 
 

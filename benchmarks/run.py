@@ -16,7 +16,17 @@ from pathlib import Path
 from benchmarks.common import RESULTS_DIR, machine, markdown_table
 from benchmarks.floors import floors_table
 
-SUITES = ["storage", "dedup", "packing", "engine", "caching", "serving", "budgets", "scale"]
+SUITES = [
+    "storage",
+    "dedup",
+    "packing",
+    "engine",
+    "caching",
+    "serving",
+    "budgets",
+    "scale",
+    "storage_tiers",
+]
 
 
 def main() -> None:

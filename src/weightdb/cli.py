@@ -76,6 +76,13 @@ def init(
     policy: Annotated[
         str, typer.Option(help="Buffer pool replacement policy.")
     ] = Settings().policy,
+    lossless: Annotated[
+        bool,
+        typer.Option(
+            "--lossless/--no-lossless",
+            help="Code new blocks at import: XOR against the parent's, byte planes, zstd.",
+        ),
+    ] = Settings().lossless,
 ) -> None:
     """Create an empty database."""
     try:
@@ -89,6 +96,7 @@ def init(
         block_cols=cols,
         page_size=size_option(page_size, "--page-size"),
         policy=policy,
+        lossless=lossless,
     )
     if (path / "config.toml").exists():
         raise WeightDBError(f"a database already exists at {path}")
@@ -103,12 +111,23 @@ def init(
 def import_(
     source: Annotated[Path, typer.Argument(help=".safetensors, .npz, .onnx, .pt or HF folder.")],
     name: Annotated[str, typer.Option("--name", help="Name of the model in the database.")],
+    parent: Annotated[
+        str | None,
+        typer.Option(help="Stored model this one descends from (found if not given)."),
+    ] = None,
+    lossless: Annotated[
+        bool | None,
+        typer.Option(
+            "--lossless/--no-lossless",
+            help="Code new blocks against the parent's (default: the database's setting).",
+        ),
+    ] = None,
 ) -> None:
     """Import a model; blocks identical to stored ones are stored once."""
     with open_db() as db:
         bar, advance = byte_progress(f"importing {name}")
         with bar:
-            info = db.import_model(source, name, progress=advance)
+            info = db.import_model(source, name, progress=advance, parent=parent, lossless=lossless)
         console.print(
             f"imported {info.name}: {info.tensors} tensors, {format_size(info.logical_bytes)}; "
             f"{format_size(info.new_block_bytes)} of new blocks stored"
@@ -148,10 +167,11 @@ def list_models(
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table("model", "format", "tensors", "bytes", "graph", "batching", "imported")
+    table = Table("model", "parent", "format", "tensors", "bytes", "graph", "batching", "imported")
     for m in models:
         table.add_row(
             m.name,
+            m.parent or "",
             m.format,
             str(m.tensors),
             format_size(m.logical_bytes),
@@ -181,7 +201,7 @@ def stats(
     for key in ("logical_bytes", "stored_bytes", "page_bytes", "page_file_bytes"):
         table.add_row(key, format_size(numbers[key]))
     for tier, saved in numbers["saved_bytes_by_tier"].items():
-        table.add_row(f"saved by {tier} dedup", format_size(saved))
+        table.add_row(f"saved by the {tier} tier", format_size(saved))
     table.add_row("dedup_ratio", f"{numbers['dedup_ratio']:.2f}x")
     console.print(table)
 
@@ -235,6 +255,34 @@ def pack_command(
         f"{format_size(report.page_bytes_after)}, {report.seconds:.2f}s)"
     )
     console.print(repack_table(report))
+
+
+@app.command("compress")
+def compress_command(
+    lossless: Annotated[
+        bool,
+        typer.Option(
+            "--lossless/--raw", help="Code every block (default), or store every block raw again."
+        ),
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Code the stored blocks with the lossless tier; atomic and crash-safe, like pack."""
+    with open_db() as db:
+        bar, advance = byte_progress("compressing pages")
+        with bar:
+            report = db.compress(lossless, progress=advance)
+    if as_json:
+        print(json.dumps(asdict(report), indent=2))
+        return
+    console.print(
+        f"{report.pages_before} pages, {format_size(report.page_bytes_before)} -> "
+        f"{report.pages_after} pages, {format_size(report.page_bytes_after)}; "
+        f"{report.coded_blocks} blocks coded, {report.delta_blocks} of them as deltas "
+        f"({report.seconds:.1f}s)"
+    )
+    for child, parent in report.parents_found.items():
+        console.print(f"  parent of {child}: {parent}")
 
 
 @app.command("rm")

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,9 @@ from weightdb.storage import catalog_digest, dtypes, reclaim
 from weightdb.storage.blocking import BlockLayout, layout_for
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
 from weightdb.storage.catalog import Catalog
+from weightdb.storage.compress import CompressReport, compress
 from weightdb.storage.page_files import PageLocation, PageReader, segment_number
+from weightdb.storage.page_format import DATA_START
 from weightdb.storage.policies import make_policy
 from weightdb.storage.repack import RepackReport, pages_read, repack
 from weightdb.storage.savings import savings_by_tier
@@ -66,11 +68,12 @@ class ModelInfo:
     has_graph: bool
     source_digest: str
     created_at: str
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
 class ImportedModel(ModelInfo):
-    new_block_bytes: int
+    new_block_bytes: int = field(kw_only=True)
     """Bytes of the blocks this import stored: blocks already stored (by any model, including
     one another writer committed while this import waited for the lock) are not counted."""
 
@@ -115,6 +118,8 @@ class Database:
             self.locate_page,
             budget_bytes,
             make_policy(policy or self.settings.policy, self.page_models),
+            self.locate_blocks,
+            DATA_START + self.settings.page_size,
         )
         self.prepared = PreparedModels(self)
         self._sql_session: SQLSession | None = None
@@ -152,6 +157,26 @@ class Database:
             with self._locations_lock:
                 self._locations[page_id] = location
         return location
+
+    def locate_blocks(self, block_ids: list[int]) -> dict[int, tuple[int, int]]:
+        """Blocks' own page and slot (where the bases of deltas are read)."""
+        found = {}
+        for start in range(0, len(block_ids), 500):  # under SQLite's parameter limit
+            chunk = block_ids[start : start + 500]
+            found |= {
+                block_id: (page_id, slot)
+                for block_id, page_id, slot in self.catalog.conn.execute(
+                    "SELECT block_id, page_id, slot FROM blocks WHERE block_id IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    chunk,
+                )
+            }
+        missing = set(block_ids) - found.keys()
+        if missing:
+            raise WeightDBError(
+                f"blocks {sorted(missing)[:5]} are not in the catalog; the database is damaged"
+            )
+        return found
 
     def page_bytes(self) -> int:
         """The bytes of every live page: what a pool holding all of them needs."""
@@ -220,15 +245,25 @@ class Database:
     # -- the Python API -----------------------------------------------------------------
 
     def import_model(
-        self, source: str | Path, name: str, *, progress: Progress | None = None
+        self,
+        source: str | Path,
+        name: str,
+        *,
+        progress: Progress | None = None,
+        parent: str | None = None,
+        lossless: bool | None = None,
     ) -> ImportedModel:
-        """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder."""
+        """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder.
+
+        ``parent`` names the stored model this one descends from; ``lossless`` (default: the
+        database's setting) codes new blocks, against the parent's (found if not given)."""
         check_model_name(name)
+        coded = self.settings.lossless if lossless is None else lossless
         with open_source(Path(source)) as opened:
             if opened.graph is not None:
                 check_graph(opened.graph, Path(source))
-            new_bytes = import_source(self, opened, name, progress)
-        return ImportedModel(*astuple(self.model(name)), new_bytes)
+            new_bytes = import_source(self, opened, name, progress, parent, coded)
+        return ImportedModel(*astuple(self.model(name)), new_block_bytes=new_bytes)
 
     def from_torch(
         self,
@@ -245,12 +280,20 @@ class Database:
         with torch_export.exported(module, example_inputs, **names) as folder:
             return self.import_model(Path(folder) / "model.onnx", name)
 
-    def import_arrays(self, name: str, arrays: Mapping[str, np.ndarray]) -> ImportedModel:
-        """Import in-memory numpy arrays as a model (no graph)."""
+    def import_arrays(
+        self,
+        name: str,
+        arrays: Mapping[str, np.ndarray],
+        *,
+        parent: str | None = None,
+        lossless: bool | None = None,
+    ) -> ImportedModel:
+        """Import in-memory numpy arrays as a model (no graph); see ``import_model``."""
         check_model_name(name)
+        coded = self.settings.lossless if lossless is None else lossless
         with from_arrays(arrays) as opened:
-            new_bytes = import_source(self, opened, name, None)
-        return ImportedModel(*astuple(self.model(name)), new_bytes)
+            new_bytes = import_source(self, opened, name, None, parent, coded)
+        return ImportedModel(*astuple(self.model(name)), new_block_bytes=new_bytes)
 
     def export_model(
         self, name: str, path: str | Path, *, progress: Progress | None = None
@@ -273,6 +316,20 @@ class Database:
         return repack(
             self, algorithm, frequencies, time_limit=time_limit, progress=progress, force=force
         )
+
+    def compress(self, lossless: bool = True, progress: Progress | None = None) -> CompressReport:
+        """Code every stored block with the lossless tier (or, ``lossless=False``, store every
+        block raw again); atomic like ``pack``, and exports stay bit-identical."""
+        return compress(self, lossless, progress)
+
+    def parent(self, name: str) -> str | None:
+        """The model ``name`` descends from (given or found at import or compress), if any."""
+        row = self.catalog.conn.execute(
+            "SELECT p.name FROM lineage l JOIN models p ON p.model_id = l.parent_id "
+            "WHERE l.model_id = ?",
+            (self.model_id(name),),
+        ).fetchone()
+        return row[0] if row else None
 
     def remove_model(self, name: str) -> None:
         """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""
@@ -325,7 +382,9 @@ class Database:
     def _model_infos(self, where: str, parameters: tuple) -> list[ModelInfo]:
         rows = self.catalog.conn.execute(
             "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
-            "m.graph IS NOT NULL, m.source_digest, m.created_at "
+            "m.graph IS NOT NULL, m.source_digest, m.created_at, "
+            "(SELECT p.name FROM lineage l JOIN models p ON p.model_id = l.parent_id "
+            "WHERE l.model_id = m.model_id) "
             f"FROM models m LEFT JOIN tensors t USING (model_id) {where} "
             "GROUP BY m.model_id ORDER BY m.name",
             parameters,
@@ -390,14 +449,15 @@ class Database:
         tensors, logical = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM tensors"
         ).fetchone()
-        blocks, stored, refs = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(nbytes), 0), COALESCE(SUM(refs), 0) FROM blocks"
+        blocks, refs = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(refs), 0) FROM blocks"
         ).fetchone()
         (pages,) = conn.execute("SELECT COUNT(*) FROM pages").fetchone()
         page_bytes = self.page_bytes()
         files = [f for f in self.pages_dir.iterdir() if segment_number(f.name) is not None]
         pool = self.pool.stats()
         tiers = savings_by_tier(conn)
+        stored = tiers["stored_bytes"]  # after exact, lossless and approximate
         return {
             "models": models,
             "tensors": tensors,
@@ -408,6 +468,7 @@ class Database:
             "dedup_ratio": logical / stored if stored else 1.0,
             "saved_bytes_by_tier": {
                 "exact": tiers["exact_saved_bytes"],
+                "lossless": tiers["lossless_saved_bytes"],
                 "approximate": tiers["approximate_saved_bytes"],
             },
             "replaced_block_positions": tiers["replaced_positions"],

@@ -2,6 +2,9 @@
 
 The model becomes visible only at the commit, with all its tensors; a crash before it leaves
 page files that no catalog row refers to, and the next writer deletes them.
+
+With the lossless tier on, the model's parent (given, or found by ``lineage``) is recorded and
+each new block is coded against the parent's block at the same position where that saves.
 """
 
 import errno
@@ -13,9 +16,10 @@ from typing import TYPE_CHECKING
 
 from weightdb.errors import ModelExistsError, StorageFullError
 from weightdb.ingest.source import ModelSource
-from weightdb.storage import catalog_digest
+from weightdb.storage import catalog_digest, lineage
 from weightdb.storage.block_writer import BlockWriter
 from weightdb.storage.blocking import as_matrix, layout_for, panel_runs
+from weightdb.storage.page_format import ROW_MAJOR
 from weightdb.storage.panel_order import panel_axes
 
 if TYPE_CHECKING:
@@ -31,13 +35,31 @@ def _refuse_existing(db: "Database", name: str) -> None:
 
 
 def import_source(
-    db: "Database", source: ModelSource, name: str, progress: "Progress | None"
+    db: "Database",
+    source: ModelSource,
+    name: str,
+    progress: "Progress | None",
+    parent: str | None = None,
+    lossless: bool = False,
 ) -> int:
-    """Store the source as model ``name``; returns the bytes of the blocks this import added
+    """Store ``source`` as model ``name``; with ``lossless``, code it against ``parent`` (found
+    among the stored models when None). Returns the bytes of the blocks this import added
     (counted in its own write, as other writers may commit while it waits for the lock)."""
     _refuse_existing(db, name)
+    parent_id = None if parent is None else db.model_id(parent)
     with db.writer_lock:
         db.collect_garbage()
+        found = (parent_id, "given") if parent_id is not None else None
+        if lossless and found is None:
+            found = lineage.find_parent(
+                db.catalog.conn,
+                source,
+                db.settings.block_shape,
+                lambda block_id: db.pool.block_bytes(block_id, ROW_MAJOR),
+            )
+        bases = {}
+        if lossless and found:
+            bases = lineage.base_blocks(db.catalog.conn, found[0], source.tensors)
         writer = BlockWriter(
             db.catalog.conn,
             db.pool,
@@ -45,9 +67,10 @@ def import_source(
             db.settings.page_size,
             db.settings.segment_bytes,
             db.next_ids(),
+            lossless,
         )
         try:
-            tensor_rows, block_rows, digest = _write_blocks(db, source, writer, progress)
+            tensor_rows, block_rows, digest = _write_blocks(db, source, writer, progress, bases)
             writer.finish()
         except BaseException as error:
             writer.abort()
@@ -67,6 +90,11 @@ def import_source(
                     (name, source.format, source.graph, digest, json.dumps(source.metadata)),
                 )
                 model_id = cursor.lastrowid
+                if found is not None:
+                    conn.execute(
+                        "INSERT INTO lineage(model_id, parent_id, found_by) VALUES (?, ?, ?)",
+                        (model_id, *found),
+                    )
                 writer.insert_rows(conn, refs)
                 tensor_ids = []
                 for row in tensor_rows:
@@ -88,9 +116,12 @@ def import_source(
     return sum(block.nbytes for block in writer.new_blocks)
 
 
-def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, progress):
-    """Store every block; return tensor rows, (tensor index, i, j, block id) rows and a content
-    digest of the whole model (names, dtypes, shapes and block digests, in order)."""
+def _write_blocks(
+    db: "Database", source: ModelSource, writer: BlockWriter, progress, bases: dict
+) -> tuple[list, list, str]:
+    """Store every block (coded against ``bases``, see ``lineage.base_blocks``); return tensor
+    rows, (tensor index, i, j, block id) rows and a content digest of the whole model (names,
+    dtypes, shapes and block digests, in order)."""
     tensor_rows, block_rows = [], []
     model_digest = hashlib.sha256()
     axes = panel_axes(source.graph)
@@ -106,7 +137,9 @@ def _write_blocks(db: "Database", source: ModelSource, writer: BlockWriter, prog
             writer.start_run(sum(layout.block_nbytes(i, j, entry.dtype.itemsize) for i, j in run))
             for i, j in run:
                 r0, r1, c0, c1 = layout.bounds(i, j)
-                block_id, digests[i, j] = writer.add(entry.dtype.name, matrix[r0:r1, c0:c1], order)
+                block = matrix[r0:r1, c0:c1]
+                base = bases.get((entry.name, i, j))
+                block_id, digests[i, j] = writer.add(entry.dtype.name, block, order, base)
                 block_rows.append((position, i, j, block_id))
                 if progress:
                     progress((r1 - r0) * (c1 - c0) * entry.dtype.itemsize, source.nbytes)

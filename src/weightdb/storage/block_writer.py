@@ -11,6 +11,10 @@ digest and duplicate check do not depend on how it is stored). ``start_run`` kee
 blocks the engine reads as one operand on one page when a page can hold it.
 Two page buffers alternate: while one fills, the other is checksummed and written by a
 background thread (hashlib, zlib and writes release the GIL, so both cores work).
+
+With ``lossless`` on, a new block is stored coded when that saves enough (``codecs.choose``):
+as a delta against the ``base`` block the caller names (``lineage``), else as byte planes.
+Its digest stays that of its row-major content, so duplicates are found whatever the coding.
 """
 
 import hashlib
@@ -21,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from weightdb.storage import codecs
 from weightdb.storage.buffer_pool import BufferPool
 from weightdb.storage.page_files import PageLocation, PageReader, SegmentWriter
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder
+from weightdb.storage.page_images import block_content
 
 
 def block_digest(dtype: str, rows: int, cols: int, data: bytes | memoryview) -> bytes:
@@ -51,6 +57,16 @@ class BlockRecord:
         return self.dtype, self.rows, self.cols
 
 
+@dataclass(frozen=True)
+class BlockCoding:
+    """One row of ``block_codings``: how a coded block is stored."""
+
+    block_id: int
+    codec: int
+    base_block_id: int | None
+    stored_nbytes: int
+
+
 class BlockWriter:
     def __init__(
         self,
@@ -60,8 +76,11 @@ class BlockWriter:
         page_size: int,
         segment_bytes: int,
         next_ids: tuple[int, int, int],
+        lossless: bool = False,
     ) -> None:
         self.conn = conn
+        self.lossless = lossless
+        self.codings: list[BlockCoding] = []
         self.pool = pool
         self.next_block_id, self.next_page_id, first_segment = next_ids
         self.new_blocks: list[BlockRecord] = []
@@ -84,8 +103,13 @@ class BlockWriter:
         if nbytes > self._page.remaining() and nbytes <= self._page.capacity:
             self._flush_page()
 
-    def add(self, dtype: str, block: np.ndarray, order: int = ROW_MAJOR) -> tuple[int, bytes]:
-        """Store a 2-D block (or find its twin); return its block id and content digest."""
+    def add(
+        self, dtype: str, block: np.ndarray, order: int = ROW_MAJOR, base: int | None = None
+    ) -> tuple[int, bytes]:
+        """Store a 2-D block (or find its twin); return its block id and content digest.
+
+        ``base`` is a stored block of the same dtype and shape, never a delta itself, to try
+        coding this one against."""
         rows, cols = block.shape
         if not self._page.fits(block.nbytes):
             self._flush_page()
@@ -100,7 +124,27 @@ class BlockWriter:
         existing = self._find(digest, content)
         if existing is not None:
             return existing, digest
-        slot = self._page.commit(self.next_block_id, dtype, rows, cols, block.nbytes, order)
+        codec, encoded = codecs.RAW, None
+        if self.lossless:
+            against = None if base is None else self.pool.block_bytes(base, order)
+            codec, encoded = codecs.choose(np.frombuffer(space, np.uint8), block.itemsize, against)
+        stored_nbytes = None
+        if encoded is not None:
+            space[: len(encoded)] = encoded
+            stored_nbytes = len(encoded)
+            base_id = base if codec == codecs.XOR_PLANES else None
+            self.codings.append(BlockCoding(self.next_block_id, codec, base_id, stored_nbytes))
+        slot = self._page.commit(
+            self.next_block_id,
+            dtype,
+            rows,
+            cols,
+            block.nbytes,
+            order,
+            codec,
+            stored_nbytes,
+            base if codec == codecs.XOR_PLANES else 0,
+        )
         new = BlockRecord(
             self.next_block_id, digest, dtype, rows, cols, block.nbytes, self.next_page_id, slot
         )
@@ -112,10 +156,10 @@ class BlockWriter:
     def _find(self, digest: bytes, content: memoryview | bytes) -> int | None:
         for candidate in self._written.get(digest, ()):
             if candidate.page_id == self.next_page_id:  # still in the open page
-                stored = self._page.block_content(candidate.slot)
+                page = self._page.page(candidate.page_id)
             else:
-                location = self._writes[candidate.page_id].result()
-                stored = self._reader.read(location).block_content(candidate.slot)
+                page = self._reader.read(self._writes[candidate.page_id].result())
+            stored = block_content(page, candidate.slot, self.pool.bases)
             if stored == content:
                 return candidate.block_id
         rows = self.conn.execute(
@@ -186,6 +230,11 @@ class BlockWriter:
                 )
                 for b in self.new_blocks
             ],
+        )
+        conn.executemany(
+            "INSERT INTO block_codings(block_id, codec, base_block_id, stored_nbytes) "
+            "VALUES (?, ?, ?, ?)",
+            [(c.block_id, c.codec, c.base_block_id, c.stored_nbytes) for c in self.codings],
         )
         conn.executemany(
             "UPDATE blocks SET refs = refs + ? WHERE block_id = ?",

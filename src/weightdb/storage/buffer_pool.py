@@ -4,6 +4,10 @@ Pinned pages are never evicted. Before a page is read, unpinned pages are evicte
 order the replacement policy chooses) until the new page fits, so resident bytes never exceed
 the budget, pinned pages included. When pinned pages leave no room, the request fails with
 the budget it would need, instead of overrunning memory.
+
+Pages holding coded blocks (the lossless tier) are decoded on a miss, and the pool holds their
+images only (``page_images``), so the budget counts exactly the bytes resident: an image, or a
+raw page as read. Decoding a delta pins its base's page for the time it takes.
 """
 
 import sys
@@ -13,9 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+
 from weightdb.errors import BudgetExceededError
 from weightdb.storage.page_files import PageLocation, PageReader
-from weightdb.storage.page_format import Page
+from weightdb.storage.page_format import COLUMN_MAJOR, BlockEntry, Page
+from weightdb.storage.page_images import decode_page
 from weightdb.storage.policies import ReplacementPolicy
 from weightdb.storage.policies.lru import LRUPolicy
 from weightdb.units import format_size
@@ -61,9 +68,15 @@ class BufferPool:
         locate: Callable[[int], PageLocation],
         budget_bytes: int | None = None,
         policy: ReplacementPolicy | None = None,
+        locate_blocks: Callable[[list[int]], dict[int, tuple[int, int]]] | None = None,
+        image_bytes: int = 0,
     ) -> None:
+        """``locate_blocks`` gives blocks' own (page id, slot), to find the bases of deltas;
+        ``image_bytes`` bounds the image of a coded page (header plus page size)."""
         self._reader = reader
         self._locate = locate
+        self._locate_blocks = locate_blocks
+        self._image_bytes = image_bytes
         self.budget_bytes = budget_bytes
         self.policy = policy or LRUPolicy()
         self._frames: dict[int, _Frame] = {}
@@ -92,6 +105,7 @@ class BufferPool:
         if self.budget_bytes is None:
             return sys.maxsize
         largest = max((self._locate(page_id).length for page_id in page_ids), default=1)
+        largest = max(largest, self._image_bytes)  # a coded page may decode to more
         return self.budget_bytes // max(1, largest)
 
     def begin_query(self, model: str) -> None:
@@ -119,19 +133,46 @@ class BufferPool:
 
     def _load(self, page_id: int) -> _Frame:
         location = self._locate(page_id)
-        self._make_room(location)
         page = self._reader.read(location)
+        if page.coded:
+            page = decode_page(page, self.bases)
+        if self.budget_bytes is not None:
+            self._evict_until(page.nbytes, page_id)
         frame = _Frame(page)
         self._frames[page_id] = frame
         self._resident_bytes += page.nbytes
-        self._stats.bytes_read += page.nbytes
+        self._stats.bytes_read += location.length
         self.policy.on_insert(page_id, page.nbytes)
         return frame
 
-    def _make_room(self, location: PageLocation) -> None:
-        if self.budget_bytes is None:
-            return
-        self._evict_until(location.length, location.page_id)
+    def bases(self, entries: list[BlockEntry]) -> dict[tuple[int, int], np.ndarray]:
+        """The bases of the deltas among ``entries`` by (base id, order): each one's bytes laid
+        out in that order, flat uint8 (see ``page_images.Bases``). Each base page is pinned
+        once, however many of its blocks are bases here."""
+        wanted = {(entry.base, entry.order) for entry in entries if entry.base}
+        where = self._where(sorted({base for base, _ in wanted}))
+        by_page: dict[int, list[tuple[int, int]]] = {}
+        for base, order in wanted:
+            by_page.setdefault(where[base][0], []).append((base, order))
+        found = {}
+        for page_id, keys in by_page.items():
+            with self.pinned(page_id) as page:
+                for base, order in keys:
+                    found[base, order] = _laid_out(page, where[base][1], order)
+        return found
+
+    def block_bytes(self, block_id: int, order: int) -> np.ndarray:
+        """A block's bytes laid out in ``order`` (row- or column-major), flat uint8."""
+        page_id, slot = self._where([block_id])[block_id]
+        with self.pinned(page_id) as page:
+            return _laid_out(page, slot, order)
+
+    def _where(self, block_ids: list[int]) -> dict[int, tuple[int, int]]:
+        if not block_ids:
+            return {}
+        if self._locate_blocks is None:
+            raise RuntimeError("a delta needs its base but this pool cannot find blocks")
+        return self._locate_blocks(block_ids)
 
     def _evict_until(self, incoming: int, page_id: int | None = None) -> None:
         """Evict until ``incoming`` more bytes fit next to the frames."""
@@ -179,3 +220,11 @@ class BufferPool:
         """Resident page ids and their pin counts (for tests and the stats tables)."""
         with self._lock:
             return {page_id: frame.pins for page_id, frame in self._frames.items()}
+
+
+def _laid_out(page: Page, slot: int, order: int) -> np.ndarray:
+    """Block ``slot`` of an image or raw page, its bytes in ``order``, flat uint8 (a view
+    when it is stored so)."""
+    block = page.block(slot)
+    stored = block.T if order == COLUMN_MAJOR else block
+    return np.ascontiguousarray(stored).view(np.uint8).reshape(-1)

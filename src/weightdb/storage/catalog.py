@@ -142,6 +142,21 @@ CREATE TABLE IF NOT EXISTS block_replacements (
     similarity REAL                 -- the method's own score of old vs new block
 );
 CREATE INDEX IF NOT EXISTS block_replacements_by_tensor ON block_replacements(tensor_id);
+-- The lossless tier: blocks stored coded (storage/codecs.py), a block without a row is raw. A
+-- delta's base is never itself a delta, and lives (refs or not) while a delta refers to it.
+CREATE TABLE IF NOT EXISTS block_codings (
+    block_id INTEGER PRIMARY KEY REFERENCES blocks(block_id) ON DELETE CASCADE,
+    codec INTEGER NOT NULL,         -- codecs.PLANES | codecs.XOR_PLANES
+    base_block_id INTEGER REFERENCES blocks(block_id),  -- XOR_PLANES only
+    stored_nbytes INTEGER NOT NULL  -- bytes on the page, against blocks.nbytes decoded
+);
+CREATE INDEX IF NOT EXISTS block_codings_by_base ON block_codings(base_block_id);
+-- Which model a model descends from (storage/lineage.py): its blocks are coded against it.
+CREATE TABLE IF NOT EXISTS lineage (
+    model_id INTEGER PRIMARY KEY REFERENCES models(model_id) ON DELETE CASCADE,
+    parent_id INTEGER REFERENCES models(model_id) ON DELETE SET NULL,
+    found_by TEXT NOT NULL          -- given | shared blocks | xor sample
+);
 """
 
 

@@ -9,9 +9,10 @@
           28   length      u64      bytes of this page: header, data and directory
           36   directory   u64      offset of the directory
           44   reserved    20 bytes
-          64   data        each block's bytes, C order, at 64-byte aligned offsets
-               directory   blocks x 48 bytes: block id u64, offset u64, nbytes u64,
-                           rows u64, cols u64, dtype u8, order u8, 6 reserved bytes
+          64   data        each block's bytes as stored, at 64-byte aligned offsets
+               directory   blocks x 72 bytes: block id u64, offset u64, nbytes u64,
+                           rows u64, cols u64, dtype u8, order u8, codec u8, 5 reserved
+                           bytes, stored offset u64, stored nbytes u64, base block id u64
 
 The page size setting bounds the data area, so a page of 4 MiB holds exactly 4 MiB of blocks
 (16 blocks of 256x256 float32, 64 of 128x128); header and directory come on top. Blocks are
@@ -27,6 +28,14 @@ and so do the blocks of one block row stored column-major, which is the operand 
 ``x @ W.T`` (Gemm with transB, Conv). ``Page.block`` always returns the block as the matrix
 has it, so only the engine's panels and the writers know about ``order``. Format 1 had no
 ``order`` byte (it was reserved, hence 0): format 1 pages read as row-major.
+
+Format 3 adds a codec per block (``codecs``): a block may be stored coded, ``stored nbytes``
+bytes at ``stored offset``, optionally as a delta against ``base block id`` (0 for none).
+``offset`` and ``nbytes`` say where the block lies in the page's *image*: the page as it would
+be were every block raw, which is what the buffer pool decodes a coded page into on a miss, so
+blocks, runs and panels read from an image exactly as from a raw page. The page size bounds
+the image's data area, so a coded page holds the blocks its raw twin would, in fewer bytes.
+Formats 1 and 2 read as pages of raw blocks (their entries are 48 bytes).
 """
 
 import struct
@@ -39,11 +48,13 @@ from weightdb.errors import CorruptPageError, FormatVersionError
 from weightdb.storage import dtypes
 
 MAGIC = b"WDBPAGE\0"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 HEADER = struct.Struct("<8sIHHIQQQ20x")
 DATA_START = HEADER.size
-ENTRY = struct.Struct("<QQQQQBB6x")
+ENTRY = struct.Struct("<QQQQQBBB5xQQQ")
+RAW_ENTRY = struct.Struct("<QQQQQBB6x")  # formats 1 and 2
+RAW = 0  # ``codecs.RAW``
 ROW_MAJOR, COLUMN_MAJOR = 0, 1
 ALIGN = 64
 # On-disk dtype codes: append only, never renumber.
@@ -75,51 +86,73 @@ class BlockEntry:
     cols: int
     dtype: str
     order: int = ROW_MAJOR
+    codec: int = RAW
+    stored_offset: int = -1
+    """Where the block's bytes lie in the page as stored (``offset`` if raw and unmoved)."""
+    stored_nbytes: int = -1
+    base: int = 0
+    """The block a delta was coded against (its bytes as stored, in this block's order)."""
+
+    @property
+    def coded(self) -> bool:
+        return self.codec != RAW
 
 
 class PageBuilder:
     """Fills one reusable page buffer: ``reserve`` space, write a block there, ``commit`` it.
 
     A block that turns out to be a duplicate is simply not committed; the next reservation
-    reuses its space.
+    reuses its space. A coded block is committed with the bytes it was coded into (written
+    over its reservation): the page's image still reserves its raw size.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.buffer = bytearray(DATA_START + capacity)
-        self.entries: list[tuple[int, int, int, int, int, int, int]] = []
-        self._end = DATA_START
+        self.entries: list[tuple[int, ...]] = []
+        self._end = DATA_START  # of the stored bytes
+        self._image_end = DATA_START
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def fits(self, nbytes: int) -> bool:
-        return self._end + nbytes <= len(self.buffer)
+        return self._image_end + nbytes <= len(self.buffer)
 
     def reserve(self, nbytes: int) -> memoryview:
         """Writable space for the next block's bytes (call ``fits`` first)."""
         return memoryview(self.buffer)[self._end : self._end + nbytes]
 
     def remaining(self) -> int:
-        """Bytes of block data this page still takes."""
-        return len(self.buffer) - self._end
+        """Bytes of block data this page's image still takes."""
+        return len(self.buffer) - self._image_end
 
     def commit(
-        self, block_id: int, dtype: str, rows: int, cols: int, nbytes: int, order: int = ROW_MAJOR
+        self,
+        block_id: int,
+        dtype: str,
+        rows: int,
+        cols: int,
+        nbytes: int,
+        order: int = ROW_MAJOR,
+        codec: int = RAW,
+        stored_nbytes: int | None = None,
+        base: int = 0,
     ) -> int:
-        """Keep the bytes last written to ``reserve(nbytes)``; returns the block's slot."""
-        self.entries.append((block_id, self._end, nbytes, rows, cols, _CODE_OF[dtype], order))
-        self._end = min(_align(self._end + nbytes), len(self.buffer))
+        """Keep the bytes last written to ``reserve``: ``stored_nbytes`` of them if the block
+        is coded, else ``nbytes``. Returns the block's slot."""
+        stored = nbytes if stored_nbytes is None else stored_nbytes
+        image_place = (self._image_end, nbytes)
+        shape = (rows, cols, _CODE_OF[dtype], order)
+        self.entries.append((block_id, *image_place, *shape, codec, self._end, stored, base))
+        self._end = min(_align(self._end + stored), len(self.buffer))
+        self._image_end = min(_align(self._image_end + nbytes), len(self.buffer))
         return len(self.entries) - 1
 
-    def block_content(self, slot: int) -> bytes | memoryview:
-        """The block's bytes in row-major order (see ``Page.block_content``)."""
-        _, offset, nbytes, rows, cols, code, order = self.entries[slot]
-        data = memoryview(self.buffer)[offset : offset + nbytes]
-        if order == ROW_MAJOR:
-            return data
-        dtype = dtypes.by_name(DTYPE_CODES[code]).numpy
-        return np.frombuffer(data, dtype=dtype).reshape(cols, rows).T.tobytes()
+    def page(self, page_id: int) -> "Page":
+        """The blocks committed so far, as a page read back (valid until ``reset``)."""
+        entries = [_entry(fields) for fields in self.entries]
+        return Page(memoryview(self.buffer)[: self._end], entries, page_id)
 
     def build(self, page_id: int) -> tuple[list[memoryview | bytes], int, int]:
         """The page as pieces to write in order, its length and its checksum.
@@ -141,15 +174,51 @@ class PageBuilder:
     def reset(self) -> None:
         self.entries = []
         self._end = DATA_START
+        self._image_end = DATA_START
+
+
+def _entry(fields: tuple[int, ...]) -> BlockEntry:
+    block_id, offset, nbytes, rows, cols, code, order, codec, stored_offset, stored, base = fields
+    dtype = DTYPE_CODES[code]
+    return BlockEntry(
+        block_id, offset, nbytes, rows, cols, dtype, order, codec, stored_offset, stored, base
+    )
 
 
 class Page:
-    """A verified page in memory; ``block`` returns zero-copy read-only views into it."""
+    """A verified page in memory; ``block`` returns zero-copy read-only views into it.
 
-    def __init__(self, data: bytes, entries: list[BlockEntry], page_id: int) -> None:
+    A page holding coded blocks, as read from disk, is not its image: only ``stored`` reads it,
+    until ``page_images.decode_page`` makes the image.
+    """
+
+    def __init__(
+        self,
+        data: bytes | memoryview,
+        entries: list[BlockEntry],
+        page_id: int,
+        image: bool = False,
+    ) -> None:
+        """``image``: ``data`` is the decoded image of a page of coded blocks."""
         self.data = data
         self.entries = entries
         self.page_id = page_id
+        self.coded = not image and any(entry.coded for entry in entries)
+        """The page as read from disk, holding coded blocks: not readable until decoded."""
+
+    @property
+    def image_nbytes(self) -> int:
+        """Bytes of this page's image: what the buffer pool holds of it."""
+        if not self.coded:
+            return len(self.data)
+        return max(DATA_START, *(entry.offset + entry.nbytes for entry in self.entries))
+
+    def stored(self, slot: int) -> memoryview:
+        """Block ``slot``'s bytes as stored on disk (coded or not)."""
+        entry = self.entries[slot]
+        return memoryview(self.data)[
+            entry.stored_offset : entry.stored_offset + entry.stored_nbytes
+        ]
 
     @property
     def nbytes(self) -> int:
@@ -241,7 +310,9 @@ def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
         )
     entries = []
     for slot in range(count):
-        fields = ENTRY.unpack_from(data, directory + slot * ENTRY.size)
-        block_id, offset, nbytes, rows, cols, code, order = fields
-        entries.append(BlockEntry(block_id, offset, nbytes, rows, cols, DTYPE_CODES[code], order))
+        if version >= 3:
+            entries.append(_entry(ENTRY.unpack_from(data, directory + slot * ENTRY.size)))
+            continue
+        fields = RAW_ENTRY.unpack_from(data, directory + slot * RAW_ENTRY.size)
+        entries.append(_entry((*fields, RAW, fields[1], fields[2], 0)))
     return Page(data, entries, page_id)

@@ -52,7 +52,13 @@ def reclaim_unreferenced(conn: sqlite3.Connection) -> set[int]:
         "JOIN tensors t USING (tensor_id) WHERE tb.block_id = block_copies.block_id "
         "AND t.model_id = block_copies.model_id)"
     )
-    conn.execute("DELETE FROM blocks WHERE refs <= 0")
+    # A delta's base outlives its references while the delta lives (``block_codings``); the
+    # second pass frees the bases whose last deltas the first one deleted (one level only).
+    for _ in range(2):
+        conn.execute(
+            "DELETE FROM blocks WHERE refs <= 0 AND NOT EXISTS "
+            "(SELECT 1 FROM block_codings c WHERE c.base_block_id = blocks.block_id)"
+        )
     empty = {
         page_id
         for (page_id,) in conn.execute(

@@ -40,7 +40,7 @@ from weightdb.packing.local_search import SearchProgress
 from weightdb.storage import catalog_digest
 from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
-from weightdb.storage.page_format import PageBuilder
+from weightdb.storage.page_format import Page, PageBuilder
 from weightdb.storage.panel_order import panel_axes
 from weightdb.storage.reclaim import retire_pages
 
@@ -126,13 +126,17 @@ class Placement:
 
 
 def model_blocks(conn: "sqlite3.Connection") -> dict[str, list[int]]:
-    """Every model's distinct block ids: the packing instance of the database."""
+    """Every model's distinct block ids: the packing instance of the database. A model reading
+    a delta reads its base too (``block_codings``)."""
     blocks: dict[str, set[int]] = defaultdict(set)
-    for name, block_id in conn.execute(
-        "SELECT m.name, tb.block_id FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
-        "JOIN models m USING (model_id)"
+    for name, block_id, base in conn.execute(
+        "SELECT m.name, tb.block_id, c.base_block_id FROM tensor_blocks tb "
+        "JOIN tensors t USING (tensor_id) JOIN models m USING (model_id) "
+        "LEFT JOIN block_codings c USING (block_id)"
     ):
         blocks[name].add(block_id)
+        if base is not None:
+            blocks[name].add(base)
     return {name: sorted(ids) for name, ids in sorted(blocks.items())}
 
 
@@ -280,8 +284,9 @@ def _page_bytes(conn: "sqlite3.Connection") -> int:
 
 def _reading_order(conn: "sqlite3.Connection", placement: Placement) -> list[Occurrence]:
     """Every occurrence some model reads, in the order of reading every model front to back in
-    import order, each tensor by its panels (``panel_order``): the order to write pages and
-    their blocks in, so that a panel's blocks stay back to back where a page holds them."""
+    import order, each tensor by its panels (``panel_order``), then the bases of its deltas:
+    the order to write pages and their blocks in, so that a panel's blocks stay back to back
+    where a page holds them."""
     order: dict[Occurrence, None] = {}
     models = conn.execute("SELECT model_id, name, graph FROM models ORDER BY model_id").fetchall()
     for model_id, model, graph in models:
@@ -304,6 +309,14 @@ def _reading_order(conn: "sqlite3.Connection", placement: Placement) -> list[Occ
                 for position in run:
                     block_id = grid[position]
                     order.setdefault((placement.sources[model][block_id], block_id))
+        # The bases of the model's deltas last, so that they never split a panel.
+        for (base,) in conn.execute(
+            "SELECT DISTINCT c.base_block_id FROM block_codings c JOIN tensor_blocks tb "
+            "USING (block_id) JOIN tensors t USING (tensor_id) "
+            "WHERE t.model_id = ? AND c.base_block_id IS NOT NULL ORDER BY 1",
+            (model_id,),
+        ):
+            order.setdefault((placement.sources[model][base], base))
     return list(order)
 
 
@@ -312,7 +325,8 @@ def _write_layout(
 ) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
     """Copy every occurrence into the new pages, pages and blocks in ``order``; a layout page
     whose blocks exceed the page size in bytes (wide dtypes) continues on a further page of the
-    same blocks' readers. Returns where each occurrence went (page id, slot) and the pages
+    same blocks' readers. Coded blocks (the lossless tier) are copied as stored, codec and
+    base with them. Returns where each occurrence went (page id, slot) and the pages
     written."""
     conn = db.catalog.conn
     where = {
@@ -337,19 +351,35 @@ def _write_layout(
     by_page: dict[int, list[int]] = defaultdict(list)
     for index, block_id in order:
         by_page[index].append(block_id)
+    coded = {block for (block,) in conn.execute("SELECT block_id FROM block_codings")}
+    as_stored: dict[int, Page] = {}  # the last old page read from disk, its blocks still coded
     try:
         for index, page in by_page.items():
             for block_id in page:
                 dtype, rows, cols, nbytes, old_page, old_slot = where[block_id]
                 if not builder.fits(nbytes):
                     flush()
-                with db.pool.pinned(old_page) as source:
-                    builder.reserve(nbytes)[:] = source.block_bytes(old_slot)
-                    storage_order = source.entries[old_slot].order
-                locations[index, block_id] = (
-                    next_page,
-                    builder.commit(block_id, dtype, rows, cols, nbytes, storage_order),
+                if block_id in coded:  # copied as stored: the pool holds it decoded
+                    if old_page not in as_stored:
+                        as_stored = {old_page: db.reader.read(db.locate_page(old_page))}
+                    entry = as_stored[old_page].entries[old_slot]
+                    builder.reserve(entry.stored_nbytes)[:] = as_stored[old_page].stored(old_slot)
+                else:
+                    with db.pool.pinned(old_page) as source:
+                        entry = source.entries[old_slot]
+                        builder.reserve(nbytes)[:] = source.block_bytes(old_slot)
+                slot = builder.commit(
+                    block_id,
+                    dtype,
+                    rows,
+                    cols,
+                    nbytes,
+                    entry.order,
+                    entry.codec,
+                    entry.stored_nbytes,
+                    entry.base,
                 )
+                locations[index, block_id] = (next_page, slot)
             flush()
         segments.finish()
     except BaseException:

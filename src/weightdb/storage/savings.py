@@ -3,6 +3,8 @@
 Logical bytes are what every position of every model would store on its own. Without
 approximate replacements each position would hold its original content: the distinct original
 contents are what exact deduplication alone stores; the rest of the saving is approximate.
+The lossless tier saves what its coded blocks take less than their raw bytes; stored bytes are
+after all three.
 """
 
 import sqlite3
@@ -24,12 +26,17 @@ def savings_by_tier(conn: sqlite3.Connection) -> dict:
         digest, nbytes = original.get((tensor_id, row, col), (digest, nbytes))
         contents[digest] = nbytes
         logical += nbytes
-    (stored,) = conn.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()
+    (distinct,) = conn.execute("SELECT COALESCE(SUM(nbytes), 0) FROM blocks").fetchone()
+    (lossless,) = conn.execute(
+        "SELECT COALESCE(SUM(b.nbytes - c.stored_nbytes), 0) FROM block_codings c "
+        "JOIN blocks b USING (block_id)"
+    ).fetchone()
     exact_stored = sum(contents.values())
     return {
         "logical_bytes": logical,
-        "stored_bytes": stored,
+        "stored_bytes": distinct - lossless,
         "exact_saved_bytes": logical - exact_stored,
-        "approximate_saved_bytes": exact_stored - stored,
+        "lossless_saved_bytes": lossless,
+        "approximate_saved_bytes": exact_stored - distinct,
         "replaced_positions": len(original),
     }

@@ -28,6 +28,7 @@ class Settings:
     page_size: int = 4 * 1024 * 1024
     segment_bytes: int = 1024 * 1024 * 1024
     policy: str = DEFAULT_POLICY  # buffer pool replacement policy; a server run may override it
+    lossless: bool = False  # code new blocks at import (the lossless tier, ``codecs``)
     format_version: int = FORMAT_VERSION
 
     @property

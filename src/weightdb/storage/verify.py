@@ -1,5 +1,9 @@
 """A full check of a database: the catalog file, every model's rows against their digests, and
-every page read from disk and verified against the catalog, block by block."""
+every page read from disk and verified against the catalog, block by block.
+
+Checksums cover the bytes as stored; a coded block (the lossless tier) is also decoded and its
+digest compared with the catalog's, so a wrong base or a codec bug cannot pass unnoticed.
+"""
 
 from typing import TYPE_CHECKING
 
@@ -7,6 +11,7 @@ from weightdb.errors import CatalogCorruptError, CorruptPageError
 from weightdb.storage import catalog_digest
 from weightdb.storage.block_writer import block_digest
 from weightdb.storage.catalog import damaged
+from weightdb.storage.page_images import block_content
 
 if TYPE_CHECKING:
     from weightdb.database import Database, Progress
@@ -55,7 +60,13 @@ def _verify_pages(db: "Database", progress: "Progress | None") -> int:
                     f"page {page_id} in {location.file} does not hold block {block_id} at "
                     f"slot {slot} as the catalog records"
                 )
-            if block_digest(dtype, rows, cols, page.block_content(slot)) != digest:
+            content = block_content(page, slot, db.pool.bases)
+            if block_digest(dtype, rows, cols, content) != digest:
+                if entry.coded:
+                    raise CorruptPageError(
+                        f"block {block_id} on page {page_id} in {location.file} decodes to "
+                        "other bytes than were stored; restore the database from a backup"
+                    )
                 raise CatalogCorruptError(
                     f"block {block_id} on page {page_id} in {location.file} does not match its "
                     f"recorded SHA-256; it is read by {_readers(db, block_id)}: "

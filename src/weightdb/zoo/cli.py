@@ -47,9 +47,13 @@ def build(
     wordnet: Annotated[
         Path | None, typer.Option(help="text families, full size: WordNet data directory.")
     ] = None,
+    long_steps: Annotated[
+        int | None, typer.Option(help="minilm-finetunes: add a fine-tune of this many steps.")
+    ] = None,
 ) -> None:
     """Build FAMILY into --out, or do nothing if an identical build is already there."""
     given: dict[str, Any] = {"total": total, "models": models, "fraction": fraction}
+    given["long_steps"] = long_steps
     given["wordnet"] = str(wordnet) if wordnet else None
     with rich_progress() as progress:
         result = build_family(

@@ -2,7 +2,9 @@
 
 Per task one full fine-tune and one with the embeddings and the lower k encoder layers frozen;
 each adds a linear classification head over the mean-pooled token states. Frozen parts equal the
-pretrained weights in every model that froze them.
+pretrained weights in every model that froze them. With ``long_steps`` set, one more full
+fine-tune of the first task trains that many steps: what users' fine-tunes look like, for the
+lossless tier's measurements (the others take a few steps to keep tests fast).
 """
 
 from typing import Any
@@ -47,34 +49,41 @@ def build(context: BuildContext) -> dict[str, Any]:
     # 600 (see weightdb.dedup's RESOLVABLE_EXAMPLES). Validation grows with texts the cap left.
     validation = 0 if full else 600
     tasks = prepare(context, load_tasks(context), per_class, max_length, validation)
+    runs = [
+        (number, task, layers, steps, offset)
+        for number, task in enumerate(tasks)
+        for offset, layers in enumerate((0, lower))
+    ]
+    if context.options["long_steps"]:
+        runs.append((0, tasks[0], 0, context.options["long_steps"], 2 * len(tasks)))
     models = []
-    for number, task in enumerate(tasks):
+    for number, task, layers, steps, offset in runs:
         inputs, labels = task.train_data()
-        for offset, layers in enumerate((0, lower)):
-            name = f"{task.entry.name}-full" if layers == 0 else f"{task.entry.name}-lower{layers}"
-            seed = context.seed * 1000 + 2 * number + offset
-            torch.manual_seed(seed)
-            module = SentenceClassifier(load_encoder(), len(task.entry.classes))
-            frozen = freeze(module, frozen_prefixes(layers)) if layers else []
-            config = TrainConfig(steps, batch, 5e-5 if layers == 0 else 1e-4, seed)
-            train(module, inputs, labels, config, context.reporter, f"minilm-finetunes {name}")
-            models.append(
-                record_model(
-                    context,
-                    module,
-                    name=name,
-                    parent=None,
-                    frozen=frozen,
-                    task=task.entry.name,
-                    held_out=task.held_out,
-                    lineage=Lineage(
-                        f"pretrained:{PRETRAINED}", steps, seed, "adam", config.learning_rate, batch
-                    ),
-                    classes=task.entry.classes,
-                    example_inputs=TEXT_EXAMPLE,
-                    dynamic_axes=TEXT_AXES,
-                )
+        name = f"{task.entry.name}-full" if layers == 0 else f"{task.entry.name}-lower{layers}"
+        name += f"-{steps}steps" if offset == 2 * len(tasks) else ""
+        seed = context.seed * 1000 + 2 * number + offset
+        torch.manual_seed(seed)
+        module = SentenceClassifier(load_encoder(), len(task.entry.classes))
+        frozen = freeze(module, frozen_prefixes(layers)) if layers else []
+        config = TrainConfig(steps, batch, 5e-5 if layers == 0 else 1e-4, seed)
+        train(module, inputs, labels, config, context.reporter, f"minilm-finetunes {name}")
+        models.append(
+            record_model(
+                context,
+                module,
+                name=name,
+                parent=None,
+                frozen=frozen,
+                task=task.entry.name,
+                held_out=task.held_out,
+                lineage=Lineage(
+                    f"pretrained:{PRETRAINED}", steps, seed, "adam", config.learning_rate, batch
+                ),
+                classes=task.entry.classes,
+                example_inputs=TEXT_EXAMPLE,
+                dynamic_axes=TEXT_AXES,
             )
+        )
     return {
         "description": "MiniLM-L6 (all-MiniLM-L6-v2) fine-tuned per task with a linear head on "
         "mean-pooled states: a full fine-tune and one with the lower layers frozen.",
@@ -92,5 +101,5 @@ FAMILY = Family(
     name="minilm-finetunes",
     summary="fine-tunes of pretrained MiniLM-L6: full and lower-k-frozen, on several text tasks",
     build=build,
-    defaults={"small": {}, "full": {"wordnet": WORDNET_DIR}},
+    defaults={"small": {"long_steps": 0}, "full": {"wordnet": WORDNET_DIR, "long_steps": 0}},
 )

@@ -1,0 +1,451 @@
+"""storage_tiers: bytes stored by the exact, lossless and approximate tiers, and what the lossless
+tier costs to read.
+
+For every family measured, fp32 and a bf16 copy (each float32 tensor rounded to bfloat16, saved
+as safetensors beside the zoo build): bytes stored after exact dedup (import), after
+``weightdb compress`` (exact + lossless), and after compressing the database that approximate
+dedup at a 1% budget left (exact + approximate + lossless, fp32 only: the approximate tier
+needs the graph to validate; measured where the dedup suite's database is cached); against
+the model files compressed three ways without any dedup: plain zstd-3 per file, byte
+planes + zstd-3 per tensor (ZipNN-style, no parent), and zipnn where it is installed. The bit
+statistics of the deltas say why a family saves what it does: the share of elements a delta
+leaves unchanged and how many sign, exponent and mantissa bits flip per element.
+
+Decode throughput is one core decoding every coded page of a compressed database from memory
+(pages read from disk first, bases resident). Serving throughput runs one fine-tune in memory
+(unbounded pool, warm) from the exact database and from the compressed one.
+"""
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import zstandard
+from safetensors.numpy import load_file, save_file
+
+import weightdb
+from benchmarks.common import markdown_table, write_results
+from benchmarks.families import BENCH_DIR, MARKER, Family, copy_database, database, family
+from weightdb.storage import codecs
+from weightdb.storage.page_images import decode_page
+from weightdb.units import format_size
+from weightdb.zoo.build import build_family
+from weightdb.zoo.manifest import MANIFEST_NAME
+
+FAMILIES = [("minilm-finetunes", "small"), ("digits-cnn", "small"), ("xml-mlp", "small")]
+LONG_STEPS = 500  # the longer minilm fine-tune, reported on its own
+FLOOR_SAVING = 0.5  # exact + lossless stores at least this much less than exact alone
+FLOOR_DECODE_GBPS = 1.0
+FLOOR_SERVING_RATIO = 0.95
+DELTA_SAMPLE = 256  # delta blocks whose bit statistics are measured
+SAMPLE_SECONDS = 1.0  # of serving per throughput sample, so small models are timed in bulk
+
+
+def run(quick: bool, out_dir: Path) -> dict:
+    repeats = 3 if quick else 5
+    results = {"quick": quick, "families": {}}
+    for name, size in FAMILIES:
+        fam = family(name, size)
+        for dtype in ("float32", "bfloat16"):
+            label = f"{fam.label} {dtype}"
+            print(f"  {label}", flush=True)
+            results["families"][label] = measure(fam, dtype, repeats)
+    print(f"  minilm-finetunes/small with a {LONG_STEPS}-step fine-tune", flush=True)
+    results["long_finetune"] = long_finetune()
+    results["floors"] = floors(results)
+    write_results(out_dir, "storage_tiers", results, markdown(results))
+    return results
+
+
+def measure(fam: Family, dtype: str, repeats: int) -> dict:
+    files = model_files(fam, dtype)
+    exact = exact_database(fam, dtype, files)
+    lossless = copy_database(exact, BENCH_DIR / "scratch" / f"{fam.name}-{dtype}-lossless")
+    with weightdb.connect(exact) as db:
+        exact_stats = db.stats()
+    with weightdb.connect(lossless) as db:
+        report = db.compress()
+        stats = db.stats()
+        deltas = delta_bits(db)
+        decode = decode_speed(db, repeats)
+    result = {
+        "logical_bytes": exact_stats["logical_bytes"],
+        "exact_bytes": exact_stats["stored_bytes"],
+        "exact_lossless_bytes": stats["stored_bytes"],
+        "lossless_saving_vs_exact": 1 - stats["stored_bytes"] / exact_stats["stored_bytes"],
+        "compress_seconds": report.seconds,
+        "parents": report.parents_found,
+        "delta_blocks": report.delta_blocks,
+        "coded_blocks": report.coded_blocks,
+        "files": file_baselines(files, dtype),
+        "delta_bits": deltas,
+        "decode": decode,
+    }
+    if dtype == "float32":
+        result["approximate"] = approximate_lossless(fam)
+        result["serving"] = serving(fam, exact, lossless, repeats)
+    return result
+
+
+def long_finetune() -> dict:
+    """The family plus one fine-tune of LONG_STEPS steps: what that model alone adds to the
+    database, exact and exact + lossless, and its deltas' bit statistics."""
+    folder = BENCH_DIR / "zoo" / f"minilm-finetunes-small-long{LONG_STEPS}"
+    if not (folder / MANIFEST_NAME).is_file():
+        build_family("minilm-finetunes", folder, "small", 0, {"long_steps": LONG_STEPS})
+    fam = Family("minilm-finetunes", "small", folder / MANIFEST_NAME)
+    long_model = fam.models[-1]
+    path = BENCH_DIR / "scratch" / "minilm-long"
+    shutil.rmtree(path, ignore_errors=True)
+    with weightdb.connect(path, settings=fam.settings) as db:
+        for model in fam.manifest["models"]:
+            db.import_model(folder / model["onnx"], model["name"])
+        exact = introduced_bytes(db)[long_model]
+        db.compress()
+        lossless = introduced_bytes(db)[long_model]
+        bits = delta_bits(db, long_model)
+        parent = db.parent(long_model)
+    return {
+        "model": long_model,
+        "steps": LONG_STEPS,
+        "parent": parent,
+        "exact_bytes": exact,
+        "exact_lossless_bytes": lossless,
+        "lossless_saving_vs_exact": 1 - lossless / exact,
+        "delta_bits": bits,
+    }
+
+
+def introduced_bytes(db) -> dict[str, int]:
+    """Model -> stored bytes of the blocks it brought (used by no model imported before it)."""
+    rows = db.catalog.conn.execute(
+        "SELECT m.name, SUM(COALESCE(c.stored_nbytes, b.nbytes)) FROM blocks b "
+        "LEFT JOIN block_codings c USING (block_id) JOIN (SELECT tb.block_id, "
+        "MIN(t.model_id) AS first FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
+        "GROUP BY tb.block_id) USING (block_id) JOIN models m ON m.model_id = first "
+        "GROUP BY m.name"
+    )
+    return dict(rows)
+
+
+def model_files(fam: Family, dtype: str) -> dict[str, Path]:
+    """Model name -> its safetensors file in ``dtype`` (bf16 copies are made once)."""
+    root = fam.manifest_path.parent
+    files = {m["name"]: root / m["safetensors"] for m in fam.manifest["models"]}
+    if dtype == "float32":
+        return files
+    folder = BENCH_DIR / "bf16" / f"{fam.name}-{fam.size}-{fam.manifest['cache_key']}"
+    folder.mkdir(parents=True, exist_ok=True)
+    copies = {}
+    for name, path in files.items():
+        copies[name] = folder / f"{name}.safetensors"
+        if not copies[name].is_file():
+            arrays = {
+                k: v.astype(ml_dtypes.bfloat16) if v.dtype == np.float32 else v
+                for k, v in load_file(path).items()
+            }
+            save_file(arrays, copies[name].with_suffix(".partial"))
+            copies[name].with_suffix(".partial").rename(copies[name])
+    return copies
+
+
+def exact_database(fam: Family, dtype: str, files: dict[str, Path]) -> Path:
+    """The family deduplicated exactly: the cached ONNX import for fp32, else the copies."""
+    if dtype == "float32":
+        return database(fam, "exact")[0]
+    folder = BENCH_DIR / "scratch" / f"{fam.name}-{dtype}-exact"
+    shutil.rmtree(folder, ignore_errors=True)
+    with weightdb.connect(folder, settings=fam.settings) as db:
+        for name, path in files.items():
+            db.import_model(path, name)
+    return folder
+
+
+def approximate_lossless(fam: Family) -> dict[str, int] | None:
+    """Stored bytes after approximate dedup at the 1% budget, and after compressing that,
+    where the dedup suite's database is cached (``benchmarks.families.database``: a run takes
+    up to an hour per family here, so this suite does not start one)."""
+    if not (BENCH_DIR / "db" / f"{fam.name}-{fam.size}-weightdb" / MARKER).is_file():
+        return None
+    folder, info = database(fam, "weightdb")
+    target = copy_database(folder, BENCH_DIR / "scratch" / f"{fam.name}-approximate-lossless")
+    with weightdb.connect(target) as db:
+        db.compress()
+        return {"exact_approximate": info["stored_bytes"], "all_three": db.stats()["stored_bytes"]}
+
+
+def file_baselines(files: dict[str, Path], dtype: str) -> dict[str, int | None]:
+    """Bytes of the model files under plain zstd-3, byte planes + zstd-3 and zipnn."""
+    zstd = zstandard.ZstdCompressor(level=3)
+    totals = {"files": 0, "zstd3": 0, "planes_zstd3": 0, "zipnn": 0}
+    zipnn = _zipnn(dtype)
+    for path in files.values():
+        data = path.read_bytes()
+        totals["files"] += len(data)
+        totals["zstd3"] += len(zstd.compress(data))
+        for array in load_file(path).values():
+            raw = np.ascontiguousarray(array).view(np.uint8).reshape(-1)
+            coded = len(codecs.encode(raw, array.dtype.itemsize)) if raw.size else 0
+            totals["planes_zstd3"] += min(coded, raw.size)
+            if zipnn is not None:
+                totals["zipnn"] += (
+                    len(zipnn.compress(raw.tobytes())) if array.dtype.name == dtype else raw.size
+                )
+    if zipnn is None:
+        totals["zipnn"] = None
+    return totals
+
+
+def _zipnn(dtype: str):
+    try:
+        from zipnn import ZipNN
+    except ImportError:
+        return None
+    return ZipNN(input_format="byte", bytearray_dtype=dtype, threads=1)
+
+
+def delta_bits(db, model: str | None = None) -> dict:
+    """Over a sample of delta blocks (of ``model``, else of all): elements unchanged, and mean
+    bits flipped per element in the sign, exponent and mantissa."""
+    rows = db.catalog.conn.execute(
+        "SELECT DISTINCT c.block_id, c.base_block_id, b.dtype FROM block_codings c "
+        "JOIN blocks b USING (block_id) JOIN tensor_blocks tb USING (block_id) "
+        "JOIN tensors t USING (tensor_id) JOIN models m USING (model_id) "
+        "WHERE c.base_block_id IS NOT NULL AND (? IS NULL OR m.name = ?) ORDER BY c.block_id",
+        (model, model),
+    ).fetchall()
+    if not rows:
+        return {}
+    step = max(1, len(rows) // DELTA_SAMPLE)
+    dtype = rows[0][2]
+    exponent_bits = {"float32": 8, "bfloat16": 8, "float16": 5}.get(dtype)
+    if exponent_bits is None:
+        return {}
+    width = 32 if dtype == "float32" else 16
+    unsigned = np.uint32 if width == 32 else np.uint16
+    unchanged, counts = [], np.zeros(width)
+    elements = 0
+    for block_id, base, _ in rows[::step]:
+        child = db.pool.block_bytes(block_id, 0).view(unsigned)
+        parent = db.pool.block_bytes(base, 0).view(unsigned)
+        delta = child ^ parent
+        unchanged.append(float((delta == 0).mean()))
+        bits = np.unpackbits(delta.view(np.uint8).reshape(-1, width // 8)[:, ::-1], axis=1)
+        counts += bits.sum(0)
+        elements += len(delta)
+    per_bit = counts / elements
+    return {
+        "dtype": dtype,
+        "sampled_blocks": len(unchanged),
+        "unchanged_elements": statistics.fmean(unchanged),
+        "sign_bits_flipped": float(per_bit[0]),
+        "exponent_bits_flipped": float(per_bit[1 : 1 + exponent_bits].sum()),
+        "mantissa_bits_flipped": float(per_bit[1 + exponent_bits :].sum()),
+        "mantissa_bits": width - 1 - exponent_bits,
+        "flip_probability_per_bit": [round(float(p), 3) for p in per_bit],
+    }
+
+
+def decode_speed(db, repeats: int) -> dict:
+    """GB/s of decoded images on one thread, every coded page held encoded in memory and each
+    image dropped once made (as a pool under a budget does). Per wall second and per CPU
+    second of the thread: on a shared machine the thread waits for a core, and CPU time is
+    what one core did."""
+    page_ids = [p for (p,) in db.catalog.conn.execute("SELECT page_id FROM pages")]
+    pages = [db.reader.read(db.locate_page(p)) for p in page_ids]
+    pages = [page for page in pages if page.coded]
+    if not pages:
+        return {}
+    for page in pages:  # bases resident, so only decoding is timed
+        decode_page(page, db.pool.bases)
+    image_bytes = sum(page.image_nbytes for page in pages)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        for page in pages:
+            decode_page(page, db.pool.bases)
+        wall.append(image_bytes / (time.perf_counter() - start) / 1e9)
+        cpu.append(image_bytes / (time.thread_time() - start_cpu) / 1e9)
+    return {
+        "image_bytes": image_bytes,
+        "gb_per_s": statistics.median(cpu),
+        "gb_per_s_min": min(cpu),
+        "gb_per_s_max": max(cpu),
+        "wall_gb_per_s": {"median": statistics.median(wall), "min": min(wall), "max": max(wall)},
+    }
+
+
+def serving(fam: Family, exact: Path, lossless: Path, repeats: int) -> dict:
+    """Rows per second predicting a fine-tune in memory, lossless tier off and on, measured
+    alternately so that both see the same machine load."""
+    model = fam.models[-1]
+    batch = fam.test_batch(model, 32)
+    rows = len(next(iter(batch.values())))
+    dbs = {
+        "off": weightdb.connect(exact, budget=None),
+        "on": weightdb.connect(lossless, budget=None),
+    }
+    try:
+        for db in dbs.values():
+            db.predict(model, batch)  # warm: pages decoded and resident, plan compiled
+        runs: dict[str, list[float]] = {"off": [], "on": []}
+        for _ in range(repeats):
+            for tier, db in dbs.items():  # each sample predicts for SAMPLE_SECONDS at least
+                start, done = time.perf_counter(), 0
+                while time.perf_counter() - start < SAMPLE_SECONDS:
+                    db.predict(model, batch)
+                    done += rows
+                runs[tier].append(done / (time.perf_counter() - start))
+        equal = all(
+            dbs["off"].predict(model, batch)[k].tobytes() == v.tobytes()
+            for k, v in dbs["on"].predict(model, batch).items()
+        )
+        resident = {tier: db.pool.stats().resident_bytes for tier, db in dbs.items()}
+    finally:
+        for db in dbs.values():
+            db.close()
+    median = {tier: statistics.median(values) for tier, values in runs.items()}
+    return {
+        "model": model,
+        "batch": rows,
+        "rows_per_s": {
+            tier: {"median": median[tier], "min": min(v), "max": max(v)} for tier, v in runs.items()
+        },
+        "ratio_on_off": median["on"] / median["off"],
+        "predictions_equal": equal,
+        "resident_bytes": resident,
+    }
+
+
+def floors(results: dict) -> dict:
+    cells = {}
+    for label, r in results["families"].items():
+        files = r["files"]
+        others = [files["zstd3"]] + ([files["zipnn"]] if files["zipnn"] is not None else [])
+        cells[label] = {
+            "saving_vs_exact": r["lossless_saving_vs_exact"],
+            "saving_met": r["lossless_saving_vs_exact"] >= FLOOR_SAVING,
+            "beats_zstd_and_zipnn": r["exact_lossless_bytes"] < min(others),
+            "decode_met": r["decode"].get("gb_per_s", 0) >= FLOOR_DECODE_GBPS,
+        }
+        if "serving" in r:
+            cells[label]["serving_met"] = r["serving"]["ratio_on_off"] >= FLOOR_SERVING_RATIO
+    return cells
+
+
+def markdown(results: dict) -> str:
+    fams = results["families"]
+    parts = [
+        "## Storage tiers (`python -m benchmarks.run storage_tiers`)",
+        "",
+        "Bytes stored by each tier and by compressing the model files without dedup. "
+        "*lossless saving* is exact + lossless against exact alone (floor: at least 50% on "
+        "minilm-finetunes). Approximate is weightdb dedup at a 1% accuracy budget (fp32 only).",
+        "",
+        markdown_table(
+            [
+                "family",
+                "logical",
+                "exact",
+                "exact+lossless",
+                "lossless saving",
+                "exact+approx.",
+                "exact+approx.+lossless",
+                "zstd-3 files",
+                "planes+zstd files",
+                "zipnn files",
+            ],
+            [
+                [
+                    label,
+                    format_size(r["logical_bytes"]),
+                    format_size(r["exact_bytes"]),
+                    format_size(r["exact_lossless_bytes"]),
+                    f"{r['lossless_saving_vs_exact']:.1%}",
+                    format_size(r["approximate"]["exact_approximate"])
+                    if r.get("approximate")
+                    else "n/a",
+                    format_size(r["approximate"]["all_three"]) if r.get("approximate") else "n/a",
+                    format_size(r["files"]["zstd3"]),
+                    format_size(r["files"]["planes_zstd3"]),
+                    format_size(r["files"]["zipnn"]) if r["files"]["zipnn"] is not None else "n/a",
+                ]
+                for label, r in fams.items()
+            ],
+        ),
+        "",
+        "Why: bit statistics of the deltas (a sample of delta blocks; bits flipped per element).",
+        "",
+        markdown_table(
+            ["family", "unchanged elements", "sign", "exponent", "mantissa (of)", "parents"],
+            [
+                [
+                    label,
+                    f"{d['unchanged_elements']:.1%}",
+                    f"{d['sign_bits_flipped']:.3f}",
+                    f"{d['exponent_bits_flipped']:.3f}",
+                    f"{d['mantissa_bits_flipped']:.2f} ({d['mantissa_bits']})",
+                    ", ".join(f"{c}<-{p}" for c, p in r["parents"].items()),
+                ]
+                for label, r in fams.items()
+                if (d := r["delta_bits"])
+            ],
+        ),
+        "",
+        _long_markdown(results["long_finetune"]),
+        "",
+        "Decoding (one core, coded pages from memory) and serving in memory, tier off and on "
+        "(rows/s, median of alternating runs, min-max).",
+        "",
+        markdown_table(
+            [
+                "family",
+                "decode GB/s per CPU s (min-max)",
+                "per wall s",
+                "serving off",
+                "serving on",
+                "on/off",
+                "equal",
+                "pool held off/on",
+            ],
+            [
+                [
+                    label,
+                    f"{r['decode']['gb_per_s']:.2f} ({r['decode']['gb_per_s_min']:.2f}-"
+                    f"{r['decode']['gb_per_s_max']:.2f})"
+                    if r["decode"]
+                    else "n/a",
+                    f"{r['decode']['wall_gb_per_s']['median']:.2f}" if r["decode"] else "n/a",
+                    _rate(r["serving"]["rows_per_s"]["off"]) if "serving" in r else "n/a",
+                    _rate(r["serving"]["rows_per_s"]["on"]) if "serving" in r else "n/a",
+                    f"{r['serving']['ratio_on_off']:.2f}x" if "serving" in r else "n/a",
+                    str(r["serving"]["predictions_equal"]) if "serving" in r else "n/a",
+                    " / ".join(format_size(b) for b in r["serving"]["resident_bytes"].values())
+                    if "serving" in r
+                    else "n/a",
+                ]
+                for label, r in fams.items()
+            ],
+        ),
+    ]
+    return "\n".join(parts)
+
+
+def _long_markdown(r: dict) -> str:
+    d = r["delta_bits"]
+    return (
+        f"A longer fine-tune: {r['model']} ({r['steps']} steps) added to minilm-finetunes/small "
+        f"stores {format_size(r['exact_bytes'])} of new blocks after exact dedup and "
+        f"{format_size(r['exact_lossless_bytes'])} after exact + lossless against {r['parent']} "
+        f"({r['lossless_saving_vs_exact']:.1%} less); its deltas leave "
+        f"{d['unchanged_elements']:.1%} of elements unchanged and flip "
+        f"{d['exponent_bits_flipped']:.3f} exponent and {d['mantissa_bits_flipped']:.2f} of "
+        f"{d['mantissa_bits']} mantissa bits per element."
+    )
+
+
+def _rate(cell: dict) -> str:
+    return f"{cell['median']:.0f} ({cell['min']:.0f}-{cell['max']:.0f})"

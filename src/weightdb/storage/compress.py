@@ -1,0 +1,226 @@
+"""``weightdb compress``: code (or decode) every stored block of an existing database, atomically.
+
+Models without a parent get one (``lineage.find_parent``, among earlier models only, so lineage
+never cycles). Blocks are decided in model order: a block's base is the parent's block at the
+first position that uses it, resolved to that block's own base if it became a delta, so a
+delta's base is never a delta. Every live page is rewritten, block for block in the same order,
+into a new page whose image equals the old page's, so panels and copies keep their layout; one
+catalog transaction then points blocks and copies at the new pages, replaces the codings and
+retires the old pages. A crash before the commit leaves the previous state (orphaned page
+files are removed by the next writer), after it the new one; exports stay bit-identical.
+"""
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from weightdb.storage import catalog_digest, codecs, lineage
+from weightdb.storage.page_files import SegmentWriter
+from weightdb.storage.page_format import ROW_MAJOR, PageBuilder
+from weightdb.storage.reclaim import retire_pages
+
+if TYPE_CHECKING:
+    from weightdb.database import Database, Progress
+
+
+@dataclass
+class CompressReport:
+    pages_before: int
+    pages_after: int
+    page_bytes_before: int
+    page_bytes_after: int
+    coded_blocks: int
+    delta_blocks: int
+    parents_found: dict[str, str]
+    """Model -> its new parent, for models that had none."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A stored model as ``lineage.find_parent`` reads a source."""
+
+    tensors: list
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    load: object
+    nbytes: int
+
+
+def compress(
+    db: "Database", lossless: bool = True, progress: "Progress | None" = None
+) -> CompressReport:
+    """Rewrite every page with blocks coded (``lossless``) or all raw (see module docstring)."""
+    start = time.perf_counter()
+    with db.writer_lock:
+        db.collect_garbage()
+        conn = db.catalog.conn
+        catalog_digest.refuse_damaged(
+            conn, [m for (m,) in conn.execute("SELECT model_id FROM models")]
+        )
+        found = _find_parents(db) if lossless else {}
+        bases = _choose_bases(db, found) if lossless else {}
+        pages = conn.execute("SELECT page_id, length FROM pages ORDER BY page_id").fetchall()
+        moved, codings, new_pages = _rewrite(db, pages, bases, lossless, progress)
+        names = dict(conn.execute("SELECT model_id, name FROM models"))
+        with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, names):
+            tx.executemany(
+                "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
+                [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
+            )
+            for table in ("blocks", "block_copies"):
+                tx.executemany(
+                    f"UPDATE {table} SET page_id = ?, slot = ? WHERE page_id = ? AND slot = ?",
+                    [(*new, *old) for old, new in moved.items()],
+                )
+            tx.execute("DELETE FROM block_codings")
+            tx.executemany(
+                "INSERT INTO block_codings(block_id, codec, base_block_id, stored_nbytes) "
+                "VALUES (?, ?, ?, ?)",
+                codings,
+            )
+            tx.executemany(
+                "INSERT INTO lineage(model_id, parent_id, found_by) VALUES (?, ?, ?)",
+                [(child, parent, how) for child, (parent, how) in found.items()],
+            )
+            retire_pages(tx, {p for p, _ in pages})
+            db.catalog.bump_layout_generation(tx)
+        db.pool.discard({p for p, _ in pages})
+    return CompressReport(
+        pages_before=len(pages),
+        pages_after=len(new_pages),
+        page_bytes_before=sum(length for _, length in pages),
+        page_bytes_after=sum(p.length for p in new_pages),
+        coded_blocks=len(codings),
+        delta_blocks=sum(1 for c in codings if c[2] is not None),
+        parents_found={names[c]: names[p] for c, (p, _) in found.items()},
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _find_parents(db: "Database") -> dict[int, tuple[int, str]]:
+    """Model id -> (parent id, how found) for models without a parent that have one among the
+    models imported before them."""
+    conn = db.catalog.conn
+    known = {m for (m,) in conn.execute("SELECT model_id FROM lineage")}
+    found = {}
+    for model_id, name in conn.execute("SELECT model_id, name FROM models ORDER BY model_id"):
+        if model_id in known:
+            continue
+        tensors = [
+            _Tensor(t.name, t.dtype, t.shape, t.read, t.nbytes) for t in db.tensors(name).values()
+        ]
+        parent = lineage.find_parent(
+            conn,
+            _Source(tensors),
+            db.settings.block_shape,
+            lambda block_id: db.pool.block_bytes(block_id, ROW_MAJOR),
+            before=model_id,
+        )
+        if parent is not None:
+            found[model_id] = parent
+    return found
+
+
+def _choose_bases(db: "Database", found: dict[int, tuple[int, str]]) -> dict[int, int]:
+    """Block -> the block to try coding it against, deciding blocks in model order."""
+    conn = db.catalog.conn
+    parents = dict(conn.execute("SELECT model_id, parent_id FROM lineage"))
+    parents.update({child: parent for child, (parent, _) in found.items()})
+    positions: dict[int, dict[tuple, int]] = {}  # (name, dtype, shape, i, j) -> block
+    for model_id, *key, block_id in conn.execute(
+        "SELECT t.model_id, t.name, t.dtype, t.shape, tb.block_row, tb.block_col, tb.block_id "
+        "FROM tensors t JOIN tensor_blocks tb USING (tensor_id) ORDER BY t.model_id"
+    ):
+        positions.setdefault(model_id, {})[tuple(key)] = block_id
+    bases: dict[int, int] = {}
+    decided: set[int] = set()
+    for model_id, blocks in positions.items():
+        parent = positions.get(parents.get(model_id), {})
+        for key, block_id in blocks.items():
+            if block_id in decided:
+                continue
+            decided.add(block_id)
+            base = parent.get(key)
+            base = bases.get(base, base)  # one level: a delta's base, never the delta
+            if base is not None and base != block_id:
+                bases[block_id] = base
+    return bases
+
+
+def _rewrite(
+    db: "Database",
+    pages: list[tuple[int, int]],
+    bases: dict[int, int],
+    lossless: bool,
+    progress: "Progress | None",
+):
+    """Write every live block of ``pages`` (id, length) into new pages, in the same order.
+
+    Returns (old page, slot) -> (new page, slot), the rows of ``block_codings`` and the pages."""
+    conn = db.catalog.conn
+    live = {
+        (page_id, slot)
+        for page_id, slot in conn.execute(
+            "SELECT page_id, slot FROM blocks UNION SELECT page_id, slot FROM block_copies"
+        )
+    }
+    _, next_page, next_segment = db.next_ids()
+    segments = SegmentWriter(db.pages_dir, next_segment, db.settings.segment_bytes)
+    builder = PageBuilder(db.settings.page_size)
+    moved: dict[tuple[int, int], tuple[int, int]] = {}
+    codings: dict[int, tuple[int, int, int | None, int]] = {}
+    written = []
+    try:
+        total = sum(length for _, length in pages)
+        for page_id, length in pages:
+            with db.pool.pinned(page_id) as page:
+                for slot, entry in enumerate(page.entries):
+                    if (page_id, slot) not in live:
+                        continue
+                    space = builder.reserve(entry.nbytes)
+                    space[:] = page.block_bytes(slot)
+                    codec, encoded = codecs.RAW, None
+                    if lossless:
+                        base = bases.get(entry.block_id)
+                        against = None if base is None else db.pool.block_bytes(base, entry.order)
+                        itemsize = page.block(slot).itemsize
+                        codec, encoded = codecs.choose(
+                            np.frombuffer(space, np.uint8), itemsize, against
+                        )
+                    stored, base_id = None, None
+                    if encoded is not None:
+                        space[: len(encoded)] = encoded
+                        stored = len(encoded)
+                        base_id = bases[entry.block_id] if codec == codecs.XOR_PLANES else None
+                        codings[entry.block_id] = (entry.block_id, codec, base_id, stored)
+                    new_slot = builder.commit(
+                        entry.block_id,
+                        entry.dtype,
+                        entry.rows,
+                        entry.cols,
+                        entry.nbytes,
+                        entry.order,
+                        codec,
+                        stored,
+                        base_id or 0,
+                    )
+                    moved[page_id, slot] = (next_page, new_slot)
+            if len(builder):
+                written.append(segments.append(next_page, *builder.build(next_page)))
+                next_page += 1
+                builder.reset()
+            if progress:
+                progress(length, total)
+        segments.finish()
+    except BaseException:
+        segments.abort()
+        raise
+    return moved, list(codings.values()), written

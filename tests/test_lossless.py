@@ -1,0 +1,351 @@
+"""The lossless tier: coded blocks read back bit-exact on every dtype, through export, panels,
+predictions, compress, repack, removal of a parent and a SIGKILL during compress."""
+
+import json
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from safetensors.numpy import load_file, save_file
+
+import weightdb
+from weightdb.errors import CorruptPageError
+from weightdb.storage import catalog_digest, codecs, page_format
+from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder, parse_page
+from weightdb.storage.page_images import decode_page
+from weightdb.storage.settings import Settings
+
+SETTINGS = Settings(block_rows=32, block_cols=32, page_size=32 * 1024, lossless=True)
+DTYPES = [
+    np.float64,
+    np.float32,
+    np.float16,
+    ml_dtypes.bfloat16,
+    np.int64,
+    np.int32,
+    np.int16,
+    np.int8,
+    np.uint8,
+    np.bool_,
+]
+
+
+def base_and_tuned(rng: np.random.Generator, dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A (70, 90) tensor and a "fine-tune" of it that changes low bits of every element."""
+    if np.dtype(dtype).kind == "b":
+        base = rng.random((70, 90)) < 0.1
+        tuned = base.copy()
+        tuned[::7] ^= True
+        return base, tuned
+    if np.dtype(dtype).kind in "iu":
+        base = rng.integers(0, 50, (70, 90)).astype(dtype)
+        return base, (base + rng.integers(0, 2, base.shape).astype(dtype)).astype(dtype)
+    base = (rng.standard_normal((70, 90)) * 0.05).astype(np.float32)
+    tuned = base * (1 + rng.standard_normal(base.shape).astype(np.float32) * 1e-3)
+    return base.astype(dtype), tuned.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_every_dtype_round_trips_bit_exact_through_coding_and_export(tmp_path, dtype):
+    rng = np.random.default_rng(3)
+    base, tuned = base_and_tuned(rng, dtype)
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        db.import_arrays("base", {"w": base, "v": base[:5].T.copy()})
+        db.import_arrays("tuned", {"w": tuned, "v": tuned[:5].T.copy()})
+        assert db.parent("tuned") == "base"
+        codecs_used = {c for (c,) in db.catalog.conn.execute("SELECT codec FROM block_codings")}
+        if np.dtype(dtype).itemsize > 1 and np.dtype(dtype).kind == "f":
+            assert codecs.XOR_PLANES in codecs_used
+        db.pool.clear()
+        for name, array in (("base", base), ("tuned", tuned)):
+            out = tmp_path / f"{name}.safetensors"
+            db.export_model(name, out)
+            got = load_file(out)
+            assert got["w"].dtype == array.dtype and got["w"].tobytes() == array.tobytes()
+            assert got["v"].tobytes() == np.ascontiguousarray(array[:5].T).tobytes()
+        assert db.verify() == db.stats()["pages"]
+
+
+def test_codecs_round_trip_and_fall_back_to_raw_when_coding_does_not_save():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(4096).astype(np.float32)
+    tuned = base + rng.standard_normal(4096).astype(np.float32) * 1e-5
+    data, against = tuned.view(np.uint8), base.view(np.uint8)
+    codec, encoded = codecs.choose(data, 4, against)
+    assert codec == codecs.XOR_PLANES and len(encoded) < 0.7 * data.nbytes
+    out = np.empty(data.nbytes, np.uint8)
+    codecs.decode(encoded, out, 4, against)
+    assert out.tobytes() == data.tobytes()
+    noise = rng.integers(0, 256, data.nbytes, dtype=np.uint8)
+    assert codecs.choose(noise, 1, None) == (codecs.RAW, None)
+    codec, encoded = codecs.choose(data, 4, noise)  # an unrelated base: planes alone win
+    assert codec == codecs.PLANES
+    codecs.decode(encoded, out, 4)
+    assert out.tobytes() == data.tobytes()
+
+
+def test_a_coded_page_decodes_to_the_image_a_raw_page_has_so_runs_read_the_same():
+    rng = np.random.default_rng(1)
+    blocks = [(rng.standard_normal((16, 8)) * 1e-3).astype(np.float32) for _ in range(3)]
+    pages = []
+    for coded in (False, True):
+        builder = PageBuilder(8192)
+        for block_id, block in enumerate(blocks, 1):
+            space = builder.reserve(block.nbytes)
+            np.copyto(np.frombuffer(space, np.float32).reshape(8, 16), block.T)
+            codec, encoded = codecs.RAW, None
+            if coded:
+                codec, encoded = codecs.PLANES, codecs.encode(np.frombuffer(space, np.uint8), 4)
+                space[: len(encoded)] = encoded
+            stored = None if encoded is None else len(encoded)
+            builder.commit(block_id, "float32", 16, 8, block.nbytes, COLUMN_MAJOR, codec, stored)
+        pieces, length, _ = builder.build(7)
+        page = parse_page(b"".join(bytes(p) for p in pieces), 7, "test")
+        assert page.coded == coded and length == sum(len(p) for p in pieces)
+        pages.append(decode_page(page, lambda entry: None))
+    raw, image = pages
+    assert image.run(range(3), COLUMN_MAJOR) is not None
+    assert image.run(range(3), COLUMN_MAJOR).tobytes() == raw.run(range(3), COLUMN_MAJOR).tobytes()
+    assert image.run(range(3), ROW_MAJOR) is None
+    for slot, block in enumerate(blocks):
+        assert np.array_equal(image.block(slot), block)
+        assert image.block_content(slot) == block.tobytes()
+    assert image.nbytes < raw.nbytes  # the image, without the directory
+
+
+def perturbed(source: Path, target: Path, scale: float, seed: int) -> Path:
+    """An ONNX model whose float initializers differ from ``source``'s in their low bits."""
+    model = onnx.load(source)
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype == np.float32 and array.size > 1:
+            noise = rng.standard_normal(array.shape).astype(np.float32) * scale
+            init.CopyFrom(numpy_helper.from_array(array * (1 + noise), init.name))
+    onnx.save(model, target)
+    return target
+
+
+def test_predictions_are_identical_with_the_tier_on_and_off(tmp_path, exported_models):
+    tuned = perturbed(exported_models["mlp"], tmp_path / "tuned.onnx", 1e-3, 0)
+    x = {"x": np.random.default_rng(2).standard_normal((5, 100)).astype(np.float32)}
+    outputs = {}
+    for lossless in (False, True):
+        settings = Settings(block_rows=16, block_cols=8, page_size=8192, lossless=lossless)
+        with weightdb.connect(tmp_path / f"db-{lossless}", settings=settings) as db:
+            db.import_model(exported_models["mlp"], "base")
+            db.import_model(tuned, "tuned", parent="base")
+            deltas = db.catalog.conn.execute(
+                "SELECT COUNT(*) FROM block_codings WHERE base_block_id IS NOT NULL"
+            ).fetchone()[0]
+            assert (deltas > 0) == lossless
+            outputs[lossless] = db.predict("tuned", x)
+    for name, value in outputs[False].items():
+        assert value.tobytes() == outputs[True][name].tobytes()
+
+
+def family(rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    base = {f"l{i}": (rng.standard_normal((96, 64)) * 0.05).astype(np.float32) for i in range(3)}
+
+    def tune(scale: float) -> dict[str, np.ndarray]:
+        return {
+            k: v * (1 + rng.standard_normal(v.shape).astype(np.float32) * scale)
+            for k, v in base.items()
+        }
+
+    return {"base": base, "a": tune(1e-3), "b": tune(1e-3), "c": {**tune(1e-3), "l0": base["l0"]}}
+
+
+def assert_intact(db, models: dict) -> None:
+    db.pool.clear()
+    for name, arrays in models.items():
+        stored = db.tensors(name)
+        for tensor, array in arrays.items():
+            assert stored[tensor].read().tobytes() == array.tobytes(), (name, tensor)
+    assert db.verify() == db.stats()["pages"]
+
+
+def test_compress_codes_an_existing_database_and_finds_parents(tmp_path):
+    models = family(np.random.default_rng(5))
+    raw = Settings(block_rows=32, block_cols=32, page_size=32 * 1024)
+    with weightdb.connect(tmp_path / "db", settings=raw) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays)
+        before = db.stats()
+        assert before["saved_bytes_by_tier"]["lossless"] == 0
+        report = db.compress()
+        after = db.stats()
+        assert report.delta_blocks > 0 and report.page_bytes_after < report.page_bytes_before
+        assert after["stored_bytes"] < 0.8 * before["stored_bytes"]
+        saved = after["saved_bytes_by_tier"]
+        assert saved["lossless"] == before["stored_bytes"] - after["stored_bytes"]
+        assert saved["exact"] == before["saved_bytes_by_tier"]["exact"] > 0  # c shares l0
+        assert db.parent("c") == "base"  # shares exact blocks with base only
+        assert db.parent("a") is not None and db.parent("base") is None
+        assert_intact(db, models)
+        db.compress(lossless=False)
+        assert db.stats()["stored_bytes"] == before["stored_bytes"]
+        assert_intact(db, models)
+
+
+def test_removing_a_parent_keeps_the_bases_of_its_children_until_they_go(tmp_path):
+    models = family(np.random.default_rng(6))
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays, parent=None if name == "base" else "base")
+        db.remove_model("base")
+        del models["base"]
+        assert db.parent("a") is None  # the lineage row stays, without a parent
+        assert_intact(db, models)
+        db.pack()
+        assert_intact(db, models)
+        for name in list(models):
+            db.remove_model(name)
+        assert db.catalog.conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0
+
+
+def test_verify_decodes_coded_blocks_and_checks_their_digests(tmp_path):
+    models = family(np.random.default_rng(7))
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays)
+        (block_id,) = db.catalog.conn.execute(
+            "SELECT block_id FROM block_codings WHERE base_block_id IS NOT NULL LIMIT 1"
+        ).fetchone()
+        with db.catalog.transaction() as conn:
+            conn.execute("UPDATE blocks SET digest = zeroblob(32) WHERE block_id = ?", (block_id,))
+            # The rows stay consistent with their digests: only decoding can tell.
+            catalog_digest.record(conn, [m for (m,) in conn.execute("SELECT model_id FROM models")])
+        with pytest.raises(CorruptPageError, match=f"block {block_id} .* decodes to other bytes"):
+            db.verify()
+
+
+COMPRESSOR = """
+import os, signal, sys, weightdb
+from weightdb.storage import compress, page_files
+path, point = sys.argv[1:3]
+die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
+if point == "mid-write":
+    append, appended = page_files.SegmentWriter.append, []
+    def append_or_die(*args, **kwargs):
+        appended.append(1)
+        if len(appended) == 3:
+            die()
+        return append(*args, **kwargs)
+    page_files.SegmentWriter.append = append_or_die
+elif point == "pages written":
+    page_files.SegmentWriter.finish = die
+elif point == "inside the commit":
+    compress.retire_pages = die
+with weightdb.connect(path) as db:
+    db.compress()
+"""
+
+
+@pytest.mark.parametrize("point", ["mid-write", "pages written", "inside the commit"])
+def test_sigkill_during_compress_leaves_the_previous_state(tmp_path, point):
+    models = family(np.random.default_rng(8))
+    raw = Settings(block_rows=32, block_cols=32, page_size=32 * 1024)
+    with weightdb.connect(tmp_path / "db", settings=raw) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays)
+        before = db.stats()["stored_bytes"]
+    process = subprocess.Popen([sys.executable, "-c", COMPRESSOR, str(tmp_path / "db"), point])
+    assert process.wait(timeout=120) == -signal.SIGKILL
+    with weightdb.connect(tmp_path / "db", create=False) as db:
+        assert db.stats()["stored_bytes"] == before
+        assert db.stats()["saved_bytes_by_tier"]["lossless"] == 0
+        assert_intact(db, models)
+        db.compress()  # and the next writer compresses it
+        assert db.stats()["stored_bytes"] < before
+        assert_intact(db, models)
+
+
+def test_pages_of_formats_1_and_2_read_as_raw_pages():
+    block = np.arange(128, dtype=np.float32).reshape(16, 8)
+    builder = PageBuilder(8192)
+    np.copyto(np.frombuffer(builder.reserve(block.nbytes), np.float32).reshape(8, 16), block.T)
+    builder.commit(5, "float32", 16, 8, block.nbytes, COLUMN_MAJOR)
+    (data, _), _, _ = builder.build(3)
+    for version, order in ((1, ROW_MAJOR), (2, COLUMN_MAJOR)):
+        entry = page_format.RAW_ENTRY.pack(5, page_format.DATA_START, block.nbytes, 16, 8, 1, order)
+        page = bytearray(bytes(data) + entry)
+        page_format.HEADER.pack_into(
+            page, 0, page_format.MAGIC, 0, version, 0, 1, 3, len(page), len(data)
+        )
+        struct.pack_into("<I", page, 8, zlib.crc32(memoryview(page)[12:]))
+        parsed = parse_page(bytes(page), 3, "test")
+        assert not parsed.coded and parsed.entries[0].stored_nbytes == block.nbytes
+        expected = block if version == 2 else block.T.copy().reshape(16, 8)
+        assert np.array_equal(parsed.block(0), expected)
+
+
+def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_path):
+    models = family(np.random.default_rng(9))
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays)
+        coded = {
+            page_id
+            for (page_id,) in db.catalog.conn.execute(
+                "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings USING (block_id)"
+            )
+        }
+        smallest_budget = 3 * (page_format.DATA_START + SETTINGS.page_size)
+    with weightdb.connect(tmp_path / "db", budget=smallest_budget) as db:
+        for name, arrays in models.items():
+            stored = db.tensors(name)
+            for tensor, array in arrays.items():
+                assert stored[tensor].read().tobytes() == array.tobytes()
+                resident = db.pool.resident()
+                held = 0
+                for page_id in resident:
+                    with db.pool.pinned(page_id) as page:
+                        assert not page.coded or page_id not in coded
+                        held += page.nbytes
+                        if page_id in coded:  # an image, larger than the page on disk
+                            assert page.nbytes > db.locate_page(page_id).length
+                stats = db.pool.stats()
+                assert stats.resident_bytes == held <= smallest_budget
+
+
+def test_cli_imports_with_a_parent_compresses_and_shows_parents_and_tiers(tmp_path):
+    rng = np.random.default_rng(10)
+    models = family(rng)
+    paths = {}
+    for name in ("base", "a"):
+        paths[name] = tmp_path / f"{name}.safetensors"
+        save_file(models[name], paths[name])
+    db = str(tmp_path / "db")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "weightdb", "--db", db, *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert cli("import", str(paths["base"]), "--name", "base").returncode == 1  # no database
+    subprocess.run([sys.executable, "-m", "weightdb", "init", db, "--block-shape", "32,32"])
+    assert cli("import", str(paths["base"]), "--name", "base").returncode == 0
+    result = cli("import", str(paths["a"]), "--name", "a", "--parent", "base")
+    assert result.returncode == 0, result.stderr
+    listing = {m["name"]: m["parent"] for m in json.loads(cli("ls", "--json").stdout)}
+    assert listing == {"base": None, "a": "base"}
+    row_of_a = next(line for line in cli("ls").stdout.splitlines() if line.startswith("│ a "))
+    assert row_of_a.split("│")[2].strip() == "base"  # the parent column
+    report = json.loads(cli("compress", "--json").stdout)
+    assert report["delta_blocks"] > 0
+    tiers = json.loads(cli("stats", "--json").stdout)["saved_bytes_by_tier"]
+    assert tiers["lossless"] > 0 and set(tiers) == {"exact", "lossless", "approximate"}
+    missing = cli("import", str(paths["a"]), "--name", "b", "--parent", "nope")
+    assert missing.returncode == 1 and "no model named 'nope'" in missing.stderr
