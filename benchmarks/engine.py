@@ -388,7 +388,7 @@ def run(quick: bool, out_dir: Path) -> dict:
     if threadpoolctl is None and os.environ.get("OPENBLAS_NUM_THREADS") != str(THREADS):
         return _run_in_subprocess(quick, out_dir)
     repeats = {1: 8 if quick else 30, 64: 4 if quick else 12, 256: 3 if quick else 8}
-    budget_s = 8.0 if quick else 40.0
+    budget_s = 8.0 if quick else 20.0
     rng = np.random.default_rng(0)
     results, profile = [], {}
     with tempfile.TemporaryDirectory() as tmp, _threads() as threads:
