@@ -123,9 +123,12 @@ def record_missing(conn: sqlite3.Connection) -> None:
     )
 
 
-def refuse_damaged(conn: sqlite3.Connection, model_ids: Iterable[int]) -> None:
-    """Before a change to existing models' rows: raise if any no longer matches its digests,
-    so damage is reported, not recorded as right (and a writer does no work on it)."""
+def refuse_damaged(conn: sqlite3.Connection, model_ids: Iterable[int] | None = None) -> None:
+    """Before a change to existing models' rows (all models when ``model_ids`` is None): raise
+    if any no longer matches its digests, so damage is reported, not recorded as right (and a
+    writer does no work on it)."""
+    if model_ids is None:
+        model_ids = [m for (m,) in conn.execute("SELECT model_id FROM models")]
     damage = [d for model_id in model_ids for d in _damage(conn, model_id)]
     if damage:
         raise CatalogCorruptError(

@@ -62,9 +62,7 @@ def compress(
     with db.writer_lock:
         db.collect_garbage()
         conn = db.catalog.conn
-        catalog_digest.refuse_damaged(
-            conn, [m for (m,) in conn.execute("SELECT model_id FROM models")]
-        )
+        catalog_digest.refuse_damaged(conn)
         found = _find_parents(db) if lossless else {}
         bases = _choose_bases(db, found) if lossless else {}
         pages = conn.execute("SELECT page_id, length FROM pages ORDER BY page_id").fetchall()

@@ -171,9 +171,7 @@ def repack(
     with db.writer_lock:
         db.collect_garbage()
         conn = db.catalog.conn
-        catalog_digest.refuse_damaged(
-            conn, [m for (m,) in conn.execute("SELECT model_id FROM models")]
-        )
+        catalog_digest.refuse_damaged(conn)
         models = model_blocks(conn)
         instance = Instance.from_models(models, blocks_per_page(db), frequencies)
         solved = solve(instance, algorithm, time_limit, progress) if models else None
