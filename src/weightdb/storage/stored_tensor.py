@@ -111,19 +111,12 @@ class StoredTensor:
 
             rows = []
             for i in group:
-                grid = self.locations[i]
-                first_page, first_slot = (int(v) for v in grid[0])
-                run = None
-                if (grid[:, 0] == first_page).all() and (
-                    grid[:, 1] == np.arange(first_slot, first_slot + len(grid))
-                ).all():
-                    slots = range(first_slot, first_slot + len(grid))
-                    run = page(first_page).run(slots, ROW_MAJOR)
-                if run is not None:
-                    width = run.shape[1]
-                    rows.append(run.reshape(len(grid), -1, width))
+                run = self._run("rows", i)  # the block row's blocks back to back on one page
+                view = page(run[0]).run(run[1], ROW_MAJOR) if run else None
+                if view is not None:
+                    rows.append(view.reshape(len(run[1]), -1, view.shape[1]))
                 else:
-                    rows.append([page(int(p)).block(int(slot)) for p, slot in grid])
+                    rows.append([page(int(p)).block(int(slot)) for p, slot in self.locations[i]])
             yield rows
 
     def row_bands(self) -> Iterator[np.ndarray]:
