@@ -1,17 +1,17 @@
 """The contract between storage and the engine: a weight tensor readable block by block.
 
 Storage hands the engine one ``StoredWeight`` per large initializer. The engine reads it only
-through ``block`` and ``panel``, so every byte flows through the buffer pool and is pinned only
-while an operator uses it. A pool that holds a model's pages holds its weights: panels are
-views of the pages, so weights shared by several models are in memory once. ``InMemoryWeight``
-is the same contract over a numpy array, for running a graph without a database (benchmarks,
-checks at import).
+through ``block``, ``panels`` and ``block_rows``, so every byte flows through the buffer pool
+and is pinned only while an operator uses it. A pool that holds a model's pages holds its
+weights: panels are views of the pages, so weights shared by several models are in memory once.
+``InMemoryWeight`` is the same contract over a numpy array, for running a graph without a
+database (benchmarks, checks at import).
 """
 
 import sys
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 import numpy as np
@@ -92,11 +92,13 @@ class InMemoryWeight:
 
     @contextmanager
     def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:
-        grid_cols = self.layout.grid[1]
         rows = []
         for i in group:
-            with ExitStack() as stack:
-                rows.append([stack.enter_context(self.block(i, j)) for j in range(grid_cols)])
+            row = []
+            for j in range(self.layout.grid[1]):
+                r0, r1, c0, c1 = self.layout.bounds(i, j)
+                row.append(self.matrix[r0:r1, c0:c1])
+            rows.append(row)
         yield rows
 
     def _panel(self, axis: PanelAxis, index: int) -> np.ndarray:
