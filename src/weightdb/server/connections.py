@@ -11,6 +11,7 @@ body timeout is the ASGI app's (``limits.BodyGuard``): the app owns the response
 
 import asyncio
 import json
+from http import HTTPStatus
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -134,15 +135,10 @@ class _GuardedProtocol(H11Protocol):
 def _response(status: int, message: str, headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 response closing the connection, with a KServe error body."""
     body = json.dumps({"error": message}).encode()
-    head = [f"HTTP/1.1 {status} {_REASONS[status]}", "content-type: application/json"]
+    head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "content-type: application/json"]
     head += [f"content-length: {len(body)}", "connection: close"]
     head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 _LINGER_S = 1.0
-_REASONS = {
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    503: "Service Unavailable",
-}

@@ -68,7 +68,7 @@ def compress(
         pages = conn.execute("SELECT page_id, length FROM pages ORDER BY page_id").fetchall()
         moved, codings, new_pages = _rewrite(db, pages, bases, lossless, progress)
         names = dict(conn.execute("SELECT model_id, name FROM models"))
-        with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, names):
+        with db.catalog.transaction() as tx:  # digests checked above, recorded anew below
             tx.executemany(
                 "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
                 [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
@@ -90,6 +90,7 @@ def compress(
             )
             retire_pages(tx, {p for p, _ in pages})
             db.catalog.bump_layout_generation(tx)
+            catalog_digest.record(tx, names)
         db.pool.discard({p for p, _ in pages})
     return CompressReport(
         pages_before=len(pages),

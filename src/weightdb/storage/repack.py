@@ -224,10 +224,11 @@ def _commit(
     new_pages: list[PageLocation],
     old_pages: set[int],
 ) -> None:
-    """Switch the catalog to the new pages in one transaction and retire the old ones."""
+    """Switch the catalog to the new pages in one transaction and retire the old ones; the
+    models' digests, checked before planning (``repack``), are recorded anew."""
     conn = db.catalog.conn
     model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
-    with db.catalog.transaction() as tx, catalog_digest.rewriting(tx, model_ids.values()):
+    with db.catalog.transaction() as tx:
         tx.executemany(
             "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
             [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
@@ -246,6 +247,7 @@ def _commit(
         )
         retire_pages(tx, old_pages)
         db.catalog.bump_layout_generation(tx)
+        catalog_digest.record(tx, model_ids.values())
     db.pool.discard(old_pages)
 
 
