@@ -31,7 +31,6 @@ from matplotlib.figure import Figure
 import weightdb
 from benchmarks import families
 from benchmarks.common import markdown_table, write_results
-from weightdb.dedup import deduplicate
 from weightdb.dedup.coverage import changed_rows, gathered_rows
 from weightdb.dedup.evalspec import SPLITS, load_eval_spec
 from weightdb.dedup.weightdb_method import WeightdbParams
@@ -147,8 +146,8 @@ def _measure(
     try:
         start = time.perf_counter()
         with weightdb.connect(work, create=False) as db:
-            report = deduplicate(db, eval_spec=manifest, max_drop=budget, method=method, **params)
-            logical_blocks = db.catalog.conn.execute(
+            report = db.deduplicate(eval_spec=manifest, max_drop=budget, method=method, **params)
+            logical_blocks = db.store.catalog.conn.execute(
                 "SELECT COUNT(*) FROM tensor_blocks"
             ).fetchone()[0]
             logical_bytes = db.stats()["logical_bytes"]
@@ -190,7 +189,7 @@ def _unread_rows_changed(original: Path, deduplicated: Path, manifest: Path) -> 
         weightdb.connect(original, create=False) as before,
         weightdb.connect(deduplicated, create=False) as after,
     ):
-        rows = after.catalog.conn.execute(
+        rows = after.store.catalog.conn.execute(
             "SELECT m.name, t.name, r.block_row, r.old_block_id, r.new_block_id "
             "FROM block_replacements r JOIN tensors t USING (tensor_id) "
             "JOIN models m USING (model_id)"
@@ -217,7 +216,7 @@ def _unread_rows_changed(original: Path, deduplicated: Path, manifest: Path) -> 
 
 
 def _block(db: weightdb.Database, block_id: int) -> np.ndarray:
-    page_id, slot = db.catalog.conn.execute(
+    page_id, slot = db.store.catalog.conn.execute(
         "SELECT page_id, slot FROM blocks WHERE block_id = ?", (block_id,)
     ).fetchone()
     with db.pool.pinned(page_id) as page:

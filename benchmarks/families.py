@@ -27,7 +27,6 @@ import numpy as np
 
 import weightdb
 from weightdb import Settings
-from weightdb.dedup import deduplicate
 from weightdb.zoo.build import build_family
 from weightdb.zoo.manifest import MANIFEST_NAME
 
@@ -109,7 +108,7 @@ def database(fam: Family, dedup: str) -> tuple[Path, dict]:
             db.import_model(fam.manifest_path.parent / model["onnx"], model["name"])
         info = {"cache_key": key, "import_seconds": time.perf_counter() - start}
         if dedup != "exact":
-            report = deduplicate(db, eval_spec=fam.manifest_path, max_drop=MAX_DROP, method=dedup)
+            report = db.deduplicate(eval_spec=fam.manifest_path, max_drop=MAX_DROP, method=dedup)
             info["dedup"] = {
                 "method": dedup,
                 "max_drop": MAX_DROP,

@@ -32,7 +32,7 @@ from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, timed, wr
 from weightdb.packing import ALGORITHMS, Instance, PackingError, load_instance, solve
 from weightdb.packing.instance import REFERENCE_INSTANCES
 from weightdb.packing.synthetic import fine_tune_families, lineage
-from weightdb.storage.repack import blocks_per_page, model_blocks
+from weightdb.storage.repack import blocks_per_page
 from weightdb.units import format_size
 
 REFERENCE = REFERENCE_INSTANCES
@@ -206,7 +206,7 @@ def _zoo_entry(fam: families.Family, dedup: str, time_limit: float, repeats: int
     source, info = families.database(fam, dedup)
     with weightdb.connect(source, create=False) as db:
         instance = Instance.from_models(
-            model_blocks(db.catalog.conn), blocks_per_page(db), name=f"{fam.label} {dedup}"
+            db.store.catalog.model_blocks(), blocks_per_page(db.store), name=f"{fam.label} {dedup}"
         )
     solved = _solve_all(instance, time_limit)
     print(f"packing: {instance.name} solved", flush=True)

@@ -121,7 +121,7 @@ def long_finetune() -> dict:
 
 def introduced_bytes(db) -> dict[str, int]:
     """Model -> stored bytes of the blocks it brought (used by no model imported before it)."""
-    rows = db.catalog.conn.execute(
+    rows = db.store.catalog.conn.execute(
         "SELECT m.name, SUM(COALESCE(c.stored_nbytes, b.nbytes)) FROM blocks b "
         "LEFT JOIN block_codings c USING (block_id) JOIN (SELECT tb.block_id, "
         "MIN(t.model_id) AS first FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
@@ -210,7 +210,7 @@ def _zipnn(dtype: str):
 def delta_bits(db, model: str | None = None) -> dict:
     """Over a sample of delta blocks (of ``model``, else of all): elements unchanged, and mean
     bits flipped per element in the sign, exponent and mantissa."""
-    rows = db.catalog.conn.execute(
+    rows = db.store.catalog.conn.execute(
         "SELECT DISTINCT c.block_id, c.base_block_id, b.dtype FROM block_codings c "
         "JOIN blocks b USING (block_id) JOIN tensor_blocks tb USING (block_id) "
         "JOIN tensors t USING (tensor_id) JOIN models m USING (model_id) "
@@ -254,8 +254,8 @@ def decode_speed(db, repeats: int) -> dict:
     image dropped once made (as a pool under a budget does). Per wall second and per CPU
     second of the thread: on a shared machine the thread waits for a core, and CPU time is
     what one core did."""
-    page_ids = [p for (p,) in db.catalog.conn.execute("SELECT page_id FROM pages")]
-    pages = [db.reader.read(db.locate_page(p)) for p in page_ids]
+    page_ids = [p for (p,) in db.store.catalog.conn.execute("SELECT page_id FROM pages")]
+    pages = [db.store.reader.read(db.store.locate_page(p)) for p in page_ids]
     pages = [page for page in pages if page.coded]
     if not pages:
         return {}

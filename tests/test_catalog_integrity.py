@@ -96,7 +96,7 @@ def test_a_version_1_catalog_gains_digests_when_first_opened(db_path):
         conn.execute("DROP TABLE model_digests")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'catalog_version'")
     with weightdb.connect(db_path, create=False) as db:
-        assert db.catalog.get_meta("catalog_version") == str(CATALOG_VERSION)
+        assert db.store.catalog.get_meta("catalog_version") == str(CATALOG_VERSION)
         assert db.verify() == db.stats()["pages"]
     tamper(db_path, TAMPERING["tensor dtype"])
     with (

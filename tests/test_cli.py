@@ -107,6 +107,17 @@ def test_bench_runs_the_checkouts_suites_and_names_the_valid_ones() -> None:
     assert "'dedup'" in result.stderr and "'budgets'" in result.stderr
 
 
+def _open_files(pid: int) -> set[Path]:
+    """The files a process has open (an fd closed while listing is skipped)."""
+    files = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            files.add(Path(os.readlink(fd)))
+        except FileNotFoundError:
+            continue
+    return files
+
+
 def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, model_file):
     """Another writer commits while this import waits for the writer lock: the summary counts
     only the blocks this import stored."""
@@ -114,7 +125,7 @@ def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, m
     rng = np.random.default_rng(1)
     other = tmp_path / "other.safetensors"
     save_file({"v": rng.standard_normal((300, 40)).astype(np.float32)}, other)
-    with weightdb.connect(db_path) as db, db.writer_lock:
+    with weightdb.connect(db_path) as db, db.store.writer_lock:
         waiting = subprocess.Popen(
             [*WEIGHTDB, "--db", str(db_path), "import", str(model_file), "--name", "mine"],
             stdout=subprocess.PIPE,
@@ -123,7 +134,7 @@ def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, m
         )
         lock = db_path / "writer.lock"
         deadline = time.monotonic() + 60
-        while not any(fd.resolve() == lock for fd in Path(f"/proc/{waiting.pid}/fd").iterdir()):
+        while lock not in _open_files(waiting.pid):
             assert time.monotonic() < deadline and waiting.poll() is None, "import never waited"
             time.sleep(0.05)
         db.import_model(other, "other")  # commits while the import above waits

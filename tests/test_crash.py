@@ -86,7 +86,7 @@ def test_sigkill_during_import_never_loses_or_half_imports_a_model(tmp_path):
             for name, path in by_name.items():
                 if name not in names:
                     db.import_model(path, name=name)
-            referenced = {f for (f,) in db.catalog.conn.execute("SELECT file FROM pages")}
+            referenced = {f for (f,) in db.store.catalog.conn.execute("SELECT file FROM pages")}
             on_disk = {f.name for f in (db_path / "pages").iterdir() if segment_number(f.name)}
             assert on_disk == referenced
         assert sorted(check_consistent(db_path, by_name, tmp_path)) == sorted(by_name)

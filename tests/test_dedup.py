@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 import weightdb
 from weightdb.cli_common import state
-from weightdb.dedup import deduplicate, savings_by_tier
 from weightdb.dedup.cli import dedup_command
 from weightdb.dedup.commit import commit_plan
 from weightdb.dedup.early_exit import EarlyExitGate
@@ -28,7 +27,6 @@ from weightdb.dedup.gate import Gate
 from weightdb.dedup.metrics import parse_metric
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.workspace import Workspace
-from weightdb.storage import catalog_digest
 from weightdb.storage.settings import Settings
 from weightdb.zoo.build import build_family
 
@@ -73,7 +71,7 @@ def _exports(path: Path, out: Path) -> dict[str, bytes]:
 
 def _replaced_models(path: Path) -> set[str]:
     with weightdb.connect(path, create=False) as db:
-        rows = db.catalog.conn.execute(
+        rows = db.store.catalog.conn.execute(
             "SELECT DISTINCT m.name FROM block_replacements r JOIN tensors t USING (tensor_id) "
             "JOIN models m USING (model_id)"
         )
@@ -82,7 +80,7 @@ def _replaced_models(path: Path) -> set[str]:
 
 def test_budget_holds_on_test_for_every_model(db_path: Path, family: Path):
     with weightdb.connect(db_path, create=False) as db:
-        report = deduplicate(db, eval_spec=family / "family.json", max_drop=0.02)
+        report = db.deduplicate(eval_spec=family / "family.json", max_drop=0.02)
         stats = db.stats()
     assert report.stored_bytes_after < report.stored_bytes_before
     assert stats["stored_bytes"] == report.stored_bytes_after
@@ -95,8 +93,8 @@ def test_budget_holds_on_test_for_every_model(db_path: Path, family: Path):
 
 def test_commit_records_replacements_quality_and_savings(db_path: Path, family: Path):
     with weightdb.connect(db_path, create=False) as db:
-        report = deduplicate(db, eval_spec=family / "family.json", max_drop=0.02)
-        conn = db.catalog.conn
+        report = db.deduplicate(eval_spec=family / "family.json", max_drop=0.02)
+        conn = db.store.catalog.conn
         replaced = conn.execute(
             "SELECT COUNT(*) FROM block_replacements WHERE run_id = ?", (report.run_id,)
         ).fetchone()[0]
@@ -105,7 +103,7 @@ def test_commit_records_replacements_quality_and_savings(db_path: Path, family: 
             "SELECT COUNT(*) FROM blocks b WHERE refs != (SELECT COUNT(*) FROM tensor_blocks tb "
             "WHERE tb.block_id = b.block_id)"
         ).fetchone()[0]
-        savings = savings_by_tier(db.catalog.conn)
+        savings = db.store.catalog.savings_by_tier()
         stats = db.stats()
         assert db.verify() > 0
     assert replaced == sum(m.blocks_replaced for m in report.models.values())
@@ -128,7 +126,7 @@ def test_forced_violation_is_undone_completely(db_path: Path, tmp_path: Path):
         def exact(predict, split):  # any change at all costs the whole metric
             return float(np.array_equal(predict(inputs), reference))
 
-        report = deduplicate(db, models=[name], eval_spec={name: exact}, max_drop=0.01)
+        report = db.deduplicate(models=[name], eval_spec={name: exact}, max_drop=0.01)
     assert report.models[name].blocks_replaced == 0
     assert report.evaluations > 1  # proposals were tried, and every one undone
     assert _exports(db_path, tmp_path / "after") == before
@@ -138,7 +136,7 @@ def test_forced_violation_is_undone_completely(db_path: Path, tmp_path: Path):
 def test_plan_undo_restores_mapping_and_weights(db_path: Path):
     with weightdb.connect(db_path, create=False) as db:
         models = [m.name for m in db.models()]
-        workspace = Workspace(db, models)
+        workspace = Workspace(db.store, models)
         original = {n: t.read() for n, t in workspace.tensors(models[0]).items()}
         plan = Plan(workspace)
         positions = workspace.positions(models[0])
@@ -172,7 +170,7 @@ def test_models_without_eval_spec_are_never_changed_approximately(
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     before = _exports(db_path, tmp_path / "before")
     with weightdb.connect(db_path, create=False) as db:
-        report = deduplicate(db, eval_spec=tmp_path / "spec.json", max_drop=0.035)
+        report = db.deduplicate(eval_spec=tmp_path / "spec.json", max_drop=0.035)
     after = _exports(db_path, tmp_path / "after")
     names = {m["name"] for m in covered}
     assert set(report.models) == names
@@ -188,7 +186,7 @@ def test_identical_models_collapse_to_one_copy(family: Path, tmp_path: Path):
         db.import_model(onnx_file, "a")
         one = db.stats()["stored_bytes"]
         db.import_model(onnx_file, "b")
-        report = deduplicate(db)
+        report = db.deduplicate()
         assert db.stats()["stored_bytes"] == one == report.stored_bytes_after
     assert report.exact_only and report.models == {}
     assert report.notes == ["no eval spec covers these models: only exact deduplication ran"]
@@ -197,10 +195,10 @@ def test_identical_models_collapse_to_one_copy(family: Path, tmp_path: Path):
 def test_exact_tier_merges_twins_an_older_writer_left(db_path: Path, tmp_path: Path):
     before = _exports(db_path, tmp_path / "before")
     with weightdb.connect(db_path, create=False) as db:
-        conn = db.catalog.conn
+        conn = db.store.catalog.conn
         # Simulate a writer without exact dedup: give one model's blocks fresh ids of the same
         # content (same pages and slots), as a duplicate copy would be.
-        with db.catalog.transaction():
+        with db.store.catalog.transaction():
             rows = conn.execute(
                 "SELECT DISTINCT tb.block_id FROM tensor_blocks tb JOIN tensors t USING "
                 "(tensor_id) WHERE t.model_id = (SELECT MIN(model_id) FROM models)"
@@ -224,9 +222,11 @@ def test_exact_tier_merges_twins_an_older_writer_left(db_path: Path, tmp_path: P
             )
             conn.execute("DELETE FROM blocks WHERE refs = 0")
             # ... and, as every writer does, record the digests of the rows it changed.
-            catalog_digest.record(conn, [m for (m,) in conn.execute("SELECT model_id FROM models")])
+            db.store.catalog.record_digests(
+                [m for (m,) in conn.execute("SELECT model_id FROM models")]
+            )
         doubled = db.stats()["distinct_blocks"]
-        report = deduplicate(db, method="exact")
+        report = db.deduplicate(method="exact")
         assert db.stats()["distinct_blocks"] < doubled
     assert report.exact_only
     assert _exports(db_path, tmp_path / "after") == before
@@ -241,7 +241,7 @@ def test_dedup_after_a_copying_pack_gives_the_same_models(
         with weightdb.connect(path, create=False) as db:
             if path == db_path:
                 assert db.pack("weightdb", force=True).copied_blocks > 0
-            assert deduplicate(db, eval_spec=family / "family.json", max_drop=0.035).run_id
+            assert db.deduplicate(eval_spec=family / "family.json", max_drop=0.035).run_id
             assert db.verify() == db.stats()["pages"]
     assert _replaced_models(db_path)
     assert _exports(db_path, tmp_path / "packed") == _exports(unpacked, tmp_path / "plain")
@@ -252,15 +252,15 @@ def test_replacing_a_copied_block_drops_its_copy(db_path: Path, tmp_path: Path):
     untouched."""
     with weightdb.connect(db_path, create=False) as db:
         db.pack("weightdb", force=True)
-        conn = db.catalog.conn
+        conn = db.store.catalog.conn
         model, block_id = conn.execute(
             "SELECT m.name, c.block_id FROM block_copies c JOIN models m USING (model_id) "
             "ORDER BY m.name, c.block_id LIMIT 1"
         ).fetchone()
     before = _exports(db_path, tmp_path / "before")
-    with weightdb.connect(db_path, create=False) as db, db.writer_lock:
-        conn = db.catalog.conn
-        workspace = Workspace(db, [m.name for m in db.models()])
+    with weightdb.connect(db_path, create=False) as db, db.store.writer_lock:
+        conn = db.store.catalog.conn
+        workspace = Workspace(db.store, [m.name for m in db.models()])
         shape = workspace.blocks[block_id].shape_key
         other = next(
             b for b, block in workspace.blocks.items() if block.shape_key == shape and b != block_id
@@ -270,7 +270,7 @@ def test_replacing_a_copied_block_drops_its_copy(db_path: Path, tmp_path: Path):
             if workspace.current[position] == block_id:
                 plan.replace(position, other, 0.0)
         expected = {name: t.read() for name, t in workspace.tensors(model).items()}
-        commit_plan(db, workspace, plan.final(), "weightdb", {}, {})
+        commit_plan(db.store, workspace, plan.final(), "weightdb", {}, {})
         stale = conn.execute(
             "SELECT COUNT(*) FROM block_copies c JOIN models m USING (model_id) "
             "WHERE m.name = ? AND c.block_id = ?",
@@ -290,8 +290,9 @@ KILLER = textwrap.dedent(
     """
     import os, signal, sys
     import weightdb
-    from weightdb.database import Database
-    from weightdb.dedup import api, commit, early_exit
+    from weightdb.dedup import early_exit
+    from weightdb.storage.catalog import Catalog
+    from weightdb.storage.store import Store
 
     point, path, spec = sys.argv[1:4]
 
@@ -309,13 +310,13 @@ KILLER = textwrap.dedent(
         gate = early_exit.EarlyExitGate
         gate.passes = on_call(3, gate.passes)
     elif point == "reclaim":  # inside the commit transaction
-        commit.reclaim_unreferenced = die
+        Catalog.reclaim_unreferenced = die
     elif point == "generation":  # the last statement of the commit transaction
-        commit.Catalog.bump_layout_generation = staticmethod(die)
+        Catalog.bump_layout_generation = die
     elif point == "garbage":  # committed, page files not yet collected
-        Database.collect_garbage = on_call(2, Database.collect_garbage)
+        Store.collect_garbage = on_call(2, Store.collect_garbage)
     with weightdb.connect(path, create=False) as db:
-        api.deduplicate(db, eval_spec=spec, max_drop=0.035)
+        db.deduplicate(eval_spec=spec, max_drop=0.035)
     """
 )
 
@@ -338,7 +339,7 @@ def test_sigkill_during_dedup_leaves_previous_state(
     assert _replaced_models(db_path) == set()
     with weightdb.connect(db_path, create=False) as db:
         assert db.verify() > 0
-        assert deduplicate(db, eval_spec=family / "family.json", max_drop=0.035).run_id
+        assert db.deduplicate(eval_spec=family / "family.json", max_drop=0.035).run_id
 
 
 def test_sigkill_after_commit_keeps_the_new_state(db_path: Path, family: Path, tmp_path: Path):
@@ -354,10 +355,12 @@ def test_sigkill_after_commit_keeps_the_new_state(db_path: Path, family: Path, t
     assert _replaced_models(db_path)
     with weightdb.connect(db_path, create=False) as db:
         assert db.verify() > 0
-        with db.writer_lock:
-            db.collect_garbage()
-        referenced = {f for (f,) in db.catalog.conn.execute("SELECT DISTINCT file FROM pages")}
-        assert {f.name for f in db.pages_dir.iterdir()} == referenced
+        with db.store.writer_lock:
+            db.store.collect_garbage()
+        referenced = {
+            f for (f,) in db.store.catalog.conn.execute("SELECT DISTINCT file FROM pages")
+        }
+        assert {f.name for f in db.store.pages_dir.iterdir()} == referenced
 
 
 @pytest.mark.parametrize(
@@ -381,7 +384,7 @@ def test_bad_eval_specs_are_clear_errors(db_path: Path, tmp_path: Path, spec, me
     elif spec == "missing.json":
         spec = tmp_path / "missing.json"
     with weightdb.connect(db_path, create=False) as db, pytest.raises(EvalSpecError, match=message):
-        deduplicate(db, eval_spec=spec)
+        db.deduplicate(eval_spec=spec)
 
 
 def test_bad_metric_split_and_parameters_are_clear_errors(
@@ -396,18 +399,18 @@ def test_bad_metric_split_and_parameters_are_clear_errors(
     }
     with weightdb.connect(db_path, create=False) as db:
         with pytest.raises(EvalSpecError, match="unknown metric 'f1'"):
-            deduplicate(db, eval_spec={"models": [entry]})
+            db.deduplicate(eval_spec={"models": [entry]})
         np.savez(tmp_path / "nolabels.npz", pixels=np.zeros((2, 1, 8, 8), np.float32))
         entry |= {"metric": "accuracy", "validation": str(tmp_path / "nolabels.npz")}
         with pytest.raises(EvalSpecError, match="has no 'labels' array"):
-            deduplicate(db, eval_spec={"models": [entry]})
+            db.deduplicate(eval_spec={"models": [entry]})
         with pytest.raises(DedupParameterError, match="unknown method"):
-            deduplicate(db, method="zip")
+            db.deduplicate(method="zip")
         with pytest.raises(DedupParameterError, match="has no parameter bogus"):
-            deduplicate(db, method="netsdb", bogus=1)
+            db.deduplicate(method="netsdb", bogus=1)
         with pytest.raises(DedupParameterError, match="budgets must be in"):
-            deduplicate(
-                db, eval_spec={"models": [entry | {"validation": entry["test"]}]}, max_drop=2.0
+            db.deduplicate(
+                eval_spec={"models": [entry | {"validation": entry["test"]}]}, max_drop=2.0
             )
 
 
@@ -416,7 +419,7 @@ def test_reference_methods_keep_their_decision_split_within_budget(
     db_path: Path, family: Path, method: str
 ):
     with weightdb.connect(db_path, create=False) as db:
-        report = deduplicate(db, eval_spec=family / "family.json", max_drop=0.02, method=method)
+        report = db.deduplicate(eval_spec=family / "family.json", max_drop=0.02, method=method)
     for model in report.models.values():  # netsDB decides on the test split, as its artifact
         assert model.test_before - model.test_after <= 0.02 + 1e-9
     assert report.stored_bytes_after <= report.stored_bytes_before
@@ -501,7 +504,7 @@ def test_early_exit_gate_reaches_the_same_verdicts_running_fewer_examples(
     fewer examples than the split holds."""
     with weightdb.connect(db_path, create=False) as db:
         models = [m.name for m in db.models()]
-        workspace = Workspace(db, models)
+        workspace = Workspace(db.store, models)
         evaluators = load_eval_spec(family / "family.json", models)
         target, donor = models[0], models[1]
         examples = len(evaluators[target].load("validation")[1])

@@ -11,7 +11,6 @@ import pytest
 from onnx import TensorProto, helper
 
 import weightdb
-from weightdb.dedup import deduplicate
 from weightdb.dedup.coverage import UNKNOWN, changed_rows, gathered_rows
 from weightdb.dedup.evalspec import CallableEvaluator, SplitEvaluator
 from weightdb.dedup.heldout import halves
@@ -94,12 +93,12 @@ def _deduplicated_blocks(
     with weightdb.connect(folder / "db", settings=SMALL_BLOCKS) as db:
         for name in tables:
             db.import_model(folder / f"{name}.onnx", name)
-        report = deduplicate(db, eval_spec=spec, max_drop=budget, **params)
+        report = db.deduplicate(eval_spec=spec, max_drop=budget, **params)
         blocks = {
             name: [
                 b
                 for _, b in sorted(
-                    db.catalog.conn.execute(
+                    db.store.catalog.conn.execute(
                         "SELECT tb.block_row, tb.block_id FROM tensor_blocks tb JOIN tensors t "
                         "USING (tensor_id) JOIN models m USING (model_id) WHERE m.name = ?",
                         (name,),
@@ -232,7 +231,7 @@ def test_xml_mlp_audits_changes_to_unread_rows_and_keeps_every_budget_on_test(
     with weightdb.connect(tmp_path / "db", settings=SMALL_BLOCKS) as db:
         for model in json.loads((xml_family / "family.json").read_text())["models"]:
             db.import_model(xml_family / model["onnx"], model["name"])
-        report = deduplicate(db, eval_spec=xml_family / "family.json", max_drop=budget)
+        report = db.deduplicate(eval_spec=xml_family / "family.json", max_drop=budget)
     [note] = report.notes
     assert note.startswith(outcome)
     assert sum(model.blocks_replaced for model in report.models.values()) > 0
@@ -249,7 +248,7 @@ def test_a_budget_finer_than_three_validation_examples_changes_nothing_approxima
         for model in json.loads((folder / "family.json").read_text())["models"]:
             db.import_model(folder / model["onnx"], model["name"])
         exact = db.stats()["stored_bytes"]
-        report = deduplicate(db, eval_spec=folder / "family.json", max_drop=0.005)
+        report = db.deduplicate(eval_spec=folder / "family.json", max_drop=0.005)
         assert db.stats()["stored_bytes"] == exact
     assert sum(m.blocks_replaced for m in report.models.values()) == 0
     assert any("budget smaller than 3 validation examples" in note for note in report.notes)

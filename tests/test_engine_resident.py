@@ -40,7 +40,7 @@ def test_models_that_share_pages_hold_them_once(tmp_path, exported_models):
     with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
         for name in ("a", "b"):
             db.import_model(exported_models["mlp"], name)
-        pages = db.page_bytes()
+        pages = db.store.catalog.page_bytes()
         assert pages < 2 * db.model("a").logical_bytes
     x = np.ones((3, 100), np.float32)
     with weightdb.connect(tmp_path / "db", budget=pages) as db:

@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 
 import weightdb
 from weightdb.errors import CorruptPageError
-from weightdb.storage import catalog_digest, codecs, page_format
+from weightdb.storage import codecs, page_format
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder, parse_page
 from weightdb.storage.page_images import decode_page
 from weightdb.storage.settings import Settings
@@ -61,7 +61,9 @@ def test_every_dtype_round_trips_bit_exact_through_coding_and_export(tmp_path, d
         db.import_arrays("base", {"w": base, "v": base[:5].T.copy()})
         db.import_arrays("tuned", {"w": tuned, "v": tuned[:5].T.copy()})
         assert db.parent("tuned") == "base"
-        codecs_used = {c for (c,) in db.catalog.conn.execute("SELECT codec FROM block_codings")}
+        codecs_used = {
+            c for (c,) in db.store.catalog.conn.execute("SELECT codec FROM block_codings")
+        }
         if np.dtype(dtype).itemsize > 1 and np.dtype(dtype).kind == "f":
             assert codecs.XOR_PLANES in codecs_used
         db.pool.clear()
@@ -143,7 +145,7 @@ def test_predictions_are_identical_with_the_tier_on_and_off(tmp_path, exported_m
         with weightdb.connect(tmp_path / f"db-{lossless}", settings=settings) as db:
             db.import_model(exported_models["mlp"], "base")
             db.import_model(tuned, "tuned", parent="base")
-            deltas = db.catalog.conn.execute(
+            deltas = db.store.catalog.conn.execute(
                 "SELECT COUNT(*) FROM block_codings WHERE base_block_id IS NOT NULL"
             ).fetchone()[0]
             assert (deltas > 0) == lossless
@@ -209,7 +211,7 @@ def test_removing_a_parent_keeps_the_bases_of_its_children_until_they_go(tmp_pat
         assert_intact(db, models)
         for name in list(models):
             db.remove_model(name)
-        assert db.catalog.conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0
+        assert db.store.catalog.conn.execute("SELECT COUNT(*) FROM blocks").fetchone()[0] == 0
 
 
 def test_verify_decodes_coded_blocks_and_checks_their_digests(tmp_path):
@@ -217,20 +219,23 @@ def test_verify_decodes_coded_blocks_and_checks_their_digests(tmp_path):
     with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
         for name, arrays in models.items():
             db.import_arrays(name, arrays)
-        (block_id,) = db.catalog.conn.execute(
+        (block_id,) = db.store.catalog.conn.execute(
             "SELECT block_id FROM block_codings WHERE base_block_id IS NOT NULL LIMIT 1"
         ).fetchone()
-        with db.catalog.transaction() as conn:
+        with db.store.catalog.transaction() as conn:
             conn.execute("UPDATE blocks SET digest = zeroblob(32) WHERE block_id = ?", (block_id,))
             # The rows stay consistent with their digests: only decoding can tell.
-            catalog_digest.record(conn, [m for (m,) in conn.execute("SELECT model_id FROM models")])
+            db.store.catalog.record_digests(
+                [m for (m,) in conn.execute("SELECT model_id FROM models")]
+            )
         with pytest.raises(CorruptPageError, match=f"block {block_id} .* decodes to other bytes"):
             db.verify()
 
 
 COMPRESSOR = """
 import os, signal, sys, weightdb
-from weightdb.storage import compress, page_files
+from weightdb.storage import page_files
+from weightdb.storage.catalog import Catalog
 path, point = sys.argv[1:3]
 die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 if point == "mid-write":
@@ -244,7 +249,7 @@ if point == "mid-write":
 elif point == "pages written":
     page_files.SegmentWriter.finish = die
 elif point == "inside the commit":
-    compress.retire_pages = die
+    Catalog.retire_pages = die
 with weightdb.connect(path) as db:
     db.compress()
 """
@@ -295,7 +300,7 @@ def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_pa
             db.import_arrays(name, arrays)
         coded = {
             page_id
-            for (page_id,) in db.catalog.conn.execute(
+            for (page_id,) in db.store.catalog.conn.execute(
                 "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings USING (block_id)"
             )
         }
@@ -312,7 +317,7 @@ def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_pa
                         assert not page.coded or page_id not in coded
                         held += page.nbytes
                         if page_id in coded:  # an image, larger than the page on disk
-                            assert page.nbytes > db.locate_page(page_id).length
+                            assert page.nbytes > db.store.locate_page(page_id).length
                 stats = db.pool.stats()
                 assert stats.resident_bytes == held <= smallest_budget
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from weightdb.errors import SourceFormatError, StorageFullError, UnsupportedDTypeError
-from weightdb.storage import catalog_digest
 from weightdb.storage.block_writer import BlockWriter
 from weightdb.storage.blocking import BlockLayout
 
@@ -79,9 +78,9 @@ def test_an_empty_tensor_stored_with_a_tall_grid_exports_without_a_loop(db, tmp_
     path = tmp_path / "empty.safetensors"
     path.write_bytes(safetensors_bytes(record([2**27, 0])))
     db.import_model(path, name="empty")
-    with db.catalog.transaction() as conn:  # the rows such a build wrote, digests recorded
+    with db.store.catalog.transaction() as conn:  # the rows such a build wrote, digests recorded
         conn.execute("UPDATE tensors SET block_rows = 8, block_cols = 1")
-        catalog_digest.record(conn, [db.model_id("empty")])
+        db.store.catalog.record_digests([db.store.catalog.model_id("empty")])
     visits = block_visits(monkeypatch)
     db.export_model("empty", tmp_path / "back.npz")
     assert len(visits) <= 4

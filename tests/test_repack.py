@@ -20,10 +20,10 @@ import torch
 from typer.testing import CliRunner
 
 import weightdb
-from weightdb import database
 from weightdb.cli import app
 from weightdb.packing import ALGORITHMS, Instance, solve
-from weightdb.storage.repack import blocks_per_page, model_blocks
+from weightdb.storage import store
+from weightdb.storage.repack import blocks_per_page
 
 SETTINGS = weightdb.Settings(block_rows=8, block_cols=8, page_size=8 * 8 * 4 * 4)  # 4 blocks
 COPYING = [name for name in ALGORITHMS if name != "greedy1"]
@@ -63,7 +63,7 @@ def assert_models_intact(path: Path, models: dict, packed: bool = True) -> None:
             for tensor, array in arrays.items():
                 assert stored[tensor].read().tobytes() == array.tobytes(), (name, tensor)
         assert db.verify() == db.stats()["pages"]
-        conn = db.catalog.conn
+        conn = db.store.catalog.conn
         unused = conn.execute(
             "SELECT COUNT(*) FROM pages WHERE page_id NOT IN (SELECT page_id FROM blocks) "
             "AND page_id NOT IN (SELECT page_id FROM block_copies)"
@@ -77,19 +77,19 @@ def assert_models_intact(path: Path, models: dict, packed: bool = True) -> None:
             ):
                 uses[model_id].add(block_id)
             for page_id, model_id in set(conn.execute("SELECT * FROM page_readers")):
-                entries = db.reader.read(db.locate_page(page_id)).entries
+                entries = db.store.reader.read(db.store.locate_page(page_id)).entries
                 assert {e.block_id for e in entries} <= uses[model_id], (page_id, model_id)
 
 
 def solved_reads(db, algorithm: str) -> dict[str, int]:
     """Pages read per model in the layout ``algorithm`` finds for the database as it is."""
-    instance = Instance.from_models(model_blocks(db.catalog.conn), blocks_per_page(db))
+    instance = Instance.from_models(db.store.catalog.model_blocks(), blocks_per_page(db.store))
     return solve(instance, algorithm).layout.pages_read()
 
 
 def signatures(db) -> dict[int, frozenset[str]]:
     users = defaultdict(set)
-    for block_id, name in db.catalog.conn.execute(
+    for block_id, name in db.store.catalog.conn.execute(
         "SELECT tb.block_id, m.name FROM tensor_blocks tb JOIN tensors t USING (tensor_id) "
         "JOIN models m USING (model_id)"
     ):
@@ -102,7 +102,7 @@ def test_greedy1_layout_is_optimal_without_copies_and_keeps_models_intact(tmp_pa
     with weightdb.connect(tmp_path / "db") as db:
         report = db.pack("greedy1", force=True)
         assert report.copied_blocks == 0
-        assert db.catalog.conn.execute("SELECT COUNT(*) FROM block_copies").fetchone()[0] == 0
+        assert db.store.catalog.conn.execute("SELECT COUNT(*) FROM block_copies").fetchone()[0] == 0
         signature_of = signatures(db)
         groups = defaultdict(int)
         for sig in signature_of.values():
@@ -110,7 +110,9 @@ def test_greedy1_layout_is_optimal_without_copies_and_keeps_models_intact(tmp_pa
         capacity = report.blocks_per_page
         assert report.pages_after == sum(math.ceil(n / capacity) for n in groups.values())
         pages = defaultdict(set)
-        for block_id, page_id in db.catalog.conn.execute("SELECT block_id, page_id FROM blocks"):
+        for block_id, page_id in db.store.catalog.conn.execute(
+            "SELECT block_id, page_id FROM blocks"
+        ):
             pages[page_id].add(signature_of[block_id])
         assert all(len(sigs) == 1 for sigs in pages.values())  # no foreign blocks for anyone
         for name in models:
@@ -154,7 +156,7 @@ def test_pages_are_written_in_the_order_the_first_model_reads_them(tmp_path, alg
             (location.file, location.offset)
             for tensor in db.tensors("base").values()
             for page_id, _ in tensor.locations.reshape(-1, 2).tolist()
-            for location in [db.locate_page(page_id)]
+            for location in [db.store.locate_page(page_id)]
         ]
     first_visits = list(dict.fromkeys(visits))
     assert first_visits == sorted(first_visits)
@@ -222,7 +224,7 @@ def test_removing_a_model_after_a_copying_pack_keeps_the_others_and_reclaims_pag
     models = build(tmp_path / "db")
     with weightdb.connect(tmp_path / "db") as db:
         db.pack("two-stage", force=True)
-        conn = db.catalog.conn
+        conn = db.store.catalog.conn
         (removed,) = conn.execute(
             "SELECT m.name FROM block_copies JOIN models m USING (model_id) "
             "GROUP BY model_id ORDER BY COUNT(*) DESC, m.name LIMIT 1"
@@ -232,11 +234,11 @@ def test_removing_a_model_after_a_copying_pack_keeps_the_others_and_reclaims_pag
         del models[removed]
         assert db.stats()["pages"] < pages_before
         assert conn.execute("SELECT COUNT(*) FROM retired_pages").fetchone()[0] > 0
-        monkeypatch.setattr(database, "RETIRED_GRACE_SECONDS", 0.0)
-        with db.writer_lock:
-            db.collect_garbage()
+        monkeypatch.setattr(store, "RETIRED_GRACE_SECONDS", 0.0)
+        with db.store.writer_lock:
+            db.store.collect_garbage()
         in_use = {file for (file,) in conn.execute("SELECT file FROM pages")}
-        assert {f.name for f in db.pages_dir.iterdir()} == in_use
+        assert {f.name for f in db.store.pages_dir.iterdir()} == in_use
     assert_models_intact(tmp_path / "db", models)
     with weightdb.connect(tmp_path / "db") as db:
         db.pack(force=True)
@@ -273,7 +275,8 @@ def test_cli_packs_with_weightdb_by_default_and_takes_any_algorithm(tmp_path):
 
 PACKER = """
 import os, signal, sys, time, weightdb
-from weightdb.storage import page_files, repack
+from weightdb.storage import buffer_pool, page_files
+from weightdb.storage.catalog import Catalog
 path, point, algorithm = sys.argv[1:4]
 die = lambda *args, **kwargs: os.kill(os.getpid(), signal.SIGKILL)
 append, appended = page_files.SegmentWriter.append, []
@@ -288,9 +291,9 @@ page_files.SegmentWriter.append = append_or_die
 if point == "pages written":
     page_files.SegmentWriter.finish = die
 elif point == "inside the commit":
-    repack.retire_pages = die
+    Catalog.retire_pages = die
 elif point == "after the commit":
-    weightdb.database.BufferPool.discard = die
+    buffer_pool.BufferPool.discard = die
 with weightdb.connect(path) as db:
     db.pack(algorithm, force=True)
 """
@@ -330,8 +333,8 @@ def test_sigkill_at_random_instants_during_repack(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
         with weightdb.connect(path, create=False) as db:
-            in_use = {file for (file,) in db.catalog.conn.execute("SELECT file FROM pages")}
-            packed = db.layout_generation() > 0
+            in_use = {file for (file,) in db.store.catalog.conn.execute("SELECT file FROM pages")}
+            packed = db.store.catalog.layout_generation() > 0
         orphans = {f.name for f in (path / "pages").iterdir()} - in_use
         outcomes.add("packed" if packed else "killed mid-write" if orphans else "not started")
         assert_models_intact(path, models, packed=packed)
@@ -345,8 +348,8 @@ def test_pack_keeps_the_current_layout_unless_the_new_one_is_better(tmp_path):
         assert not db.pack("greedy1", force=True).kept_current
         best = db.pack("weightdb")  # reads fewer pages than greedy1's layout
         assert not best.kept_current
-        files = sorted(p.name for p in db.pages_dir.iterdir())
-        generation = db.layout_generation()
+        files = sorted(p.name for p in db.store.pages_dir.iterdir())
+        generation = db.store.catalog.layout_generation()
         worse = db.pack("baseline")
         assert worse.kept_current
         declined = tuple(worse.candidate.values())  # weighted pages read, pages, bytes
@@ -354,8 +357,8 @@ def test_pack_keeps_the_current_layout_unless_the_new_one_is_better(tmp_path):
         assert worse.pages_after == worse.pages_before == best.pages_after
         assert worse.pages_read_after == best.pages_read_after
         assert worse.copied_blocks == best.copied_blocks
-        assert sorted(p.name for p in db.pages_dir.iterdir()) == files  # new files deleted
-        assert db.layout_generation() == generation
+        assert sorted(p.name for p in db.store.pages_dir.iterdir()) == files  # new files deleted
+        assert db.store.catalog.layout_generation() == generation
     result = runner.invoke(app, ["--db", str(tmp_path / "db"), "pack", "--algorithm", "baseline"])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())

@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import weightdb
-from weightdb import database
 from weightdb.errors import BudgetExceededError, CorruptPageError
-from weightdb.storage import block_writer
+from weightdb.storage import block_writer, store
 from weightdb.storage.page_format import HEADER
 
 
@@ -124,9 +123,9 @@ def test_retired_page_files_are_deleted_after_the_grace_period(db, rng, monkeypa
     db.import_arrays("m", small_model(rng))
     db.remove_model("m")
     assert any((db.path / "pages").iterdir())
-    monkeypatch.setattr(database, "RETIRED_GRACE_SECONDS", 0.0)
-    with db.writer_lock:
-        db.collect_garbage()
+    monkeypatch.setattr(store, "RETIRED_GRACE_SECONDS", 0.0)
+    with db.store.writer_lock:
+        db.store.collect_garbage()
     assert not any((db.path / "pages").iterdir())
 
 

@@ -26,7 +26,6 @@ from weightdb.caching.trace import read_trace
 from weightdb.caching.workload import request_sequence
 from weightdb.cli_common import repack_table
 from weightdb.database import Database, connect
-from weightdb.dedup import deduplicate
 from weightdb.storage.policies import POLICIES
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
@@ -100,7 +99,7 @@ def _import(db: Database, family: dict, console: Console, summary: dict) -> None
 
 
 def _deduplicate(db: Database, family: dict, console: Console, summary: dict) -> None:
-    report = deduplicate(db, eval_spec=family["dir"] / "family.json", max_drop=MAX_DROP)
+    report = db.deduplicate(eval_spec=family["dir"] / "family.json", max_drop=MAX_DROP)
     table = Table("model", "test accuracy before", "after", "blocks replaced")
     for name, model in report.models.items():
         table.add_row(
@@ -207,8 +206,7 @@ def _caching(db: Database, family: dict, path: Path, console: Console, summary: 
 
 
 def _largest_page(db: Database) -> int:
-    (length,) = db.catalog.conn.execute("SELECT MAX(length) FROM pages").fetchone()
-    return length
+    return db.store.catalog.largest_page_bytes()
 
 
 def _serve(db: Database, family: dict, console: Console) -> None:

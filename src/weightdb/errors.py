@@ -60,3 +60,7 @@ class StorageFullError(WeightDBError):
 
 class CatalogCorruptError(WeightDBError):
     """catalog.sqlite is damaged, or its rows no longer match their digests."""
+
+
+class ReadOnlyError(WeightDBError):
+    """A write was asked of a database opened read-only."""

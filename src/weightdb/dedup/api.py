@@ -9,9 +9,8 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
-from weightdb.database import Database
 from weightdb.dedup.baselines import MistiqueMatcher, pairwise_matcher
-from weightdb.dedup.commit import Quality, commit_plan, ensure_tables
+from weightdb.dedup.commit import Quality, commit_plan
 from weightdb.dedup.errors import DedupParameterError
 from weightdb.dedup.evalspec import SPLITS, EvalSpec, Evaluator, load_eval_spec
 from weightdb.dedup.exact import plan_exact
@@ -27,6 +26,7 @@ from weightdb.dedup.weightdb_method import (
     run_weightdb,
 )
 from weightdb.dedup.workspace import Workspace
+from weightdb.storage.store import Store
 
 METHODS = ("exact", "netsdb", "weightdb", "mistique", "pairwise")
 PARAMS = {
@@ -40,7 +40,7 @@ Progress = Callable[[str, int, int], None]
 
 
 def deduplicate(
-    db: Database,
+    store: Store,
     models: list[str] | None = None,
     eval_spec: EvalSpec = None,
     max_drop: float | Mapping[str, float] = 0.01,
@@ -58,22 +58,15 @@ def deduplicate(
     start = time.perf_counter()
     progress = progress or (lambda phase, done, total: None)
     options = _options(method, params)
-    with db.writer_lock:
-        db.collect_garbage()
-        ensure_tables(db)
-        everyone = [
-            n for (n,) in db.catalog.conn.execute("SELECT name FROM models ORDER BY model_id")
-        ]
-        selected = (
-            everyone
-            if models is None
-            else [
-                everyone[everyone.index(m)] if m in everyone else db.model(m).name for m in models
-            ]
-        )
+    with store.writer_lock:
+        store.collect_garbage()
+        everyone = store.catalog.model_names()
+        for name in models or ():
+            store.catalog.model_id(name)  # raises naming the stored models
+        selected = everyone if models is None else list(models)
         evaluators = load_eval_spec(eval_spec, selected)
         budgets = _budgets(max_drop, evaluators)
-        workspace = Workspace(db, everyone)
+        workspace = Workspace(store, everyone)
         plan = Plan(workspace)
         plan_exact(plan)
         approximate = method != "exact" and bool(evaluators)
@@ -96,7 +89,7 @@ def deduplicate(
         run_id, stored_after = None, stored_before
         if final or quality:
             parameters = {"budgets": budgets, **dataclasses.asdict(options)} if options else {}
-            run_id, stored_after = commit_plan(db, workspace, final, method, parameters, quality)
+            run_id, stored_after = commit_plan(store, workspace, final, method, parameters, quality)
         report = DedupReport(
             method=method,
             run_id=run_id,

@@ -9,7 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from weightdb.cli_common import BudgetOption, console, err_console, open_db
-from weightdb.dedup.api import METHODS, deduplicate
+from weightdb.dedup.api import METHODS
 from weightdb.units import format_size
 
 
@@ -50,7 +50,7 @@ def dedup_command(
         bar.update(tasks[phase], completed=done, total=total)
 
     with open_db(budget) as db, bar:
-        report = deduplicate(db, names, eval_spec, max_drop, method, progress)
+        report = db.deduplicate(names, eval_spec, max_drop, method=method, progress=progress)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
         return

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weightdb.database import Database
 from weightdb.dedup.evalspec import Evaluator, Predict
 from weightdb.dedup.metrics import Measurement
 from weightdb.engine import prepare
 from weightdb.storage.block_writer import BlockRecord
 from weightdb.storage.blocking import BlockLayout
+from weightdb.storage.store import Store
 from weightdb.storage.stored_tensor import StoredTensor
 
 
@@ -35,25 +35,18 @@ class Position:
 class Workspace:
     """A snapshot of the catalog (taken under the writer lock) plus planned changes."""
 
-    def __init__(self, db: Database, models: list[str]) -> None:
-        self.db = db
-        conn = db.catalog.conn
+    def __init__(self, store: Store, models: list[str]) -> None:
+        self.store = store
         self.models = models  # import order
         self.blocks: dict[int, BlockRecord] = {
-            row[0]: BlockRecord(*row)
-            for row in conn.execute(
-                "SELECT block_id, digest, dtype, rows, cols, nbytes, page_id, slot FROM blocks"
-            )
+            row[0]: BlockRecord(*row) for row in store.catalog.block_rows()
         }
         self.original: dict[Position, int] = {}
         self.tensor_blocks: dict[int, int] = defaultdict(int)  # tensor id -> blocks
         self._tensors: dict[str, dict[str, StoredTensor]] = {}
         self.users: dict[int, set[str]] = defaultdict(set)  # block id -> models using it
         self._by_model: dict[str, list[Position]] = defaultdict(list)
-        for model, tensor_id, tensor, row, col, block_id in conn.execute(
-            "SELECT m.name, t.tensor_id, t.name, tb.block_row, tb.block_col, tb.block_id "
-            "FROM tensor_blocks tb JOIN tensors t USING (tensor_id) JOIN models m USING (model_id)"
-        ):
+        for model, tensor_id, tensor, row, col, block_id in store.catalog.position_rows():
             position = Position(model, tensor, tensor_id, row, col)
             self.original[position] = block_id
             self._by_model[model].append(position)
@@ -79,7 +72,7 @@ class Workspace:
         matrix = self._matrices.get(block_id)
         if matrix is None:
             block = self.blocks[block_id]
-            with self.db.pool.pinned(block.page_id) as page:
+            with self.store.pool.pinned(block.page_id) as page:
                 matrix = np.array(page.block(block.slot), order="C")
             self._matrices[block_id] = matrix
         return matrix
@@ -87,7 +80,7 @@ class Workspace:
     def _stored(self, model: str) -> dict[str, StoredTensor]:
         """The model's stored tensors as the catalog has them (read once)."""
         if model not in self._tensors:
-            self._tensors[model] = self.db.tensors(model)
+            self._tensors[model] = self.store.tensors(model)
         return self._tensors[model]
 
     def layout(self, position: Position) -> BlockLayout:
@@ -117,7 +110,7 @@ class Workspace:
         return tensors
 
     def predictor(self, model: str) -> Predict:
-        prepared = prepare(self.db.graph(model), self.tensors(model))
+        prepared = prepare(self.store.graph(model), self.tensors(model))
 
         def predict(inputs):
             return next(iter(prepared.run(inputs).values()))

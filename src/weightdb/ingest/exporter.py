@@ -6,8 +6,8 @@ interrupted export (or a power loss) never leaves a partial file under the reque
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,23 +16,21 @@ from weightdb.ingest.onnx_format import assemble_onnx, save_onnx
 from weightdb.ingest.safetensors_format import write_safetensors
 from weightdb.storage import dtypes
 from weightdb.storage.page_files import fsync_path
+from weightdb.storage.store import Store
 
-if TYPE_CHECKING:
-    from weightdb.database import Database, Progress
+Progress = Callable[[int, int], None]
 
 FORMATS = (".safetensors", ".onnx", ".npz")
 
 
-def export_model(db: "Database", name: str, path: Path, progress: "Progress | None") -> Path:
+def export_model(store: Store, name: str, path: Path, progress: Progress | None) -> Path:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise WeightDBError(
             f"cannot export to {path}: the file name must end in {', '.join(FORMATS)}"
         )
-    tensors = db.tensors(name)
-    graph, metadata = db.catalog.conn.execute(
-        "SELECT graph, metadata FROM models WHERE name = ?", (name,)
-    ).fetchone()
+    tensors = store.tensors(name)
+    graph, metadata = store.catalog.graph_and_metadata(store.catalog.model_id(name))
     metadata = json.loads(metadata)
     if suffix == ".onnx" and graph is None:
         raise WeightDBError(

@@ -10,24 +10,24 @@ each new block is coded against the parent's block at the same position where th
 import errno
 import hashlib
 import json
-import sqlite3
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from weightdb.errors import ModelExistsError, StorageFullError
 from weightdb.ingest.source import ModelSource
-from weightdb.storage import catalog_digest, lineage
+from weightdb.storage import lineage
 from weightdb.storage.block_writer import BlockWriter
 from weightdb.storage.blocking import as_matrix, layout_for, panel_runs
+from weightdb.storage.catalog import CatalogError
 from weightdb.storage.page_format import ROW_MAJOR
 from weightdb.storage.panel_order import panel_axes
+from weightdb.storage.store import Store
 
-if TYPE_CHECKING:
-    from weightdb.database import Database, Progress
+Progress = Callable[[int, int], None]
 
 
-def _refuse_existing(db: "Database", name: str) -> None:
-    if db.catalog.conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone():
+def _refuse_existing(store: Store, name: str) -> None:
+    if store.catalog.has_model(name):
         raise ModelExistsError(
             f"a model named {name!r} already exists; choose another name or remove it first "
             f"(`weightdb rm {name}`)"
@@ -35,89 +35,72 @@ def _refuse_existing(db: "Database", name: str) -> None:
 
 
 def import_source(
-    db: "Database",
+    store: Store,
     source: ModelSource,
     name: str,
-    progress: "Progress | None",
+    progress: Progress | None,
     parent: str | None = None,
     lossless: bool = False,
 ) -> int:
     """Store ``source`` as model ``name``; with ``lossless``, code it against ``parent`` (found
     among the stored models when None). Returns the bytes of the blocks this import added
     (counted in its own write, as other writers may commit while it waits for the lock)."""
-    _refuse_existing(db, name)
-    parent_id = None if parent is None else db.model_id(parent)
-    with db.writer_lock:
-        db.collect_garbage()
+    catalog = store.catalog
+    _refuse_existing(store, name)
+    parent_id = None if parent is None else catalog.model_id(parent)
+    with store.writer_lock:
+        store.collect_garbage()
         found = (parent_id, "given") if parent_id is not None else None
         if lossless and found is None:
             found = lineage.find_parent(
-                db.catalog.conn,
+                catalog,
                 source,
-                db.settings.block_shape,
-                lambda block_id: db.pool.block_bytes(block_id, ROW_MAJOR),
+                store.settings.block_shape,
+                lambda block_id: store.pool.block_bytes(block_id, ROW_MAJOR),
             )
         bases = {}
         if lossless and found:
-            bases = lineage.base_blocks(db.catalog.conn, found[0], source.tensors)
+            bases = lineage.base_blocks(catalog, found[0], source.tensors)
         writer = BlockWriter(
-            db.catalog.conn,
-            db.pool,
-            db.pages_dir,
-            db.settings.page_size,
-            db.settings.segment_bytes,
-            db.next_ids(),
+            catalog,
+            store.pool,
+            store.pages_dir,
+            store.settings.page_size,
+            store.settings.segment_bytes,
+            store.next_ids(),
             lossless,
         )
         try:
-            tensor_rows, block_rows, digest = _write_blocks(db, source, writer, progress, bases)
+            tensor_rows, block_rows, digest = _write_blocks(store, source, writer, progress, bases)
             writer.finish()
         except BaseException as error:
             writer.abort()
             if isinstance(error, OSError) and error.errno == errno.ENOSPC:
                 raise StorageFullError(
-                    f"the disk holding {db.pages_dir} is full; nothing of {name!r} was "
+                    f"the disk holding {store.pages_dir} is full; nothing of {name!r} was "
                     "imported: free space and retry"
                 ) from error
             raise
         refs = Counter(row[3] for row in block_rows)
         try:
-            with db.catalog.transaction() as conn:
-                _refuse_existing(db, name)
-                cursor = conn.execute(
-                    "INSERT INTO models(name, format, graph, source_digest, status, metadata) "
-                    "VALUES (?, ?, ?, ?, 'ready', ?)",
-                    (name, source.format, source.graph, digest, json.dumps(source.metadata)),
+            with catalog.transaction():
+                _refuse_existing(store, name)
+                writer.insert_rows(refs)
+                catalog.insert_model(
+                    name,
+                    (source.format, source.graph, digest, json.dumps(source.metadata)),
+                    found,
+                    tensor_rows,
+                    block_rows,
                 )
-                model_id = cursor.lastrowid
-                if found is not None:
-                    conn.execute(
-                        "INSERT INTO lineage(model_id, parent_id, found_by) VALUES (?, ?, ?)",
-                        (model_id, *found),
-                    )
-                writer.insert_rows(conn, refs)
-                tensor_ids = []
-                for row in tensor_rows:
-                    cursor = conn.execute(
-                        "INSERT INTO tensors(model_id, position, name, dtype, shape, block_rows, "
-                        "block_cols, nbytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (model_id, *row),
-                    )
-                    tensor_ids.append(cursor.lastrowid)
-                conn.executemany(
-                    "INSERT INTO tensor_blocks(tensor_id, block_row, block_col, block_id) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(tensor_ids[t], i, j, b) for t, i, j, b in block_rows],
-                )
-                catalog_digest.record(conn, [model_id])
-        except (ModelExistsError, sqlite3.Error):
-            db.collect_garbage()
+        except (ModelExistsError, CatalogError):
+            store.collect_garbage()
             raise
     return sum(block.nbytes for block in writer.new_blocks)
 
 
 def _write_blocks(
-    db: "Database", source: ModelSource, writer: BlockWriter, progress, bases: dict
+    store: Store, source: ModelSource, writer: BlockWriter, progress, bases: dict
 ) -> tuple[list, list, str]:
     """Store every block (coded against ``bases``, see ``lineage.base_blocks``); return tensor
     rows, (tensor index, i, j, block id) rows and a content digest of the whole model (names,
@@ -126,7 +109,7 @@ def _write_blocks(
     model_digest = hashlib.sha256()
     axes = panel_axes(source.graph)
     for position, entry in enumerate(source.tensors):
-        layout = layout_for(entry.shape, db.settings.block_shape)
+        layout = layout_for(entry.shape, store.settings.block_shape)
         array = entry.load()
         if array.shape != entry.shape or array.dtype != entry.dtype.numpy:
             raise AssertionError(f"reader returned {array.dtype}{array.shape} for {entry.name}")

@@ -7,7 +7,6 @@ so a model imported or re-laid-out by another process is served without a restar
 """
 
 import json
-import sqlite3
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -38,6 +37,7 @@ from weightdb.server.schemas import (
     Ready,
     ServerMetadata,
 )
+from weightdb.storage.catalog import CatalogError
 
 EXTENSIONS = ["model_list", "metrics"]
 _ERRORS = {
@@ -139,8 +139,8 @@ def _health_routes(db: Database) -> APIRouter:
     def ready() -> Ready:
         """The database answers queries."""
         try:
-            db.catalog.conn.execute("SELECT 1 FROM models LIMIT 1").fetchall()
-        except sqlite3.Error as error:
+            db.store.catalog.answers()
+        except CatalogError as error:
             raise ApiError(503, f"the catalog does not answer: {error}") from None
         return Ready(ready=True)
 

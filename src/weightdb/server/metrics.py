@@ -103,15 +103,8 @@ class _PoolCollector(Collector):
         """Sharing degree -> resident pages with that degree."""
         resident = list(self._db.pool.resident())
         counts: dict[int, int] = {}
-        for start in range(0, len(resident), 500):
-            chunk = resident[start : start + 500]
-            rows = self._db.catalog.conn.execute(  # only "?" placeholders are formatted in
-                "SELECT page_id, COUNT(DISTINCT model_id) FROM page_readers "
-                f"WHERE page_id IN ({', '.join('?' * len(chunk))}) GROUP BY page_id",
-                chunk,
-            )
-            for _, degree in rows:
-                counts[degree] = counts.get(degree, 0) + 1
+        for degree in self._db.store.catalog.sharing_degrees(resident).values():
+            counts[degree] = counts.get(degree, 0) + 1
         return counts
 
 

@@ -28,16 +28,13 @@ class SharingScheduler:
         """The pages the model reads its blocks from; empty for a model that does not exist (its
         requests fail on their own, they must not fail the round)."""
         try:
-            key = (self._db.model_id(model), self._db.layout_generation())
+            catalog = self._db.store.catalog
+            key = (catalog.model_id(model), catalog.layout_generation())
         except WeightDBError:
             return frozenset()
         cached = self._pages.get(model)
         if cached is None or cached[0] != key:
-            rows = self._db.catalog.conn.execute(
-                "SELECT DISTINCT page_id FROM page_readers WHERE model_id = ?",
-                (key[0],),
-            )
-            cached = (key, frozenset(page for (page,) in rows))
+            cached = (key, catalog.model_pages(key[0]))
             self._pages[model] = cached
         return cached[1]
 
@@ -87,7 +84,7 @@ class Round:
         stats = self._db.pool.stats()
         cap = int(stats.budget_bytes * self._hold_fraction)
         for page in sorted((self._pages[model] & later & resident) - self._held.keys()):
-            size = self._db.locate_page(page).length
+            size = self._db.store.locate_page(page).length
             if sum(self._held.values()) + size > cap:
                 break
             user = next(m for m in later_models if page in self._pages[m])

@@ -18,7 +18,6 @@ Its digest stays that of its row-major content, so duplicates are found whatever
 """
 
 import hashlib
-import sqlite3
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from weightdb.storage import codecs
 from weightdb.storage.buffer_pool import BufferPool
+from weightdb.storage.catalog import Catalog
 from weightdb.storage.page_files import PageLocation, PageReader, SegmentWriter
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder
 from weightdb.storage.page_images import block_content
@@ -70,7 +70,7 @@ class BlockCoding:
 class BlockWriter:
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        catalog: Catalog,
         pool: BufferPool,
         pages_dir: Path,
         page_size: int,
@@ -78,7 +78,7 @@ class BlockWriter:
         next_ids: tuple[int, int, int],
         lossless: bool = False,
     ) -> None:
-        self.conn = conn
+        self.catalog = catalog
         self.lossless = lossless
         self.codings: list[BlockCoding] = []
         self.pool = pool
@@ -162,10 +162,7 @@ class BlockWriter:
             stored = block_content(page, candidate.slot, self.pool.bases)
             if stored == content:
                 return candidate.block_id
-        rows = self.conn.execute(
-            "SELECT block_id, page_id, slot FROM blocks WHERE digest = ?", (digest,)
-        ).fetchall()
-        for block_id, page_id, slot in rows:
+        for block_id, page_id, slot in self.catalog.blocks_with_digest(digest):
             with self.pool.pinned(page_id) as page:
                 if page.block_content(slot) == content:
                     return block_id
@@ -206,16 +203,11 @@ class BlockWriter:
         self._reader.close()
         self._segments.abort()
 
-    def insert_rows(self, conn: sqlite3.Connection, refs: dict[int, int]) -> None:
+    def insert_rows(self, refs: dict[int, int]) -> None:
         """Inside the caller's transaction: the new pages and blocks, and reference counts."""
-        conn.executemany(
-            "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
-            [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in self.new_pages],
-        )
+        self.catalog.insert_pages(self.new_pages)
         new_ids = {b.block_id for b in self.new_blocks}
-        conn.executemany(
-            "INSERT INTO blocks(block_id, digest, dtype, rows, cols, nbytes, page_id, slot, refs)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self.catalog.insert_blocks(
             [
                 (
                     b.block_id,
@@ -230,13 +222,8 @@ class BlockWriter:
                 )
                 for b in self.new_blocks
             ],
-        )
-        conn.executemany(
-            "INSERT INTO block_codings(block_id, codec, base_block_id, stored_nbytes) "
-            "VALUES (?, ?, ?, ?)",
             [(c.block_id, c.codec, c.base_block_id, c.stored_nbytes) for c in self.codings],
         )
-        conn.executemany(
-            "UPDATE blocks SET refs = refs + ? WHERE block_id = ?",
-            [(count, block_id) for block_id, count in refs.items() if block_id not in new_ids],
+        self.catalog.add_references(
+            {block_id: count for block_id, count in refs.items() if block_id not in new_ids}
         )

@@ -11,18 +11,17 @@ files are removed by the next writer), after it the new one; exports stay bit-id
 """
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from weightdb.storage import catalog_digest, codecs, lineage
+from weightdb.storage import codecs, lineage
 from weightdb.storage.page_files import SegmentWriter
 from weightdb.storage.page_format import ROW_MAJOR, PageBuilder
-from weightdb.storage.reclaim import retire_pages
+from weightdb.storage.store import Store
 
-if TYPE_CHECKING:
-    from weightdb.database import Database, Progress
+Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -55,43 +54,23 @@ class _Tensor:
 
 
 def compress(
-    db: "Database", lossless: bool = True, progress: "Progress | None" = None
+    store: Store, lossless: bool = True, progress: Progress | None = None
 ) -> CompressReport:
     """Rewrite every page with blocks coded (``lossless``) or all raw (see module docstring)."""
     start = time.perf_counter()
-    with db.writer_lock:
-        db.collect_garbage()
-        conn = db.catalog.conn
-        catalog_digest.refuse_damaged(conn)
-        found = _find_parents(db) if lossless else {}
-        bases = _choose_bases(db, found) if lossless else {}
-        pages = conn.execute("SELECT page_id, length FROM pages ORDER BY page_id").fetchall()
-        moved, codings, new_pages = _rewrite(db, pages, bases, lossless, progress)
-        names = dict(conn.execute("SELECT model_id, name FROM models"))
-        with db.catalog.transaction() as tx:  # digests checked above, recorded anew below
-            tx.executemany(
-                "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
-                [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
-            )
-            for table in ("blocks", "block_copies"):
-                tx.executemany(
-                    f"UPDATE {table} SET page_id = ?, slot = ? WHERE page_id = ? AND slot = ?",
-                    [(*new, *old) for old, new in moved.items()],
-                )
-            tx.execute("DELETE FROM block_codings")
-            tx.executemany(
-                "INSERT INTO block_codings(block_id, codec, base_block_id, stored_nbytes) "
-                "VALUES (?, ?, ?, ?)",
-                codings,
-            )
-            tx.executemany(
-                "INSERT INTO lineage(model_id, parent_id, found_by) VALUES (?, ?, ?)",
-                [(child, parent, how) for child, (parent, how) in found.items()],
-            )
-            retire_pages(tx, {p for p, _ in pages})
-            db.catalog.bump_layout_generation(tx)
-            catalog_digest.record(tx, names)
-        db.pool.discard({p for p, _ in pages})
+    catalog = store.catalog
+    with store.writer_lock:
+        store.collect_garbage()
+        catalog.refuse_damaged()
+        found = _find_parents(store) if lossless else {}
+        bases = _choose_bases(store, found) if lossless else {}
+        pages = catalog.live_pages()
+        moved, codings, new_pages = _rewrite(store, pages, bases, lossless, progress)
+        names = {model_id: name for name, model_id in catalog.model_ids().items()}
+        with catalog.transaction():  # digests checked above, recorded anew in move_slots
+            catalog.set_parents((child, parent, how) for child, (parent, how) in found.items())
+            catalog.move_slots(new_pages, moved, codings, {p for p, _ in pages})
+        store.pool.discard({p for p, _ in pages})
     return CompressReport(
         pages_before=len(pages),
         pages_after=len(new_pages),
@@ -104,23 +83,23 @@ def compress(
     )
 
 
-def _find_parents(db: "Database") -> dict[int, tuple[int, str]]:
+def _find_parents(store: Store) -> dict[int, tuple[int, str]]:
     """Model id -> (parent id, how found) for models without a parent that have one among the
     models imported before them."""
-    conn = db.catalog.conn
-    known = {m for (m,) in conn.execute("SELECT model_id FROM lineage")}
+    known = store.catalog.parents()
     found = {}
-    for model_id, name in conn.execute("SELECT model_id, name FROM models ORDER BY model_id"):
+    for model_id, name, _ in store.catalog.models_in_order():
         if model_id in known:
             continue
         tensors = [
-            _Tensor(t.name, t.dtype, t.shape, t.read, t.nbytes) for t in db.tensors(name).values()
+            _Tensor(t.name, t.dtype, t.shape, t.read, t.nbytes)
+            for t in store.tensors(name).values()
         ]
         parent = lineage.find_parent(
-            conn,
+            store.catalog,
             _Source(tensors),
-            db.settings.block_shape,
-            lambda block_id: db.pool.block_bytes(block_id, ROW_MAJOR),
+            store.settings.block_shape,
+            lambda block_id: store.pool.block_bytes(block_id, ROW_MAJOR),
             before=model_id,
         )
         if parent is not None:
@@ -128,17 +107,11 @@ def _find_parents(db: "Database") -> dict[int, tuple[int, str]]:
     return found
 
 
-def _choose_bases(db: "Database", found: dict[int, tuple[int, str]]) -> dict[int, int]:
+def _choose_bases(store: Store, found: dict[int, tuple[int, str]]) -> dict[int, int]:
     """Block -> the block to try coding it against, deciding blocks in model order."""
-    conn = db.catalog.conn
-    parents = dict(conn.execute("SELECT model_id, parent_id FROM lineage"))
+    parents = store.catalog.parents()
     parents.update({child: parent for child, (parent, _) in found.items()})
-    positions: dict[int, dict[tuple, int]] = {}  # (name, dtype, shape, i, j) -> block
-    for model_id, *key, block_id in conn.execute(
-        "SELECT t.model_id, t.name, t.dtype, t.shape, tb.block_row, tb.block_col, tb.block_id "
-        "FROM tensors t JOIN tensor_blocks tb USING (tensor_id) ORDER BY t.model_id"
-    ):
-        positions.setdefault(model_id, {})[tuple(key)] = block_id
+    positions = store.catalog.positions_by_model()
     bases: dict[int, int] = {}
     decided: set[int] = set()
     for model_id, blocks in positions.items():
@@ -155,32 +128,26 @@ def _choose_bases(db: "Database", found: dict[int, tuple[int, str]]) -> dict[int
 
 
 def _rewrite(
-    db: "Database",
+    store: Store,
     pages: list[tuple[int, int]],
     bases: dict[int, int],
     lossless: bool,
-    progress: "Progress | None",
+    progress: Progress | None,
 ):
     """Write every live block of ``pages`` (id, length) into new pages, in the same order.
 
     Returns (old page, slot) -> (new page, slot), the rows of ``block_codings`` and the pages."""
-    conn = db.catalog.conn
-    live = {
-        (page_id, slot)
-        for page_id, slot in conn.execute(
-            "SELECT page_id, slot FROM blocks UNION SELECT page_id, slot FROM block_copies"
-        )
-    }
-    _, next_page, next_segment = db.next_ids()
-    segments = SegmentWriter(db.pages_dir, next_segment, db.settings.segment_bytes)
-    builder = PageBuilder(db.settings.page_size)
+    live = store.catalog.live_slots()
+    _, next_page, next_segment = store.next_ids()
+    segments = SegmentWriter(store.pages_dir, next_segment, store.settings.segment_bytes)
+    builder = PageBuilder(store.settings.page_size)
     moved: dict[tuple[int, int], tuple[int, int]] = {}
     codings: dict[int, tuple[int, int, int | None, int]] = {}
     written = []
     try:
         total = sum(length for _, length in pages)
         for page_id, length in pages:
-            with db.pool.pinned(page_id) as page:
+            with store.pool.pinned(page_id) as page:
                 for slot, entry in enumerate(page.entries):
                     if (page_id, slot) not in live:
                         continue
@@ -189,7 +156,9 @@ def _rewrite(
                     codec, encoded = codecs.RAW, None
                     if lossless:
                         base = bases.get(entry.block_id)
-                        against = None if base is None else db.pool.block_bytes(base, entry.order)
+                        against = (
+                            None if base is None else store.pool.block_bytes(base, entry.order)
+                        )
                         itemsize = page.block(slot).itemsize
                         codec, encoded = codecs.choose(
                             np.frombuffer(space, np.uint8), itemsize, against

@@ -10,7 +10,6 @@ itself a delta, against its base instead, so a delta's base is never a delta.
 """
 
 import json
-import sqlite3
 from collections.abc import Callable
 
 import numpy as np
@@ -18,6 +17,7 @@ import numpy as np
 from weightdb.storage import codecs
 from weightdb.storage.block_writer import block_digest
 from weightdb.storage.blocking import as_matrix, layout_for
+from weightdb.storage.catalog import Catalog
 
 SAMPLE_BLOCKS = 24
 """Positions sampled to choose a parent: enough to tell siblings from strangers."""
@@ -30,36 +30,25 @@ def signature_of(tensors) -> Signature:
     return {t.name: (t.dtype.name, json.dumps(list(t.shape))) for t in tensors}
 
 
-def candidates(conn: sqlite3.Connection, tensors, before: int | None) -> list[int]:
+def candidates(catalog: Catalog, tensors, before: int | None) -> list[int]:
     """Stored models whose tensors matching ``tensors`` in name, dtype and shape hold more than
     half of their bytes, newest first (only models imported before ``before`` if given)."""
     signature = signature_of(tensors)
     nbytes = {t.name: t.nbytes for t in tensors}
     matched: dict[int, int] = {}
-    for model_id, name, dtype, shape in conn.execute(
-        "SELECT model_id, name, dtype, shape FROM tensors WHERE model_id < ?",
-        (before if before is not None else 2**62,),
-    ):
+    for model_id, name, dtype, shape in catalog.tensor_signatures(before):
         if signature.get(name) == (dtype, shape):
             matched[model_id] = matched.get(model_id, 0) + nbytes[name]
     total = sum(nbytes.values())
     return sorted((m for m, n in matched.items() if 2 * n > total), reverse=True)
 
 
-def base_blocks(
-    conn: sqlite3.Connection, parent_id: int, tensors
-) -> dict[tuple[str, int, int], int]:
+def base_blocks(catalog: Catalog, parent_id: int, tensors) -> dict[tuple[str, int, int], int]:
     """(tensor name, block row, block col) -> the block a child's block there is coded against:
     the parent's block, or that block's own base if it is a delta; only for the parent's
     tensors that match ``tensors`` in name, dtype and shape."""
     signature = signature_of(tensors)
-    rows = conn.execute(
-        "SELECT t.name, t.dtype, t.shape, tb.block_row, tb.block_col, "
-        "COALESCE(c.base_block_id, tb.block_id) FROM tensors t JOIN tensor_blocks tb "
-        "USING (tensor_id) LEFT JOIN block_codings c ON c.block_id = tb.block_id "
-        "WHERE t.model_id = ?",
-        (parent_id,),
-    )
+    rows = catalog.coding_bases(parent_id)
     return {
         (name, i, j): block
         for name, dtype, shape, i, j, block in rows
@@ -68,7 +57,7 @@ def base_blocks(
 
 
 def find_parent(
-    conn: sqlite3.Connection,
+    catalog: Catalog,
     source,
     block_shape: tuple[int, int],
     row_major_bytes: Callable[[int], np.ndarray],
@@ -76,22 +65,11 @@ def find_parent(
 ) -> tuple[int, str] | None:
     """The parent to code ``source`` against and how it was found, or None (``before``: see
     ``candidates``)."""
-    models = candidates(conn, source.tensors, before)
+    models = candidates(catalog, source.tensors, before)
     if not models:
         return None
     sample = _sample(source, block_shape)
-    digests = {
-        model: {
-            (name, i, j): digest
-            for name, i, j, digest in conn.execute(
-                "SELECT t.name, tb.block_row, tb.block_col, b.digest FROM tensors t "
-                "JOIN tensor_blocks tb USING (tensor_id) JOIN blocks b USING (block_id) "
-                "WHERE t.model_id = ?",
-                (model,),
-            )
-        }
-        for model in models
-    }
+    digests = {model: catalog.position_digests(model) for model in models}
     shared = {
         model: sum(digests[model].get(key) == digest for key, digest, _, _ in sample)
         for model in models
@@ -101,7 +79,7 @@ def find_parent(
         return best, "shared blocks"
 
     def coded_bytes(model: int) -> int:
-        bases = base_blocks(conn, model, source.tensors)
+        bases = base_blocks(catalog, model, source.tensors)
         return sum(
             len(codecs.encode(data, itemsize, row_major_bytes(bases[key])))
             if key in bases

@@ -33,21 +33,14 @@ import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT, Instance, Layout, solve
 from weightdb.packing.local_search import SearchProgress
-from weightdb.storage import catalog_digest
 from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import Page, PageBuilder
 from weightdb.storage.panel_order import panel_axes
-from weightdb.storage.reclaim import retire_pages
-
-if TYPE_CHECKING:
-    import sqlite3
-
-    from weightdb.database import Database
+from weightdb.storage.store import Store
 
 NOMINAL_ITEMSIZE = 4  # float32: the block size that page capacity in blocks is counted in
 
@@ -125,39 +118,13 @@ class Placement:
         return sum(1 for count in Counter(block for _, block in stored).values() if count > 1)
 
 
-def model_blocks(conn: "sqlite3.Connection") -> dict[str, list[int]]:
-    """Every model's distinct block ids: the packing instance of the database. A model reading
-    a delta reads its base too (``block_codings``)."""
-    blocks: dict[str, set[int]] = defaultdict(set)
-    for name, block_id, base in conn.execute(
-        "SELECT m.name, tb.block_id, c.base_block_id FROM tensor_blocks tb "
-        "JOIN tensors t USING (tensor_id) JOIN models m USING (model_id) "
-        "LEFT JOIN block_codings c USING (block_id)"
-    ):
-        blocks[name].add(block_id)
-        if base is not None:
-            blocks[name].add(base)
-    return {name: sorted(ids) for name, ids in sorted(blocks.items())}
-
-
-def pages_read(conn: "sqlite3.Connection") -> dict[str, dict[str, int]]:
-    """Per model, the distinct pages it reads to load all of its weights, and their bytes
-    (which include any foreign blocks those pages hold)."""
-    rows = conn.execute(
-        "SELECT m.name, COUNT(*), SUM(p.length) FROM (SELECT DISTINCT page_id, model_id "
-        "FROM page_readers) JOIN pages p USING (page_id) JOIN models m USING (model_id) "
-        "GROUP BY m.name ORDER BY m.name"
-    ).fetchall()
-    return {name: {"pages": pages, "bytes": nbytes} for name, pages, nbytes in rows}
-
-
-def blocks_per_page(db: "Database") -> int:
-    rows, cols = db.settings.block_shape
-    return max(1, db.settings.page_size // (rows * cols * NOMINAL_ITEMSIZE))
+def blocks_per_page(store: Store) -> int:
+    rows, cols = store.settings.block_shape
+    return max(1, store.settings.page_size // (rows * cols * NOMINAL_ITEMSIZE))
 
 
 def repack(
-    db: "Database",
+    store: Store,
     algorithm: str = DEFAULT_ALGORITHM,
     frequencies: dict[str, float] | None = None,
     *,
@@ -168,19 +135,19 @@ def repack(
     """Store every block in the layout ``algorithm`` finds, if it is better than the current
     one or ``force`` is set (see the module docstring)."""
     start = time.perf_counter()
-    with db.writer_lock:
-        db.collect_garbage()
-        conn = db.catalog.conn
-        catalog_digest.refuse_damaged(conn)
-        models = model_blocks(conn)
-        instance = Instance.from_models(models, blocks_per_page(db), frequencies)
+    catalog = store.catalog
+    with store.writer_lock:
+        store.collect_garbage()
+        catalog.refuse_damaged()
+        models = catalog.model_blocks()
+        instance = Instance.from_models(models, blocks_per_page(store), frequencies)
         solved = solve(instance, algorithm, time_limit, progress) if models else None
         layout = solved.layout if solved else Layout(pages=(), reads={})
         placement = Placement.of(layout)
-        before = pages_read(conn)
-        old_pages = {p for (p,) in conn.execute("SELECT page_id FROM pages")}
-        bytes_before = _page_bytes(conn)
-        locations, new_pages = _write_layout(db, _reading_order(conn, placement))
+        before = catalog.pages_read()
+        old_pages = {p for p, _ in catalog.live_pages()}
+        bytes_before = catalog.page_bytes()
+        locations, new_pages = _write_layout(store, _reading_order(store, placement))
         candidate = {
             "weighted_pages_read": _weighted(instance, _stored_reads(placement, locations)),
             "pages": len(new_pages),
@@ -190,18 +157,18 @@ def repack(
         current = (weighted_before, len(old_pages), bytes_before)
         kept = not force and not _better(tuple(candidate.values()), current)
         if kept:
-            db.collect_garbage()  # the new pages' files, which no page refers to
+            store.collect_garbage()  # the new pages' files, which no page refers to
         else:
-            _commit(db, placement, locations, new_pages, old_pages)
-        after = pages_read(conn)
-        bytes_after = _page_bytes(conn)
+            _commit(store, placement, locations, new_pages, old_pages)
+        after = catalog.pages_read()
+        bytes_after = catalog.page_bytes()
     return RepackReport(
         algorithm=algorithm,
         blocks_per_page=instance.blocks_per_page,
         pages_before=len(old_pages),
         pages_after=len(old_pages) if kept else len(new_pages),
         lower_bound_pages=instance.lower_bound_pages,
-        copied_blocks=_copied_blocks(conn) if kept else placement.copied_blocks,
+        copied_blocks=catalog.copied_block_count() if kept else placement.copied_blocks,
         page_bytes_before=bytes_before,
         page_bytes_after=bytes_after,
         pages_read_before=before,
@@ -218,7 +185,7 @@ def repack(
 
 
 def _commit(
-    db: "Database",
+    store: Store,
     placement: Placement,
     locations: dict[Occurrence, tuple[int, int]],
     new_pages: list[PageLocation],
@@ -226,29 +193,19 @@ def _commit(
 ) -> None:
     """Switch the catalog to the new pages in one transaction and retire the old ones; the
     models' digests, checked before planning (``repack``), are recorded anew."""
-    conn = db.catalog.conn
-    model_ids = dict(conn.execute("SELECT name, model_id FROM models"))
-    with db.catalog.transaction() as tx:
-        tx.executemany(
-            "INSERT INTO pages(page_id, file, offset, length, checksum) VALUES (?, ?, ?, ?, ?)",
-            [(p.page_id, p.file, p.offset, p.length, p.checksum) for p in new_pages],
-        )
-        tx.executemany(
-            "UPDATE blocks SET page_id = ?, slot = ? WHERE block_id = ?",
+    catalog = store.catalog
+    model_ids = catalog.model_ids()
+    with catalog.transaction():
+        catalog.place_blocks(
+            new_pages,
             [(*locations[index, block], block) for block, index in placement.primary.items()],
-        )
-        tx.execute("DELETE FROM block_copies")
-        tx.executemany(
-            "INSERT INTO block_copies(model_id, block_id, page_id, slot) VALUES (?, ?, ?, ?)",
             [
                 (model_ids[model], block, *locations[index, block])
                 for model, block, index in placement.copies
             ],
+            old_pages,
         )
-        retire_pages(tx, old_pages)
-        db.catalog.bump_layout_generation(tx)
-        catalog_digest.record(tx, model_ids.values())
-    db.pool.discard(old_pages)
+    store.pool.discard(old_pages)
 
 
 def _stored_reads(
@@ -274,70 +231,41 @@ def _better(new: tuple[float, ...], current: tuple[float, ...]) -> bool:
     return new[1:] < current[1:]
 
 
-def _copied_blocks(conn: "sqlite3.Connection") -> int:
-    return conn.execute("SELECT COUNT(DISTINCT block_id) FROM block_copies").fetchone()[0]
-
-
-def _page_bytes(conn: "sqlite3.Connection") -> int:
-    return conn.execute("SELECT COALESCE(SUM(length), 0) FROM pages").fetchone()[0]
-
-
-def _reading_order(conn: "sqlite3.Connection", placement: Placement) -> list[Occurrence]:
+def _reading_order(store: Store, placement: Placement) -> list[Occurrence]:
     """Every occurrence some model reads, in the order of reading every model front to back in
     import order, each tensor by its panels (``panel_order``), then the bases of its deltas:
     the order to write pages and their blocks in, so that a panel's blocks stay back to back
     where a page holds them."""
+    catalog = store.catalog
     order: dict[Occurrence, None] = {}
-    models = conn.execute("SELECT model_id, name, graph FROM models ORDER BY model_id").fetchall()
-    for model_id, model, graph in models:
+    for model_id, model, graph in catalog.models_in_order():
         axes = panel_axes(graph)
-        tensors = conn.execute(
-            "SELECT tensor_id, name, shape, block_rows, block_cols FROM tensors "
-            "WHERE model_id = ? ORDER BY position",
-            (model_id,),
-        ).fetchall()
-        for tensor_id, name, shape, block_rows, block_cols in tensors:
-            grid = {
-                (i, j): block_id
-                for i, j, block_id in conn.execute(
-                    "SELECT block_row, block_col, block_id FROM tensor_blocks WHERE tensor_id = ?",
-                    (tensor_id,),
-                )
-            }
-            layout = BlockLayout(tuple(json.loads(shape)), block_rows, block_cols)
-            for run, _ in panel_runs(layout, axes.get(name)):
+        for tensor in catalog.tensor_rows(model_id):
+            grid = catalog.tensor_grid(tensor.tensor_id)
+            shape = tuple(json.loads(tensor.shape))
+            layout = BlockLayout(shape, tensor.block_rows, tensor.block_cols)
+            for run, _ in panel_runs(layout, axes.get(tensor.name)):
                 for position in run:
                     block_id = grid[position]
                     order.setdefault((placement.sources[model][block_id], block_id))
         # The bases of the model's deltas last, so that they never split a panel.
-        for (base,) in conn.execute(
-            "SELECT DISTINCT c.base_block_id FROM block_codings c JOIN tensor_blocks tb "
-            "USING (block_id) JOIN tensors t USING (tensor_id) "
-            "WHERE t.model_id = ? AND c.base_block_id IS NOT NULL ORDER BY 1",
-            (model_id,),
-        ):
+        for base in catalog.delta_bases(model_id):
             order.setdefault((placement.sources[model][base], base))
     return list(order)
 
 
 def _write_layout(
-    db: "Database", order: list[Occurrence]
+    store: Store, order: list[Occurrence]
 ) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
     """Copy every occurrence into the new pages, pages and blocks in ``order``; a layout page
     whose blocks exceed the page size in bytes (wide dtypes) continues on a further page of the
     same blocks' readers. Coded blocks (the lossless tier) are copied as stored, codec and
     base with them. Returns where each occurrence went (page id, slot) and the pages
     written."""
-    conn = db.catalog.conn
-    where = {
-        block_id: (dtype, rows, cols, nbytes, page_id, slot)
-        for block_id, dtype, rows, cols, nbytes, page_id, slot in conn.execute(
-            "SELECT block_id, dtype, rows, cols, nbytes, page_id, slot FROM blocks"
-        )
-    }
-    _, next_page, next_segment = db.next_ids()
-    segments = SegmentWriter(db.pages_dir, next_segment, db.settings.segment_bytes)
-    builder = PageBuilder(db.settings.page_size)
+    where = store.catalog.block_places()
+    _, next_page, next_segment = store.next_ids()
+    segments = SegmentWriter(store.pages_dir, next_segment, store.settings.segment_bytes)
+    builder = PageBuilder(store.settings.page_size)
     locations: dict[Occurrence, tuple[int, int]] = {}
     written: list[PageLocation] = []
 
@@ -351,7 +279,7 @@ def _write_layout(
     by_page: dict[int, list[int]] = defaultdict(list)
     for index, block_id in order:
         by_page[index].append(block_id)
-    coded = {block for (block,) in conn.execute("SELECT block_id FROM block_codings")}
+    coded = store.catalog.coded_block_ids()
     as_stored: dict[int, Page] = {}  # the last old page read from disk, its blocks still coded
     try:
         for index, page in by_page.items():
@@ -361,11 +289,11 @@ def _write_layout(
                     flush()
                 if block_id in coded:  # copied as stored: the pool holds it decoded
                     if old_page not in as_stored:
-                        as_stored = {old_page: db.reader.read(db.locate_page(old_page))}
+                        as_stored = {old_page: store.reader.read(store.locate_page(old_page))}
                     entry = as_stored[old_page].entries[old_slot]
                     builder.reserve(entry.stored_nbytes)[:] = as_stored[old_page].stored(old_slot)
                 else:
-                    with db.pool.pinned(old_page) as source:
+                    with store.pool.pinned(old_page) as source:
                         entry = source.entries[old_slot]
                         builder.reserve(nbytes)[:] = source.block_bytes(old_slot)
                 slot = builder.commit(

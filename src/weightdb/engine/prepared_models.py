@@ -10,19 +10,17 @@ verdict with another graph's run.
 
 import threading
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
-from weightdb.engine import PreparedModel, prepare
+from weightdb.engine.executor import PreparedModel, prepare
 from weightdb.engine.row_independence import RowIndependence, row_independence
 from weightdb.errors import WeightDBError
-
-if TYPE_CHECKING:
-    from weightdb.database import Database
+from weightdb.storage.store import Store
 
 
 class PreparedModels:
-    def __init__(self, db: "Database", capacity: int = 32) -> None:
-        self._db = db
+    def __init__(self, store: Store, batch_invariant: bool, capacity: int = 32) -> None:
+        self._store = store
+        self._batch_invariant = batch_invariant
         self._capacity = capacity
         self._entries: OrderedDict[str, tuple[tuple, PreparedModel, RowIndependence]] = (
             OrderedDict()
@@ -34,7 +32,7 @@ class PreparedModels:
 
     def batchable(self, name: str) -> tuple[PreparedModel, RowIndependence]:
         """The compiled model and whether requests for it may be stacked into one batch."""
-        key = (self._db.model_id(name), self._db.layout_generation())
+        key = (self._store.catalog.model_id(name), self._store.catalog.layout_generation())
         with self._lock:
             entry = self._entries.get(name)
             if entry is not None and entry[0] == key:
@@ -54,18 +52,18 @@ class PreparedModels:
             self._entries.clear()
 
     def _compile(self, name: str) -> tuple[PreparedModel, RowIndependence]:
-        model = self._db.graph(name)
+        model = self._store.graph(name)
         if model is None:
             raise WeightDBError(
                 f"model {name!r} has weights but no graph, so it cannot predict; import it from "
                 "an ONNX file (or a PyTorch module with from_torch)"
             )
-        db = self._db
-        tensors = db.tensors(name)
+        store = self._store
+        tensors = store.tensors(name)
         prepared = prepare(
             model,
             tensors,
-            on_run=lambda: db.pool.begin_query(name),
-            batch_invariant=db.batch_invariant,
+            on_run=lambda: store.pool.begin_query(name),
+            batch_invariant=self._batch_invariant,
         )
         return prepared, row_independence(model, {n: t.shape for n, t in tensors.items()})

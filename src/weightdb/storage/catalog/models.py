@@ -1,0 +1,178 @@
+"""Rows of models and their tensors: names, graphs, and the map from block positions to pages."""
+
+import sqlite3
+from dataclasses import dataclass
+
+from weightdb.errors import ModelNotFoundError
+from weightdb.names import check_model_name
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    format: str
+    tensors: int
+    logical_bytes: int
+    has_graph: bool
+    source_digest: str
+    created_at: str
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class TensorRow:
+    tensor_id: int
+    name: str
+    dtype: str
+    shape: str
+    """JSON list."""
+    block_rows: int
+    block_cols: int
+
+
+class ModelRows:
+    """Model methods of the catalog (mixed into ``Catalog``)."""
+
+    conn: sqlite3.Connection
+
+    def model_id(self, name: str) -> int:
+        row = self.conn.execute(
+            "SELECT model_id FROM models WHERE name = ?", (check_model_name(name),)
+        ).fetchone()
+        if row is None:
+            known = self.model_names()[:20]
+            hint = f"; stored models: {', '.join(known)}" if known else "; the database is empty"
+            raise ModelNotFoundError(f"no model named {name!r}{hint}")
+        return row[0]
+
+    def has_model(self, name: str) -> bool:
+        return (
+            self.conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is not None
+        )
+
+    def model_names(self) -> list[str]:
+        """Every model's name, in the order they were imported."""
+        return [n for (n,) in self.conn.execute("SELECT name FROM models ORDER BY model_id")]
+
+    def model_ids(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT name, model_id FROM models"))
+
+    def model_infos(self, model_id: int | None = None) -> list[ModelInfo]:
+        """Every model (or the one with ``model_id``), by name."""
+        where, parameters = ("WHERE m.model_id = ?", (model_id,)) if model_id else ("", ())
+        rows = self.conn.execute(
+            "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
+            "m.graph IS NOT NULL, m.source_digest, m.created_at, "
+            "(SELECT p.name FROM lineage l JOIN models p ON p.model_id = l.parent_id "
+            "WHERE l.model_id = m.model_id) "
+            f"FROM models m LEFT JOIN tensors t USING (model_id) {where} "
+            "GROUP BY m.model_id ORDER BY m.name",
+            parameters,
+        ).fetchall()
+        return [ModelInfo(*row[:4], bool(row[4]), *row[5:]) for row in rows]
+
+    def graph_and_metadata(self, model_id: int) -> tuple[bytes | None, str]:
+        """The model's serialized graph without stored initializers (None for weights only)
+        and its source metadata (JSON), once the model row is checked against its digest."""
+        self.check_model(model_id)
+        return self.conn.execute(
+            "SELECT graph, metadata FROM models WHERE model_id = ?", (model_id,)
+        ).fetchone()
+
+    def tensor_rows(self, model_id: int) -> list[TensorRow]:
+        """The model's tensors in source order."""
+        return [
+            TensorRow(*row)
+            for row in self.conn.execute(
+                "SELECT tensor_id, name, dtype, shape, block_rows, block_cols FROM tensors "
+                "WHERE model_id = ? ORDER BY position",
+                (model_id,),
+            )
+        ]
+
+    def block_reads(self, model_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
+        """Tensor id -> (block row, block col, page id, slot) the model reads each block from,
+        once every row that maps them is checked against its digests."""
+        self.check_tensors(model_id)
+        blocks: dict[int, list[tuple[int, int, int, int]]] = {}
+        for tensor_id, *position in self.conn.execute(
+            "SELECT tensor_id, block_row, block_col, page_id, slot FROM block_reads "
+            "WHERE model_id = ?",
+            (model_id,),
+        ):
+            blocks.setdefault(tensor_id, []).append(tuple(position))
+        return blocks
+
+    def insert_model(
+        self,
+        name: str,
+        source: tuple[str, bytes | None, str, str],
+        parent: tuple[int, str] | None,
+        tensors: list[tuple],
+        blocks: list[tuple[int, int, int, int]],
+    ) -> int:
+        """Inside a transaction: a new model's rows, its digests included. ``source`` is
+        (format, graph, source digest, metadata JSON), ``parent`` (parent id, how found),
+        ``tensors`` rows of (position, name, dtype, shape, block rows, block cols, nbytes) and
+        ``blocks`` rows of (index into ``tensors``, block row, block col, block id). Returns
+        the model id."""
+        model_id = self.conn.execute(
+            "INSERT INTO models(name, format, graph, source_digest, status, metadata) "
+            "VALUES (?, ?, ?, ?, 'ready', ?)",
+            (name, *source),
+        ).lastrowid
+        if parent is not None:
+            self.conn.execute(
+                "INSERT INTO lineage(model_id, parent_id, found_by) VALUES (?, ?, ?)",
+                (model_id, *parent),
+            )
+        tensor_ids = [
+            self.conn.execute(
+                "INSERT INTO tensors(model_id, position, name, dtype, shape, block_rows, "
+                "block_cols, nbytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (model_id, *row),
+            ).lastrowid
+            for row in tensors
+        ]
+        self.conn.executemany(
+            "INSERT INTO tensor_blocks(tensor_id, block_row, block_col, block_id) "
+            "VALUES (?, ?, ?, ?)",
+            [(tensor_ids[t], i, j, b) for t, i, j, b in blocks],
+        )
+        self.record_digests([model_id])
+        return model_id
+
+    def delete_model(self, model_id: int) -> None:
+        """Inside a transaction: drop the model's rows and its references to blocks (then call
+        ``reclaim_unreferenced``)."""
+        self.conn.execute(
+            "UPDATE blocks SET refs = refs - counts.n FROM ("
+            "  SELECT tb.block_id, COUNT(*) AS n FROM tensor_blocks tb"
+            "  JOIN tensors t USING (tensor_id) WHERE t.model_id = ? GROUP BY tb.block_id"
+            ") AS counts WHERE blocks.block_id = counts.block_id",
+            (model_id,),
+        )
+        self.conn.execute(
+            "DELETE FROM tensor_blocks WHERE tensor_id IN "
+            "(SELECT tensor_id FROM tensors WHERE model_id = ?)",
+            (model_id,),
+        )
+        self.conn.execute("DELETE FROM models WHERE model_id = ?", (model_id,))
+
+    def counts(self) -> dict[str, int]:
+        """Rows and bytes for ``weightdb stats``."""
+        conn = self.conn
+        (models,) = conn.execute("SELECT COUNT(*) FROM models").fetchone()
+        tensors, logical = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM tensors"
+        ).fetchone()
+        blocks, refs = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(refs), 0) FROM blocks"
+        ).fetchone()
+        return {
+            "models": models,
+            "tensors": tensors,
+            "logical_bytes": logical,
+            "distinct_blocks": blocks,
+            "block_references": refs,
+        }
