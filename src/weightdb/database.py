@@ -9,7 +9,7 @@ commits in one catalog transaction, and files no committed row refers to are rem
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -28,7 +28,7 @@ from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
 from weightdb.names import check_model_name
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
-from weightdb.packing.local_search import SearchProgress
+from weightdb.progress import Progress
 from weightdb.serving.prepared_models import PreparedModels
 from weightdb.sql.session import SQLSession
 from weightdb.storage import catalog_digest, dtypes, reclaim
@@ -54,9 +54,6 @@ CATALOG = "catalog.sqlite"
 PAGES = "pages"
 CONFIG = "config.toml"
 LOCK = "writer.lock"
-
-Progress = Callable[[int, int], None]
-"""Called with (bytes processed since the last call, total bytes of the operation)."""
 
 
 @dataclass(frozen=True)
@@ -307,7 +304,7 @@ class Database:
         frequencies: dict[str, float] | None = None,
         *,
         time_limit: float = DEFAULT_TIME_LIMIT,
-        progress: SearchProgress | None = None,
+        progress: Progress | None = None,
         force: bool = False,
     ) -> RepackReport:
         """Rewrite all pages in the layout of a packing algorithm, so each model reads few

@@ -27,7 +27,7 @@ from weightdb.caching.workload import request_sequence
 from weightdb.cli_common import repack_table
 from weightdb.database import Database, connect
 from weightdb.dedup import deduplicate
-from weightdb.storage.policies import POLICIES
+from weightdb.storage.policies import DEFAULT_POLICY, POLICIES
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
 
@@ -199,9 +199,9 @@ def _caching(db: Database, family: dict, path: Path, console: Console, summary: 
         "can decide the ranking; benchmarks/results/caching.md compares the policies on "
         "recorded serving traces of the zoo families)"
     )
-    ours = results["weightdb"]
+    ours = results[DEFAULT_POLICY]
     summary["hit ratio"] = (
-        f"{ours.hit_ratio:.3f} with the weightdb policy at a quarter of the weights "
+        f"{ours.hit_ratio:.3f} with the {DEFAULT_POLICY} policy at a quarter of the weights "
         f"(LRU {results['lru'].hit_ratio:.3f}, optimum {results['opt'].hit_ratio:.3f})"
     )
 
