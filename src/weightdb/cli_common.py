@@ -11,7 +11,7 @@ from rich.table import Table
 
 from weightdb.database import DEFAULT_BUDGET, Database, connect
 from weightdb.errors import WeightDBError
-from weightdb.progress import progress_bar
+from weightdb.progress import ProgressBar, progress_bar
 from weightdb.storage.repack import RepackReport
 from weightdb.units import format_size, parse_size
 
@@ -47,7 +47,7 @@ def size_option(text: str, option: str) -> int:
         raise typer.BadParameter(str(error), param_hint=option) from None
 
 
-def byte_progress(description: str):
+def byte_progress(description: str) -> ProgressBar:
     """A rich progress bar over bytes, and the callback that advances it."""
     return progress_bar(description, "bytes")
 

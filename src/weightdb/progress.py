@@ -6,7 +6,7 @@ a CLI command builds the bar and its callback with ``progress_bar`` and passes t
 down. Rich is imported only when a bar is built, so the lower layers stay free of it.
 """
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     import rich.progress
@@ -25,15 +25,19 @@ def silent(n: int, total: int, stage: str = "", /) -> None:
     """The ``Progress`` of a caller that shows none."""
 
 
+ProgressBar: TypeAlias = "tuple[rich.progress.Progress, Progress]"
+"""A rich display to enter while the work runs, and the ``Progress`` that moves it."""
+
+
 def progress_bar(
     description: str | None, unit: Literal["bytes", "items"] = "items", transient: bool = True
-) -> "tuple[rich.progress.Progress, Progress]":
+) -> ProgressBar:
     """A rich progress display on stderr and the ``Progress`` that moves it.
 
     ``description`` labels a bar shown at once (indeterminate until the first call); every
     other stage gets its own bar when first reported. Byte bars show sizes, speed and time
-    left, item bars a count and time elapsed and left. Enter the display (``with bar:``) while the
-    operation runs; ``transient`` bars disappear when it ends.
+    left, item bars a count and time elapsed and left. Enter the display (``with bar:``)
+    while the operation runs; ``transient`` bars disappear when it ends.
     """
     from rich.console import Console
     from rich.progress import (

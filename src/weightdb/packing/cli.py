@@ -16,7 +16,7 @@ from weightdb.packing.solve import (
     PackingResult,
     solve,
 )
-from weightdb.progress import progress_bar
+from weightdb.progress import ProgressBar, progress_bar
 
 app = typer.Typer(help="Page-packing algorithms on instance files.", no_args_is_help=True)
 
@@ -27,7 +27,7 @@ TIME_LIMIT_HELP = (
 )
 
 
-def search_progress(algorithm: str):
+def search_progress(algorithm: str) -> ProgressBar:
     """A rich progress bar over the page types the search tries (on stderr, gone when done),
     and the callback that moves it; other algorithms show it without a total."""
     return progress_bar(f"packing ({algorithm}, page types tried)")
