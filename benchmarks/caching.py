@@ -44,7 +44,7 @@ from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, simulate
 from weightdb.caching.trace import Trace, read_trace
 from weightdb.caching.workload import request_sequence
-from weightdb.storage.policies import POLICIES
+from weightdb.storage.policies import DEFAULT_POLICY, POLICIES
 
 BUDGETS = (0.10, 0.25, 0.50)
 SKEWS = (0.6, 0.9, 1.2)
@@ -203,7 +203,7 @@ def _row(
 ) -> dict[str, Any]:
     opt_bytes = replay["opt"].bytes_read
     best_baseline = min(replay[name].bytes_read for name in BASELINES)
-    ours = replay["weightdb"].bytes_read
+    ours = replay[DEFAULT_POLICY].bytes_read
     return {
         "family": family,
         "trace": trace,
@@ -232,10 +232,10 @@ def _floors(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "worst_weightdb_vs_best_baseline": max(row["weightdb_vs_best_baseline"] for row in rows),
         "weightdb_within_opt_floor": all(row["weightdb_within_opt_floor"] for row in floored),
         "worst_weightdb_vs_opt_zipf_25": max(
-            row["replay"]["weightdb"]["bytes_vs_opt"] for row in floored
+            row["replay"][DEFAULT_POLICY]["bytes_vs_opt"] for row in floored
         ),
         "worst_weightdb_vs_online_bound_zipf_25": max(
-            row["replay"]["weightdb"]["bytes_read"] / row["online_bound"]["bytes_read"]
+            row["replay"][DEFAULT_POLICY]["bytes_read"] / row["online_bound"]["bytes_read"]
             for row in floored
         ),
         "zipf_25_cells": len(floored),

@@ -33,7 +33,7 @@ from benchmarks import families
 from benchmarks.common import markdown_table, write_results
 from weightdb.dedup.coverage import changed_rows, gathered_rows
 from weightdb.dedup.evalspec import SPLITS, load_eval_spec
-from weightdb.dedup.weightdb_method import WeightdbParams
+from weightdb.dedup.group_test import GroupTestParams
 
 BUDGETS = [0.005, 0.01, 0.02, 0.035]
 METHODS = {
@@ -71,7 +71,7 @@ AUDIT_REJECTED = "the held-out half of validation rejected"
 """How weightdb's notes begin when its audit undid changes to rows validation does not read."""
 UNRESOLVABLE = "budget smaller than"
 """How its note begins when a budget is finer than some validation splits can verify."""
-ONLY_WEIGHTDB = ("weightdb_method.py", "heldout.py", "early_exit.py")
+ONLY_WEIGHTDB = ("group_test.py", "heldout.py", "early_exit.py")
 ONLY_BASELINES = ("baselines.py",)
 """Modules of ``weightdb.dedup`` that only weightdb's method, or only mistique and pairwise,
 run: a change to one of them reruns only the runs of the methods that use it."""
@@ -311,7 +311,7 @@ def _artifact_explanation(results: dict, artifact: dict) -> dict | None:
     netsdb = next(r for r in runs if r["method"] == "netsdb" and r["budget"] == ARTIFACT_BUDGET)
     return {
         "audit": audit[0],
-        "allowed_loss": WeightdbParams().margin * ARTIFACT_BUDGET,
+        "allowed_loss": GroupTestParams().margin * ARTIFACT_BUDGET,
         "netsdb_rows_changed": netsdb["embedding_rows_changed"],
         "netsdb_rows_changed_unread": netsdb["embedding_rows_changed_unread"],
         "netsdb_on_validation_over_budget": [

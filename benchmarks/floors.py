@@ -5,6 +5,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from weightdb.packing import DEFAULT_ALGORITHM
 from weightdb.units import format_size
 
 Row = tuple[str, str, str, bool | None]  # issue, floor, measured, met (None: not at this size)
@@ -23,7 +24,7 @@ def _engine(data: dict) -> list[Row]:
 def _packing(data: dict) -> list[Row]:
     rows = []
     for instance in data["reference"]:
-        ours = instance["runs"]["weightdb"]["pages"]
+        ours = instance["runs"][DEFAULT_ALGORITHM]["pages"]
         best = min(instance["netsdb_reference_pages"].values())
         rows.append(
             (

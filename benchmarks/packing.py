@@ -65,7 +65,7 @@ QUICK_LINEAGES = LINEAGES[:4]
 LINEAGE_ALGORITHMS = [name for name in ALGORITHMS if name != "optimal"]
 """The exact model declines every lineage (too many copy patterns), so it is left out."""
 BATCH_ROWS = 4
-PACK_ALGORITHM = "weightdb"
+PACK_ALGORITHM = "dissolve"
 """What the cold-inference runs pack with: the database stores its copies of shared blocks."""
 
 

@@ -43,7 +43,7 @@ def test_no_policy_misses_less_than_opt(trace: Trace, capacity: int) -> None:
     trace=traces(equal_sizes=False),
     pages=st.none() | st.integers(1, 6),
     size=st.integers(5, 20),
-    policy=st.sampled_from(POLICY_NAMES),
+    policy=st.sampled_from(list(POLICY_NAMES)),
 )
 def test_resident_set_never_exceeds_the_budget(
     trace: Trace, pages: int | None, size: int, policy: str

@@ -1,10 +1,14 @@
 """The CLI contract other tools rely on: commands, --db / WEIGHTDB_DB, JSON, exit codes."""
 
+import ctypes
 import json
 import os
+import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ import weightdb
 from weightdb.units import format_size
 
 WEIGHTDB = [sys.executable, "-m", "weightdb"]
+IN_OPEN = 0x20  # inotify: the file was opened
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -107,15 +112,17 @@ def test_bench_runs_the_checkouts_suites_and_names_the_valid_ones() -> None:
     assert "'dedup'" in result.stderr and "'budgets'" in result.stderr
 
 
-def _open_files(pid: int) -> set[Path]:
-    """The files a process has open (an fd closed while listing is skipped)."""
-    files = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            files.add(Path(os.readlink(fd)))
-        except FileNotFoundError:
-            continue
-    return files
+@contextmanager
+def _opens_of(path: Path) -> Iterator[Callable[[float], bool]]:
+    """Watch ``path`` with inotify; the callable waits up to the given seconds and says whether
+    some process opened it since the watch began (a writer reopens the lock at every try)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0 and libc.inotify_add_watch(fd, os.fsencode(path), IN_OPEN) >= 0
+    try:
+        yield lambda seconds: bool(select.select([fd], [], [], seconds)[0])
+    finally:
+        os.close(fd)
 
 
 def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, model_file):
@@ -125,18 +132,20 @@ def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, m
     rng = np.random.default_rng(1)
     other = tmp_path / "other.safetensors"
     save_file({"v": rng.standard_normal((300, 40)).astype(np.float32)}, other)
-    with weightdb.connect(db_path) as db, db.store.writer_lock:
+    with (
+        weightdb.connect(db_path) as db,
+        db.store.writer_lock,
+        _opens_of(db_path / "writer.lock") as opened,
+    ):
         waiting = subprocess.Popen(
             [*WEIGHTDB, "--db", str(db_path), "import", str(model_file), "--name", "mine"],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "COLUMNS": "200"},
         )
-        lock = db_path / "writer.lock"
         deadline = time.monotonic() + 60
-        while lock not in _open_files(waiting.pid):
+        while not opened(0.05):  # the import tries the lock, and will again until it is free
             assert time.monotonic() < deadline and waiting.poll() is None, "import never waited"
-            time.sleep(0.05)
         db.import_model(other, "other")  # commits while the import above waits
         before = db.stats()["stored_bytes"]
     out, _ = waiting.communicate(timeout=120)

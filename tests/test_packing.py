@@ -293,7 +293,7 @@ def test_cli_solve_json_and_layout(tmp_path: Path) -> None:
 def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
     result = runner.invoke(app, ["packing", "solve", str(write_instance(tmp_path))])
     assert result.exit_code == 0, result.output
-    assert "weightdb" in result.output and "pages read" in result.output
+    assert "dissolve" in result.output and "pages read" in result.output
 
 
 def test_cli_solve_time_limit_stops_the_search_with_a_valid_layout(tmp_path: Path) -> None:

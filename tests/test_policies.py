@@ -145,7 +145,7 @@ def test_opt_evicts_the_page_needed_farthest_in_the_future() -> None:
         st.tuples(st.sampled_from(["m1", "m2", "m3"]), st.integers(0, 7)), max_size=40
     ),
     pinned=st.sets(st.integers(0, 7)),
-    policy=st.sampled_from(POLICY_NAMES),
+    policy=st.sampled_from(list(POLICY_NAMES)),
 )
 def test_pinned_pages_are_never_victims(
     requests: list[tuple[str, int]], pinned: set[int], policy: str

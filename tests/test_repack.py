@@ -260,10 +260,10 @@ def test_an_old_catalog_without_copies_opens_and_packs(tmp_path):
     assert_models_intact(tmp_path / "db", models)
 
 
-def test_cli_packs_with_weightdb_by_default_and_takes_any_algorithm(tmp_path):
+def test_cli_packs_with_dissolve_by_default_and_takes_any_algorithm(tmp_path):
     build(tmp_path / "db")
     runner = CliRunner()
-    for args, algorithm in (([], "weightdb"), (["--algorithm", "two-stage"], "two-stage")):
+    for args, algorithm in (([], "dissolve"), (["--algorithm", "two-stage"], "two-stage")):
         result = runner.invoke(
             app, ["--db", str(tmp_path / "db"), "pack", "--json", "--force", *args]
         )

@@ -7,18 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
 from weightdb.database import DEFAULT_BUDGET, Database, connect
 from weightdb.errors import WeightDBError
+from weightdb.progress import ProgressBar, progress_bar
 from weightdb.storage.repack import RepackReport
 from weightdb.units import format_size, parse_size
 
@@ -54,19 +47,9 @@ def size_option(text: str, option: str) -> int:
         raise typer.BadParameter(str(error), param_hint=option) from None
 
 
-def byte_progress(description: str):
-    """A rich progress bar over bytes, and the (done, total) callback that advances it."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    task = bar.add_task(description, total=None)
-    return bar, lambda done, total: bar.update(task, advance=done, total=total)
+def byte_progress(description: str) -> ProgressBar:
+    """A rich progress bar over bytes, and the callback that advances it."""
+    return progress_bar(description, "bytes")
 
 
 BudgetOption = Annotated[

@@ -4,7 +4,7 @@ Import and export logic live in ``weightdb.ingest``, storage in ``weightdb.stora
 ``Store``), prediction in ``weightdb.engine``; this module only ties them to one object.
 """
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
 from weightdb.names import check_model_name
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
-from weightdb.packing.local_search import SearchProgress
+from weightdb.progress import Progress
 from weightdb.sql.session import SQLSession
 from weightdb.storage import reclaim
 from weightdb.storage.buffer_pool import BufferPool, PoolStats
@@ -38,9 +38,6 @@ from weightdb.storage.store import Store
 from weightdb.storage.stored_tensor import StoredTensor
 from weightdb.storage.verify import verify_database
 from weightdb.units import parse_size
-
-Progress = Callable[[int, int], None]
-"""Called with (bytes processed since the last call, total bytes of the operation)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +159,7 @@ class Database:
         frequencies: dict[str, float] | None = None,
         *,
         time_limit: float = DEFAULT_TIME_LIMIT,
-        progress: SearchProgress | None = None,
+        progress: Progress | None = None,
         force: bool = False,
     ) -> RepackReport:
         """Rewrite all pages in the layout of a packing algorithm, so each model reads few

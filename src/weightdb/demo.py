@@ -26,7 +26,8 @@ from weightdb.caching.trace import read_trace
 from weightdb.caching.workload import request_sequence
 from weightdb.cli_common import repack_table
 from weightdb.database import Database, connect
-from weightdb.storage.policies import POLICIES
+from weightdb.errors import WeightDBError
+from weightdb.storage.policies import DEFAULT_POLICY, POLICIES
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
 
@@ -34,6 +35,7 @@ FAMILY = "digits-cnn"
 MAX_DROP = 0.01
 # Small blocks and pages suit a family of 40 KiB models: sharing and packing become visible.
 SETTINGS = Settings(block_rows=32, block_cols=32, page_size=16 * 1024)
+SERVER_START_SECONDS = 30.0
 
 
 def run_demo(path: Path, console: Console) -> None:
@@ -198,9 +200,9 @@ def _caching(db: Database, family: dict, path: Path, console: Console, summary: 
         "can decide the ranking; benchmarks/results/caching.md compares the policies on "
         "recorded serving traces of the zoo families)"
     )
-    ours = results["weightdb"]
+    ours = results[DEFAULT_POLICY]
     summary["hit ratio"] = (
-        f"{ours.hit_ratio:.3f} with the weightdb policy at a quarter of the weights "
+        f"{ours.hit_ratio:.3f} with the {DEFAULT_POLICY} policy at a quarter of the weights "
         f"(LRU {results['lru'].hit_ratio:.3f}, optimum {results['opt'].hit_ratio:.3f})"
     )
 
@@ -228,8 +230,7 @@ def _serve(db: Database, family: dict, console: Console) -> None:
     thread.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        while not server.started:
-            time.sleep(0.05)
+        _wait_until_started(server, thread, port)
         table = Table("request", "status", "equals db.predict")
         with httpx.Client(base_url=url, timeout=30) as client:
             ready = client.get("/v2/health/ready")
@@ -262,6 +263,23 @@ def _serve(db: Database, family: dict, console: Console) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def _wait_until_started(server, thread: threading.Thread, port: int) -> None:
+    """Return once uvicorn serves; fail with the reason if it stops or takes too long."""
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while not server.started:
+        if not thread.is_alive():
+            raise WeightDBError(
+                f"the demo server on 127.0.0.1:{port} stopped before it served (its error is "
+                "printed above); fix that and rerun the demo"
+            )
+        if time.monotonic() > deadline:
+            raise WeightDBError(
+                f"the demo server on 127.0.0.1:{port} did not start within "
+                f"{SERVER_START_SECONDS:.0f}s; rerun the demo on a less busy machine"
+            )
+        time.sleep(0.05)
 
 
 def _latency(db: Database, family: dict, console: Console, summary: dict) -> None:

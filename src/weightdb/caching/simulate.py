@@ -16,7 +16,7 @@ from weightdb.errors import BudgetExceededError
 from weightdb.storage.policies import POLICIES, ReplacementPolicy, make_policy
 from weightdb.units import format_size
 
-POLICY_NAMES = (*POLICIES, "opt")
+POLICY_NAMES = POLICIES.extended({"opt": BeladyPolicy})
 """Every policy a trace can be replayed under; ``opt`` is Belady's offline optimum."""
 
 

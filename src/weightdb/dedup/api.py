@@ -7,7 +7,7 @@ was.
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from weightdb.dedup.baselines import MistiqueMatcher, pairwise_matcher
 from weightdb.dedup.commit import Quality, commit_plan
@@ -15,28 +15,33 @@ from weightdb.dedup.errors import DedupParameterError
 from weightdb.dedup.evalspec import SPLITS, EvalSpec, Evaluator, load_eval_spec
 from weightdb.dedup.exact import plan_exact
 from weightdb.dedup.gate import Gate
+from weightdb.dedup.group_test import (
+    RESOLVABLE_EXAMPLES,
+    GroupTestParams,
+    resolvable,
+    run_group_test,
+)
 from weightdb.dedup.metrics import Measurement
 from weightdb.dedup.netsdb import NetsdbParams, netsdb_matcher, run_sequential
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.report import DedupReport, ModelReport
-from weightdb.dedup.weightdb_method import (
-    RESOLVABLE_EXAMPLES,
-    WeightdbParams,
-    resolvable,
-    run_weightdb,
-)
 from weightdb.dedup.workspace import Workspace
+from weightdb.progress import Progress, silent
+from weightdb.registry import Registry
 from weightdb.storage.store import Store
 
-METHODS = ("exact", "netsdb", "weightdb", "mistique", "pairwise")
-PARAMS = {
-    "netsdb": NetsdbParams,
-    "pairwise": NetsdbParams,
-    "mistique": NetsdbParams,
-    "weightdb": WeightdbParams,
-}
-
-Progress = Callable[[str, int, int], None]
+METHODS: Registry[type | None] = Registry(
+    {
+        "exact": None,
+        "netsdb": NetsdbParams,
+        "group-test": GroupTestParams,
+        "mistique": NetsdbParams,
+        "pairwise": NetsdbParams,
+    },
+    aliases={"weightdb": "group-test"},
+)
+"""Method name -> the dataclass of its parameters (exact takes none); ``weightdb`` is the old
+name of ``group-test``."""
 
 
 def deduplicate(
@@ -44,7 +49,7 @@ def deduplicate(
     models: list[str] | None = None,
     eval_spec: EvalSpec = None,
     max_drop: float | Mapping[str, float] = 0.01,
-    method: str = "weightdb",
+    method: str = "group-test",
     progress: Progress | None = None,
     **params,
 ) -> "DedupReport":
@@ -53,10 +58,10 @@ def deduplicate(
     ``max_drop`` is each model's budget in metric units (0.01 = one accuracy point; for MSE a
     relative increase), one number or a dict per model. Models the eval spec does not cover
     only take part in exact deduplication. ``params`` are the method's parameters (see
-    ``NetsdbParams`` and ``WeightdbParams``).
+    ``NetsdbParams`` and ``GroupTestParams``). ``progress`` gets a stage per phase.
     """
     start = time.perf_counter()
-    progress = progress or (lambda phase, done, total: None)
+    method, progress = METHODS.canonical(method), progress or silent
     options = _options(method, params)
     with store.writer_lock:
         store.collect_garbage()
@@ -70,11 +75,15 @@ def deduplicate(
         plan = Plan(workspace)
         plan_exact(plan)
         approximate = method != "exact" and bool(evaluators)
-        before = _measure_all(workspace, evaluators, progress) if approximate else {}
+        before = (
+            _measure_all(workspace, evaluators, progress, "measuring before") if approximate else {}
+        )
         gate, notes = None, []
         if approximate:
             gate, notes = _plan_approximate(plan, method, options, evaluators, budgets, progress)
-        after = _measure_all(workspace, evaluators, progress) if approximate else {}
+        after = (
+            _measure_all(workspace, evaluators, progress, "measuring after") if approximate else {}
+        )
         final = plan.final()
         quality = {
             m: Quality(
@@ -135,7 +144,7 @@ def _options(method: str, params: dict):
         if params:
             raise DedupParameterError(f"method exact takes no parameters (got {sorted(params)})")
         return None
-    kind = PARAMS[method]
+    kind = METHODS[method]
     names = {f.name for f in dataclasses.fields(kind)}
     unknown = sorted(set(params) - names)
     if unknown:
@@ -164,11 +173,11 @@ def _budgets(max_drop, evaluators: dict[str, Evaluator]) -> dict[str, float]:
     return budgets
 
 
-def _measure_all(workspace, evaluators, progress) -> dict[str, dict[str, Measurement]]:
+def _measure_all(workspace, evaluators, progress, stage: str) -> dict[str, dict[str, Measurement]]:
     result = {}
-    for done, model in enumerate(sorted(evaluators)):
+    for model in sorted(evaluators):
         result[model] = {s: workspace.measure(model, evaluators[model], s) for s in SPLITS}
-        progress("measuring", done + 1, len(evaluators))
+        progress(1, len(evaluators), stage)
     return result
 
 
@@ -177,10 +186,10 @@ def _plan_approximate(
 ) -> tuple[Gate, list[str]]:
     """The gate the method decided with, and the method's notes for the report."""
     workspace = plan.workspace
-    if method == "weightdb":
+    if method == "group-test":
         verifiable = {m: e for m, e in evaluators.items() if resolvable(e, budgets[m])}
         gate = Gate(workspace, verifiable, budgets, "validation", options.criterion, options.margin)
-        return gate, run_weightdb(plan, gate, options, progress)
+        return gate, run_group_test(plan, gate, options, progress)
     gate = Gate(workspace, evaluators, budgets, options.decision_split)
     matcher = {
         "netsdb": netsdb_matcher,

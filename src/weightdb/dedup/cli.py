@@ -5,11 +5,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from weightdb.cli_common import BudgetOption, console, err_console, open_db
 from weightdb.dedup.api import METHODS
+from weightdb.progress import progress_bar
 from weightdb.units import format_size
 
 
@@ -34,21 +34,7 @@ def dedup_command(
 ) -> None:
     """Store near-identical blocks once, keeping every model within its accuracy budget."""
     names = [m.strip() for m in models.split(",") if m.strip()] if models else None
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    )
-    tasks: dict[str, int] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total)
-        bar.update(tasks[phase], completed=done, total=total)
-
+    bar, progress = progress_bar(None)
     with open_db(budget) as db, bar:
         report = db.deduplicate(names, eval_spec, max_drop, method=method, progress=progress)
     if as_json:

@@ -11,11 +11,10 @@ last good check are undone and the model is done.
 Defaults are the artifact's (asu-cactus/netsdb, model-inference/deduplication/indexing:
 ``deduplicate_model`` fp=0.01, sim=0.7, eval_step=5; ``L2LSH(r=0.09, num_k=1, num_l=90,
 seed=0)``). The artifact measures on its test set; so does this method by default
-(``decision_split="test"``), which is one of the things the weightdb method changes.
+(``decision_split="test"``), which is one of the things the group-test method changes.
 """
 
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,8 +24,7 @@ from weightdb.dedup.magnitude import netsdb_score
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.similarity import element_fraction
 from weightdb.dedup.workspace import Position, Workspace
-
-Progress = Callable[[str, int, int], None]
+from weightdb.progress import Progress
 
 
 class Matcher(Protocol):
@@ -89,12 +87,12 @@ def run_sequential(
     plan: Plan, gate: Gate, matcher: Matcher, eval_step: int, progress: Progress
 ) -> None:
     workspace = plan.workspace
-    for done, model in enumerate(workspace.models):
+    for model in workspace.models:
         if model in gate.evaluators:
             _deduplicate_model(plan, gate, matcher, model, eval_step)
         for block_id in sorted({workspace.current[p] for p in workspace.positions(model)}):
             matcher.add(block_id)
-        progress("planning", done + 1, len(workspace.models))
+        progress(1, len(workspace.models), "planning")
 
 
 def _deduplicate_model(plan: Plan, gate: Gate, matcher: Matcher, model: str, step: int) -> None:

@@ -6,7 +6,6 @@ interrupted export (or a power loss) never leaves a partial file under the reque
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +13,10 @@ import numpy as np
 from weightdb.errors import WeightDBError
 from weightdb.ingest.onnx_format import assemble_onnx, save_onnx
 from weightdb.ingest.safetensors_format import write_safetensors
+from weightdb.progress import Progress
 from weightdb.storage import dtypes
 from weightdb.storage.page_files import fsync_path
 from weightdb.storage.store import Store
-
-Progress = Callable[[int, int], None]
 
 FORMATS = (".safetensors", ".onnx", ".npz")
 

@@ -11,10 +11,10 @@ import errno
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable
 
 from weightdb.errors import ModelExistsError, StorageFullError
 from weightdb.ingest.source import ModelSource
+from weightdb.progress import Progress
 from weightdb.storage import lineage
 from weightdb.storage.block_writer import BlockWriter
 from weightdb.storage.blocking import as_matrix, layout_for, panel_runs
@@ -22,8 +22,6 @@ from weightdb.storage.catalog import CatalogError
 from weightdb.storage.page_format import ROW_MAJOR
 from weightdb.storage.panel_order import panel_axes
 from weightdb.storage.store import Store
-
-Progress = Callable[[int, int], None]
 
 
 def _refuse_existing(store: Store, name: str) -> None:

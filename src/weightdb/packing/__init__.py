@@ -2,7 +2,7 @@
 
 ``pack(models, blocks_per_page)`` is the plain entry point; ``solve(instance, algorithm)``
 returns the layout with the numbers that describe it. See ``layout`` for why blocks may be
-copied, ``netsdb`` for the reference algorithms, ``local_search`` for our default and
+copied, ``netsdb`` for the reference algorithms, ``dissolve`` for our default and
 ``optimal`` for the exact integer program.
 """
 

@@ -6,11 +6,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from weightdb.packing.instance import load_instance
-from weightdb.packing.local_search import SearchProgress
 from weightdb.packing.solve import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
@@ -18,6 +16,7 @@ from weightdb.packing.solve import (
     PackingResult,
     solve,
 )
+from weightdb.progress import ProgressBar, progress_bar
 
 app = typer.Typer(help="Page-packing algorithms on instance files.", no_args_is_help=True)
 
@@ -28,19 +27,10 @@ TIME_LIMIT_HELP = (
 )
 
 
-def search_progress(algorithm: str) -> tuple[Progress, SearchProgress]:
+def search_progress(algorithm: str) -> ProgressBar:
     """A rich progress bar over the page types the search tries (on stderr, gone when done),
-    and the (done, total) callback that moves it; other algorithms show it without a total."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    task = bar.add_task(f"packing ({algorithm}, page types tried)", total=None)
-    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+    and the callback that moves it; other algorithms show it without a total."""
+    return progress_bar(f"packing ({algorithm}, page types tried)")
 
 
 def _known_algorithm(name: str) -> str:

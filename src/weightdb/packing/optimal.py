@@ -90,7 +90,7 @@ def optimal(instance: Instance, time_limit: float = 60.0) -> OptimalPacking:
     if result.x is None:
         raise PackingError(
             f"no layout found within {time_limit:g} s (best bound {bound} pages); "
-            "raise --time-limit or use --algorithm weightdb"
+            "raise --time-limit or use --algorithm dissolve"
         )
     counts = np.rint(result.x).astype(int)
     assignment: dict[Signature, list[tuple[Pattern, int]]] = {s: [] for s in groups}
@@ -112,7 +112,7 @@ def _intersection_closure(groups: dict[Signature, list[int]]) -> list[Signature]
         frontier = new
         if len(closure) > MAX_TYPES:
             raise PackingError(
-                f"too many page types (> {MAX_TYPES}) for the exact model; use --algorithm weightdb"
+                f"too many page types (> {MAX_TYPES}) for the exact model; use --algorithm dissolve"
             )
     return sorted(closure, key=lambda t: (-len(t), sorted(t)))
 

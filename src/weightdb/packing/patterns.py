@@ -54,7 +54,7 @@ def minimal_covers(signature: Signature, types: Iterable[Signature], limit: int)
             if len(found) > limit:
                 raise PackingError(
                     f"more than {limit} copy patterns for one signature: too large for the "
-                    "exact model; use --algorithm weightdb"
+                    "exact model; use --algorithm dissolve"
                 )
             return
         model = min(uncovered)

@@ -5,9 +5,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weightdb.packing import netsdb
+from weightdb.packing.dissolve import dissolve
 from weightdb.packing.instance import Instance, PackingError
 from weightdb.packing.layout import Layout
-from weightdb.packing.local_search import SearchProgress, weightdb
+from weightdb.progress import Progress, silent
+from weightdb.registry import Registry
 
 ONE_PASS: dict[str, Callable[[Instance], list[list[int]]]] = {
     "baseline": netsdb.baseline,
@@ -16,8 +18,19 @@ ONE_PASS: dict[str, Callable[[Instance], list[list[int]]]] = {
     "two-stage": netsdb.two_stage,
 }
 """The netsDB packers: single passes, linear in the instance, with nothing to stop early."""
-ALGORITHMS = (*ONE_PASS, "weightdb", "optimal")
-DEFAULT_ALGORITHM = "weightdb"
+ALGORITHMS: Registry[str] = Registry(
+    {
+        "baseline": "netsDB: models in arrival order, shared blocks copied",
+        "greedy1": "netsDB: each signature on pages of its own, every block stored once",
+        "greedy2": "netsDB: largest model first, its most shared blocks first",
+        "two-stage": "netsDB: full pages per signature, then greedy2 over the rest",
+        "dissolve": "greedy1, then its partly filled pages dissolved into free slots",
+        "optimal": "the integer program's optimum within the time limit (scipy)",
+    },
+    aliases={"weightdb": "dissolve"},
+)
+"""Name -> what the algorithm does; ``weightdb`` is the old name of ``dissolve``."""
+DEFAULT_ALGORITHM = "dissolve"
 DEFAULT_TIME_LIMIT = 60.0
 
 
@@ -32,7 +45,7 @@ class PackingResult:
     bound_pages: int | None = None
     """For ``optimal`` only: the best lower bound on pages the solver proved."""
     search_finished: bool | None = None
-    """For ``weightdb`` only: whether the search ran to its end rather than stopping at the
+    """For ``dissolve`` only: whether the search ran to its end rather than stopping at the
     time limit with the best layout so far."""
 
     @property
@@ -80,17 +93,18 @@ def solve(
     instance: Instance,
     algorithm: str = DEFAULT_ALGORITHM,
     time_limit: float = DEFAULT_TIME_LIMIT,
-    progress: SearchProgress | None = None,
+    progress: Progress | None = None,
 ) -> PackingResult:
     """Pack ``instance`` with ``algorithm`` in about ``time_limit`` seconds at most.
 
-    ``weightdb`` stops its search at the limit with the best layout so far and reports
-    ``progress`` (types tried, types to try); ``optimal`` returns the best layout its solver
-    found, proved or not. The netsDB packers are single passes linear in the instance, with
-    no partial layout to stop at; they take seconds at 200,000 blocks.
+    ``dissolve`` (alias ``weightdb``) stops its search at the limit with the best layout so
+    far and reports ``progress`` (types tried, of types to try); ``optimal`` returns the best
+    layout its solver found, proved or not. The netsDB packers are single passes linear in
+    the instance, with no partial layout to stop at; they take seconds at 200,000 blocks.
     """
     if algorithm not in ALGORITHMS:
         raise PackingError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
+    algorithm = ALGORITHMS.canonical(algorithm)
     start = time.perf_counter()
     if algorithm == "optimal":
         from weightdb.packing.optimal import optimal  # scipy is optional: the `optim` extra
@@ -106,8 +120,8 @@ def solve(
             bound_pages=exact.bound,
         )
     finished = None
-    if algorithm == "weightdb":
-        pages, finished = weightdb(instance, time_limit, progress)
+    if algorithm == "dissolve":
+        pages, finished = dissolve(instance, time_limit, progress or silent)
     else:
         pages = ONE_PASS[algorithm](instance)
     layout = Layout.from_pages(instance, pages)

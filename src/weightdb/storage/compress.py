@@ -11,17 +11,15 @@ files are removed by the next writer), after it the new one; exports stay bit-id
 """
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from weightdb.progress import Progress
 from weightdb.storage import codecs, lineage
 from weightdb.storage.page_files import SegmentWriter
 from weightdb.storage.page_format import ROW_MAJOR, PageBuilder
 from weightdb.storage.store import Store
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass

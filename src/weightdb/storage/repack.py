@@ -35,7 +35,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT, Instance, Layout, solve
-from weightdb.packing.local_search import SearchProgress
+from weightdb.progress import Progress
 from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import Page, PageBuilder
@@ -129,7 +129,7 @@ def repack(
     frequencies: dict[str, float] | None = None,
     *,
     time_limit: float = DEFAULT_TIME_LIMIT,
-    progress: SearchProgress | None = None,
+    progress: Progress | None = None,
     force: bool = False,
 ) -> RepackReport:
     """Store every block in the layout ``algorithm`` finds, if it is better than the current

@@ -4,13 +4,15 @@ Block shape and page size are fixed when a database is created: every stored blo
 depends on them. The defaults come from the sweep in ``benchmarks/storage.py``: 128x128 blocks
 store a sparse fine-tune in 42% fewer bytes than 256x256 at the same import and read speed,
 while 64x64 costs 1.5x in speed and 9x in catalog size; page size barely moves speed, and 4 MiB
-pages keep caching and packing fine-grained.
+pages keep caching and packing fine-grained. The file is TOML, written with tomli-w and read
+with tomllib.
 """
 
-import json
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import tomli_w
 
 from weightdb.errors import FormatVersionError, WeightDBError, one_line
 from weightdb.storage.policies import DEFAULT_POLICY, make_policy
@@ -62,9 +64,8 @@ class Settings:
 
 
 def write_settings(path: Path, settings: Settings) -> None:
-    lines = ["# weightdb database settings; fixed at creation.\n"]
-    lines += [f"{key} = {json.dumps(value)}\n" for key, value in asdict(settings).items()]
-    path.write_text("".join(lines))
+    header = "# weightdb database settings; fixed at creation.\n"
+    path.write_text(header + tomli_w.dumps(asdict(settings)))
 
 
 def read_settings(path: Path) -> Settings:

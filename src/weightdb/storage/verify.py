@@ -5,15 +5,12 @@ Checksums cover the bytes as stored; a coded block (the lossless tier) is also d
 digest compared with the catalog's, so a wrong base or a codec bug cannot pass unnoticed.
 """
 
-from collections.abc import Callable
-
 from weightdb.errors import CatalogCorruptError, CorruptPageError
+from weightdb.progress import Progress
 from weightdb.storage.block_writer import block_digest
 from weightdb.storage.catalog import RESTORE, damaged
 from weightdb.storage.page_images import block_content
 from weightdb.storage.store import Store
-
-Progress = Callable[[int, int], None]
 
 SHOWN = 10
 """Damaged models and tensors named in one error; the count says how many more."""

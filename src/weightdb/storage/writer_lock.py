@@ -3,12 +3,15 @@
 Readers never take it. A writer holds it from before it writes its first page file until its
 catalog transaction commits, so cleaning up orphaned page files under the lock can never
 delete the files of a write in progress. The kernel drops the lock when a process dies.
+
+``filelock`` does the locking, configured to keep exactly that contract: a native flock only
+(never its soft fallback, a marker file that outlives a crashed writer), the lock file left in
+place, and one hold shared by the threads of a process, re-entered by nested writes.
 """
 
-import fcntl
-import os
-import time
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from weightdb.errors import ConcurrentWriteError
 
@@ -17,32 +20,24 @@ class WriterLock:
     def __init__(self, path: Path, timeout: float = 60.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._fd: int | None = None
-        self._depth = 0
+        self._lock = FileLock(
+            path,
+            timeout=timeout,
+            mode=0o644,
+            thread_local=False,
+            fallback_to_soft=False,
+            preserve_lock_file=True,
+        )
 
     def __enter__(self) -> "WriterLock":
-        if self._depth == 0:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            deadline = time.monotonic() + self.timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        os.close(fd)
-                        raise ConcurrentWriteError(
-                            f"another process has been writing to {self.path.parent} for "
-                            f"{self.timeout:.0f}s; wait for it to finish and retry"
-                        ) from None
-                    time.sleep(0.05)
-            self._fd = fd
-        self._depth += 1
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise ConcurrentWriteError(
+                f"another process has been writing to {self.path.parent} for "
+                f"{self.timeout:.0f}s; wait for it to finish and retry"
+            ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._depth -= 1
-        if self._depth == 0 and self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        self._lock.release()

@@ -7,11 +7,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weightdb.progress import progress_bar
 from weightdb.units import format_size
 from weightdb.zoo.build import SIZES, build_family
 from weightdb.zoo.families import families
 from weightdb.zoo.manifest import read_manifest
-from weightdb.zoo.progress import RichReporter, rich_progress
+from weightdb.zoo.progress import ProgressReporter
 
 app = typer.Typer(
     help="Build offline model families for tests and benchmarks.", no_args_is_help=True
@@ -55,14 +56,15 @@ def build(
     given: dict[str, Any] = {"total": total, "models": models, "fraction": fraction}
     given["long_steps"] = long_steps
     given["wordnet"] = str(wordnet) if wordnet else None
-    with rich_progress() as progress:
+    bar, progress = progress_bar(None, transient=False)
+    with bar:
         result = build_family(
             family,
             out,
             size,
             seed,
             {k: v for k, v in given.items() if v is not None},
-            RichReporter(progress),
+            ProgressReporter(progress),
         )
     manifest = read_manifest(result.manifest.parent)
     verb = "built" if result.built else "already built (cached)"

@@ -1,16 +1,10 @@
-"""Rich progress bars for long builds, and a silent stand-in for library and test use."""
+"""What a family builder reports progress to: labelled loops, shown through a ``Progress``
+(``weightdb.progress``) or not at all."""
 
 from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from weightdb.progress import Progress
 
 T = TypeVar("T")
 
@@ -28,25 +22,14 @@ class SilentReporter:
         yield from items
 
 
-class RichReporter:
-    """Shows one bar per tracked loop, kept on screen once finished."""
+class ProgressReporter:
+    """Reports each tracked loop as a stage of ``progress``, one step per item."""
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
 
     def track(self, items: Iterable[T], total: int, label: str) -> Iterator[T]:
-        task = self._progress.add_task(label, total=total)
+        self._progress(0, total, label)  # the loop's bar appears before its first item ends
         for item in items:
             yield item
-            self._progress.advance(task)
-
-
-def rich_progress() -> Progress:
-    """The progress display used by `weightdb zoo build`."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+            self._progress(1, total, label)

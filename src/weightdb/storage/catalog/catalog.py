@@ -72,7 +72,7 @@ class Catalog(
 
     def _ensure_schema(self, version: int) -> None:
         """Create whatever relation is missing: a database made by an earlier build gains the
-        tables added since, and a version 1 catalog its digests (catalog_digest.py)."""
+        tables added since, and a version 1 catalog its digests (digests.py)."""
         missing = [
             statement
             for statement in SCHEMA.split(";")

@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS retired_pages (
     checksum INTEGER NOT NULL,
     retired_at REAL NOT NULL
 );
--- Digests over the rows above that decide what a model reads: see catalog_digest.py.
+-- Digests over the rows above that decide what a model reads: see catalog/digests.py.
 CREATE TABLE IF NOT EXISTS tensor_digests (
     tensor_id INTEGER PRIMARY KEY REFERENCES tensors(tensor_id) ON DELETE CASCADE,
     digest BLOB NOT NULL            -- sha256 of the tensor row and its block map

@@ -8,7 +8,7 @@ label has a prototype set of features, and an example mixes features of its labe
 with random noise features. Held-out examples cost nothing to generate, so the small build adds
 enough of them (drawn after the training examples, which they leave unchanged) that validation
 can verify an accuracy budget of 0.5% for every model: that takes 3 / 0.005 = 600 examples per
-half of a split (see ``weightdb.dedup.weightdb_method.RESOLVABLE_EXAMPLES``).
+half of a split (see ``weightdb.dedup.group_test.RESOLVABLE_EXAMPLES``).
 """
 
 import copy

@@ -1,4 +1,7 @@
-"""weightdb's own policy: evict the page whose loss costs the fewest expected bytes re-read.
+"""Expected re-read: evict the page whose loss costs the fewest expected bytes read again.
+
+This is the default policy (``expected-reread``, once called ``weightdb``).
+
 
 A page's rate, the expected number of times it is needed per unit of time, has two parts. Its
 own decayed count of visits (a request's reads of one page, a block at a time, count once) says
@@ -52,8 +55,8 @@ _MAX_LOG_WEIGHT = 500.0  # renormalise before exp() gets near float overflow
 _LOG_TIE_FACTOR = math.log(TIE_FACTOR)
 
 
-class WeightDBPolicy(RankedPolicy):
-    name = "weightdb"
+class ExpectedRereadPolicy(RankedPolicy):
+    name = "expected-reread"
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Our default packer (``weightdb``): Greedy-1, then dissolve partly filled pages.
+"""Our default packer (``dissolve``): Greedy-1, then dissolve partly filled pages.
 
 Start from Greedy-1, where each signature has pages of its own type (see ``patterns``): no
 copies, but every signature whose size is not a multiple of l leaves a partly filled last page.
@@ -24,29 +24,26 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 
 from weightdb.packing.instance import Instance, Signature
 from weightdb.packing.patterns import Pattern, materialize
+from weightdb.progress import Progress, silent
 
 _Cover = tuple[int, int, int]
 """A type that may take over readers: (minus its number of models, its rank, its models as a
 bit mask), so that sorting puts the largest first."""
 
-SearchProgress = Callable[[int, int], None]
-"""Called with (types tried, types to try) as the search goes; the second number grows when
-a dissolve gives types already tried a new chance."""
 
-
-def weightdb(
-    instance: Instance, time_limit: float | None = None, progress: SearchProgress | None = None
+def dissolve(
+    instance: Instance, time_limit: float | None = None, progress: Progress = silent
 ) -> tuple[list[list[int]], bool]:
     """The pages, and whether the search ran to its end (False: it stopped at the time limit
-    with the best layout so far)."""
+    with the best layout so far). ``progress`` counts page types tried of those to try; the
+    total grows when a dissolve gives types already tried a new chance."""
     groups = instance.signature_groups()
     search = _DissolveSearch(instance, groups)
     deadline = None if time_limit is None else time.monotonic() + time_limit
-    finished = search.run(deadline, progress or (lambda done, total: None))
+    finished = search.run(deadline, progress)
     return materialize(groups, search.assignment(), instance.blocks_per_page), finished
 
 
@@ -90,7 +87,7 @@ class _DissolveSearch:
         self.changed: set[Signature] = set()
         """The types whose blocks changed pattern in this pass: the ones worth another try."""
 
-    def run(self, deadline: float | None, progress: SearchProgress) -> bool:
+    def run(self, deadline: float | None, progress: Progress) -> bool:
         """Try every type once, then again those whose blocks changed pattern since their
         last try, until nothing changes (True) or the deadline passes (False)."""
         pending = list(self.load)
@@ -103,7 +100,7 @@ class _DissolveSearch:
                     return False
                 self._dissolve(page_type)
                 done += 1
-                progress(done, total)
+                progress(1, total)
             pending = [t for t in self.changed if self.load[t] % self.capacity]
         return True
 

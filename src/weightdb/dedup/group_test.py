@@ -1,5 +1,6 @@
-"""weightdb's method: cluster similar blocks across all models, keep each cluster's medoid,
-and accept replacements by group testing against every affected model's budget.
+"""The group-test method (``group-test``, once ``weightdb``, the default): cluster similar
+blocks across all models, keep each cluster's medoid, and accept replacements by group testing
+against every affected model's budget.
 
 1. Candidates: per block shape, an L2 LSH over unit-normalised blocks, then the exact relative
    distance ||a - b|| / max(||a||, ||b||) (scale-aware: a layer of small weights is not
@@ -38,10 +39,10 @@ from weightdb.dedup.heldout import AUDIT, PLANNING, ValidationHalf, halves
 from weightdb.dedup.lsh import L2LSH
 from weightdb.dedup.magnitude import relative_damage
 from weightdb.dedup.metrics import parse_metric
-from weightdb.dedup.netsdb import Progress
 from weightdb.dedup.plan import Plan
 from weightdb.dedup.similarity import relative_distance
 from weightdb.dedup.workspace import Position, Workspace
+from weightdb.progress import Progress
 
 RESOLVABLE_EXAMPLES = 3
 """A budget must amount to this many validation examples. With no loss among n examples the 95%
@@ -60,7 +61,7 @@ def resolvable(evaluator: Evaluator, budget: float) -> bool:
 
 
 @dataclass(frozen=True)
-class WeightdbParams:
+class GroupTestParams:
     max_distance: float = 1.0  # relative distance within which blocks may share a medoid
     margin: float = 0.5  # share of each model's budget validation losses may use
     criterion: str = "losses"  # or "flips": any change of predicted class counts (safer)
@@ -80,7 +81,9 @@ class Proposal:
     damage: float
 
 
-def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> list[str]:
+def run_group_test(
+    plan: Plan, gate: Gate, params: GroupTestParams, progress: Progress
+) -> list[str]:
     """Apply the accepted proposals to ``plan``; returns notes for the report.
 
     Decides with an ``EarlyExitGate`` around ``gate`` (the same verdicts, fewer examples run)
@@ -92,7 +95,7 @@ def run_weightdb(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progr
         outer.evaluations = gate.evaluations
 
 
-def _run(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> list[str]:
+def _run(plan: Plan, gate: Gate, params: GroupTestParams, progress: Progress) -> list[str]:
     workspace = plan.workspace
     holders = workspace.holders()
     proposals = _proposals(workspace, set(gate.evaluators), params, progress)
@@ -111,7 +114,7 @@ def _run(plan: Plan, gate: Gate, params: WeightdbParams, progress: Progress) -> 
         notes.append(note)
         if accepted:
             return notes
-    _group_test(plan, gate, verifiable, params, progress)
+    _group_test(plan, gate, verifiable, params, progress, "validating")
     return notes
 
 
@@ -131,7 +134,7 @@ def _extrapolate(
     gate: Gate,
     split: dict[str, tuple[ValidationHalf, ValidationHalf]],
     proposals: list[Proposal],
-    params: WeightdbParams,
+    params: GroupTestParams,
     progress: Progress,
 ) -> tuple[bool, str]:
     """Group-test ``proposals``, which may change embedding rows validation never reads, on the
@@ -151,7 +154,7 @@ def _extrapolate(
     for model in audited:
         audit.baseline(model)
     mark = plan.mark()
-    _group_test(plan, planning, proposals, params, progress)
+    _group_test(plan, planning, proposals, params, progress, "validating on half")
     changes = {model: audit.change(model) for model in sorted(plan.models(mark) & split.keys())}
     gate.evaluations += planning.evaluations + audit.evaluations
     if not changes:
@@ -175,14 +178,19 @@ def _extrapolate(
 
 
 def _group_test(
-    plan: Plan, gate: Gate, proposals: list[Proposal], params: WeightdbParams, progress: Progress
+    plan: Plan,
+    gate: Gate,
+    proposals: list[Proposal],
+    params: GroupTestParams,
+    progress: Progress,
+    stage: str,
 ) -> None:
     """Apply ``proposals`` in batches, keeping each batch that ``gate`` passes and bisecting
-    each that fails."""
+    each that fails; reports proposals decided to ``progress`` as ``stage``."""
     holders = plan.workspace.holders()
     for model in sorted({m for p in proposals for m in plan.workspace.users[p.member]}):
         gate.baseline(model)
-    done, limit = [0], gate.evaluations + params.max_evaluations
+    limit = gate.evaluations + params.max_evaluations
 
     def attempt(batch: list[Proposal]) -> None:
         if gate.evaluations >= limit:
@@ -192,13 +200,11 @@ def _group_test(
             for position in holders[proposal.member]:
                 plan.replace(position, proposal.representative, 1.0 - proposal.distance)
         if gate.passes(plan.models(mark)):
-            done[0] += len(batch)
-            progress("validating", done[0], len(proposals))
+            progress(len(batch), len(proposals), stage)
             return
         plan.undo_to(mark)
         if len(batch) == 1:
-            done[0] += 1
-            progress("validating", done[0], len(proposals))
+            progress(1, len(proposals), stage)
             return
         half = len(batch) // 2
         attempt(batch[:half])
@@ -234,7 +240,7 @@ def _validation_sees(
 
 
 def _proposals(
-    workspace: Workspace, evaluated: set[str], params: WeightdbParams, progress: Progress
+    workspace: Workspace, evaluated: set[str], params: GroupTestParams, progress: Progress
 ) -> list[Proposal]:
     holders = workspace.holders()
     uses = {block_id: len(positions) for block_id, positions in holders.items()}
@@ -243,7 +249,7 @@ def _proposals(
         by_shape[workspace.blocks[block_id].shape_key].append(block_id)
     layer_scale = _layer_scales(workspace, holders)
     proposals = []
-    for done, block_ids in enumerate(by_shape.values()):
+    for block_ids in by_shape.values():
         changeable = {b for b in block_ids if workspace.users[b] <= evaluated}
         if changeable:
             neighbours = _neighbours(workspace, block_ids, params)
@@ -251,7 +257,7 @@ def _proposals(
                 proposals += _cluster_proposals(
                     workspace, cluster, uses, changeable, layer_scale, holders
                 )
-        progress("clustering", done + 1, len(by_shape))
+        progress(1, len(by_shape), "clustering")
     return proposals
 
 
@@ -268,7 +274,7 @@ def _layer_scales(workspace: Workspace, holders) -> dict[int, float]:
     }
 
 
-def _neighbours(workspace: Workspace, block_ids: list[int], params: WeightdbParams):
+def _neighbours(workspace: Workspace, block_ids: list[int], params: GroupTestParams):
     block = workspace.blocks[block_ids[0]]
     lsh = L2LSH(
         block.rows * block.cols, params.lsh_r, params.lsh_bands, params.lsh_rows, params.seed
