@@ -98,11 +98,19 @@ def test_weightdb_counts_a_visit_of_many_block_reads_once() -> None:
 
 
 def test_weightdb_learns_sharing_from_requests_without_a_catalog() -> None:
+    # Pages 0 and 1 are each visited four times, page 0 last, so on their own visits they tie
+    # and page 0, the most recent, would go. Page 0 is read by four models, page 1 by one: only
+    # the sharing learnt from the requests (the catalog lookup reports none) saves page 0.
     policy = make_policy("weightdb")
-    for page, model in [(0, "m1"), (0, "m2"), (1, "m1"), (2, "m2")]:
-        policy.on_request(page, model, hit=False)
-        policy.on_insert(page, 1)
-    assert policy.victim(lambda page: True) != 0
+    requests = [(1, "m5"), (2, "m5"), (1, "m5"), (3, "m5"), (1, "m5"), (4, "m5"), (1, "m5")]
+    requests += [(0, "m1"), (0, "m2"), (0, "m3"), (0, "m4")]
+    resident: set[int] = set()
+    for page, model in requests:
+        policy.on_request(page, model, hit=page in resident)
+        if page not in resident:
+            policy.on_insert(page, 1)
+            resident.add(page)
+    assert policy.victim(lambda page: page in (0, 1)) == 1
 
 
 def test_weightdb_keeps_the_pages_a_query_will_read_again() -> None:
