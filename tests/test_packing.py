@@ -1,9 +1,11 @@
 """Page packing: every layout is valid, counts are exact, and the optimum is optimal."""
 
+import importlib
 import itertools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -278,22 +280,70 @@ def write_instance(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def solve_takes_2_5_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The solver's clock reads 10.0 s when a solve starts and 12.5 s when it ends."""
+    readings = iter([10.0, 12.5])
+    solve_module = importlib.import_module("weightdb.packing.solve")
+    monkeypatch.setattr(solve_module, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+
+
+@pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_json_and_layout(tmp_path: Path) -> None:
     out = tmp_path / "layout.json"
     args = ["packing", "solve", str(write_instance(tmp_path)), "--json", "--layout", str(out)]
     result = runner.invoke(app, [*args, "--algorithm", "greedy1"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
-    assert summary["pages"] == 3 and summary["lower_bound_pages"] == 2
-    assert summary["copied_blocks"] == 0 and summary["seconds"] >= 0
-    assert {m: row["pages_read"] for m, row in summary["models"].items()} == {"a": 2, "b": 2}
+    model = {"blocks": 3, "pages_read": 2, "frequency": 1.0}
+    assert json.loads(result.output) == {
+        "instance": "tiny",
+        "algorithm": "greedy1",
+        "blocks_per_page": 2,
+        "distinct_blocks": 4,
+        "pages": 3,
+        "lower_bound_pages": 2,
+        "gap_to_lower_bound": 1,
+        "stored_blocks": 4,
+        "copied_blocks": 0,
+        "unread_pages": 0,
+        "weighted_pages_read": 2.0,
+        "seconds": 2.5,
+        "proved_optimal": None,
+        "bound_pages": None,
+        "search_finished": None,
+        "netsdb_reference_pages": {},
+        "models": {"a": model, "b": model},
+    }
     assert json.loads(out.read_text()) == {"0": [2, 3], "1": [1], "2": [4]}
 
 
+def _table_rows(output: str) -> list[list[str]]:
+    """The cells of every body row of the rich tables in ``output``."""
+    return [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in output.splitlines()
+        if line.startswith("│")
+    ]
+
+
+@pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["packing", "solve", str(write_instance(tmp_path))])
+    result = runner.invoke(
+        app, ["packing", "solve", str(write_instance(tmp_path)), "-a", "greedy1"]
+    )
     assert result.exit_code == 0, result.output
-    assert "weightdb" in result.output and "pages read" in result.output
+    assert result.output.split()[0] == "tiny:"  # the title: instance and algorithm
+    assert result.output.split()[1] == "greedy1"
+    assert _table_rows(result.output) == [
+        ["pages", "3"],
+        ["lower bound (ceil(distinct / l))", "2"],
+        ["distinct / stored blocks", "4 / 4"],
+        ["copied blocks", "0"],
+        ["pages read per request (frequency-weighted)", "2.0"],
+        ["seconds", "2.500"],
+        ["a", "3", "2", "1"],
+        ["b", "3", "2", "1"],
+    ]
 
 
 def test_cli_solve_time_limit_stops_the_search_with_a_valid_layout(tmp_path: Path) -> None:
