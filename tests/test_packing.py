@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich_tables import table_rows
 from typer.testing import CliRunner
 
 from weightdb.cli import app
@@ -317,15 +318,6 @@ def test_cli_solve_json_and_layout(tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == {"0": [2, 3], "1": [1], "2": [4]}
 
 
-def _table_rows(output: str) -> list[list[str]]:
-    """The cells of every body row of the rich tables in ``output``."""
-    return [
-        [cell.strip() for cell in line.split("│")[1:-1]]
-        for line in output.splitlines()
-        if line.startswith("│")
-    ]
-
-
 @pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
     result = runner.invoke(
@@ -334,7 +326,7 @@ def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.split()[0] == "tiny:"  # the title: instance and algorithm
     assert result.output.split()[1] == "greedy1"
-    assert _table_rows(result.output) == [
+    assert table_rows(result.output) == [
         ["pages", "3"],
         ["lower bound (ceil(distinct / l))", "2"],
         ["distinct / stored blocks", "4 / 4"],
