@@ -2,6 +2,7 @@
 second writer holding the writer lock, and a filesystem that fills up mid-import."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def test_a_second_writer_waits_for_the_lock_then_gives_up_clearly(tmp_path: Path
         with weightdb.connect(path, create=False) as db:
             db.writer_lock.timeout = 0.2  # seconds to wait before giving up (60 by default)
             expected = f"another process has been writing to {path} for 0s; wait for it"
-            with pytest.raises(ConcurrentWriteError, match=expected):
+            with pytest.raises(ConcurrentWriteError, match=re.escape(expected)):
                 db.import_arrays("second", {"w": SMALL * 2})
             assert [model.name for model in db.models()] == ["first"]
             holder.communicate("done\n", timeout=30)
