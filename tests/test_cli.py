@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rich_tables import table_rows
 from safetensors.numpy import load_file, save_file
 
 import weightdb
@@ -97,7 +98,8 @@ def test_demo_runs_the_whole_tour(tmp_path):
     assert result.returncode == 0, result.stderr
     for step in ("1. import", "2. deduplicate", "3. repack", "4. score", "5. a Zipf", "6. serve"):
         assert step in result.stdout
-    assert "False" not in result.stdout  # every HTTP answer equalled db.predict
+    served = [row[1:] for row in table_rows(result.stdout) if row[0].startswith("POST /v2/")]
+    assert served == [["200", "True"]] * 3 + [["404", "-"]]  # every answer equalled db.predict
     for key in ("bytes after dedup", "accuracy kept", "pages", "hit ratio", "latency vs PyTorch"):
         assert key in result.stdout
     stats = json.loads(cli("--db", str(tmp_path / "demo"), "stats", "--json").stdout)

@@ -422,7 +422,20 @@ def test_reference_methods_keep_their_decision_split_within_budget(
         report = db.deduplicate(eval_spec=family / "family.json", max_drop=0.02, method=method)
     for model in report.models.values():  # netsDB decides on the test split, as its artifact
         assert model.test_before - model.test_after <= 0.02 + 1e-9
-    assert report.stored_bytes_after <= report.stored_bytes_before
+    # One evaluation per model is its baseline; more means candidates were found and judged.
+    assert report.evaluations > len(report.models)
+
+
+@pytest.mark.parametrize("method", ["netsdb", "pairwise"])
+def test_reference_methods_replace_blocks_of_the_fine_tunes(
+    db_path: Path, family: Path, method: str
+):
+    with weightdb.connect(db_path, create=False) as db:
+        report = deduplicate(db, eval_spec=family / "family.json", max_drop=0.02, method=method)
+    replaced = {name: m.blocks_replaced for name, m in report.models.items() if m.blocks_replaced}
+    assert replaced == {"base-extra-epochs": 1, "frozen-conv": 2}
+    assert (report.distinct_blocks_before, report.distinct_blocks_after) == (24, 21)
+    assert report.stored_bytes_after < report.stored_bytes_before
 
 
 def test_metrics():

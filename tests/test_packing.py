@@ -1,13 +1,16 @@
 """Page packing: every layout is valid, counts are exact, and the optimum is optimal."""
 
+import importlib
 import itertools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich_tables import table_rows
 from typer.testing import CliRunner
 
 from weightdb.cli import app
@@ -108,14 +111,14 @@ def test_a_copy_saves_a_page() -> None:
     """Without copies three pages are needed; copying the shared block gives two."""
     models = {"a": [1, 2], "b": [2, 3]}
     assert len(pack(models, 2, algorithm="greedy1")) == 3
-    for algorithm in ("weightdb", "optimal"):
+    for algorithm in ("dissolve", "optimal"):
         assert sorted(map(sorted, pack(models, 2, algorithm=algorithm))) == [[1, 2], [2, 3]]
 
 
 @settings(max_examples=60, deadline=None)
 @given(instance=instances())
 def test_weightdb_only_improves_on_greedy1(instance: Instance) -> None:
-    assert solve(instance, "weightdb").pages <= solve(instance, "greedy1").pages
+    assert solve(instance, "dissolve").pages <= solve(instance, "greedy1").pages
 
 
 def brute_force_pages(instance: Instance) -> int:
@@ -181,7 +184,7 @@ def test_reference_instances(path: Path) -> None:
         result = solve(instance, algorithm)
         assert check_layout(instance, result.layout) == []
         assert result.pages == pages, algorithm
-    ours = solve(instance, "weightdb")
+    ours = solve(instance, "dissolve")
     assert check_layout(instance, ours.layout) == []
     assert ours.pages <= min(instance.reference_pages.values())
     assert ours.pages == OPTIMUM[instance.name]
@@ -202,10 +205,10 @@ def test_optimal_proves_the_reference_optimum(name: str) -> None:
 def test_a_moderately_large_instance_packs_validly() -> None:
     instance = fine_tune_families(models=40, distinct_blocks=15_000, blocks_per_page=32)
     assert instance.distinct_blocks == 15_000 and len(instance.models) == 40
-    for algorithm in ("weightdb", "two-stage"):
+    for algorithm in ("dissolve", "two-stage"):
         result = solve(instance, algorithm)
         assert check_layout(instance, result.layout) == []
-    assert solve(instance, "weightdb").pages <= result.pages
+    assert solve(instance, "dissolve").pages <= result.pages
 
 
 def test_a_lineage_with_thousands_of_signatures_packs_validly_in_far_fewer_pages() -> None:
@@ -215,13 +218,13 @@ def test_a_lineage_with_thousands_of_signatures_packs_validly_in_far_fewer_pages
     instance = lineage(models=30, distinct_blocks=25_000, blocks_per_page=64)
     assert len(instance.signature_groups()) == 3314 and instance.lower_bound_pages == 391
     greedy1 = solve(instance, "greedy1")
-    ours = solve(instance, "weightdb")
+    ours = solve(instance, "dissolve")
     assert check_layout(instance, ours.layout) == []
     assert (ours.pages, greedy1.pages) == (542, 3594)
     reads = greedy1.layout.pages_read()
     assert all(pages <= reads[model] for model, pages in ours.layout.pages_read().items())
     assert ours.search_finished
-    stopped = solve(instance, "weightdb", time_limit=1e-9)
+    stopped = solve(instance, "dissolve", time_limit=1e-9)
     assert check_layout(instance, stopped.layout) == []
     assert stopped.search_finished is False
     assert stopped.pages == greedy1.pages and stopped.layout.copied_blocks == 0
@@ -278,22 +281,61 @@ def write_instance(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def solve_takes_2_5_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The solver's clock reads 10.0 s when a solve starts and 12.5 s when it ends."""
+    readings = iter([10.0, 12.5])
+    solve_module = importlib.import_module("weightdb.packing.solve")
+    monkeypatch.setattr(solve_module, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+
+
+@pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_json_and_layout(tmp_path: Path) -> None:
     out = tmp_path / "layout.json"
     args = ["packing", "solve", str(write_instance(tmp_path)), "--json", "--layout", str(out)]
     result = runner.invoke(app, [*args, "--algorithm", "greedy1"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
-    assert summary["pages"] == 3 and summary["lower_bound_pages"] == 2
-    assert summary["copied_blocks"] == 0 and summary["seconds"] >= 0
-    assert {m: row["pages_read"] for m, row in summary["models"].items()} == {"a": 2, "b": 2}
+    model = {"blocks": 3, "pages_read": 2, "frequency": 1.0}
+    assert json.loads(result.output) == {
+        "instance": "tiny",
+        "algorithm": "greedy1",
+        "blocks_per_page": 2,
+        "distinct_blocks": 4,
+        "pages": 3,
+        "lower_bound_pages": 2,
+        "gap_to_lower_bound": 1,
+        "stored_blocks": 4,
+        "copied_blocks": 0,
+        "unread_pages": 0,
+        "weighted_pages_read": 2.0,
+        "seconds": 2.5,
+        "proved_optimal": None,
+        "bound_pages": None,
+        "search_finished": None,
+        "netsdb_reference_pages": {},
+        "models": {"a": model, "b": model},
+    }
     assert json.loads(out.read_text()) == {"0": [2, 3], "1": [1], "2": [4]}
 
 
+@pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["packing", "solve", str(write_instance(tmp_path))])
+    result = runner.invoke(
+        app, ["packing", "solve", str(write_instance(tmp_path)), "-a", "greedy1"]
+    )
     assert result.exit_code == 0, result.output
-    assert "dissolve" in result.output and "pages read" in result.output
+    assert result.output.split()[0] == "tiny:"  # the title: instance and algorithm
+    assert result.output.split()[1] == "greedy1"
+    assert table_rows(result.output) == [
+        ["pages", "3"],
+        ["lower bound (ceil(distinct / l))", "2"],
+        ["distinct / stored blocks", "4 / 4"],
+        ["copied blocks", "0"],
+        ["pages read per request (frequency-weighted)", "2.0"],
+        ["seconds", "2.500"],
+        ["a", "3", "2", "1"],
+        ["b", "3", "2", "1"],
+    ]
 
 
 def test_cli_solve_time_limit_stops_the_search_with_a_valid_layout(tmp_path: Path) -> None:

@@ -57,9 +57,15 @@ def test_manifest_lists_models_with_lineage_and_files(zoo: Path, family: str):
         assert (zoo / family / model["onnx"]).is_file()
         assert (zoo / family / model["safetensors"]).is_file()
         assert model["parent"] is None or model["parent"] in names[: names.index(model["name"])]
-        assert model["lineage"]["seed"] >= 0 and model["lineage"]["steps"] >= 0
+        assert (model["lineage"]["init"] == "parent") == (model["parent"] is not None)
         assert model["parameters"] > 0
         assert model["bytes"] == (zoo / family / model["safetensors"]).stat().st_size
+    lineages = [model["lineage"] for model in manifest["models"]]
+    if family == "scale":  # generated, not trained: every variant derives from the family seed
+        assert {(lineage["steps"], lineage["seed"]) for lineage in lineages} == {(0, 0)}
+    else:  # trained, model number k with seed family seed * 1000 + k
+        assert [lineage["seed"] for lineage in lineages] == list(range(len(lineages)))
+        assert min(lineage["steps"] for lineage in lineages) > 0
 
 
 def test_minilm_family_has_six_finetunes_full_and_frozen(zoo: Path):
