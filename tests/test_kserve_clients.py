@@ -22,6 +22,8 @@ from test_server import running_server
 from tritonclient.utils import InferenceServerException
 
 import weightdb
+from weightdb.engine import InvalidInputError
+from weightdb.engine.input_dtypes import convert_input
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -200,6 +202,17 @@ def test_casts_that_lose_kind_are_refused_naming_input_and_dtypes(
     with pytest.raises(InferenceServerException) as refused:
         client.infer(model, [tensor(name, array, datatype, binary)])
     assert (refused.value.status(), refused.value.message()) == ("400", message)
+
+
+def test_a_float_outside_the_model_dtype_is_refused() -> None:
+    """float32 1e5 has no float16 value: refused rather than sent on as infinity."""
+    features = np.array([1.0, 1e5], np.float32)
+    with pytest.raises(InvalidInputError) as refused:
+        convert_input("x", features, np.dtype(np.float16))
+    assert str(refused.value) == (
+        "input 'x' must be float16, got float32 with a value (100000.0) outside float16's range"
+    )
+    assert convert_input("x", features[:1], np.dtype(np.float16)).dtype == np.float16
 
 
 def test_a_non_integral_json_value_for_ids_is_refused(server: str) -> None:
