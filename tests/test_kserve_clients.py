@@ -337,11 +337,17 @@ ROW = np.ones(64, np.float32).tobytes()
         ),
         (
             *binary_request({**dense_header(), "parameters": {"binary_data_output": 1}}, ROW),
-            "parameters.parameters.binary_data_output must be true or false, got 1",
+            "parameters.binary_data_output must be true or false, got 1",
         ),
         (
             *binary_request({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32"}]}),
             "input 'x' has no 'data' and no parameters.binary_data_size",
+        ),
+        (
+            json.dumps(dense_header()).encode(),
+            {},
+            "input 'x' has binary_data_size but the request has no "
+            "Inference-Header-Content-Length header",
         ),
     ],
 )

@@ -26,11 +26,10 @@ class BinaryDataError(ApiError):
         super().__init__(400, message)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
-    """The JSON header and the binary tail of a request body (the tail is empty without the
-    header)."""
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview | None]:
+    """The JSON header and the binary tail of a request body (None without the header)."""
     if header_length is None:
-        return body, memoryview(b"")
+        return body, None
     if not _DIGITS.fullmatch(header_length.strip()):
         raise BinaryDataError(
             f"{HEADER} must be a non-negative integer (the JSON header's length in bytes), "
@@ -42,16 +41,20 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return body[:length], memoryview(body)[length:]
 
 
-def input_bytes(request: InferRequest, tail: memoryview) -> dict[str, memoryview]:
+def input_bytes(request: InferRequest, tail: memoryview | None) -> dict[str, memoryview]:
     """Input name -> its raw bytes, for each input with ``binary_data_size``; the sizes must
     add up to the tail exactly."""
     found: dict[str, memoryview] = {}
     offset = 0
     for position, tensor in enumerate(request.inputs):
-        size = _parameter(tensor.parameters, "binary_data_size", int, f"inputs.{position}")
+        size = _parameter(tensor.parameters, "binary_data_size", int, f"inputs.{position}.")
         if size is None:
             continue
         where = f"input {tensor.name!r}"
+        if tail is None:
+            raise BinaryDataError(
+                f"{where} has binary_data_size but the request has no {HEADER} header"
+            )
         if size < 0:
             raise BinaryDataError(f"{where}: binary_data_size is negative ({size})")
         if tensor.data is not None:
@@ -64,7 +67,7 @@ def input_bytes(request: InferRequest, tail: memoryview) -> dict[str, memoryview
             )
         found[tensor.name] = tail[offset : offset + size]
         offset += size
-    if offset != len(tail):
+    if tail is not None and offset != len(tail):
         raise BinaryDataError(
             f"the body has {len(tail)} bytes after the JSON header but the inputs' "
             f"binary_data_size add up to {offset}"
@@ -74,21 +77,22 @@ def input_bytes(request: InferRequest, tail: memoryview) -> dict[str, memoryview
 
 def binary_outputs(request: InferRequest, names: list[str]) -> set[str]:
     """The outputs among ``names`` to send as binary data."""
-    everything = _parameter(request.parameters, "binary_data_output", bool, "parameters")
+    everything = _parameter(request.parameters, "binary_data_output", bool, "")
     chosen = {name for name in names if everything}
     for position, output in enumerate(request.outputs or []):
-        wanted = _parameter(output.parameters, "binary_data", bool, f"outputs.{position}")
+        wanted = _parameter(output.parameters, "binary_data", bool, f"outputs.{position}.")
         if wanted is not None:
             (chosen.add if wanted else chosen.discard)(output.name)
     return chosen
 
 
 def _parameter(parameters: dict | None, name: str, kind: type, where: str):
-    """``parameters[name]`` checked to be a ``kind`` (a bool is not an int here), or None."""
+    """``parameters[name]`` checked to be a ``kind`` (a bool is not an int here), or None;
+    ``where`` prefixes the parameter's path in error messages."""
     value = (parameters or {}).get(name)
     if value is None:
         return None
     if type(value) is not kind:
         expected = "true or false" if kind is bool else "an integer"
-        raise BinaryDataError(f"{where}.parameters.{name} must be {expected}, got {value!r}")
+        raise BinaryDataError(f"{where}parameters.{name} must be {expected}, got {value!r}")
     return value
