@@ -139,11 +139,16 @@ def metric_lines(server: str, prefix: str) -> list[str]:
 def test_lossless_casts_are_served_and_counted(
     client: triton.InferenceServerClient, server: str, db_path: Path
 ) -> None:
-    """BF16 (binary only, as the protocol allows) and FP64 features for a float32 input, INT32
+    """BF16 (binary only, as the protocol allows), FP16 and FP64 features for a float32 input, INT32
     ids for an int64 one: answered as if sent in the model's dtype, each cast counted once."""
     rng = np.random.default_rng(2)
     features = rng.standard_normal((2, 64))
-    for array, datatype in ((features.astype(ml_dtypes.bfloat16), "BF16"), (features, "FP64")):
+    casts = (
+        (features.astype(ml_dtypes.bfloat16), "BF16"),
+        (features.astype(np.float16), "FP16"),
+        (features, "FP64"),
+    )
+    for array, datatype in casts:
         result = client.infer("dense", [tensor("x", array, datatype, True)])
         want = expected(db_path, "dense", "x", array.astype(np.float32))
         np.testing.assert_array_equal(result.as_numpy("y"), want)
@@ -153,6 +158,7 @@ def test_lossless_casts_are_served_and_counted(
     np.testing.assert_array_equal(result.as_numpy("y"), want)
     labels = (
         'expected="float32",given="bfloat16",input="x",model="dense"',
+        'expected="float32",given="float16",input="x",model="dense"',
         'expected="float32",given="float64",input="x",model="dense"',
         'expected="int64",given="int32",input="ids",model="embed"',
     )
