@@ -431,7 +431,7 @@ def test_reference_methods_replace_blocks_of_the_fine_tunes(
     db_path: Path, family: Path, method: str
 ):
     with weightdb.connect(db_path, create=False) as db:
-        report = deduplicate(db, eval_spec=family / "family.json", max_drop=0.02, method=method)
+        report = db.deduplicate(eval_spec=family / "family.json", max_drop=0.02, method=method)
     replaced = {name: m.blocks_replaced for name, m in report.models.items() if m.blocks_replaced}
     assert replaced == {"base-extra-epochs": 1, "frozen-conv": 2}
     assert (report.distinct_blocks_before, report.distinct_blocks_after) == (24, 21)

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from weightdb.engine import blocked, gemm
 from weightdb.engine.errors import ExecutionError, InvalidInputError, UnsupportedModelError
+from weightdb.engine.input_dtypes import convert_input
 from weightdb.engine.ops import OPS, Kernel
 from weightdb.engine.threads import engine_threads
 from weightdb.engine.weights import StoredWeight, materialize
@@ -338,14 +339,10 @@ def _into(ufunc: np.ufunc, position: int, a: np.ndarray, b: np.ndarray) -> np.nd
 def _checked(spec: InputSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> np.ndarray:
     """``array`` converted to ``spec``'s dtype after checking its kind and shape.
 
-    Values of the same kind convert (int32 ids for an int64 input, float64 features for a
-    float32 one); a float array for an integer input does not. Symbolic dims must agree across
-    inputs (``batch`` is one number for all inputs of one call).
+    The dtype converts only when the cast loses nothing in kind (see ``input_dtypes``).
+    Symbolic dims must agree across inputs (``batch`` is one number for all inputs of one call).
     """
-    if array.dtype != spec.dtype and not np.can_cast(array.dtype, spec.dtype, "same_kind"):
-        raise InvalidInputError(
-            f"input {spec.name!r} must be {spec.dtype} (or convertible to it), got {array.dtype}"
-        )
+    array = convert_input(spec.name, array, spec.dtype)
     if spec.dims and array.ndim != len(spec.dims):
         raise InvalidInputError(
             f"input {spec.name!r} must have {len(spec.dims)} dimensions {_show(spec.dims)}, "
@@ -364,7 +361,7 @@ def _checked(spec: InputSpec, array: np.ndarray, bound: dict[str, tuple[int, str
                     f"input {spec.name!r} has {want!r} = {got} (dimension {axis}) but input "
                     f"{owner!r} has {want!r} = {size}; they must agree"
                 )
-    return array.astype(spec.dtype, copy=False)
+    return array
 
 
 def _show(dims: tuple) -> str:

@@ -7,6 +7,7 @@ so a model imported or re-laid-out by another process is served without a restar
 """
 
 import json
+import time
 from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from importlib import metadata
@@ -20,8 +21,9 @@ from starlette.exceptions import HTTPException
 
 from weightdb.database import Database
 from weightdb.errors import WeightDBError
-from weightdb.server import protocol
+from weightdb.server import binary_data, protocol
 from weightdb.server.batching import Batcher
+from weightdb.server.binary_data import HEADER
 from weightdb.server.config import ServerConfig
 from weightdb.server.errors import ApiError, status_of
 from weightdb.server.limits import BodyGuard, bearer_token
@@ -35,11 +37,23 @@ from weightdb.server.schemas import (
     ModelList,
     ModelMetadata,
     Ready,
+    RepositoryEntry,
+    RepositoryIndexRequest,
     ServerMetadata,
+    StatisticsResponse,
 )
+from weightdb.server.statistics import InferenceStatistics
 from weightdb.storage.catalog import CatalogError
 
-EXTENSIONS = ["model_list", "metrics"]
+# model_repository(index): the index only; every stored model is served without a load.
+EXTENSIONS = [
+    "binary_tensor_data",
+    "statistics",
+    "model_repository(index)",
+    "model_list",
+    "metrics",
+]
+NO_GRAPH = "stored without a graph, so it cannot predict"
 _ERRORS = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
@@ -83,8 +97,13 @@ def create_app(db: Database, config: ServerConfig) -> FastAPI:
             "Requests for one model arriving within `--max-wait-ms` run as one batch when the "
             "model's graph provably keeps rows apart (`batched_across_requests` in its "
             "metadata), else one by one; a round of batches for models that share weights "
-            "reads each shared page once. `GET /v2/models` lists stored models (a weightdb "
-            "extension), `GET /metrics` is Prometheus. With a token (`WEIGHTDB_TOKEN` or "
+            "reads each shared page once. Tensors travel as JSON or as binary data (the binary "
+            "tensor data extension); an input whose dtype differs from the model's is converted "
+            "only when nothing is lost in kind (float64 to float32, int32 to int64, FP16 or BF16 "
+            "to float32), counted in `weightdb_input_casts_total`. `GET /v2/models/stats` and "
+            "`POST /v2/repository/index` are the statistics and repository-index extensions; "
+            "`GET /v2/models` lists stored models (a weightdb extension), `GET /metrics` is "
+            "Prometheus. With a token (`WEIGHTDB_TOKEN` or "
             "`--token-file`), every route except the health probes, these docs included, "
             'needs `Authorization: Bearer <token>`. Errors answer `{"error": "..."}`.'
         ),
@@ -100,7 +119,8 @@ def create_app(db: Database, config: ServerConfig) -> FastAPI:
     _document_infer_request(app)
     app.include_router(_health_routes(db))
     guarded = [Depends(bearer_token(config.token))] if config.token else []
-    app.include_router(_model_routes(db, batcher), dependencies=guarded)
+    app.include_router(_extension_routes(db, metrics.statistics), dependencies=guarded)
+    app.include_router(_model_routes(db, batcher, metrics.statistics), dependencies=guarded)
     app.include_router(_metrics_route(metrics), dependencies=guarded)
     app.include_router(_docs_routes(app), dependencies=guarded)
     return app
@@ -147,7 +167,7 @@ def _health_routes(db: Database) -> APIRouter:
     return router
 
 
-def _model_routes(db: Database, batcher: Batcher) -> APIRouter:
+def _model_routes(db: Database, batcher: Batcher, statistics: InferenceStatistics) -> APIRouter:
     router = APIRouter(prefix="/v2", tags=["models"], responses={401: _ERRORS[401]})
 
     @router.get("", response_model=ServerMetadata)
@@ -181,7 +201,7 @@ def _model_routes(db: Database, batcher: Batcher) -> APIRouter:
         """200 when the model can be served; 404 when it does not exist, 503 when it is stored
         without a graph."""
         if not db.model(name).has_graph:
-            raise ApiError(503, f"model {name!r} is stored without a graph and cannot predict")
+            raise ApiError(503, f"model {name!r} is {NO_GRAPH}")
         return Ready(name=name, ready=True)
 
     @router.post(
@@ -192,19 +212,65 @@ def _model_routes(db: Database, batcher: Batcher) -> APIRouter:
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}
+                    "application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}},
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "format": "binary"},
+                        "description": "Binary data extension: Inference-Header-Content-Length "
+                        "bytes of InferRequest JSON, then each binary input's bytes.",
+                    },
                 },
             }
         },
     )
-    async def infer(name: str, request: Request) -> WireJSON:
-        """Run the model on JSON tensors; requests arriving together are batched. The body is
-        read as JSON whatever its Content-Type says."""
-        body = _parse(await request.body())
-        inputs = protocol.decode_request(body)
+    async def infer(name: str, request: Request) -> Response:
+        """Run the model on tensors given as JSON or as binary data (the body begins with
+        `Inference-Header-Content-Length` bytes of JSON); requests arriving together are
+        batched. The JSON is read whatever the Content-Type says."""
+        header, tail = binary_data.split_body(await request.body(), request.headers.get(HEADER))
+        body = _parse(header)
+        inputs = protocol.decode_request(body, binary_data.input_bytes(body, tail))
         request.state.model = name
         outputs = await batcher.infer(name, inputs)
-        return WireJSON(protocol.encode_response(name, body, outputs))
+        started = time.perf_counter()
+        response = _infer_response(name, body, outputs)
+        statistics.encoded(name, int((time.perf_counter() - started) * 1e9))
+        return response
+
+    return router
+
+
+def _extension_routes(db: Database, statistics: InferenceStatistics) -> APIRouter:
+    """The statistics and repository-index extensions. Included before the model routes, so
+    that ``/v2/models/stats`` is not read as the model named "stats"."""
+    router = APIRouter(prefix="/v2", tags=["extensions"], responses={401: _ERRORS[401]})
+
+    @router.get("/models/stats", response_model=StatisticsResponse)
+    def all_statistics() -> dict:
+        """Per-model counts and cumulative durations since the server started (the KServe v2
+        statistics extension, as Triton answers it), for every stored model."""
+        return statistics.as_json([m.name for m in db.models()])
+
+    @router.get(
+        "/models/{name}/stats", response_model=StatisticsResponse, responses=_pick(400, 404)
+    )
+    def model_statistics(name: str) -> dict:
+        """The statistics of one model."""
+        db.model(name)  # 404 when it does not exist
+        return statistics.as_json([name])
+
+    @router.post("/repository/index", response_model=list[RepositoryEntry])
+    async def repository_index(request: Request) -> list[dict]:
+        """Every stored model, `READY` when it can predict and `UNAVAILABLE` (with the reason)
+        when it is stored without a graph. The body may be empty or `{"ready": true}` (only
+        the models that can predict)."""
+        only_ready = _parse_index_request(await request.body()).ready
+        entries = [
+            {"name": m.name, "state": "READY", "reason": ""}
+            if m.has_graph
+            else {"name": m.name, "state": "UNAVAILABLE", "reason": NO_GRAPH}
+            for m in db.models()
+        ]
+        return [e for e in entries if e["state"] == "READY" or not only_ready]
 
     return router
 
@@ -243,6 +309,26 @@ def _parse(body: bytes) -> InferRequest:
         return InferRequest.model_validate_json(body)
     except ValidationError as error:
         raise ApiError(400, _describe(error.errors())) from None
+
+
+def _parse_index_request(body: bytes) -> RepositoryIndexRequest:
+    try:
+        return RepositoryIndexRequest.model_validate_json(body.strip() or b"{}")
+    except ValidationError as error:
+        raise ApiError(400, _describe(error.errors())) from None
+
+
+def _infer_response(name: str, request: InferRequest, outputs: dict) -> Response:
+    """JSON, or with outputs asked for as binary data, the JSON header and their bytes."""
+    header, chunks = protocol.encode_response(name, request, outputs)
+    if not chunks:
+        return WireJSON(header)
+    encoded = WireJSON(header).body
+    return Response(
+        b"".join([encoded, *chunks]),
+        media_type="application/octet-stream",
+        headers={HEADER: str(len(encoded))},
+    )
 
 
 def _describe(errors: Sequence[dict]) -> str:

@@ -119,7 +119,7 @@ class RequestQueue:
         return batch
 
 
-def run_batch(db: Database, batch: Batch) -> int:
+def run_batch(db: Database, batch: Batch, metrics: ServerMetrics | None = None) -> int:
     """Run one model on a batch and deliver each request its rows of the outputs; returns the
     rows that ran (0 when the model does not exist or no request was valid).
 
@@ -127,7 +127,8 @@ def run_batch(db: Database, batch: Batch) -> int:
     ``engine.row_independence``): stacking any other would let one client's rows change
     another's answer. Requests are checked one by one first, so a bad request fails alone. A
     batch whose run fails on its inputs (e.g. a token id outside the vocabulary) is rerun
-    request by request for the same reason.
+    request by request for the same reason. ``metrics`` counts input casts and records the
+    statistics of each run.
     """
     try:
         prepared, rows_apart = db.prepared.batchable(batch[0].model)
@@ -135,20 +136,36 @@ def run_batch(db: Database, batch: Batch) -> int:
         for request in batch:
             request.deliver(error)
         return 0
-    valid = [request for request in batch if _validated(prepared, request)]
+    valid = [request for request in batch if _validated(prepared, request, metrics)]
     stackable = [r for r in valid if _one_batch_size(r)] if rows_apart.independent else []
     alone = [r for r in valid if r not in stackable]
-    if len(stackable) > 1 and _run_stacked(prepared, stackable):
+    if len(stackable) > 1 and _run_stacked(prepared, stackable, metrics):
         stackable = []
     for request in alone + stackable:
         try:
-            request.deliver(prepared.run(request.inputs))
+            request.deliver(_run(prepared, [request], request.inputs, metrics))
         except Exception as error:
             request.deliver(error)
     return sum(request.rows for request in valid)
 
 
-def _run_stacked(prepared: PreparedModel, requests: Batch) -> bool:
+def _run(
+    prepared: PreparedModel, requests: Batch, inputs: Outputs, metrics: ServerMetrics | None
+) -> Outputs:
+    """``prepared.run(inputs)`` for ``requests``, recorded in the statistics when it succeeds."""
+    started = time.monotonic()
+    outputs = prepared.run(inputs)
+    if metrics is not None:
+        metrics.statistics.executed(
+            requests[0].model,
+            queued_ns=[int((started - r.arrived) * 1e9) for r in requests],
+            rows=sum(r.rows for r in requests),
+            ns=int((time.monotonic() - started) * 1e9),
+        )
+    return outputs
+
+
+def _run_stacked(prepared: PreparedModel, requests: Batch, metrics: ServerMetrics | None) -> bool:
     """Run ``requests`` stacked into one batch and deliver each its rows; False, having
     delivered nothing, when the run fails on its inputs or its outputs do not split into rows
     (the requests then run alone)."""
@@ -156,7 +173,7 @@ def _run_stacked(prepared: PreparedModel, requests: Batch) -> bool:
         stacked = {
             name: np.concatenate([r.inputs[name] for r in requests]) for name in requests[0].inputs
         }
-        parts = _split(prepared.run(stacked), [r.rows for r in requests])
+        parts = _split(_run(prepared, requests, stacked, metrics), [r.rows for r in requests])
     except WeightDBError:
         return False
     except Exception as error:  # a bug: each request answers it rather than hang
@@ -170,14 +187,23 @@ def _run_stacked(prepared: PreparedModel, requests: Batch) -> bool:
     return True
 
 
-def _validated(prepared: PreparedModel, request: Request) -> bool:
-    """Convert the request's inputs to the graph's dtypes; deliver the error if they are wrong."""
+def _validated(prepared: PreparedModel, request: Request, metrics: ServerMetrics | None) -> bool:
+    """Convert the request's inputs to the graph's dtypes, counting each cast; deliver the
+    error if they are wrong."""
+    started = time.monotonic()
     try:
         arrays = prepared.validate(request.inputs)
     except Exception as error:
         request.deliver(error)
         return False
-    request.inputs = {spec.name: a for spec, a in zip(prepared.inputs, arrays, strict=True)}
+    converted = {spec.name: a for spec, a in zip(prepared.inputs, arrays, strict=True)}
+    if metrics is not None:
+        for name, array in converted.items():
+            given = request.inputs[name].dtype
+            if given != array.dtype:
+                metrics.input_casts.labels(request.model, name, str(given), str(array.dtype)).inc()
+        metrics.statistics.converted(request.model, int((time.monotonic() - started) * 1e9))
+    request.inputs = converted
     return True
 
 
@@ -251,7 +277,7 @@ class Batcher:
         with self._scheduler.round(list(by_model)) as current:
             for model in current.order:
                 for batch in by_model[model]:
-                    rows = run_batch(self._db, batch)
+                    rows = run_batch(self._db, batch, self._metrics)
                     if rows:
                         self._metrics.batch_rows.labels(model).observe(rows)
                 current.finished(model)

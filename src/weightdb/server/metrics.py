@@ -1,5 +1,6 @@
-"""Prometheus metrics of one server: requests, batches and rounds as they happen, and the
-buffer pool and queue read when ``/metrics`` is scraped."""
+"""Prometheus metrics of one server: requests, input casts, batches and rounds as they happen,
+and the buffer pool and queue read when ``/metrics`` is scraped; also the per-model statistics
+of the KServe v2 statistics extension, fed by the same observations."""
 
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weightdb.database import Database
+from weightdb.server.statistics import InferenceStatistics
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 UNKNOWN_MODEL = "_unknown"
@@ -51,13 +53,24 @@ class ServerMetrics:
             buckets=(0, *(2**k for k in range(16, 33, 2))),
             registry=self.registry,
         )
+        self.input_casts = Counter(
+            "weightdb_input_casts",
+            "Request inputs converted to the model's dtype (casts that lose nothing in kind, "
+            "e.g. float64 to float32), by model, input and dtypes.",
+            ["model", "input", "given", "expected"],
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(db, queue_depth))
+        self.statistics = InferenceStatistics()
 
     def observe(self, model: str, status: int, started: float) -> None:
         """Count one answered inference request (``started`` from ``time.perf_counter``)."""
         labels = (model, str(status))
+        elapsed = time.perf_counter() - started
         self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(time.perf_counter() - started)
+        self.latency.labels(*labels).observe(elapsed)
+        if model != UNKNOWN_MODEL:
+            self.statistics.answered(model, status == 200, int(elapsed * 1e9))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

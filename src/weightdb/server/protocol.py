@@ -1,18 +1,23 @@
-"""The KServe v2 JSON tensor codec: datatypes, request tensors to numpy, numpy to response
-tensors, and model metadata.
+"""The KServe v2 tensor codec: datatypes, request tensors to numpy, numpy to response tensors,
+and model metadata.
 
 A tensor on the wire is ``{"name", "datatype", "shape", "data"}`` with ``data`` in row-major
-order, flat or nested. Decoding checks what the wire format alone can check (known datatype,
-element count, values of the declared kind); whether the model accepts the tensor is the
-engine's check, made when the request runs.
+order, flat or nested, or, with the binary data extension (``binary_data``), raw bytes after the
+JSON header. Decoding checks what the wire format alone can check (known datatype, element or
+byte count, values of the declared kind, integral values for integer datatypes); whether the
+model accepts the tensor, and how its dtype converts, is the engine's check, made when the
+request runs (``engine.input_dtypes``).
 """
 
 import math
 
+import ml_dtypes
 import numpy as np
 
 from weightdb.database import Database
+from weightdb.engine.input_dtypes import kind_of
 from weightdb.errors import WeightDBError
+from weightdb.server.binary_data import binary_outputs
 from weightdb.server.errors import ApiError
 from weightdb.server.schemas import (
     InferInput,
@@ -35,11 +40,13 @@ DATATYPES: dict[str, np.dtype] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
     "BYTES": np.dtype(object),
 }
 _BY_DTYPE = {dtype: name for name, dtype in DATATYPES.items()}
 # The kinds of JSON values (as numpy infers them) each kind of datatype accepts.
-_ACCEPTED_KINDS = {"b": "b", "u": "iu", "i": "iu", "f": "iuf", "O": "OUSb"}
+# JSON has one number type, so integral floats (1.0) count as integers.
+_ACCEPTED_KINDS = {"b": "b", "u": "iuf", "i": "iuf", "f": "iuf", "V": "iuf", "O": "OUSb"}
 
 
 class ProtocolError(ApiError):
@@ -56,17 +63,22 @@ def datatype_of(dtype: np.dtype) -> str:
         raise WeightDBError(f"dtype {dtype} has no KServe v2 datatype") from None
 
 
-def decode_request(request: InferRequest) -> dict[str, np.ndarray]:
-    """Input name -> array; every input named once, shaped and typed as declared."""
+def decode_request(
+    request: InferRequest, binary: dict[str, memoryview] | None = None
+) -> dict[str, np.ndarray]:
+    """Input name -> array; every input named once, shaped and typed as declared. ``binary``
+    holds the raw bytes of the inputs sent as binary data."""
+    binary = binary or {}
     arrays: dict[str, np.ndarray] = {}
     for tensor in request.inputs:
         if tensor.name in arrays:
             raise ProtocolError(f"input {tensor.name!r} is given more than once")
-        arrays[tensor.name] = decode_tensor(tensor)
+        arrays[tensor.name] = decode_tensor(tensor, binary.get(tensor.name))
     return arrays
 
 
-def decode_tensor(tensor: InferInput) -> np.ndarray:
+def decode_tensor(tensor: InferInput, raw: memoryview | None = None) -> np.ndarray:
+    """The tensor from its JSON ``data``, or from ``raw`` little-endian bytes."""
     where = f"input {tensor.name!r}"
     dtype = DATATYPES.get(tensor.datatype)
     if dtype is None:
@@ -75,6 +87,11 @@ def decode_tensor(tensor: InferInput) -> np.ndarray:
         )
     if any(d < 0 for d in tensor.shape):
         raise ProtocolError(f"{where}: shape {tensor.shape} has a negative dimension")
+    expected = math.prod(tensor.shape)
+    if raw is not None:
+        return _from_bytes(where, tensor, dtype, raw, expected)
+    if tensor.data is None:
+        raise ProtocolError(f"{where} has no 'data' and no parameters.binary_data_size")
     try:
         values = np.asarray(tensor.data, dtype=object if dtype.kind == "O" else None)
     except ValueError:
@@ -83,16 +100,43 @@ def decode_tensor(tensor: InferInput) -> np.ndarray:
         raise ProtocolError(
             f"{where}: datatype {tensor.datatype} but data holds {_kind_name(values.dtype)}"
         )
-    expected = math.prod(tensor.shape)
     if values.size != expected:
         raise ProtocolError(
             f"{where}: shape {tensor.shape} needs {expected} values, data has {values.size}"
         )
     if dtype.kind in "iu" and values.size:
-        limits = np.iinfo(dtype)
-        if values.min() < limits.min or values.max() > limits.max:
-            raise ProtocolError(f"{where}: a value is outside the range of {tensor.datatype}")
+        _check_integers(where, tensor.datatype, values, dtype)
     return values.astype(dtype, copy=False).reshape(tensor.shape)
+
+
+def _check_integers(where: str, datatype: str, values: np.ndarray, dtype: np.dtype) -> None:
+    """JSON values for an integer datatype: integral, and within its range."""
+    if values.dtype.kind == "f":
+        fractional = values[values != np.trunc(values)]  # NaN included: NaN != NaN
+        if fractional.size:
+            raise ProtocolError(
+                f"{where}: datatype {datatype} but data holds a non-integral value "
+                f"({fractional.flat[0]}); integer inputs take whole numbers only"
+            )
+    limits = np.iinfo(dtype)
+    if values.min() < limits.min or values.max() > limits.max:
+        raise ProtocolError(f"{where}: a value is outside the range of {datatype}")
+
+
+def _from_bytes(
+    where: str, tensor: InferInput, dtype: np.dtype, raw: memoryview, count: int
+) -> np.ndarray:
+    if dtype.kind == "O":
+        raise ProtocolError(f"{where}: BYTES is not supported as binary data; send it as 'data'")
+    if len(raw) != count * dtype.itemsize:
+        raise ProtocolError(
+            f"{where}: shape {tensor.shape} of {tensor.datatype} needs "
+            f"{count * dtype.itemsize} bytes, binary_data_size is {len(raw)}"
+        )
+    array = np.frombuffer(raw, dtype=dtype).reshape(tensor.shape).copy()  # owned and aligned
+    if dtype.kind == "b" and array.view(np.uint8).max(initial=0) > 1:
+        raise ProtocolError(f"{where}: a BOOL byte is neither 0 nor 1")
+    return array
 
 
 def _kind_name(dtype: np.dtype) -> str:
@@ -101,32 +145,37 @@ def _kind_name(dtype: np.dtype) -> str:
     )
 
 
-def encode_response(model: str, request: InferRequest, outputs: dict[str, np.ndarray]) -> dict:
-    """The response body (an ``InferResponse``), limited to the outputs the request names (all
-    when it names none). Built as a plain dict: validating every value again would only cost."""
+def encode_response(
+    model: str, request: InferRequest, outputs: dict[str, np.ndarray]
+) -> tuple[dict, list[bytes]]:
+    """The response header (an ``InferResponse``) limited to the outputs the request names (all
+    when it names none), and the bytes of the outputs it asks for as binary data, in order.
+    Built as a plain dict: validating every value again would only cost."""
     wanted = [o.name for o in request.outputs] if request.outputs else list(outputs)
     unknown = [name for name in wanted if name not in outputs]
     if unknown:
         raise ProtocolError(
             f"requested outputs {unknown} do not exist; the model has {list(outputs)}"
         )
-    tensors = [
-        {
-            "name": name,
-            "datatype": datatype_of(outputs[name].dtype),
-            "shape": list(outputs[name].shape),
-            "data": _wire_values(outputs[name]),
-        }
-        for name in wanted
-    ]
-    return {"model_name": model, "id": request.id, "outputs": tensors}
+    binary = binary_outputs(request, wanted)
+    tensors, chunks = [], []
+    for name in wanted:
+        array = outputs[name]
+        tensor = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        if name in binary:
+            chunks.append(np.ascontiguousarray(array).tobytes())
+            tensor["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            tensor["data"] = _wire_values(array)
+        tensors.append(tensor)
+    return {"model_name": model, "id": request.id, "outputs": tensors}, chunks
 
 
 def _wire_values(array: np.ndarray) -> list:
     """The values as JSON can carry them: NaN and infinities, which JSON lacks, as the strings
     the protobuf JSON mapping uses ("NaN", "Infinity", "-Infinity")."""
     values = array.ravel().tolist()
-    if array.dtype.kind != "f" or np.isfinite(array).all():
+    if kind_of(array.dtype) != "float" or np.isfinite(array).all():
         return values
     return [_wire_float(v) for v in values]
 

@@ -61,15 +61,25 @@ class ModelList(BaseModel):
 
 class RequestedOutput(BaseModel):
     name: str
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description='`{"binary_data": true}` returns this output as binary data after the JSON '
+        "header.",
+    )
 
 
 class InferInput(BaseModel):
     name: str
     shape: list[StrictInt] = Field(description='JSON integers; strings such as "8" are refused.')
     datatype: str = Field(examples=["FP32"])
-    data: list[Any] = Field(description="Values in row-major order, flat or nested.")
-    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = Field(
+        default=None,
+        description="Values in row-major order, flat or nested; omitted when the tensor comes "
+        "as binary data (`parameters.binary_data_size` bytes after the JSON header).",
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None, description='Binary data extension: `{"binary_data_size": bytes}`.'
+    )
 
 
 class InferRequest(BaseModel):
@@ -78,17 +88,25 @@ class InferRequest(BaseModel):
     outputs: list[RequestedOutput] | None = Field(
         default=None, description="Outputs to return; all when omitted."
     )
-    parameters: dict[str, Any] | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None,
+        description='`{"binary_data_output": true}` returns every output as binary data, '
+        'unless an output says `"binary_data": false`.',
+    )
 
 
 class InferOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any] = Field(
+    data: list[Any] | None = Field(
+        default=None,
         description="Values in row-major order, flat. JSON has no NaN or infinity: such float "
         'values are sent as the strings "NaN", "Infinity" and "-Infinity" (as in the protobuf '
-        "JSON mapping of the protocol's gRPC form)."
+        "JSON mapping of the protocol's gRPC form). Omitted for an output sent as binary data.",
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None, description='For binary data: `{"binary_data_size": bytes}`.'
     )
 
 
@@ -97,3 +115,49 @@ class InferResponse(BaseModel):
     model_version: str | None = None
     id: str | None = None
     outputs: list[InferOutput]
+
+
+class Duration(BaseModel):
+    count: int = Field(description="How many times the stage ran.")
+    ns: int = Field(description="Their total duration in nanoseconds.")
+
+
+class InferenceStats(BaseModel):
+    success: Duration = Field(description="Requests answered 200, arrival to answer.")
+    fail: Duration = Field(description="Requests answered with an error, arrival to answer.")
+    queue: Duration = Field(description="Arrival to the start of the request's batch.")
+    compute_input: Duration = Field(description="Checking and converting the inputs.")
+    compute_infer: Duration = Field(description="The run of the batch the request was in.")
+    compute_output: Duration = Field(description="Encoding the answer.")
+    cache_hit: Duration = Field(description="Always zero: weightdb caches pages, not answers.")
+    cache_miss: Duration = Field(description="Always zero: weightdb caches pages, not answers.")
+
+
+class BatchStats(BaseModel):
+    batch_size: int = Field(description="Rows of one run of the engine.")
+    compute_input: Duration
+    compute_infer: Duration
+    compute_output: Duration
+
+
+class ModelStats(BaseModel):
+    name: str
+    last_inference: int = Field(description="Milliseconds since the epoch; 0 before any.")
+    inference_count: int = Field(description="Rows inferred successfully.")
+    execution_count: int = Field(description="Runs of the engine (a batch is one run).")
+    inference_stats: InferenceStats
+    batch_stats: list[BatchStats]
+
+
+class StatisticsResponse(BaseModel):
+    model_stats: list[ModelStats]
+
+
+class RepositoryIndexRequest(BaseModel):
+    ready: bool = Field(default=False, description="Only the models that can predict.")
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    state: str = Field(examples=["READY", "UNAVAILABLE"])
+    reason: str = Field(description="Why a model is not READY; empty when it is.")

@@ -37,7 +37,8 @@ def read_inputs(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
 
 
 def _column_array(column: pa.ChunkedArray, spec: InputSpec, path: Path) -> np.ndarray:
-    """A parquet column as the input array: rows stacked, each reshaped to the per-row dims."""
+    """A parquet column as the input array: rows stacked, each reshaped to the per-row dims.
+    The values keep their dtype: the engine converts them only where nothing is lost."""
     if column.null_count:
         raise WeightDBError(f"{path}: column {spec.name!r} has NULL rows")
     array = column.combine_chunks()
@@ -48,13 +49,13 @@ def _column_array(column: pa.ChunkedArray, spec: InputSpec, path: Path) -> np.nd
         values = array.to_numpy(zero_copy_only=False)
         per_row = [d if isinstance(d, int) else -1 for d in spec.dims[1:]]
         try:
-            return values.astype(spec.dtype).reshape(rows, *per_row)
+            return values.reshape(rows, *per_row)
         except ValueError:
             raise WeightDBError(
                 f"{path}: column {spec.name!r} holds {values.size // max(rows, 1)} values per row;"
                 f" the model expects dims {list(spec.dims[1:])}"
             ) from None
-    return array.to_numpy(zero_copy_only=False).astype(spec.dtype)
+    return array.to_numpy(zero_copy_only=False)
 
 
 def write_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
