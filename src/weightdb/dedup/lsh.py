@@ -11,7 +11,10 @@ from collections.abc import Hashable
 
 import numpy as np
 
-_PRIME = (1 << 61) - 1
+_PRIME = 4_294_967_291
+"""The largest prime below 2**32: a product of two residues fits in 64 bits, so the universal
+hash ``(a * x + b) mod p`` wraps as it must (with a prime far above ``a * x`` it would keep
+the values' order, and every MinHash would be the smallest value)."""
 
 
 class _BandedLSH:
@@ -60,12 +63,12 @@ class MinHashLSH(_BandedLSH):
             raise ValueError("bands must divide permutations")
         super().__init__(bands, permutations // bands)
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 1 << 31, size=(permutations, 1), dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 31, size=(permutations, 1), dtype=np.uint64)
+        self.a = rng.integers(1, _PRIME, size=(permutations, 1), dtype=np.uint64)
+        self.b = rng.integers(0, _PRIME, size=(permutations, 1), dtype=np.uint64)
 
     def hashes(self, item: np.ndarray) -> np.ndarray:
         """MinHash of the set of (non-negative integer) values."""
-        elements = np.unique(item).astype(np.uint64).reshape(1, -1)
+        elements = np.unique(item).astype(np.uint64).reshape(1, -1) % np.uint64(_PRIME)
         return ((self.a * elements + self.b) % np.uint64(_PRIME)).min(axis=1)
 
 

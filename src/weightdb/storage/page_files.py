@@ -60,9 +60,14 @@ class SegmentWriter:
         assert self._fd is not None
         offset = self._offset
         padding = -length % FILE_ALIGN
-        written = os.writev(self._fd, [*pieces, bytes(padding)] if padding else pieces)
+        buffers = [*pieces, bytes(padding)] if padding else list(pieces)
+        written = os.writev(self._fd, buffers)
         if written != length + padding:
-            raise OSError(f"short write to {self.directory / self._name}: {written} bytes")
+            # The disk filled up mid-page: writing the rest raises ENOSPC (callers turn it
+            # into StorageFullError) or, if space came back, completes the page.
+            rest = memoryview(b"".join(bytes(b) for b in buffers))[written:]
+            while rest:
+                rest = rest[os.write(self._fd, rest) :]
         self._offset += length + padding
         return PageLocation(page_id, self._name, offset, length, checksum)
 
