@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import weightdb
-from weightdb.dedup import METHODS, deduplicate
+from weightdb.dedup import METHODS
 from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM, Instance, solve
 from weightdb.registry import Registry
 from weightdb.storage.policies import DEFAULT_POLICY, POLICIES, make_policy
@@ -63,5 +63,5 @@ def test_dedup_with_weightdb_runs_group_test(tmp_path: Path) -> None:
         weights = rng.standard_normal((16, 8)).astype(np.float32)
         db.import_arrays("a", {"w": weights})
         db.import_arrays("b", {"w": weights})
-        report = deduplicate(db, method="weightdb")
+        report = db.deduplicate(method="weightdb")
     assert report.method == "group-test" and report.exact_only
