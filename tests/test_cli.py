@@ -42,7 +42,7 @@ def test_init_import_export_ls_stats(tmp_path, model_file):
     result = cli("import", str(model_file), "--name", "m2", env={"WEIGHTDB_DB": db})
     assert result.returncode == 0, result.stderr
     out = tmp_path / "out.safetensors"
-    assert cli("--db", db, "export", "m2", str(out)).returncode == 0
+    assert cli("--db", db, "export", "m2", "-o", str(out)).returncode == 0
     original, exported = load_file(model_file), load_file(out)
     assert all(original[k].tobytes() == exported[k].tobytes() for k in original)
 
@@ -69,7 +69,7 @@ def test_init_import_export_ls_stats(tmp_path, model_file):
     [
         (["ls"], "no database given"),
         (["--db", "{tmp}/missing", "ls"], "weightdb init"),
-        (["--db", "{db}", "export", "nope", "{tmp}/x.safetensors"], "no model named 'nope'"),
+        (["--db", "{db}", "export", "nope", "-o", "{tmp}/x.safetensors"], "no model named 'nope'"),
         (["--db", "{db}", "import", "{tmp}/nothing.safetensors", "--name", "x"], "does not exist"),
         (["--db", "{db}", "import", "{model}", "--name", "bad/name"], "not allowed"),
         (["init", "{tmp}/other", "--page-size", "lots"], "cannot read size"),
@@ -88,7 +88,7 @@ def test_errors_go_to_stderr_with_a_non_zero_exit(tmp_path, model_file, args, me
 
 
 def test_demo_runs_the_whole_tour(tmp_path):
-    result = cli("demo", "--path", str(tmp_path / "demo"))
+    result = cli("demo", "-o", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     for step in ("1. import", "2. deduplicate", "3. repack", "4. score", "5. a Zipf", "6. serve"):
         assert step in result.stdout

@@ -11,54 +11,58 @@ from rich.table import Table
 from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulationResult, compare, simulate
 from weightdb.caching.trace import read_trace
-from weightdb.units import format_size, parse_size
+from weightdb.cli.common import (
+    JsonOption,
+    OldSpelling,
+    VocabularyGroup,
+    deprecated_flag,
+    registry_choice,
+    size_option,
+    vocabulary_command,
+)
+from weightdb.storage.policies import DEFAULT_POLICY
+from weightdb.units import format_size
 
 app = typer.Typer(
-    help="Replay page-request traces under replacement policies.", no_args_is_help=True
+    cls=VocabularyGroup,
+    help="Replay page-request traces under replacement policies.",
+    no_args_is_help=True,
 )
 console = Console()
+OLD_SPELLINGS = vocabulary_command(budget_bytes=OldSpelling("--memory"))
+SimulatedPolicy = registry_choice(POLICY_NAMES)
 
 TraceArg = Annotated[Path, typer.Argument(help="Trace file (JSON, see weightdb.caching.trace).")]
-BudgetPages = Annotated[
-    int | None, typer.Option("--budget-pages", min=1, help="Pool capacity in pages.")
+PoolMemory = Annotated[
+    int | None, size_option("--memory", help_text="Memory of the simulated pool, e.g. 256MiB.")
 ]
-BudgetBytes = Annotated[
-    str | None,
-    typer.Option(
-        "--budget-bytes", help="Pool capacity in bytes, e.g. 256MiB (with or instead of pages)."
-    ),
-]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+OldBudgetPages = Annotated[int | None, typer.Option("--budget-pages", min=1, hidden=True)]
 
 
-def _budget(pages: int | None, size: str | None) -> Budget:
-    try:
-        return Budget(pages=pages, bytes=None if size is None else parse_size(size))
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from None
-
-
-def _check_policy(name: str) -> str:
-    if name not in POLICY_NAMES:
+def _budget(memory: int | None, old_pages: int | None) -> Budget:
+    """The pool's capacity from --memory (and, for one more release, --budget-pages)."""
+    if old_pages is not None:
+        deprecated_flag("--budget-pages", "--memory SIZE")
+    if memory is None and old_pages is None:
         raise typer.BadParameter(
-            f"unknown policy {name!r}; choose one of {', '.join(POLICY_NAMES)}"
+            "the simulated pool needs a memory budget: pass --memory SIZE, e.g. 256MiB"
         )
-    return name
+    return Budget(pages=old_pages, bytes=memory)
 
 
-@app.command("simulate")
+@app.command("simulate", cls=OLD_SPELLINGS)
 def simulate_command(
     trace: TraceArg,
     policy: Annotated[
-        str,
-        typer.Option("--policy", callback=_check_policy, help=f"One of {', '.join(POLICY_NAMES)}."),
-    ] = "weightdb",
-    budget_pages: BudgetPages = None,
-    budget_bytes: BudgetBytes = None,
-    as_json: AsJson = False,
+        SimulatedPolicy,
+        typer.Option("--policy", help="Replacement policy; opt is Belady's offline optimum."),
+    ] = DEFAULT_POLICY,
+    memory: PoolMemory = None,
+    budget_pages: OldBudgetPages = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Replay TRACE under one policy and report hits, misses and bytes read."""
-    result = simulate(read_trace(trace), policy, _budget(budget_pages, budget_bytes))
+    result = simulate(read_trace(trace), policy, _budget(memory, budget_pages))
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
@@ -70,16 +74,16 @@ def simulate_command(
     console.print(table)
 
 
-@app.command("compare")
+@app.command("compare", cls=OLD_SPELLINGS)
 def compare_command(
     trace: TraceArg,
-    budget_pages: BudgetPages = None,
-    budget_bytes: BudgetBytes = None,
-    as_json: AsJson = False,
+    memory: PoolMemory = None,
+    budget_pages: OldBudgetPages = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Replay TRACE under every policy, Belady's optimum (opt) included, side by side, with the
     bytes any online policy must expect to read (the online bound)."""
-    loaded, budget = read_trace(trace), _budget(budget_pages, budget_bytes)
+    loaded, budget = read_trace(trace), _budget(memory, budget_pages)
     results = compare(loaded, budget)
     if as_json:
         print(json.dumps([result.to_json() for result in results], indent=2))
@@ -94,13 +98,23 @@ def compare_command(
         cells = _cells(result)
         ratio = result.bytes_read / opt_bytes if opt_bytes else 1.0
         table.add_row(result.policy, *(cells[metric] for metric in metrics), f"{ratio:.3f}")
-    bound = online_bound(loaded, budget)
-    table.caption = (
-        f"online bound: {format_size(bound)}"
-        + (f" ({bound / opt_bytes:.3f} x opt)" if opt_bytes else "")
-        + ", what any policy that does not know the next query must expect to read"
-    )
+    table.caption = bound_caption(online_bound(loaded, budget), opt_bytes)
     console.print(table)
+
+
+def bound_caption(bound: int, opt_bytes: int) -> str:
+    """What the online bound means. It leaves out the reads that first fill the pool, so a pool
+    that holds every page the trace reads has a bound of 0 B: say so, not "0.000 x opt"."""
+    if bound == 0:
+        return (
+            "online bound: 0 B: the pool holds every page the trace reads, so beyond the reads "
+            f"that first fill it (opt's {format_size(opt_bytes)}) no policy need read anything"
+        )
+    ratio = f" ({bound / opt_bytes:.3f} x opt)" if opt_bytes else ""
+    return (
+        f"online bound: {format_size(bound)}{ratio}, what any policy that does not know the next "
+        "query must expect to read, not counting the reads that first fill the pool"
+    )
 
 
 def _cells(result: SimulationResult) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""``weightdb dedup``: deduplicate models under accuracy budgets, with progress and a table."""
+"""``weightdb dedup``: deduplicate models, each losing at most --max-drop of its metric, with
+progress and a table."""
 
 import json
 from pathlib import Path
@@ -8,15 +9,24 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from weightdb.cli_common import BudgetOption, console, err_console, open_db
+from weightdb.cli.common import (
+    JsonOption,
+    MemoryOption,
+    ModelsOption,
+    console,
+    err_console,
+    model_list,
+    open_db,
+    registry_choice,
+)
 from weightdb.dedup.api import METHODS, deduplicate
 from weightdb.units import format_size
 
+MethodName = registry_choice(METHODS)
+
 
 def dedup_command(
-    models: Annotated[
-        str | None, typer.Option("--models", help="Comma-separated models (default: all).")
-    ] = None,
+    models: ModelsOption = None,
     eval_spec: Annotated[
         Path | None,
         typer.Option(
@@ -28,12 +38,12 @@ def dedup_command(
     max_drop: Annotated[
         float, typer.Option("--max-drop", help="Allowed metric drop per model (0.01 = 1 point).")
     ] = 0.01,
-    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = "weightdb",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    budget: BudgetOption = None,
+    method: Annotated[MethodName, typer.Option(help="Deduplication method.")] = "weightdb",
+    as_json: JsonOption = False,
+    memory: MemoryOption = None,
 ) -> None:
-    """Store near-identical blocks once, keeping every model within its accuracy budget."""
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    """Store near-identical blocks once, keeping every model within --max-drop of its metric."""
+    names = model_list(models)
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -49,7 +59,7 @@ def dedup_command(
             tasks[phase] = bar.add_task(phase, total=total)
         bar.update(tasks[phase], completed=done, total=total)
 
-    with open_db(budget) as db, bar:
+    with open_db(memory) as db, bar:
         report = deduplicate(db, names, eval_spec, max_drop, method, progress)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
@@ -63,7 +73,7 @@ def dedup_command(
         f"{report.evaluations} evaluations, {report.seconds:.1f}s"
     )
     if report.models:
-        table = Table("model", "metric", "budget", "validation", "test", "blocks replaced")
+        table = Table("model", "metric", "max drop", "validation", "test", "blocks replaced")
         for name, m in report.models.items():
             table.add_row(
                 name,
