@@ -51,6 +51,7 @@ def dedup_command(
         TimeElapsedColumn(),
         console=err_console,
         transient=True,
+        disable=not err_console.is_interactive,  # as byte_progress: no stray empty line
     )
     tasks: dict[str, int] = {}
 

@@ -16,6 +16,7 @@ from weightdb.cli.common import (
     VocabularyGroup,
     deprecated_flag,
     duration_option,
+    err_console,
     output_option,
     registry_choice,
     vocabulary_command,
@@ -63,8 +64,9 @@ def search_progress(algorithm: str) -> tuple[Progress, SearchProgress]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=err_console,
         transient=True,
+        disable=not err_console.is_interactive,  # as byte_progress: no stray empty line
     )
     task = bar.add_task(f"packing ({algorithm}, page types tried)", total=None)
     return bar, lambda done, total: bar.update(task, completed=done, total=total)
