@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from weightdb.caching.simulate import POLICY_NAMES
 from weightdb.cli import app
-from weightdb.cli.common import (
+from weightdb.cli.serve import OLD_SERVE_SPELLINGS
+from weightdb.cli.vocabulary import (
     JSON_HELP,
     OldSpelling,
     VocabularyGroup,
@@ -24,7 +25,6 @@ from weightdb.cli.common import (
     parse_size_value,
     vocabulary_command,
 )
-from weightdb.cli.serve import OLD_SERVE_SPELLINGS
 from weightdb.dedup import METHODS
 from weightdb.packing import ALGORITHMS
 from weightdb.storage.policies import POLICIES

@@ -11,14 +11,14 @@ from rich.table import Table
 from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulationResult, compare, simulate
 from weightdb.caching.trace import read_trace
-from weightdb.cli.common import (
+from weightdb.cli.vocabulary import (
     JsonOption,
     OldSpelling,
     VocabularyGroup,
-    deprecated_flag,
     registry_choice,
     size_option,
     vocabulary_command,
+    warn_deprecated,
 )
 from weightdb.storage.policies import DEFAULT_POLICY
 from weightdb.units import format_size
@@ -42,7 +42,7 @@ OldBudgetPages = Annotated[int | None, typer.Option("--budget-pages", min=1, hid
 def _budget(memory: int | None, old_pages: int | None) -> Budget:
     """The pool's capacity from --memory (and, for one more release, --budget-pages)."""
     if old_pages is not None:
-        deprecated_flag("--budget-pages", "--memory SIZE")
+        warn_deprecated("--budget-pages", "--memory SIZE")
     if memory is None and old_pages is None:
         raise typer.BadParameter(
             "the simulated pool needs a memory budget: pass --memory SIZE, e.g. 256MiB"

@@ -10,13 +10,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from weightdb.cli.common import (
-    JsonOption,
     MemoryOption,
-    ModelsOption,
     console,
     err_console,
-    model_list,
     open_db,
+)
+from weightdb.cli.vocabulary import (
+    JsonOption,
+    ModelsOption,
+    model_list,
     registry_choice,
 )
 from weightdb.dedup.api import METHODS, deduplicate

@@ -18,23 +18,17 @@ from rich.table import Table
 from weightdb.cli.cache import app as cache_app
 from weightdb.cli.common import (
     BatchInvariantOption,
-    JsonOption,
     MemoryOption,
-    OldSpelling,
     PolicyName,
     PolicyOption,
     TraceOption,
-    VocabularyGroup,
     byte_progress,
     console,
     err_console,
     open_db,
-    output_option,
     repack_table,
-    size_option,
     state,
     tracing,
-    vocabulary_command,
 )
 from weightdb.cli.dedup import dedup_command
 from weightdb.cli.packing import (
@@ -45,6 +39,14 @@ from weightdb.cli.packing import (
 )
 from weightdb.cli.packing import app as packing_app
 from weightdb.cli.serve import OLD_SERVE_SPELLINGS, serve_command
+from weightdb.cli.vocabulary import (
+    JsonOption,
+    OldSpelling,
+    VocabularyGroup,
+    output_option,
+    size_option,
+    vocabulary_command,
+)
 from weightdb.cli.zoo import app as zoo_app
 from weightdb.database import connect
 from weightdb.errors import WeightDBError

@@ -11,15 +11,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from weightdb.cli.common import (
+    err_console,
+)
+from weightdb.cli.vocabulary import (
     JsonOption,
     OldSpelling,
     VocabularyGroup,
-    deprecated_flag,
     duration_option,
-    err_console,
     output_option,
     registry_choice,
     vocabulary_command,
+    warn_deprecated,
 )
 from weightdb.packing.instance import load_instance
 from weightdb.packing.local_search import SearchProgress
@@ -43,7 +45,7 @@ deprecated_packing_app = typer.Typer(
 
 @deprecated_packing_app.callback()
 def _warn_packing() -> None:
-    deprecated_flag("`weightdb packing`", "`weightdb packing-study`")
+    warn_deprecated("`weightdb packing`", "`weightdb packing-study`")
 
 
 AlgorithmName = registry_choice(ALGORITHMS)

@@ -11,15 +11,17 @@ import typer
 from weightdb.cli.common import (
     BatchInvariantOption,
     MemoryOption,
-    OldSpelling,
     PolicyOption,
     TraceOption,
     console,
-    duration_option,
     err_console,
     open_db,
-    size_option,
     tracing,
+)
+from weightdb.cli.vocabulary import (
+    OldSpelling,
+    duration_option,
+    size_option,
 )
 from weightdb.errors import WeightDBError
 from weightdb.server.config import ServerConfig

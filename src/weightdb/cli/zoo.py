@@ -7,7 +7,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from weightdb.cli.common import (
+from weightdb.cli.vocabulary import (
     OldSpelling,
     VocabularyGroup,
     output_option,
