@@ -46,6 +46,7 @@ from weightdb.cli.vocabulary import (
     output_option,
     size_option,
     vocabulary_command,
+    warn_deprecated,
 )
 from weightdb.cli.zoo import app as zoo_app
 from weightdb.database import connect
@@ -62,13 +63,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+OLD_POOL_SPELLING = OldSpelling("--memory")
+"""``--budget``, the pool's bytes until this release."""
+
 app.add_typer(packing_app, name="packing-study")
 app.add_typer(deprecated_packing_app, name="packing", hidden=True)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 app.command("serve", cls=vocabulary_command(**OLD_SERVE_SPELLINGS))(serve_command)
-app.command("dedup", cls=vocabulary_command(budget=OldSpelling("--memory")))(dedup_command)
-OLD_POOL_SPELLING = OldSpelling("--memory")
+app.command("dedup", cls=vocabulary_command(budget=OLD_POOL_SPELLING))(dedup_command)
 
 
 @app.callback()
@@ -178,11 +181,7 @@ def _export_path(output: Path | None, old_output: Path | None) -> Path:
         return output
     if output is not None:
         raise typer.BadParameter("give the file to write once, with --output/-o PATH")
-    err_console.print(
-        "warning: `export NAME FILE` is deprecated and goes in the next release; use "
-        "`export NAME --output FILE`",
-        highlight=False,
-    )
+    warn_deprecated("`export NAME FILE`", "`export NAME --output FILE`")
     return old_output
 
 
