@@ -136,7 +136,7 @@ def test_cli_simulate_json_and_compare_table(tmp_path: Path) -> None:
     path = tmp_path / "trace.json"
     write_trace(zipf_trace(FAMILY, SIZES, model_requests=40, skew=0.9), path)
     result = runner.invoke(
-        app, ["cache", "simulate", str(path), "--policy", "lfu", "--budget-pages", "3", "--json"]
+        app, ["cache", "simulate", str(path), "--policy", "lfu", "--memory", "12KiB", "--json"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -153,8 +153,8 @@ def test_cli_rejects_unknown_policy_and_missing_budget(tmp_path: Path) -> None:
     path = tmp_path / "trace.json"
     path.write_text(json.dumps(VALID))
     result = runner.invoke(
-        app, ["cache", "simulate", str(path), "--policy", "fifo", "--budget-pages", "2"]
+        app, ["cache", "simulate", str(path), "--policy", "fifo", "--memory", "12KiB"]
     )
-    assert result.exit_code == 2 and "unknown policy" in result.output
+    assert result.exit_code == 2 and "'fifo' is not one of" in result.output
     result = runner.invoke(app, ["cache", "simulate", str(path)])
     assert result.exit_code == 2 and "budget" in result.output

@@ -46,9 +46,10 @@ def test_init_import_export_ls_stats(tmp_path, model_file):
     assert cli("init", db, "--block-shape", "32,16", "--page-size", "64KiB").returncode == 0
     assert cli("--db", db, "import", str(model_file), "--name", "m1").returncode == 0
     result = cli("import", str(model_file), "--name", "m2", env={"WEIGHTDB_DB": db})
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 and result.stderr == ""  # no stray empty line
     out = tmp_path / "out.safetensors"
-    assert cli("--db", db, "export", "m2", str(out)).returncode == 0
+    exported = cli("--db", db, "export", "m2", "-o", str(out))
+    assert exported.returncode == 0 and exported.stderr == ""
     original, exported = load_file(model_file), load_file(out)
     assert all(original[k].tobytes() == exported[k].tobytes() for k in original)
 
@@ -65,7 +66,8 @@ def test_init_import_export_ls_stats(tmp_path, model_file):
 
     table = cli("--db", db, "stats")
     assert "stored_bytes" in table.stdout and table.returncode == 0
-    assert cli("--db", db, "verify").returncode == 0
+    verified = cli("--db", db, "verify")
+    assert verified.returncode == 0 and verified.stderr == ""
     assert cli("--db", db, "rm", "m1").returncode == 0
     assert [m["name"] for m in json.loads(cli("--db", db, "ls", "--json").stdout)] == ["m2"]
 
@@ -75,7 +77,7 @@ def test_init_import_export_ls_stats(tmp_path, model_file):
     [
         (["ls"], "no database given"),
         (["--db", "{tmp}/missing", "ls"], "weightdb init"),
-        (["--db", "{db}", "export", "nope", "{tmp}/x.safetensors"], "no model named 'nope'"),
+        (["--db", "{db}", "export", "nope", "-o", "{tmp}/x.safetensors"], "no model named 'nope'"),
         (["--db", "{db}", "import", "{tmp}/nothing.safetensors", "--name", "x"], "does not exist"),
         (["--db", "{db}", "import", "{model}", "--name", "bad/name"], "not allowed"),
         (["init", "{tmp}/other", "--page-size", "lots"], "cannot read size"),
@@ -94,7 +96,7 @@ def test_errors_go_to_stderr_with_a_non_zero_exit(tmp_path, model_file, args, me
 
 
 def test_demo_runs_the_whole_tour(tmp_path):
-    result = cli("demo", "--path", str(tmp_path / "demo"))
+    result = cli("demo", "-o", str(tmp_path / "demo"))
     assert result.returncode == 0, result.stderr
     for step in ("1. import", "2. deduplicate", "3. repack", "4. score", "5. a Zipf", "6. serve"):
         assert step in result.stdout
@@ -156,3 +158,23 @@ def test_import_that_waited_for_the_lock_reports_only_its_own_blocks(tmp_path, m
     assert waiting.returncode == 0
     assert f"; {format_size(added)} of new blocks stored" in out
     assert before > 0  # blocks of the other model, which the summary must not count
+
+
+def test_old_spellings_work_for_one_release_with_a_warning(tmp_path, model_file):
+    db = str(tmp_path / "db")
+    assert cli("init", db).returncode == 0
+    assert cli("--db", db, "import", str(model_file), "--name", "m").returncode == 0
+    out = tmp_path / "old.safetensors"
+    exported = cli("--db", db, "export", "m", str(out))
+    assert exported.returncode == 0 and out.is_file()
+    assert exported.stderr == (
+        "warning: `export NAME FILE` is deprecated and goes in the next release; use "
+        "`export NAME --output FILE`\n"
+    )
+    query = cli("--db", db, "sql", "SELECT 42 AS answer", "--budget", "64MiB", "--json")
+    assert json.loads(query.stdout) == [{"answer": 42}]
+    assert query.stderr == (
+        "warning: --budget is deprecated and goes in the next release; use --memory\n"
+    )
+    both = cli("--db", db, "export", "m", str(out), "-o", str(out))
+    assert both.returncode == 2 and "give the file to write once" in both.stderr

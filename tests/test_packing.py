@@ -292,7 +292,7 @@ def solve_takes_2_5_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_json_and_layout(tmp_path: Path) -> None:
     out = tmp_path / "layout.json"
-    args = ["packing", "solve", str(write_instance(tmp_path)), "--json", "--layout", str(out)]
+    args = ["packing-study", "solve", str(write_instance(tmp_path)), "--json", "--output", str(out)]
     result = runner.invoke(app, [*args, "--algorithm", "greedy1"])
     assert result.exit_code == 0, result.output
     model = {"blocks": 3, "pages_read": 2, "frequency": 1.0}
@@ -321,7 +321,7 @@ def test_cli_solve_json_and_layout(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("solve_takes_2_5_seconds")
 def test_cli_solve_prints_a_table(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["packing", "solve", str(write_instance(tmp_path)), "-a", "greedy1"]
+        app, ["packing-study", "solve", str(write_instance(tmp_path)), "-a", "greedy1"]
     )
     assert result.exit_code == 0, result.output
     assert result.output.split()[0] == "tiny:"  # the title: instance and algorithm
@@ -342,24 +342,24 @@ def test_cli_solve_time_limit_stops_the_search_with_a_valid_layout(tmp_path: Pat
     instance = lineage(models=20, distinct_blocks=8_000)
     path = tmp_path / "lineage.json"
     path.write_text(json.dumps({"models": instance.models, "blocks_per_page": 64}))
-    args = ["packing", "solve", str(path), "--json", "--time-limit", "0.001"]
+    args = ["packing-study", "solve", str(path), "--json", "--time-limit", "0.001"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index("{") :])
     assert summary["search_finished"] is False
     assert summary["pages"] <= solve(instance, "greedy1").pages
-    table = runner.invoke(app, ["packing", "solve", str(path), "--time-limit", "0.001"])
+    table = runner.invoke(app, ["packing-study", "solve", str(path), "--time-limit", "0.001"])
     assert "stopped at the time limit" in table.output
 
 
 def test_cli_rejects_bad_input(tmp_path: Path) -> None:
-    bad_algorithm = ["packing", "solve", str(write_instance(tmp_path)), "-a", "nope"]
+    bad_algorithm = ["packing-study", "solve", str(write_instance(tmp_path)), "-a", "nope"]
     result = runner.invoke(app, bad_algorithm)
-    assert result.exit_code == 2 and "unknown algorithm 'nope'" in result.output
-    missing = runner.invoke(app, ["packing", "solve", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "'nope' is not one of" in result.output
+    missing = runner.invoke(app, ["packing-study", "solve", str(tmp_path / "none.json")])
     assert isinstance(missing.exception, PackingError)
     assert "instance file not found" in str(missing.exception)
     (tmp_path / "broken.json").write_text("{")
-    broken = runner.invoke(app, ["packing", "solve", str(tmp_path / "broken.json")])
+    broken = runner.invoke(app, ["packing-study", "solve", str(tmp_path / "broken.json")])
     assert isinstance(broken.exception, PackingError)
     assert "is not valid JSON" in str(broken.exception)

@@ -58,9 +58,9 @@ def free_port() -> int:
 def running_server(
     db_path: Path, *options: str, env: dict[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start ``python -m weightdb.server``; yield its base URL and process once it answers."""
+    """Start ``python -m weightdb serve``; yield its base URL and process once it answers."""
     port = free_port()
-    command = [sys.executable, "-m", "weightdb.server", "--db", str(db_path), "serve"]
+    command = [sys.executable, "-m", "weightdb", "--db", str(db_path), "serve"]
     process = subprocess.Popen(
         [*command, "--port", str(port), *options],
         stdout=subprocess.PIPE,
@@ -281,7 +281,7 @@ def test_model_imported_by_another_process_is_served(
 def test_full_queue_answers_429_and_slow_request_504(db_path: Path) -> None:
     """With one queue slot and a long batching wait, a queued request blocks the next (429)
     and outlives its timeout (504)."""
-    options = ("--max-queue", "1", "--max-wait-ms", "3000", "--timeout-s", "1")
+    options = ("--max-queue", "1", "--max-wait", "3s", "--timeout", "1s")
     with running_server(db_path, *options) as (url, _), httpx.Client(base_url=url) as c:
         results = {}
         first = threading.Thread(
@@ -354,7 +354,7 @@ def test_stalled_and_oversized_connections_do_not_starve_valid_requests(db_path:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * STALLED:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4 * STALLED, hard), hard))
-    options = ("--header-timeout-s", "3", "--body-timeout-s", "1")
+    options = ("--header-timeout", "3s", "--body-timeout", "1s")
     cap = STALLED + 20
     with running_server(db_path, *options, "--max-connections", str(cap)) as (url, _):
         stalled = [open_socket(url) for _ in range(STALLED)]
@@ -377,7 +377,7 @@ def test_stalled_and_oversized_connections_do_not_starve_valid_requests(db_path:
                 slow.sendall(head + b"\r\n" + b'{"inputs"')
                 answer = read_all(slow)
                 assert answer.startswith(b"HTTP/1.1 408 ")
-                assert b"--body-timeout-s" in answer
+                assert b"--body-timeout" in answer
 
             extra = [open_socket(url) for _ in range(cap - STALLED)]
             try:
@@ -392,7 +392,7 @@ def test_stalled_and_oversized_connections_do_not_starve_valid_requests(db_path:
             for sock in stalled:
                 answer = read_all(sock)
                 assert answer.startswith(b"HTTP/1.1 408 ")
-                assert b"--header-timeout-s" in answer
+                assert b"--header-timeout" in answer
         finally:
             for sock in stalled:
                 sock.close()

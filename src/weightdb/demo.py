@@ -24,7 +24,7 @@ from rich.table import Table
 from weightdb.caching.simulate import Budget, simulate
 from weightdb.caching.trace import read_trace
 from weightdb.caching.workload import request_sequence
-from weightdb.cli_common import repack_table
+from weightdb.cli.common import repack_table
 from weightdb.database import Database, connect
 from weightdb.errors import WeightDBError
 from weightdb.storage.policies import DEFAULT_POLICY, POLICIES

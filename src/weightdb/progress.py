@@ -56,12 +56,15 @@ def progress_bar(
         if unit == "bytes"
         else (MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     )
+    console = Console(stderr=True)
     display = Display(
         TextColumn("{task.description}"),
         BarColumn(),
         *counts,
-        console=Console(stderr=True),
+        console=console,
         transient=transient,
+        # off a terminal a transient bar shows nothing, and rich would print an empty line
+        disable=not console.is_interactive,
     )
     tasks = {} if description is None else {"": display.add_task(description, total=None)}
 

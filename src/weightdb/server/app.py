@@ -63,7 +63,7 @@ _ERRORS = {
         (413, "Request body over the server's --max-body."),
         (429, "The request queue is full; retry later."),
         (503, "The buffer pool budget cannot hold the request, or the server is stopping."),
-        (504, "No answer within the server's --timeout-s."),
+        (504, "No answer within the server's --timeout."),
     )
 }
 
@@ -94,7 +94,7 @@ def create_app(db: Database, config: ServerConfig) -> FastAPI:
         summary="KServe v2 / Open Inference Protocol REST API over a weightdb database.",
         description=(
             "Models stored as deduplicated tensor blocks, served with dynamic batching. "
-            "Requests for one model arriving within `--max-wait-ms` run as one batch when the "
+            "Requests for one model arriving within `--max-wait` run as one batch when the "
             "model's graph provably keeps rows apart (`batched_across_requests` in its "
             "metadata), else one by one; a round of batches for models that share weights "
             "reads each shared page once. Tensors travel as JSON or as binary data (the binary "

@@ -257,7 +257,7 @@ class Batcher:
         except TimeoutError:
             request.abandoned = True
             raise ApiError(
-                504, f"no answer within {self._timeout_s:g} s (the server's --timeout-s)"
+                504, f"no answer within {self._timeout_s:g} s (the server's --timeout)"
             ) from None
 
     def _work(self) -> None:

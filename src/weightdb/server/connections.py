@@ -110,7 +110,7 @@ class _GuardedProtocol(H11Protocol):
         if not self.transport.is_closing():
             message = (
                 f"no complete request head within {self.header_timeout_s:g} s "
-                "(the server's --header-timeout-s)"
+                "(the server's --header-timeout)"
             )
             self._refuse(self.transport, 408, message)
 

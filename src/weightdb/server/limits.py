@@ -26,7 +26,7 @@ class BodyTooSlowError(ApiError):
     def __init__(self, timeout_s: float):
         super().__init__(
             408,
-            f"request body not complete within {timeout_s:g} s (the server's --body-timeout-s)",
+            f"request body not complete within {timeout_s:g} s (the server's --body-timeout)",
             {"Connection": "close"},
         )
 

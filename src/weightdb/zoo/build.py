@@ -67,7 +67,7 @@ def build_family(
     if is_current(out, key):
         return BuildResult(out / MANIFEST_NAME, built=False)
     if out.exists() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ZooError(f"{out} exists and is not a zoo family directory; choose an empty --out")
+        raise ZooError(f"{out} exists and is not a zoo family directory; choose an empty --output")
     staging = out.parent / f".{out.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -44,7 +44,7 @@ def _layout(per_model: int, dim: int, hidden: int, classes: int) -> list[tuple[s
     if rows < BLOCK:
         raise ZooError(
             f"{format_size(per_model)} per model is too small for this architecture; "
-            "raise --total or lower --models"
+            "raise --total or lower --model-count"
         )
     return [("embedding.weight", (rows, dim), 0.02), *mlp]
 
@@ -111,7 +111,7 @@ def build(context: BuildContext) -> dict[str, Any]:
     count = int(context.options["models"])
     fraction = float(context.options["fraction"])
     if count < 2 or not 0 < fraction <= 1:
-        raise ZooError("scale needs --models >= 2 and 0 < --fraction <= 1")
+        raise ZooError("scale needs --model-count >= 2 and 0 < --fraction <= 1")
     dim, hidden, classes = (1024, 4096, 1000) if context.full else (64, 256, 16)
     layout = _layout(total // count, dim, hidden, classes)
     names = ["base"] + [f"variant-{i:03d}" for i in range(1, count)]

@@ -15,10 +15,11 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from weightdb.caching.cli import app as cache_app
-from weightdb.cli_common import (
+from weightdb.cli.cache import app as cache_app
+from weightdb.cli.common import (
     BatchInvariantOption,
-    BudgetOption,
+    MemoryOption,
+    PolicyName,
     PolicyOption,
     TraceOption,
     byte_progress,
@@ -26,34 +27,51 @@ from weightdb.cli_common import (
     err_console,
     open_db,
     repack_table,
-    size_option,
     state,
     tracing,
 )
+from weightdb.cli.dedup import dedup_command
+from weightdb.cli.packing import (
+    TIME_LIMIT_OPTION,
+    AlgorithmName,
+    deprecated_packing_app,
+    search_progress,
+)
+from weightdb.cli.packing import app as packing_app
+from weightdb.cli.serve import OLD_SERVE_SPELLINGS, serve_command
+from weightdb.cli.vocabulary import (
+    JsonOption,
+    OldSpelling,
+    VocabularyGroup,
+    output_option,
+    size_option,
+    vocabulary_command,
+    warn_deprecated,
+)
+from weightdb.cli.zoo import app as zoo_app
 from weightdb.database import connect
-from weightdb.dedup.cli import dedup_command
-from weightdb.demo import run_demo
 from weightdb.errors import WeightDBError
-from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
-from weightdb.packing.cli import TIME_LIMIT_HELP, search_progress
-from weightdb.packing.cli import app as packing_app
-from weightdb.server.cli import serve_command
-from weightdb.serving.tensor_files import read_inputs, write_outputs
+from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
+from weightdb.cli.tensor_files import read_inputs, write_outputs
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
-from weightdb.zoo.cli import app as zoo_app
 
 app = typer.Typer(
+    cls=VocabularyGroup,
     help="weightdb: a relational database for deep learning models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-app.add_typer(packing_app, name="packing")
+OLD_POOL_SPELLING = OldSpelling("--memory")
+"""``--budget``, the pool's bytes until this release."""
+
+app.add_typer(packing_app, name="packing-study")
+app.add_typer(deprecated_packing_app, name="packing", hidden=True)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
-app.command("serve")(serve_command)
-app.command("dedup")(dedup_command)
+app.command("serve", cls=vocabulary_command(**OLD_SERVE_SPELLINGS))(serve_command)
+app.command("dedup", cls=vocabulary_command(budget=OLD_POOL_SPELLING))(dedup_command)
 
 
 @app.callback()
@@ -66,15 +84,17 @@ def _global(
     state.db_path = db
 
 
-@app.command()
+@app.command(cls=vocabulary_command())
 def init(
     path: Annotated[Path, typer.Argument(help="Directory to create the database in.")],
     block_shape: Annotated[
         str, typer.Option(help="Block shape R,C that tensors are cut into.")
     ] = "{},{}".format(*Settings().block_shape),
-    page_size: Annotated[str, typer.Option(help="Page size, e.g. 4MiB.")] = "4MiB",
+    page_size: Annotated[
+        int, size_option(help_text="Page size, e.g. 4MiB.", default="4MiB")
+    ] = Settings().page_size,
     policy: Annotated[
-        str, typer.Option(help="Buffer pool replacement policy.")
+        PolicyName, typer.Option(help="Buffer pool replacement policy.")
     ] = Settings().policy,
     lossless: Annotated[
         bool,
@@ -94,7 +114,7 @@ def init(
     settings = Settings(
         block_rows=rows,
         block_cols=cols,
-        page_size=size_option(page_size, "--page-size"),
+        page_size=page_size,
         policy=policy,
         lossless=lossless,
     )
@@ -107,9 +127,11 @@ def init(
         )
 
 
-@app.command("import")
+@app.command("import", cls=vocabulary_command())
 def import_(
-    source: Annotated[Path, typer.Argument(help=".safetensors, .npz, .onnx, .pt or HF folder.")],
+    source: Annotated[
+        Path, typer.Argument(help=".safetensors, .npz, .onnx, .pt file or Hugging Face folder.")
+    ],
     name: Annotated[str, typer.Option("--name", help="Name of the model in the database.")],
     parent: Annotated[
         str | None,
@@ -134,12 +156,16 @@ def import_(
         )
 
 
-@app.command()
+@app.command(cls=vocabulary_command())
 def export(
     name: Annotated[str, typer.Argument(help="Model to export.")],
-    out: Annotated[Path, typer.Argument(help="Output file: .safetensors, .onnx or .npz.")],
+    output: Annotated[
+        Path | None, output_option("File to write: .safetensors, .onnx or .npz.")
+    ] = None,
+    old_output: Annotated[Path | None, typer.Argument(hidden=True, show_default=False)] = None,
 ) -> None:
     """Export a model, bit-identical to what was imported."""
+    out = _export_path(output, old_output)
     with open_db() as db:
         bar, advance = byte_progress(f"exporting {name}")
         with bar:
@@ -147,10 +173,20 @@ def export(
         console.print(f"wrote {out}")
 
 
-@app.command("ls")
-def list_models(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+def _export_path(output: Path | None, old_output: Path | None) -> Path:
+    """``--output``, or the positional file of earlier releases (with a warning)."""
+    if old_output is None:
+        if output is None:
+            raise typer.BadParameter("give the file to write with --output/-o PATH")
+        return output
+    if output is not None:
+        raise typer.BadParameter("give the file to write once, with --output/-o PATH")
+    warn_deprecated("`export NAME FILE`", "`export NAME --output FILE`")
+    return old_output
+
+
+@app.command("ls", cls=vocabulary_command())
+def list_models(as_json: JsonOption = False) -> None:
     """List stored models, and whether the server batches requests for each across clients
     (only when its graph provably keeps rows apart)."""
     with open_db() as db:
@@ -185,10 +221,8 @@ def list_models(
             console.print(f"{m.name}: each request runs alone, {batching[m.name]}", highlight=False)
 
 
-@app.command()
-def stats(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@app.command(cls=vocabulary_command())
+def stats(as_json: JsonOption = False) -> None:
     """Storage statistics: logical versus stored bytes, blocks and pages."""
     with open_db() as db:
         numbers = db.stats()
@@ -206,19 +240,19 @@ def stats(
     console.print(table)
 
 
-@app.command("pack")
+@app.command("pack", cls=vocabulary_command())
 def pack_command(
     algorithm: Annotated[
-        str,
+        AlgorithmName,
         typer.Option(
-            help=f"Packing algorithm: {', '.join(ALGORITHMS)} (greedy1 stores every block once; "
-            "the others copy shared blocks where that saves pages read)."
+            "--algorithm",
+            "-a",
+            help="Packing algorithm: greedy1 stores every block once; the others copy shared "
+            "blocks where that saves pages read.",
         ),
     ] = DEFAULT_ALGORITHM,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    time_limit: Annotated[
-        float, typer.Option("--time-limit", min=0.001, help=TIME_LIMIT_HELP)
-    ] = DEFAULT_TIME_LIMIT,
+    as_json: JsonOption = False,
+    time_limit: Annotated[float, TIME_LIMIT_OPTION] = DEFAULT_TIME_LIMIT,
     force: Annotated[
         bool, typer.Option("--force", help="Store the new layout even if it is not better.")
     ] = False,
@@ -257,7 +291,7 @@ def pack_command(
     console.print(repack_table(report))
 
 
-@app.command("compress")
+@app.command("compress", cls=vocabulary_command())
 def compress_command(
     lossless: Annotated[
         bool,
@@ -265,7 +299,7 @@ def compress_command(
             "--lossless/--raw", help="Code every block (default), or store every block raw again."
         ),
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Code the stored blocks with the lossless tier; atomic and crash-safe, like pack."""
     with open_db() as db:
@@ -285,7 +319,7 @@ def compress_command(
         console.print(f"  parent of {child}: {parent}")
 
 
-@app.command("rm")
+@app.command("rm", cls=vocabulary_command())
 def remove(name: Annotated[str, typer.Argument(help="Model to remove.")]) -> None:
     """Remove a model; blocks no other model uses are freed."""
     with open_db() as db:
@@ -293,7 +327,7 @@ def remove(name: Annotated[str, typer.Argument(help="Model to remove.")]) -> Non
     console.print(f"removed {name}")
 
 
-@app.command()
+@app.command(cls=vocabulary_command())
 def verify() -> None:
     """Check the catalog file and every model's rows against their digests, then read every
     page and check its checksum and block digests against the catalog."""
@@ -304,22 +338,22 @@ def verify() -> None:
     console.print(f"ok: catalog and {pages} pages verified")
 
 
-@app.command()
+@app.command(cls=vocabulary_command(budget=OLD_POOL_SPELLING))
 def predict(
     name: Annotated[str, typer.Argument(help="Model to run.")],
     input_file: Annotated[
         Path, typer.Option("--input", help=".npz/.npy/.parquet with one entry per graph input.")
     ],
     output: Annotated[
-        Path | None, typer.Option("--output", help="Write outputs to .npz/.npy/.parquet.")
+        Path | None, output_option("Write the outputs to this .npz/.npy/.parquet file.")
     ] = None,
-    budget: BudgetOption = None,
+    memory: MemoryOption = None,
     policy: PolicyOption = None,
     trace: TraceOption = None,
     batch_invariant: BatchInvariantOption = True,
 ) -> None:
     """Run a model on inputs from a file; weights stream through the buffer pool."""
-    with open_db(budget, policy, batch_invariant) as db, tracing(db, trace):
+    with open_db(memory, policy, batch_invariant) as db, tracing(db, trace):
         outputs = db.predict(name, read_inputs(input_file, db.inputs(name)))
         pool = db.pool.stats()
     if output is not None:
@@ -337,17 +371,17 @@ def predict(
     )
 
 
-@app.command()
+@app.command(cls=vocabulary_command(budget=OLD_POOL_SPELLING))
 def sql(
     query: Annotated[str, typer.Argument(help="One SQL statement (DuckDB dialect).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
-    budget: BudgetOption = None,
+    as_json: JsonOption = False,
+    memory: MemoryOption = None,
     policy: PolicyOption = None,
     trace: TraceOption = None,
     batch_invariant: BatchInvariantOption = True,
 ) -> None:
     """Run SQL over feature tables with predict(), predict_label(), embed() and weightdb.*."""
-    with open_db(budget, policy, batch_invariant) as db, tracing(db, trace):
+    with open_db(memory, policy, batch_invariant) as db, tracing(db, trace):
         result = db.sql(query)
     rows = result.to_pylist()
     if as_json:
@@ -366,15 +400,22 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-@app.command()
+@app.command(cls=vocabulary_command(path=OldSpelling("--output")))
 def demo(
-    path: Annotated[Path, typer.Option(help="Where to build the demo database.")] = Path("demo-db"),
+    output: Annotated[Path, output_option("Directory to build the demo database in.")] = Path(
+        "demo-db"
+    ),
 ) -> None:
-    """Build two models that share weights, import them, and show what was stored."""
-    run_demo(path, console)
+    """The tour, in a few minutes on one machine: build the digits-cnn family (a CNN and five
+    fine-tunes), import it, deduplicate it within 1 point of accuracy, repack, score a table in
+    SQL, replay a Zipf workload under each pool policy, serve over HTTP, and time prediction
+    against PyTorch."""
+    from weightdb.demo import run_demo  # the demo imports this package for its tables
+
+    run_demo(output, console)
 
 
-@app.command()
+@app.command(cls=vocabulary_command())
 def bench(
     suites: Annotated[
         list[str] | None, typer.Argument(help="Suites to run, e.g. dedup caching (default: all).")
@@ -383,7 +424,7 @@ def bench(
 ) -> None:
     """Run the benchmark suites of this source checkout (as `make bench` does) and write
     benchmarks/results/REPORT.md."""
-    checkout = Path(__file__).resolve().parents[2]
+    checkout = Path(__file__).resolve().parents[3]  # src/weightdb/cli/main.py
     if not (checkout / "benchmarks" / "run.py").is_file():
         raise WeightDBError(
             "weightdb bench runs the benchmarks of a source checkout, and this installation has "

@@ -1,4 +1,5 @@
-"""``weightdb dedup``: deduplicate models under accuracy budgets, with progress and a table."""
+"""``weightdb dedup``: deduplicate models, each losing at most --max-drop of its metric, with
+progress and a table."""
 
 import json
 from pathlib import Path
@@ -7,16 +8,27 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from weightdb.cli_common import BudgetOption, console, err_console, open_db
+from weightdb.cli.common import (
+    MemoryOption,
+    console,
+    err_console,
+    open_db,
+)
+from weightdb.cli.vocabulary import (
+    JsonOption,
+    ModelsOption,
+    model_list,
+    registry_choice,
+)
 from weightdb.dedup.api import METHODS
 from weightdb.progress import progress_bar
 from weightdb.units import format_size
 
+MethodName = registry_choice(METHODS)
+
 
 def dedup_command(
-    models: Annotated[
-        str | None, typer.Option("--models", help="Comma-separated models (default: all).")
-    ] = None,
+    models: ModelsOption = None,
     eval_spec: Annotated[
         Path | None,
         typer.Option(
@@ -28,14 +40,14 @@ def dedup_command(
     max_drop: Annotated[
         float, typer.Option("--max-drop", help="Allowed metric drop per model (0.01 = 1 point).")
     ] = 0.01,
-    method: Annotated[str, typer.Option(help=f"One of {', '.join(METHODS)}.")] = "weightdb",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    budget: BudgetOption = None,
+    method: Annotated[MethodName, typer.Option(help="Deduplication method.")] = "weightdb",
+    as_json: JsonOption = False,
+    memory: MemoryOption = None,
 ) -> None:
-    """Store near-identical blocks once, keeping every model within its accuracy budget."""
-    names = [m.strip() for m in models.split(",") if m.strip()] if models else None
+    """Store near-identical blocks once, keeping every model within --max-drop of its metric."""
+    names = model_list(models)
     bar, progress = progress_bar(None)
-    with open_db(budget) as db, bar:
+    with open_db(memory) as db, bar:
         report = db.deduplicate(names, eval_spec, max_drop, method=method, progress=progress)
     if as_json:
         print(json.dumps(report.to_json(), indent=2))
@@ -49,7 +61,7 @@ def dedup_command(
         f"{report.evaluations} evaluations, {report.seconds:.1f}s"
     )
     if report.models:
-        table = Table("model", "metric", "budget", "validation", "test", "blocks replaced")
+        table = Table("model", "metric", "max drop", "validation", "test", "blocks replaced")
         for name, m in report.models.items():
             table.add_row(
                 name,

@@ -1,4 +1,5 @@
-"""`weightdb packing ...` commands."""
+"""`weightdb packing-study ...`: the offline study of page-packing algorithms on instance files
+(`weightdb pack` repacks a database)."""
 
 import json
 from pathlib import Path
@@ -8,6 +9,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weightdb.cli.vocabulary import (
+    JsonOption,
+    OldSpelling,
+    VocabularyGroup,
+    duration_option,
+    output_option,
+    registry_choice,
+    vocabulary_command,
+    warn_deprecated,
+)
 from weightdb.packing.instance import load_instance
 from weightdb.packing.solve import (
     ALGORITHMS,
@@ -18,12 +29,28 @@ from weightdb.packing.solve import (
 )
 from weightdb.progress import ProgressBar, progress_bar
 
-app = typer.Typer(help="Page-packing algorithms on instance files.", no_args_is_help=True)
+app = typer.Typer(
+    cls=VocabularyGroup,
+    help="Study page-packing algorithms offline, on instance files.",
+    no_args_is_help=True,
+)
+deprecated_packing_app = typer.Typer(
+    cls=VocabularyGroup, help="Deprecated name of packing-study.", no_args_is_help=True
+)
 
 
+@deprecated_packing_app.callback()
+def _warn_packing() -> None:
+    warn_deprecated("`weightdb packing`", "`weightdb packing-study`")
+
+
+AlgorithmName = registry_choice(ALGORITHMS)
 TIME_LIMIT_HELP = (
-    "Seconds allowed: weightdb keeps the best layout found by then, optimal the best its "
-    "solver found; the netsDB packers are single passes."
+    "Time allowed, e.g. 30s or 500ms: the local search keeps the best layout found by then, "
+    "optimal the best its solver found; the netsDB packers are single passes."
+)
+TIME_LIMIT_OPTION = duration_option(
+    "--time-limit", help_text=TIME_LIMIT_HELP, default_seconds=DEFAULT_TIME_LIMIT
 )
 
 
@@ -33,34 +60,21 @@ def search_progress(algorithm: str) -> ProgressBar:
     return progress_bar(f"packing ({algorithm}, page types tried)")
 
 
-def _known_algorithm(name: str) -> str:
-    if name not in ALGORITHMS:
-        raise typer.BadParameter(f"unknown algorithm {name!r}; choose from {', '.join(ALGORITHMS)}")
-    return name
-
-
-@app.command("solve")
+@deprecated_packing_app.command("solve", cls=vocabulary_command(layout=OldSpelling("--output")))
+@app.command("solve", cls=vocabulary_command(layout=OldSpelling("--output")))
 def solve_command(
     instance_path: Annotated[
         Path, typer.Argument(metavar="INSTANCE.json", help="Instance in the netsdb-packing format.")
     ],
     algorithm: Annotated[
-        str,
-        typer.Option(
-            "--algorithm",
-            "-a",
-            callback=_known_algorithm,
-            help=f"One of {', '.join(ALGORITHMS)}.",
-        ),
+        AlgorithmName, typer.Option("--algorithm", "-a", help="Packing algorithm.")
     ] = DEFAULT_ALGORITHM,
     layout_path: Annotated[
         Path | None,
-        typer.Option("--layout", help="Write the layout (page index -> block ids) here."),
+        output_option("Write the layout (page index -> block ids) to this JSON file."),
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
-    time_limit: Annotated[
-        float, typer.Option("--time-limit", min=0.001, help=TIME_LIMIT_HELP)
-    ] = DEFAULT_TIME_LIMIT,
+    as_json: JsonOption = False,
+    time_limit: Annotated[float, TIME_LIMIT_OPTION] = DEFAULT_TIME_LIMIT,
 ) -> None:
     """Pack an instance's blocks into pages and report pages, copies and pages read per model."""
     instance = load_instance(instance_path)

@@ -1,7 +1,8 @@
-"""What every `weightdb` command shares: the --db option's value, opening the database,
-size options, consoles and byte progress bars. Sub-command modules import from here."""
+"""What the `weightdb` commands that open a database share: the --db option's value, opening
+the database, consoles, byte progress bars, the pool options and the repack table."""
 
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -9,42 +10,40 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weightdb.cli.vocabulary import registry_choice, size_option
 from weightdb.database import DEFAULT_BUDGET, Database, connect
 from weightdb.errors import WeightDBError
 from weightdb.progress import ProgressBar, progress_bar
+from weightdb.storage.policies import POLICIES
 from weightdb.storage.repack import RepackReport
-from weightdb.units import format_size, parse_size
+from weightdb.units import format_size
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-class _State:
+@dataclass
+class CliState:
+    """Options of the root command that its sub-commands read (today only --db)."""
+
     db_path: Path | None = None
 
 
-state = _State()
+state = CliState()
 
 
 def open_db(
-    budget: str | None = None, policy: str | None = None, batch_invariant: bool = True
+    memory: int | None = None, policy: str | None = None, batch_invariant: bool = True
 ) -> Database:
     if state.db_path is None:
         raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
     return connect(
         state.db_path,
         create=False,
-        budget=DEFAULT_BUDGET if budget is None else size_option(budget, "--budget"),
+        budget=DEFAULT_BUDGET if memory is None else memory,
         policy=policy,
         batch_invariant=batch_invariant,
     )
-
-
-def size_option(text: str, option: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint=option) from None
 
 
 def byte_progress(description: str) -> ProgressBar:
@@ -52,9 +51,14 @@ def byte_progress(description: str) -> ProgressBar:
     return progress_bar(description, "bytes")
 
 
-BudgetOption = Annotated[
-    str | None,
-    typer.Option("--budget", help=f"Buffer pool budget, e.g. 64MiB (default {DEFAULT_BUDGET})."),
+# --- options of the commands that open a database ----------------------------------------------
+
+MemoryOption = Annotated[
+    int | None,
+    size_option(
+        "--memory",
+        help_text=f"Buffer pool memory, e.g. 256MiB; at least one page (default {DEFAULT_BUDGET}).",
+    ),
 ]
 
 BatchInvariantOption = Annotated[
@@ -66,10 +70,14 @@ BatchInvariantOption = Annotated[
     ),
 ]
 
+PolicyName = registry_choice(POLICIES)
+
 PolicyOption = Annotated[
-    str | None,
+    PolicyName | None,
     typer.Option(
-        "--policy", help="Buffer pool replacement policy (default: the database's setting)."
+        "--policy",
+        help="Buffer pool replacement policy (default: the database's setting).",
+        show_default=False,
     ),
 ]
 

@@ -7,6 +7,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from weightdb.cli.vocabulary import (
+    OldSpelling,
+    VocabularyGroup,
+    output_option,
+    registry_choice,
+    vocabulary_command,
+)
 from weightdb.progress import progress_bar
 from weightdb.units import format_size
 from weightdb.zoo.build import SIZES, build_family
@@ -15,12 +22,15 @@ from weightdb.zoo.manifest import read_manifest
 from weightdb.zoo.progress import ProgressReporter
 
 app = typer.Typer(
-    help="Build offline model families for tests and benchmarks.", no_args_is_help=True
+    cls=VocabularyGroup,
+    help="Build offline model families for tests and benchmarks.",
+    no_args_is_help=True,
 )
+FamilySize = registry_choice(SIZES)
 console = Console()
 
 
-@app.command("list")
+@app.command("list", cls=vocabulary_command())
 def list_families() -> None:
     """List the families that `weightdb zoo build` can make."""
     table = Table("family", "what", "options (small / full defaults)")
@@ -34,14 +44,22 @@ def list_families() -> None:
     console.print(table)
 
 
-@app.command()
+@app.command(
+    cls=vocabulary_command(out=OldSpelling("--output"), models=OldSpelling("--model-count"))
+)
 def build(
     family: Annotated[str, typer.Argument(help="Family name, see `weightdb zoo list`.")],
-    out: Annotated[Path, typer.Option("--out", help="Directory to build the family into.")],
-    size: Annotated[str, typer.Option(help="small (seconds, for tests) or full.")] = "small",
+    out: Annotated[Path, output_option("Directory to build the family into.")],
+    size: Annotated[
+        FamilySize, typer.Option(help="small takes seconds (for tests); full is the real family.")
+    ] = "small",
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
-    total: Annotated[str | None, typer.Option(help="scale: total size, e.g. 30GiB.")] = None,
-    models: Annotated[int | None, typer.Option(help="scale: number of models.")] = None,
+    total: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="scale: total size, e.g. 30GiB.")
+    ] = None,
+    model_count: Annotated[
+        int | None, typer.Option(min=1, help="scale: number of models.", show_default=False)
+    ] = None,
     fraction: Annotated[
         float | None, typer.Option(help="scale: fraction of blocks a variant changes.")
     ] = None,
@@ -52,8 +70,8 @@ def build(
         int | None, typer.Option(help="minilm-finetunes: add a fine-tune of this many steps.")
     ] = None,
 ) -> None:
-    """Build FAMILY into --out, or do nothing if an identical build is already there."""
-    given: dict[str, Any] = {"total": total, "models": models, "fraction": fraction}
+    """Build FAMILY into --output, or do nothing if an identical build is already there."""
+    given: dict[str, Any] = {"total": total, "models": model_count, "fraction": fraction}
     given["long_steps"] = long_steps
     given["wordnet"] = str(wordnet) if wordnet else None
     bar, progress = progress_bar(None, transient=False)

@@ -8,17 +8,20 @@ from typing import Annotated
 
 import typer
 
-from weightdb.cli_common import (
+from weightdb.cli.common import (
     BatchInvariantOption,
-    BudgetOption,
+    MemoryOption,
     PolicyOption,
     TraceOption,
     console,
     err_console,
     open_db,
-    size_option,
-    state,
     tracing,
+)
+from weightdb.cli.vocabulary import (
+    OldSpelling,
+    duration_option,
+    size_option,
 )
 from weightdb.errors import WeightDBError
 from weightdb.server.config import ServerConfig
@@ -27,6 +30,14 @@ _DEFAULTS = ServerConfig()
 SWITCH_INTERVAL_S = 0.0005
 TOKEN_VARIABLE = "WEIGHTDB_TOKEN"
 _FILES_BESIDES_CONNECTIONS = 256  # page files, the catalog, logs
+OLD_SERVE_SPELLINGS = {
+    "budget": OldSpelling("--memory"),
+    "max_wait_ms": OldSpelling("--max-wait", "ms"),
+    "timeout_s": OldSpelling("--timeout", "s"),
+    "header_timeout_s": OldSpelling("--header-timeout", "s"),
+    "body_timeout_s": OldSpelling("--body-timeout", "s"),
+}
+"""Option names of earlier releases, accepted with a warning until the next one."""
 
 
 def serve_command(
@@ -34,7 +45,7 @@ def serve_command(
         str, typer.Option(help="Address to bind; anything but loopback exposes the server.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
-    budget: BudgetOption = None,
+    memory: MemoryOption = None,
     policy: PolicyOption = None,
     batch_invariant: BatchInvariantOption = True,
     trace: TraceOption = None,
@@ -57,31 +68,45 @@ def serve_command(
     max_batch: Annotated[
         int, typer.Option(min=1, help="Rows one batch may hold.")
     ] = _DEFAULTS.max_batch,
-    max_wait_ms: Annotated[
-        float, typer.Option(min=0, help="How long a request may wait for others to batch with.")
-    ] = _DEFAULTS.max_wait_ms,
+    max_wait: Annotated[
+        float,
+        duration_option(
+            help_text="How long a request may wait for others to batch with (0: not at all).",
+            default_seconds=_DEFAULTS.max_wait_ms / 1000,
+            allow_zero=True,
+        ),
+    ] = _DEFAULTS.max_wait_ms / 1000,
     max_queue: Annotated[
         int, typer.Option(min=1, help="Requests waiting to run; beyond it, 429.")
     ] = _DEFAULTS.max_queue,
-    timeout_s: Annotated[
-        float, typer.Option(min=0.001, help="Seconds from arrival to answer; beyond it, 504.")
+    timeout: Annotated[
+        float,
+        duration_option(
+            help_text="From arrival to answer; beyond it, 504.",
+            default_seconds=_DEFAULTS.timeout_s,
+        ),
     ] = _DEFAULTS.timeout_s,
     max_body: Annotated[
-        str, typer.Option(help="Largest request body, e.g. 64MiB; beyond it, 413.")
-    ] = "64MiB",
-    header_timeout_s: Annotated[
+        int, size_option(help_text="Largest request body; beyond it, 413.", default="64MiB")
+    ] = _DEFAULTS.max_body,
+    header_timeout: Annotated[
         float,
-        typer.Option(
-            min=0.001, help="Seconds for a connection to send a request head; beyond it, 408."
+        duration_option(
+            help_text="For a connection to send a request head; beyond it, 408.",
+            default_seconds=_DEFAULTS.header_timeout_s,
         ),
     ] = _DEFAULTS.header_timeout_s,
-    body_timeout_s: Annotated[
+    body_timeout: Annotated[
         float,
-        typer.Option(min=0.001, help="Seconds from a request head to its body's end; then 408."),
+        duration_option(
+            help_text="From a request head to its body's end; beyond it, 408.",
+            default_seconds=_DEFAULTS.body_timeout_s,
+        ),
     ] = _DEFAULTS.body_timeout_s,
     max_header_size: Annotated[
-        str, typer.Option(help="Largest request line and headers, e.g. 64KiB; beyond it, 431.")
-    ] = "64KiB",
+        int,
+        size_option(help_text="Largest request line and headers; beyond it, 431.", default="64KiB"),
+    ] = _DEFAULTS.max_header_bytes,
     max_connections: Annotated[
         int, typer.Option(min=1, help="Open connections; beyond it, 503 with Retry-After.")
     ] = _DEFAULTS.max_connections,
@@ -89,13 +114,13 @@ def serve_command(
     """Serve the database over HTTP: KServe v2 REST, Prometheus /metrics, OpenAPI at /docs."""
     config = ServerConfig(
         max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
+        max_wait_ms=max_wait * 1000,
         max_queue=max_queue,
-        timeout_s=timeout_s,
-        max_body=size_option(max_body, "--max-body"),
-        header_timeout_s=header_timeout_s,
-        body_timeout_s=body_timeout_s,
-        max_header_bytes=size_option(max_header_size, "--max-header-size"),
+        timeout_s=timeout,
+        max_body=max_body,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_header_bytes=max_header_size,
         max_connections=max_connections,
         token=_token(token, token_file),
     )
@@ -110,7 +135,7 @@ def serve_command(
 
     _allow_open_files(config.max_connections)
 
-    with open_db(budget, policy, batch_invariant) as db:
+    with open_db(memory, policy, batch_invariant) as db:
         console.print(
             f"serving {db.path} ({len(db.models())} models) on http://{host}:{port}/v2 "
             f"(docs at /docs){'; bearer token required' if config.token else ''}"
@@ -168,23 +193,3 @@ def _allow_open_files(connections: int) -> None:
                 f"{connections} may not be reached",
                 highlight=False,
             )
-
-
-def main() -> None:
-    """``python -m weightdb.server --db PATH ...``: this command alone, without the full CLI."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _db_option(
-        db: Annotated[
-            Path | None, typer.Option("--db", envvar="WEIGHTDB_DB", help="Database directory.")
-        ] = None,
-    ) -> None:
-        state.db_path = db
-
-    app.command("serve")(serve_command)
-    try:
-        app()
-    except WeightDBError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
-        sys.exit(1)
