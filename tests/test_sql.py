@@ -84,6 +84,7 @@ def test_catalog_and_cache_tables(sql_db):
     db, _ = sql_db
     models = db.sql("SELECT name, has_graph FROM weightdb.models ORDER BY name").to_pylist()
     assert models == [{"name": "linear", "has_graph": True}, {"name": "mlp", "has_graph": True}]
+    assert all(type(m["has_graph"]) is bool for m in models)  # not SQLite's 1
     pages = db.sql("SELECT count(*) AS n, sum(blocks) AS blocks FROM weightdb.pages").to_pylist()[0]
     stats = db.stats()
     assert (pages["n"], pages["blocks"]) == (stats["pages"], stats["distinct_blocks"])

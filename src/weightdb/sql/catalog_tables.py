@@ -14,12 +14,21 @@ if TYPE_CHECKING:
     from weightdb.database import Database
 
 
+BOOLEAN = {"has_graph"}
+"""Columns SQLite returns as 0/1 that the SQL tables show as booleans."""
+
+
 def refresh(con, db: "Database") -> None:
     con.execute("CREATE SCHEMA IF NOT EXISTS weightdb")
     tables = {}
     for name in QUERIES:
         columns, rows = db.store.catalog.view(name)
-        tables[name] = pa.table({c: [row[k] for row in rows] for k, c in enumerate(columns)})
+        tables[name] = pa.table(
+            {
+                c: [bool(row[k]) for row in rows] if c in BOOLEAN else [row[k] for row in rows]
+                for k, c in enumerate(columns)
+            }
+        )
     stats = db.pool.stats()
     tables["cache"] = pa.table(
         {k: [v] for k, v in {**vars(stats), "hit_ratio": stats.hit_ratio}.items()}
