@@ -30,6 +30,7 @@ from weightdb.cli_common import (
     state,
     tracing,
 )
+from weightdb.cli_predict_table import predict_table_command
 from weightdb.database import connect
 from weightdb.dedup.cli import dedup_command
 from weightdb.demo import run_demo
@@ -54,6 +55,7 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 app.command("serve")(serve_command)
 app.command("dedup")(dedup_command)
+app.command("predict-table")(predict_table_command)
 
 
 @app.callback()

@@ -152,3 +152,18 @@ class _PredictActor:
 def to_table(dataset: ray.data.Dataset) -> pa.Table:
     """Collect a (small enough) dataset into one Arrow table in the driver, in order."""
     return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+
+
+def connect_cluster() -> None:
+    """Join the cluster ``RAY_ADDRESS`` names, else start a local one (once per process)."""
+    if not ray.is_initialized():
+        ray.init()
+
+
+def read_parquet(path: Path) -> ray.data.Dataset:
+    """A Parquet file or folder as a dataset whose blocks keep the file's row order."""
+    if not path.exists():
+        raise WeightDBError(f"input table {path} does not exist")
+    dataset = ray.data.read_parquet(str(path))
+    dataset.context.execution_options.preserve_order = True
+    return dataset
