@@ -6,8 +6,10 @@ worker's models span; putting models that share pages on one worker reads a shar
 Load must stay balanced too: each worker takes at most ``slack`` times the mean load, and a
 model hotter than that is split into replicas on distinct workers, its requests spread evenly.
 
-Greedy, hottest first: each replica goes to the worker where its pages add the fewest new
-bytes among those with room, the least loaded one on ties (or when none has room).
+Greedy, one worker at a time: a worker starts from the hottest replica left, then takes the
+replica whose pages overlap its pages most (in bytes) among those that fit, until it carries
+its mean share of the load; a family of fine-tunes thus grows on one worker instead of being
+spread over all. Replicas no worker had room for go to the least loaded worker.
 """
 
 import math
@@ -73,22 +75,35 @@ def place_models(
     def size(pages: Collection[int]) -> int:
         return len(pages) if page_bytes is None else sum(page_bytes[page] for page in pages)
 
-    resident: list[set[int]] = [set() for _ in range(workers)]
-    loads = [0.0] * workers
     replicas: dict[str, list[int]] = {model: [] for model in model_pages}
-    for share, model in items:
-        pages = model_pages[model]
-        free = [w for w in range(workers) if w not in replicas[model]]
-        fitting = [w for w in free if loads[w] + share <= capacity * (1 + 1e-9)]
-        worker = min(
-            fitting or free,
-            key=lambda w: (
-                size([p for p in pages if p not in resident[w]]) if fitting else 0,
-                loads[w],
-                w,
-            ),
-        )
+    loads = [0.0] * workers
+    resident: list[set[int]] = [set() for _ in range(workers)]
+
+    def put(index: int, worker: int) -> None:
+        share, model = items.pop(index)
         replicas[model].append(worker)
-        resident[worker].update(pages)
+        resident[worker].update(model_pages[model])
         loads[worker] += share
+
+    target = total / workers
+    for worker in range(workers):
+        while items and loads[worker] < target * (1 - 1e-9):
+            fitting = [
+                index
+                for index, (share, model) in enumerate(items)
+                if worker not in replicas[model] and loads[worker] + share <= capacity * (1 + 1e-9)
+            ]
+            if not fitting:
+                break
+            put(
+                max(
+                    fitting,
+                    key=lambda i: (size(resident[worker] & set(model_pages[items[i][1]])), -i),
+                ),
+                worker,
+            )
+    while items:  # what no worker had room for: the least loaded one that lacks the model
+        model = items[0][1]
+        free = [w for w in range(workers) if w not in replicas[model]]
+        put(0, min(free, key=lambda w: (loads[w], size(set(model_pages[model]) - resident[w]), w)))
     return Placement(workers, {model: tuple(ws) for model, ws in replicas.items()})
