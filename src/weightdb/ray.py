@@ -50,19 +50,20 @@ def predict(
     of ``actors`` actors, each with a buffer pool of ``budget`` bytes."""
     check_model_choice(model, model_column)
     if actors < 1:
-        raise WeightDBError(f"--actors must be at least 1, got {actors}")
+        raise WeightDBError(f"actors must be at least 1, got {actors}")
     db_path = Path(db_path).resolve()
     with warnings.catch_warnings():  # zip is deprecated after 2.60; positional is what we need
         warnings.simplefilter("ignore", DeprecationWarning)
-        indexed = dataset.zip(ray.data.range(dataset.count()).rename_columns({"id": ROW}))
+        row_numbers = ray.data.range(dataset.count()).rename_columns({"id": ROW})
+        indexed = dataset.zip(row_numbers).materialize()  # read once: counted, then routed
     placement = _placement(indexed, db_path, model, model_column, actors)
     routed = indexed.map_batches(
         _route,
         fn_kwargs={"placement": placement, "model": model, "model_column": model_column},
         batch_format="pyarrow",
         zero_copy_batch=True,
-    ).materialize()  # once, before the actors take the cluster's CPUs
-    used = sorted({worker for replicas in placement.replicas.values() for worker in replicas})
+    ).materialize()  # before the actors take the cluster's CPUs
+    used = sorted({w for replicas in placement.replicas.values() for w in replicas}) or [0]
     actor_args = {
         "db_path": db_path,
         "budget": budget,
