@@ -22,6 +22,15 @@ def test_models_that_share_pages_land_together():
     assert [len(pages) for pages in placement.worker_pages(FAMILIES)] == [16, 16]
 
 
+def test_a_page_every_model_shares_does_not_pull_families_apart():
+    # Every model also reads a large common embedding (pages 900-919); a0 and b0 are hot.
+    pages = {name: owned | set(range(900, 920)) for name, owned in FAMILIES.items()}
+    load = {**EVEN, "a0": 2.0, "b0": 2.0}
+    placement = place_models(pages, load, workers=2)
+    assert {placement.replicas[f"a{i}"] for i in range(3)} == {(0,)}
+    assert {placement.replicas[f"b{i}"] for i in range(3)} == {(1,)}
+
+
 def test_load_is_balanced_within_the_slack():
     # a0 is as hot as the rest together: one worker cannot also take its family.
     load = {**EVEN, "a0": 5.0}
