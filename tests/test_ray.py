@@ -116,14 +116,6 @@ def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, zoo, table
     np.testing.assert_array_equal(predictions(result), expected(zoo, table))
 
 
-def test_ray_one_model_for_every_row(ray_cluster, zoo, table):
-    result = weightdb_ray.to_table(
-        weightdb_ray.predict(ray.data.from_arrow(table), zoo, features="x", model="c", actors=2)
-    )
-    assert result["id"].equals(table["id"])
-    np.testing.assert_array_equal(predictions(result), expected(zoo, table, "c"))
-
-
 def _actor_pids() -> set[int]:
     pids = set()
     for entry in Path("/proc").iterdir():
@@ -138,7 +130,7 @@ def _actor_pids() -> set[int]:
 
 def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
     rng = np.random.default_rng(5)
-    rows = 20_000
+    rows = 3_000
     features = rng.standard_normal((rows, 100)).astype(np.float32)
     table = pa.table(
         {
@@ -154,7 +146,7 @@ def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
         while not killed and time.monotonic() < deadline:
             pids = _actor_pids()
             if pids:
-                time.sleep(0.5)  # let it take batches first
+                time.sleep(2)  # let it take batches first
                 pid = min(pids)
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
@@ -169,7 +161,7 @@ def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
             features="x",
             model_column="model",
             actors=2,
-            batch_rows=8,
+            batch_rows=4,
         )
     )
     killer.join()
@@ -178,13 +170,14 @@ def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
     assert result.equals(predict_table(zoo, table, "x", model_column="model"))
 
 
-def test_each_actor_has_its_own_budget(ray_cluster, zoo, table):
-    small = weightdb_ray.predict(
-        ray.data.from_arrow(table), zoo, features="x", model="a", actors=2, budget="48KiB"
+def test_one_model_for_every_row_within_each_actors_budget(ray_cluster, zoo, table):
+    small = weightdb_ray.to_table(
+        weightdb_ray.predict(
+            ray.data.from_arrow(table), zoo, features="x", model="a", actors=2, budget="48KiB"
+        )
     )
-    np.testing.assert_array_equal(
-        predictions(weightdb_ray.to_table(small)), expected(zoo, table, "a")
-    )
+    assert small["id"].equals(table["id"])
+    np.testing.assert_array_equal(predictions(small), expected(zoo, table, "a"))
     tiny = weightdb_ray.predict(
         ray.data.from_arrow(table), zoo, features="x", model="a", actors=2, budget="1KiB"
     )

@@ -30,7 +30,6 @@ from weightdb.scaleout.table_predict import (
 )
 
 ROW = "__weightdb_row"
-WORKER = "__weightdb_worker"
 BATCH_ROWS = 1024
 
 
@@ -57,13 +56,14 @@ def predict(
         row_numbers = ray.data.range(dataset.count()).rename_columns({"id": ROW})
         indexed = dataset.zip(row_numbers).materialize()  # read once: counted, then routed
     placement = _placement(indexed, db_path, model, model_column, actors)
-    routed = indexed.map_batches(
-        _route,
-        fn_kwargs={"placement": placement, "model": model, "model_column": model_column},
-        batch_format="pyarrow",
-        zero_copy_batch=True,
-    ).materialize()  # before the actors take the cluster's CPUs
     used = sorted({w for replicas in placement.replicas.values() for w in replicas}) or [0]
+    split = _split.options(num_returns=len(used))
+    shares = [  # per input block, its rows for each used actor
+        split.remote(block, placement, used, model, model_column)
+        for block in indexed.to_arrow_refs()
+    ]
+    if len(used) == 1:
+        shares = [[share] for share in shares]
     actor_args = {
         "db_path": db_path,
         "budget": budget,
@@ -72,17 +72,17 @@ def predict(
         "model_column": model_column,
     }
     parts = [
-        routed.map_batches(
+        ray.data.from_arrow_refs([block[number] for block in shares]).map_batches(
             _PredictActor,
-            fn_constructor_kwargs={**actor_args, "worker": worker},
+            fn_constructor_kwargs=actor_args,
             compute=ray.data.ActorPoolStrategy(size=1),
             num_cpus=1,
             batch_size=batch_rows,
             batch_format="pyarrow",
         )
-        for worker in used
+        for number in range(len(used))
     ]
-    return parts[0].union(*parts[1:]).sort(ROW).drop_columns([ROW, WORKER])
+    return parts[0].union(*parts[1:]).sort(ROW).drop_columns([ROW])
 
 
 def _placement(
@@ -107,28 +107,33 @@ def _placement(
     return place_models(pages, load, actors)
 
 
-def _route(
-    batch: pa.Table, placement: Placement, model: str | None, model_column: str | None
-) -> pa.Table:
-    """Label each row with its actor: its model's replicas in turn by row number."""
-    rows = batch[ROW].to_numpy()
+@ray.remote
+def _split(
+    block: pa.Table,
+    placement: Placement,
+    used: list[int],
+    model: str | None,
+    model_column: str | None,
+) -> pa.Table | list[pa.Table]:
+    """A block's rows for each used actor (one table when there is one): each model's replicas
+    in turn by row number. Plain tasks, submitted before the actors take the CPUs."""
+    rows = block[ROW].to_numpy()
     names = (
         np.full(len(rows), model, dtype=object)
         if model is not None
-        else batch[model_column].to_numpy(zero_copy_only=False)
+        else block[model_column].to_numpy(zero_copy_only=False)
     )
     workers = np.zeros(len(rows), dtype=np.int64)
     for name in np.unique(names):
         members = names == name
         replicas = np.array(placement.replicas[name])
         workers[members] = replicas[rows[members] % len(replicas)]
-    return batch.append_column(WORKER, pa.array(workers))
+    shares = [block.filter(pa.array(workers == worker)) for worker in used]
+    return shares if len(used) > 1 else shares[0]
 
 
 class _PredictActor:
-    """One actor: the database opened once, its buffer pool warm across batches. It keeps the
-    rows routed to ``worker`` and drops the others: filtering in separate tasks would need CPUs
-    while the actors hold them, and deadlock a cluster with as many CPUs as actors."""
+    """One actor: the database opened once, its buffer pool warm across batches."""
 
     def __init__(
         self,
@@ -137,17 +142,14 @@ class _PredictActor:
         features: str,
         model: str | None,
         model_column: str | None,
-        worker: int,
     ) -> None:
         self.db = open_reader(db_path, budget)
-        self.worker = worker
         self.features = features
         self.model = model
         self.model_column = model_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        mine = batch.filter(pc.equal(batch[WORKER], self.worker))
-        return predict_batch(self.db, mine, self.features, self.model, self.model_column)
+        return predict_batch(self.db, batch, self.features, self.model, self.model_column)
 
 
 def to_table(dataset: ray.data.Dataset) -> pa.Table:
