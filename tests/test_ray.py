@@ -185,6 +185,15 @@ def test_one_model_for_every_row_within_each_actors_budget(ray_cluster, zoo, tab
         weightdb_ray.to_table(tiny)
 
 
+def test_bad_columns_are_refused_before_the_job_runs(ray_cluster, zoo, table):
+    dataset = ray.data.from_arrow(table)
+    with pytest.raises(WeightDBError, match="has no column 'y'"):
+        weightdb_ray.predict(dataset, zoo, features="y", model="a")
+    scored = dataset.add_column("prediction", lambda batch: batch["id"])
+    with pytest.raises(WeightDBError, match="already has column 'prediction'"):
+        weightdb_ray.predict(scored, zoo, features="x", model="a")
+
+
 def test_give_exactly_one_of_model_and_model_column(ray_cluster, zoo, table):
     with pytest.raises(WeightDBError, match="exactly one"):
         weightdb_ray.predict(ray.data.from_arrow(table), zoo, features="x", actors=1)

@@ -23,6 +23,7 @@ from weightdb.database import DEFAULT_BUDGET
 from weightdb.errors import WeightDBError
 from weightdb.scaleout.placement import Placement, place_models
 from weightdb.scaleout.table_predict import (
+    PREDICTION,
     check_model_choice,
     model_pages,
     open_reader,
@@ -55,6 +56,12 @@ def predict(
         warnings.simplefilter("ignore", DeprecationWarning)
         row_numbers = ray.data.range(dataset.count()).rename_columns({"id": ROW})
         indexed = dataset.zip(row_numbers).materialize()  # read once: counted, then routed
+    columns = [name for name in indexed.schema().names if name != ROW]
+    for column in (features, model_column):
+        if column is not None and column not in columns:
+            raise WeightDBError(f"the dataset has no column {column!r}; its columns are {columns}")
+    if PREDICTION in columns:
+        raise WeightDBError(f"the dataset already has column {PREDICTION!r}; rename it first")
     placement = _placement(indexed, db_path, model, model_column, actors)
     used = sorted({w for replicas in placement.replicas.values() for w in replicas}) or [0]
     split = _split.options(num_returns=len(used))
