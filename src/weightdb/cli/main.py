@@ -38,7 +38,9 @@ from weightdb.cli.packing import (
     search_progress,
 )
 from weightdb.cli.packing import app as packing_app
+from weightdb.cli.predict_table import predict_table_command
 from weightdb.cli.serve import OLD_SERVE_SPELLINGS, serve_command
+from weightdb.cli.tensor_files import read_inputs, write_outputs
 from weightdb.cli.vocabulary import (
     JsonOption,
     OldSpelling,
@@ -52,7 +54,6 @@ from weightdb.cli.zoo import app as zoo_app
 from weightdb.database import connect
 from weightdb.errors import WeightDBError
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
-from weightdb.cli.tensor_files import read_inputs, write_outputs
 from weightdb.storage.settings import Settings
 from weightdb.units import format_size
 
@@ -72,6 +73,7 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 app.command("serve", cls=vocabulary_command(**OLD_SERVE_SPELLINGS))(serve_command)
 app.command("dedup", cls=vocabulary_command(budget=OLD_POOL_SPELLING))(dedup_command)
+app.command("predict-table")(predict_table_command)
 
 
 @app.callback()

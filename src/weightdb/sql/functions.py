@@ -14,89 +14,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from weightdb.engine import InputSpec
-from weightdb.errors import WeightDBError
+from weightdb.sql.feature_rows import (
+    SQLFunctionError,
+    as_input,
+    lists,
+    model_groups,
+    row_matrix,
+    single_input,
+)
 
 if TYPE_CHECKING:
     from weightdb.database import Database
-
-
-class SQLFunctionError(WeightDBError):
-    """A SQL function was called with arguments it cannot use."""
-
-
-def _lists(column: pa.ChunkedArray | pa.Array, function: str, what: str) -> pa.ListArray:
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if array.null_count:
-        row = array.is_null().to_pylist().index(True)
-        raise SQLFunctionError(
-            f"{function}(): {what} is NULL in row {row} of this batch; filter NULL rows out "
-            f"(WHERE {what} IS NOT NULL)"
-        )
-    return array
-
-
-def _model_groups(models: pa.ChunkedArray, function: str) -> dict[str, np.ndarray]:
-    names = _lists(models, function, "the model name").to_numpy(zero_copy_only=False)
-    return {str(name): np.flatnonzero(names == name) for name in np.unique(names)}
-
-
-def _row_matrix(
-    features: pa.ListArray, rows: np.ndarray, function: str, pad: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """The feature lists of ``rows`` as one (rows, length) float64 matrix, and their lengths.
-
-    With ``pad``, shorter rows are padded with zeros (sequences); otherwise lengths must agree.
-    """
-    lengths = pc.list_value_length(features).to_numpy(zero_copy_only=False)[rows]
-    values = np.asarray(
-        features.take(pa.array(rows)).flatten().to_numpy(zero_copy_only=False), dtype=np.float64
-    )
-    width = int(lengths.max()) if len(lengths) else 0
-    if not pad:
-        if len(set(lengths.tolist())) > 1:
-            raise SQLFunctionError(
-                f"{function}(): rows have features of different lengths ({lengths.min()} and "
-                f"{width}); one call needs one length per model"
-            )
-        return values.reshape(len(rows), width), lengths
-    matrix = np.zeros((len(rows), width))
-    matrix[np.arange(width)[None, :] < lengths[:, None]] = values
-    return matrix, lengths
-
-
-def _single_input(db: "Database", model: str, function: str) -> InputSpec:
-    inputs = db.inputs(model)
-    if len(inputs) != 1:
-        names = ", ".join(spec.name for spec in inputs)
-        raise SQLFunctionError(
-            f"{function}(): model {model!r} has {len(inputs)} inputs ({names}); {function} "
-            "takes one feature array per row, so use embed() for encoders or db.predict in Python"
-        )
-    return inputs[0]
-
-
-def _as_input(matrix: np.ndarray, spec: InputSpec, model: str, function: str) -> np.ndarray:
-    """Reshape rows of features to the graph input: (rows, *per-row dims), in its dtype."""
-    per_row = list(spec.dims[1:])
-    free = [k for k, d in enumerate(per_row) if not isinstance(d, int)]
-    known = int(np.prod([d for d in per_row if isinstance(d, int)], dtype=np.int64))
-    length = matrix.shape[1]
-    if len(free) > 1 or (free and length % known) or (not free and length != known):
-        raise SQLFunctionError(
-            f"{function}(): model {model!r} expects features of shape {per_row} per row "
-            f"({known} values), got {length}"
-        )
-    if free:
-        per_row[free[0]] = length // known
-    if np.issubdtype(spec.dtype, np.integer) and not np.array_equal(matrix, np.round(matrix)):
-        raise SQLFunctionError(
-            f"{function}(): model {model!r} takes integer input {spec.name!r}; features must "
-            "be whole numbers"
-        )
-    return matrix.astype(spec.dtype).reshape(len(matrix), *per_row)
 
 
 def _first_output(db: "Database", model: str, inputs: dict) -> np.ndarray:
@@ -108,10 +38,10 @@ def _per_row(function: str, compute: Callable, pad: bool) -> Callable:
     """A DuckDB arrow function computing ``compute(model, matrix, lengths)`` per model group."""
 
     def udf(models: pa.ChunkedArray, features: pa.ChunkedArray) -> pa.Array:
-        lists = _lists(features, function, "features")
-        results: list = [None] * len(lists)
-        for model, rows in _model_groups(models, function).items():
-            values = compute(model, *_row_matrix(lists, rows, function, pad))
+        feature_lists = lists(features, function, "features")
+        results: list = [None] * len(feature_lists)
+        for model, rows in model_groups(models, function).items():
+            values = compute(model, *row_matrix(feature_lists, rows, function, pad))
             for row, value in zip(rows, values, strict=True):
                 results[row] = value
         return _to_arrow(results)
@@ -131,13 +61,13 @@ def register(con, db: "Database") -> None:
     """Register weightdb's functions on a DuckDB connection."""
 
     def predict(model: str, matrix: np.ndarray, _lengths: np.ndarray) -> list:
-        spec = _single_input(db, model, "predict")
-        output = _first_output(db, model, {spec.name: _as_input(matrix, spec, model, "predict")})
+        spec = single_input(db, model, "predict")
+        output = _first_output(db, model, {spec.name: as_input(matrix, spec, model, "predict")})
         return list(output.reshape(len(matrix), -1))
 
     def predict_label(model: str, matrix: np.ndarray, _lengths: np.ndarray) -> list:
-        spec = _single_input(db, model, "predict_label")
-        inputs = {spec.name: _as_input(matrix, spec, model, "predict_label")}
+        spec = single_input(db, model, "predict_label")
+        inputs = {spec.name: as_input(matrix, spec, model, "predict_label")}
         output = _first_output(db, model, inputs)
         return output.reshape(len(matrix), -1).argmax(axis=1).tolist()
 

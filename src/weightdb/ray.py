@@ -1,0 +1,179 @@
+"""Batch inference on Ray: ``weightdb.ray.predict(dataset, db_path, ...)`` -> Ray Dataset.
+
+The database directory is the shared storage (a shared filesystem on a real cluster); every
+actor opens it once, with a buffer pool of its own byte budget that stays warm across batches.
+Rows are routed to actors by model: ``weightdb.scaleout.placement`` puts models that share
+pages on the same actor (a hot model on several), so a shared page is read once per actor that
+needs it. Each actor runs the same batch function as the local ``predict_table``, so results
+are bit-identical to ``db.predict`` and come back in input order.
+
+This is the only module that imports Ray; ``import weightdb`` never does.
+"""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.data
+
+from weightdb.database import DEFAULT_BUDGET
+from weightdb.errors import WeightDBError
+from weightdb.scaleout.placement import Placement, place_models
+from weightdb.scaleout.table_predict import (
+    PREDICTION,
+    check_model_choice,
+    model_pages,
+    open_reader,
+    predict_batch,
+)
+
+ROW = "__weightdb_row"
+BATCH_ROWS = 1024
+
+
+def predict(
+    dataset: ray.data.Dataset,
+    db_path: str | Path,
+    *,
+    features: str,
+    model: str | None = None,
+    model_column: str | None = None,
+    actors: int = 1,
+    budget: int | str | None = DEFAULT_BUDGET,
+    batch_rows: int = BATCH_ROWS,
+) -> ray.data.Dataset:
+    """``dataset`` with a ``prediction`` column (the model's first output as float32 lists),
+    in input order; every row runs ``model`` or the model its ``model_column`` names, on one
+    of ``actors`` actors, each with a buffer pool of ``budget`` bytes."""
+    check_model_choice(model, model_column)
+    if actors < 1:
+        raise WeightDBError(f"actors must be at least 1, got {actors}")
+    db_path = Path(db_path).resolve()
+    with warnings.catch_warnings():  # zip is deprecated after 2.60; positional is what we need
+        warnings.simplefilter("ignore", DeprecationWarning)
+        row_numbers = ray.data.range(dataset.count()).rename_columns({"id": ROW})
+        indexed = dataset.zip(row_numbers).materialize()  # read once: counted, then routed
+    columns = [name for name in indexed.schema().names if name != ROW]
+    for column in (features, model_column):
+        if column is not None and column not in columns:
+            raise WeightDBError(f"the dataset has no column {column!r}; its columns are {columns}")
+    if PREDICTION in columns:
+        raise WeightDBError(f"the dataset already has column {PREDICTION!r}; rename it first")
+    placement = _placement(indexed, db_path, model, model_column, actors)
+    used = sorted({w for replicas in placement.replicas.values() for w in replicas}) or [0]
+    split = _split.options(num_returns=len(used))
+    shares = [  # per input block, its rows for each used actor
+        split.remote(block, placement, used, model, model_column)
+        for block in indexed.to_arrow_refs()
+    ]
+    if len(used) == 1:
+        shares = [[share] for share in shares]
+    actor_args = {
+        "db_path": db_path,
+        "budget": budget,
+        "features": features,
+        "model": model,
+        "model_column": model_column,
+    }
+    parts = [
+        ray.data.from_arrow_refs([block[number] for block in shares]).map_batches(
+            _PredictActor,
+            fn_constructor_kwargs=actor_args,
+            compute=ray.data.ActorPoolStrategy(size=1),
+            num_cpus=1,
+            batch_size=batch_rows,
+            batch_format="pyarrow",
+        )
+        for number in range(len(used))
+    ]
+    return parts[0].union(*parts[1:]).sort(ROW).drop_columns([ROW])
+
+
+def _placement(
+    indexed: ray.data.Dataset,
+    db_path: Path,
+    model: str | None,
+    model_column: str | None,
+    actors: int,
+) -> Placement:
+    """Sharing groups over the models the rows ask for, weighted by their row counts."""
+    if model is not None:
+        load = {model: 1.0}
+    else:
+        load = {}
+        for batch in indexed.select_columns([model_column]).iter_batches(batch_format="pyarrow"):
+            for entry in pc.value_counts(batch[model_column]).to_pylist():
+                load[entry["values"]] = load.get(entry["values"], 0.0) + entry["counts"]
+        if None in load:
+            raise WeightDBError(f"column {model_column!r} has empty model names; fill them in")
+    with open_reader(db_path) as db:
+        pages = model_pages(db, sorted(load))
+    return place_models(pages, load, actors)
+
+
+@ray.remote
+def _split(
+    block: pa.Table,
+    placement: Placement,
+    used: list[int],
+    model: str | None,
+    model_column: str | None,
+) -> pa.Table | list[pa.Table]:
+    """A block's rows for each used actor (one table when there is one): each model's replicas
+    in turn by row number. Plain tasks, submitted before the actors take the CPUs."""
+    rows = block[ROW].to_numpy()
+    names = (
+        np.full(len(rows), model, dtype=object)
+        if model is not None
+        else block[model_column].to_numpy(zero_copy_only=False)
+    )
+    workers = np.zeros(len(rows), dtype=np.int64)
+    for name in np.unique(names):
+        members = names == name
+        replicas = np.array(placement.replicas[name])
+        workers[members] = replicas[rows[members] % len(replicas)]
+    shares = [block.filter(pa.array(workers == worker)) for worker in used]
+    return shares if len(used) > 1 else shares[0]
+
+
+class _PredictActor:
+    """One actor: the database opened once, its buffer pool warm across batches."""
+
+    def __init__(
+        self,
+        db_path: Path,
+        budget: int | str | None,
+        features: str,
+        model: str | None,
+        model_column: str | None,
+    ) -> None:
+        self.db = open_reader(db_path, budget)
+        self.features = features
+        self.model = model
+        self.model_column = model_column
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return predict_batch(self.db, batch, self.features, self.model, self.model_column)
+
+
+def to_table(dataset: ray.data.Dataset) -> pa.Table:
+    """Collect a (small enough) dataset into one Arrow table in the driver, in order."""
+    return pa.concat_tables(ray.get(dataset.to_arrow_refs()))
+
+
+def connect_cluster() -> None:
+    """Join the cluster ``RAY_ADDRESS`` names, else start a local one (once per process)."""
+    if not ray.is_initialized():
+        ray.init()
+
+
+def read_parquet(path: Path) -> ray.data.Dataset:
+    """A Parquet file or folder as a dataset whose blocks keep the file's row order."""
+    if not path.exists():
+        raise WeightDBError(f"input table {path} does not exist")
+    dataset = ray.data.read_parquet(str(path))
+    dataset.context.execution_options.preserve_order = True
+    return dataset
