@@ -32,7 +32,7 @@ from weightdb.cli_common import (
 )
 from weightdb.database import connect
 from weightdb.dedup.cli import dedup_command
-from weightdb.demo import run_demo
+from weightdb.demo import SCALES, run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
 from weightdb.packing.cli import TIME_LIMIT_HELP, search_progress
@@ -369,9 +369,14 @@ def _cell(value: object) -> str:
 @app.command()
 def demo(
     path: Annotated[Path, typer.Option(help="Where to build the demo database.")] = Path("demo-db"),
+    scale: Annotated[
+        str, typer.Option(help="full (a few minutes) or small (about a minute).")
+    ] = "full",
 ) -> None:
-    """Build two models that share weights, import them, and show what was stored."""
-    run_demo(path, console)
+    """Tour storage, out-of-memory serving against PyTorch, SQL and HTTP, on zoo families."""
+    if scale not in SCALES:
+        raise WeightDBError(f"unknown demo scale {scale!r}: choose one of {', '.join(SCALES)}")
+    run_demo(path, console, scale)
 
 
 @app.command()
