@@ -1,25 +1,33 @@
-"""The small tour prints every section with numbers that hold together."""
+"""`weightdb demo --scale small` prints every section with numbers that hold together."""
 
-import io
+import os
 import re
-from pathlib import Path
+import subprocess
+import sys
 
 import pytest
-from rich.console import Console
 
-from weightdb.demo import run_demo
 from weightdb.units import parse_size
 
 SIZE = r"(\d+(?:\.\d+)? (?:B|KiB|MiB|GiB))"
 NUMBER = r"(\d+(?:\.\d+)?)"
 
 
+def demo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "weightdb", "demo", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "120"},
+        timeout=600,
+    )
+
+
 @pytest.fixture(scope="module")
 def printed(tmp_path_factory) -> str:
-    out = io.StringIO()
-    path = Path(tmp_path_factory.mktemp("demo")) / "demo-db"
-    run_demo(path, Console(file=out, width=120), scale="small")
-    return out.getvalue()
+    result = demo("--scale", "small", "--path", str(tmp_path_factory.mktemp("demo") / "db"))
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def section(printed: str, number: int) -> str:
@@ -84,3 +92,10 @@ def test_one_kserve_request_answers_as_the_python_api(printed):
     assert re.search(r"POST http://127\.0\.0\.1:\d+/v2/models/mlp-variant-001/infer", http)
     assert re.search(r"status 200 in \d+\.\d ms, output shape \[8, 16\]", http)
     assert "equals db.predict: True" in http
+
+
+def test_an_unknown_scale_is_refused_naming_the_choices(tmp_path):
+    result = demo("--scale", "huge", "--path", str(tmp_path / "db"))
+    assert result.returncode == 1
+    assert "unknown demo scale 'huge': choose one of full, small" in result.stderr
+    assert not (tmp_path / "db").exists()

@@ -25,6 +25,7 @@ def score_in_sql(db: Database, family: dict, rows: int) -> tuple[str, list[dict]
         pa.table({"id": np.arange(len(ids)), "input_ids": [row.tolist() for row in ids]}),
     )
     db.load_table("family", pa.table({"model": [m["name"] for m in family["models"]]}))
+    db.sql("SET enable_progress_bar = false")  # DuckDB's bar would garble the tour's output
     query = (
         "WITH base AS (SELECT id, predict_label(?, input_ids) AS label FROM requests) "
         "SELECT f.model, count(*) AS rows_scored, "
@@ -40,6 +41,7 @@ class HTTPResult:
     url: str
     status: int
     seconds: float
+    python_api_seconds: float  # db.predict on the same rows, after the request
     shape: list[int]
     equals_python_api: bool
 
@@ -83,9 +85,16 @@ def one_kserve_request(db: Database, model: str, inputs: np.ndarray) -> HTTPResu
         seconds = time.perf_counter() - began
         output = response.json()["outputs"][0]
         got = np.array(output["data"], np.float32).reshape(output["shape"])
+        began = time.perf_counter()
         expected = next(iter(db.predict(model, {"input_ids": inputs}).values()))
+        python_seconds = time.perf_counter() - began
         return HTTPResult(
-            url, response.status_code, seconds, output["shape"], np.array_equal(got, expected)
+            url,
+            response.status_code,
+            seconds,
+            python_seconds,
+            output["shape"],
+            np.array_equal(got, expected),
         )
     finally:
         server.should_exit = True

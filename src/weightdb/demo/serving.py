@@ -92,7 +92,7 @@ def serve_both(
 
 
 def _serve(system: str, config_path: Path, work_dir: Path, budget_bytes: int) -> Served:
-    for suffix in (".ready", ".go", ".json", ".npy"):
+    for suffix in (".ready", ".go", ".json", ".npy", ".partial"):
         (work_dir / system).with_suffix(suffix).unlink(missing_ok=True)
     group = memory_limit.MemoryLimit(f"demo-{system}") if memory_limit.available() else None
     command = [sys.executable, "-m", "weightdb.demo.serving_child", str(config_path), system]
@@ -108,10 +108,11 @@ def _serve(system: str, config_path: Path, work_dir: Path, budget_bytes: int) ->
         ready.with_suffix(".go").touch()
         try:
             process.wait(timeout=max(deadline - time.monotonic(), 1))
+            error = _failure(process.returncode, group)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        error = _failure(process.returncode, group)
+            error = f"stopped: still serving after {TIMEOUT_SECONDS} s"
     finally:
         if group is not None:
             group.close()

@@ -14,6 +14,7 @@ get the same number of threads (``threads``; BLAS and OpenMP read it from the en
 """
 
 import json
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -94,9 +95,11 @@ def serve(config_path: Path, system: str) -> None:
     with np.load(config["requests"]) as split:
         requests = split["input_ids"]
     predict = SETUPS[system](config, record)
-    ready = out.with_suffix(".ready")
-    ready.write_text(json.dumps({"rss": resident_bytes()}))
+    parent = os.getppid()
+    _publish(out.with_suffix(".ready"), {"rss": resident_bytes()})
     while not out.with_suffix(".go").is_file():
+        if os.getppid() != parent:
+            sys.exit("the demo that started this process has ended")
         time.sleep(config["poll_seconds"])
     rows = config["rows_per_request"]
     for k, name in enumerate(config["sequence"]):
@@ -106,7 +109,14 @@ def serve(config_path: Path, system: str) -> None:
         record["seconds"].append(time.perf_counter() - began)
         if k == 0:
             np.save(out.with_suffix(".npy"), answer)
-    out.with_suffix(".json").write_text(json.dumps(record))
+    _publish(out.with_suffix(".json"), record)
+
+
+def _publish(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON so the parent never reads the file half-written."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
 
 
 if __name__ == "__main__":
