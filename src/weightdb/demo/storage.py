@@ -24,12 +24,13 @@ class TierBytes:
         return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
 
-def import_family(db: Database, family: dict, lossless: bool = False) -> TierBytes:
+def import_family(db: Database, family: dict) -> TierBytes:
     """Import every model of ``family`` (graph and weights, from its ONNX file): identical
-    blocks, within a model or across models, are stored once."""
+    blocks, within a model or across models, are stored once; nothing is coded yet, whatever
+    the database's lossless setting, so the exact tier is measured alone."""
     before = db.stats()
     for model in family["models"]:
-        db.import_model(family["dir"] / model["onnx"], model["name"], lossless=lossless)
+        db.import_model(family["dir"] / model["onnx"], model["name"], lossless=False)
     after = db.stats()
     return TierBytes(
         "exact",
