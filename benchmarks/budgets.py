@@ -31,7 +31,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import memory_limit
 from benchmarks.common import drop_cache, markdown_table, write_results
 from benchmarks.scale import (
     POLICY_RUNS,
@@ -42,6 +41,7 @@ from benchmarks.scale import (
     serve_system,
     write_config,
 )
+from weightdb import memory_limit
 
 BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
 SYSTEMS = ("weightdb", *BASELINES)

@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
-from benchmarks.memory_limit import MemoryLimit
+from weightdb.memory_limit import MemoryLimit
 
 SYSTEMS = (
     "weightdb", "onnxruntime", "pytorch", "safetensors-mmap", "onnxruntime-all", "pytorch-all"

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rich_tables import table_rows
 from safetensors.numpy import load_file, save_file
 
 import weightdb
@@ -93,20 +92,6 @@ def test_errors_go_to_stderr_with_a_non_zero_exit(tmp_path, model_file, args, me
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_demo_runs_the_whole_tour(tmp_path):
-    result = cli("demo", "-o", str(tmp_path / "demo"))
-    assert result.returncode == 0, result.stderr
-    for step in ("1. import", "2. deduplicate", "3. repack", "4. score", "5. a Zipf", "6. serve"):
-        assert step in result.stdout
-    served = [row[1:] for row in table_rows(result.stdout) if row[0].startswith("POST /v2/")]
-    assert served == [["200", "True"]] * 3 + [["404", "-"]]  # every answer equalled db.predict
-    for key in ("bytes after dedup", "accuracy kept", "pages", "hit ratio", "latency vs PyTorch"):
-        assert key in result.stdout
-    stats = json.loads(cli("--db", str(tmp_path / "demo"), "stats", "--json").stdout)
-    assert stats["models"] == 6
-    assert stats["saved_bytes_by_tier"]["approximate"] > 0
 
 
 def test_bench_runs_the_checkouts_suites_and_names_the_valid_ones() -> None:

@@ -46,12 +46,14 @@ from weightdb.cli.vocabulary import (
     OldSpelling,
     VocabularyGroup,
     output_option,
+    registry_choice,
     size_option,
     vocabulary_command,
     warn_deprecated,
 )
 from weightdb.cli.zoo import app as zoo_app
 from weightdb.database import connect
+from weightdb.demo import SCALES, run_demo
 from weightdb.errors import WeightDBError
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
 from weightdb.storage.settings import Settings
@@ -407,14 +409,12 @@ def demo(
     output: Annotated[Path, output_option("Directory to build the demo database in.")] = Path(
         "demo-db"
     ),
+    scale: Annotated[
+        registry_choice(SCALES), typer.Option(help="full (a few minutes) or small (a minute).")
+    ] = "full",
 ) -> None:
-    """The tour, in a few minutes on one machine: build the digits-cnn family (a CNN and five
-    fine-tunes), import it, deduplicate it within 1 point of accuracy, repack, score a table in
-    SQL, replay a Zipf workload under each pool policy, serve over HTTP, and time prediction
-    against PyTorch."""
-    from weightdb.demo import run_demo  # the demo imports this package for its tables
-
-    run_demo(output, console)
+    """Tour storage, out-of-memory serving against PyTorch, SQL and HTTP, on zoo families."""
+    run_demo(output, console, scale)
 
 
 @app.command(cls=vocabulary_command())

@@ -1,15 +1,16 @@
 """A memory cgroup per benchmarked system: one limit over its RSS and its page cache alike.
 
 A pool budget binds weightdb's buffer pool, but a baseline that memory-maps its files uses the
-operating system's page cache, which no budget of its own bounds. BENCHMARKS.md therefore runs
-each system of an out-of-memory comparison in a cgroup (v1 memory controller, writable as root)
-whose limit is the budget plus that process's idle RSS. The process joins the cgroup as it
-starts (``join`` as its ``preexec_fn``), so everything it ever charges counts; the limit is set
-once it has loaded its libraries and reported its idle RSS, before it reads any weights. The
-kernel reclaims page cache inside the cgroup first, and kills the process (the OOM killer,
-scoped to the cgroup) only when what it cannot reclaim passes the limit.
+operating system's page cache, which no budget of its own bounds. The benchmarks and the demo
+therefore run each system of an out-of-memory comparison in a cgroup (v1 memory controller,
+writable as root) whose limit is the budget plus that process's idle RSS. The process joins the
+cgroup as it starts (``join`` as its ``preexec_fn``), so everything it ever charges counts; the
+limit is set once it has loaded its libraries and reported its idle RSS, before it reads any
+weights. The kernel reclaims page cache inside the cgroup first, and kills the process (the OOM
+killer, scoped to the cgroup) only when what it cannot reclaim passes the limit.
 
-Tests never need this: only benchmarks create cgroups, and only when ``available()``.
+Tests never need this: only benchmarks and the demo create cgroups, and only when
+``available()``.
 """
 
 import os
@@ -29,7 +30,7 @@ class MemoryLimit:
     the most it held."""
 
     def __init__(self, name: str) -> None:
-        self.path = ROOT / f"weightdb-bench-{name}-{os.getpid()}"
+        self.path = ROOT / f"weightdb-{name}-{os.getpid()}"
         self.limit_bytes: int | None = None
         self.path.mkdir(exist_ok=True)
 
