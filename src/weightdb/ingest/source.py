@@ -19,6 +19,13 @@ class TensorEntry:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]  # little-endian array of ``shape``; may be memory-mapped
 
+    def drop_graph(self, reason: str) -> None:
+        """Import the tensors weights only, keeping ``reason`` to say why they cannot predict."""
+        for key in ("initializer_order", "graph_constants", "graph_built_by"):
+            self.metadata.pop(key, None)
+        self.graph = None
+        self.metadata["no_graph_reason"] = reason
+
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
@@ -46,6 +53,13 @@ class ModelSource:
 
     def __exit__(self, *exc: object) -> None:
         self.resources.close()
+
+    def drop_graph(self, reason: str) -> None:
+        """Import the tensors weights only, keeping ``reason`` to say why they cannot predict."""
+        for key in ("initializer_order", "graph_constants", "graph_built_by"):
+            self.metadata.pop(key, None)
+        self.graph = None
+        self.metadata["no_graph_reason"] = reason
 
     @property
     def nbytes(self) -> int:

@@ -1,0 +1,186 @@
+"""Hugging Face folders of a BERT-style encoder get their graph at import.
+
+The encoder is built with ``transformers`` from the folder's ``config.json`` and its weights,
+exported to ONNX (input_ids, attention_mask -> last_hidden_state) and stored with the folder's
+tensors, which the graph reads by their names in the folder. Constant folding is off in that
+export: folding would store transposed copies under generated names instead of the folder's
+weights. When no graph can be built (another architecture, no ``transformers``, other dtypes)
+the folder is imported weights only and the reason is kept, for ``ls`` and the import result.
+"""
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from weightdb.errors import one_line
+from weightdb.ingest.graph_attach import attach_graph
+from weightdb.ingest.source import ModelSource
+from weightdb.ingest.torch_export import export_to_onnx
+
+SUPPORTED_TYPES = ("bert",)
+"""``model_type`` values of ``config.json`` built as ``transformers.BertModel``."""
+
+INPUTS = ("input_ids", "attention_mask")
+OUTPUT = "last_hidden_state"
+WRAPPER_PREFIX = "encoder."
+GRAPH_BUILT_BY = "transformers.BertModel, exported by weightdb"
+
+
+class NoGraph(Exception):
+    """Why a folder gets no graph; the import goes on, weights only."""
+
+
+def with_encoder_graph(source: ModelSource) -> ModelSource:
+    """``source`` (the opened folder) with its encoder's graph, or, when none can be built,
+    ``source`` weights only with ``metadata["no_graph_reason"]`` saying why."""
+    try:
+        config = _supported_config(source)
+        graph = _exported_graph(_require_transformers(), config, source)
+    except NoGraph as reason:
+        source.drop_graph(str(reason))
+        return source
+    source.metadata["graph_built_by"] = GRAPH_BUILT_BY
+    with tempfile.TemporaryDirectory(prefix="weightdb-hf-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        path.write_bytes(graph)
+        return attach_graph(source, path, unused_allowed=True)
+
+
+def _supported_config(source: ModelSource) -> dict:
+    text = source.metadata.get("hf_config")
+    if text is None:
+        raise NoGraph("the folder has no config.json saying which architecture it holds")
+    try:
+        config = json.loads(text)
+    except ValueError:
+        raise NoGraph("its config.json is not valid JSON") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in SUPPORTED_TYPES:
+        raise NoGraph(
+            f"weightdb builds graphs for {', '.join(SUPPORTED_TYPES)} encoders, and config.json "
+            f"says model_type {model_type!r}; import an ONNX export of it, or add --graph"
+        )
+    layers = config.get("num_hidden_layers")
+    if not isinstance(layers, int) or not 0 < layers <= len(source.tensors):
+        raise NoGraph(
+            f"config.json's num_hidden_layers {layers!r} is not a layer count the folder's "
+            f"{len(source.tensors)} tensors can hold"
+        )
+    odd = sorted({e.dtype.name for e in source.tensors} - {"float32"})
+    if odd:
+        raise NoGraph(f"its weights are {', '.join(odd)}; graphs are built for float32 encoders")
+    return config
+
+
+def _require_transformers():
+    try:
+        import torch  # noqa: F401  (transformers models need it)
+        import transformers
+    except ImportError:
+        raise NoGraph(
+            "building its graph needs transformers and torch: pip install transformers, then "
+            "import it again"
+        ) from None
+    return transformers
+
+
+def _folder_names(source: ModelSource, parameters: list[str], prefix: str) -> dict[str, str]:
+    """Encoder state-dict name -> the folder's name for it (the folder may carry the base
+    model prefix, e.g. ``bert.``, when saved from a model with a head)."""
+    held = {entry.name for entry in source.tensors}
+    names, missing = {}, []
+    for name in parameters:
+        found = next((n for n in (name, f"{prefix}.{name}") if n in held), None)
+        if found is None:
+            missing.append(name)
+        names[name] = found
+    if missing:
+        raise NoGraph(f"the folder lacks tensors the encoder needs: {', '.join(missing[:5])}")
+    return names
+
+
+def _build(transformers, config: dict, source: ModelSource):
+    """The encoder with the folder's weights, its sizes checked on the meta device first so a
+    config.json that disagrees with the weights allocates nothing."""
+    import torch
+
+    settings = transformers.BertConfig.from_dict(config, attn_implementation="eager")
+    try:
+        with torch.device("meta"):
+            shapes = transformers.BertModel(settings, add_pooling_layer=False).state_dict()
+    except (ValueError, TypeError) as error:
+        raise NoGraph(f"transformers cannot build it from config.json: {error}") from None
+    names = _folder_names(source, list(shapes), transformers.BertModel.base_model_prefix)
+    entries = {entry.name: entry for entry in source.tensors}
+    for name, tensor in shapes.items():
+        entry = entries[names[name]]
+        if entry.shape != tuple(tensor.shape):
+            raise NoGraph(
+                f"config.json gives {name} the shape {list(tensor.shape)}, the folder "
+                f"{list(entry.shape)}"
+            )
+    model = transformers.BertModel(settings, add_pooling_layer=False)
+    state = {name: torch.from_numpy(np.array(entries[names[name]].load())) for name in shapes}
+    model.load_state_dict(state)
+    return model.eval(), names
+
+
+def _last_hidden_state(model):
+    """A module around ``model`` returning only its last hidden state (torch is imported
+    lazily, so the class is defined here)."""
+    import torch
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+    return Encoder()
+
+
+def _exported_graph(transformers, config: dict, source: ModelSource) -> bytes:
+    """The encoder's ONNX graph with initializers under the folder's names."""
+    import torch
+
+    model, names = _build(transformers, config, source)
+    length = min(8, model.config.max_position_embeddings)
+    example = torch.ones((2, length), dtype=torch.int64)
+    axes = {name: {0: "batch", 1: "sequence"} for name in (*INPUTS, OUTPUT)}
+    with tempfile.TemporaryDirectory(prefix="weightdb-hf-") as scratch:
+        path = Path(scratch) / "model.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_to_onnx(
+                    _last_hidden_state(model),
+                    (example, example),
+                    path,
+                    INPUTS,
+                    [OUTPUT],
+                    dynamic_axes=axes,
+                    fold_constants=False,
+                )
+        except Exception as error:  # torch's exporter raises many types
+            raise NoGraph(f"torch could not export it to ONNX: {one_line(error)}") from None
+        graph = onnx.load(str(path))
+    _use_folder_names(graph, names)
+    return graph.SerializeToString()
+
+
+def _use_folder_names(graph: onnx.ModelProto, names: dict[str, str]) -> None:
+    """Rename the exported initializers to the folder's tensor names, in place; any other
+    initializer is a constant of the architecture and stays inside the graph."""
+    renames = {}
+    for tensor in graph.graph.initializer:
+        name = names.get(tensor.name.removeprefix(WRAPPER_PREFIX), tensor.name)
+        renames[tensor.name] = name
+        tensor.name = name
+    for node in graph.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
