@@ -14,6 +14,7 @@ from engine_fakes import export, relative_error
 from safetensors.numpy import load_file, save_file
 from torch_models import MLP
 
+import weightdb
 from weightdb.errors import SourceFormatError
 from weightdb.storage.catalog.models import NO_GRAPH
 
@@ -188,6 +189,25 @@ def test_bert_folder_gets_its_graph(db, tmp_path, head):
     # torch in its BLAS's, and float32 rounding differs in the last bits of each product.
     assert got.shape == want.shape == (3, 11, 32)
     assert relative_error(got, want) < 1e-5
+
+
+def test_bert_weights_stream_through_the_pool(tmp_path):
+    """A pool smaller than the encoder reads its weights again on every prediction: they are
+    not copied whole into the compiled model (its Linear layers run as streamed Gemms)."""
+    _bert_folder(tmp_path / "bert")
+    settings = weightdb.Settings(block_rows=16, block_cols=8, page_size=8192)
+    with weightdb.connect(tmp_path / "db", settings=settings, budget="24KiB") as db:
+        info = db.import_model(tmp_path / "bert", name="bert")
+        assert info.logical_bytes > 3 * 24 * 1024
+        feeds = {
+            "input_ids": np.ones((2, 5), np.int64),
+            "attention_mask": np.ones((2, 5), np.int64),
+        }
+        first = db.predict("bert", feeds)["last_hidden_state"]
+        misses = db.pool.stats().misses
+        again = db.predict("bert", feeds)["last_hidden_state"]
+        assert db.pool.stats().misses >= misses + 5  # of about 12 pages, 3 fit in the pool
+    assert np.array_equal(first, again)
 
 
 def test_bert_folder_is_stored_whole(db, tmp_path):

@@ -11,10 +11,12 @@ the folder is imported weights only and the reason is kept, for ``ls`` and the i
 import json
 import tempfile
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from weightdb.errors import one_line
 from weightdb.ingest.graph_attach import attach_graph
@@ -171,6 +173,7 @@ def _exported_graph(transformers, config: dict, source: ModelSource) -> bytes:
             raise NoGraph(f"torch could not export it to ONNX: {one_line(error)}") from None
         graph = onnx.load(str(path))
     _use_folder_names(graph, names)
+    _linear_layers_as_gemm(graph, set(names.values()))
     return graph.SerializeToString()
 
 
@@ -184,3 +187,52 @@ def _use_folder_names(graph: onnx.ModelProto, names: dict[str, str]) -> None:
         tensor.name = name
     for node in graph.graph.node:
         node.input[:] = [renames.get(name, name) for name in node.input]
+
+
+def _linear_layers_as_gemm(graph: onnx.ModelProto, stored: set[str]) -> None:
+    """Rewrite each ``MatMul(x, Transpose(W))`` over a stored 2-D ``W`` (a Linear layer, as
+    exported without folding), in place, as ``Gemm(x as rows, W, transB=1)`` reshaped back to
+    ``x``'s leading dims: the engine streams a Gemm's weight through the buffer pool block by
+    block, while a transposed weight would be materialized whole when the model compiles."""
+    nodes = list(graph.graph.node)
+    producers = {name: node for node in nodes for name in node.output}
+    readers = Counter(name for node in nodes for name in node.input)
+    dims = {tensor.name: list(tensor.dims) for tensor in graph.graph.initializer}
+    rewritten, dropped = [], set()
+    for node in nodes:
+        source = producers.get(node.input[1]) if node.op_type == "MatMul" else None
+        weight = source.input[0] if source is not None else None
+        perm = [list(a.ints) for a in source.attribute if a.name == "perm"] if source else []
+        if (
+            source is None
+            or source.op_type != "Transpose"
+            or weight not in stored
+            or len(dims.get(weight, [])) != 2
+            or perm not in ([], [[1, 0]])
+            or readers[node.input[1]] != 1
+        ):
+            rewritten.append(node)
+            continue
+        dropped.add(id(source))
+        rewritten.extend(_gemm_nodes(graph, node, weight, dims[weight]))
+    del graph.graph.node[:]
+    graph.graph.node.extend(node for node in rewritten if id(node) not in dropped)
+
+
+def _gemm_nodes(graph: onnx.ModelProto, matmul: onnx.NodeProto, weight: str, dims: list[int]):
+    """The nodes computing ``matmul`` as a Gemm over rows (see ``_linear_layers_as_gemm``)."""
+    outputs, inputs = dims
+    x, (y,) = matmul.input[0], matmul.output
+    rows, cols = f"weightdb/rows_of_{inputs}", f"weightdb/width_{outputs}"
+    known = {tensor.name for tensor in graph.graph.initializer}
+    for name, value in ((rows, [-1, inputs]), (cols, [outputs])):
+        if name not in known:
+            graph.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64), name))
+    make = onnx.helper.make_node
+    return [
+        make("Shape", [x], [f"{y}/lead"], end=-1),
+        make("Reshape", [x, rows], [f"{y}/rows"]),
+        make("Gemm", [f"{y}/rows", weight], [f"{y}/gemm"], transB=1),
+        make("Concat", [f"{y}/lead", cols], [f"{y}/shape"], axis=0),
+        make("Reshape", [f"{y}/gemm", f"{y}/shape"], [y]),
+    ]
