@@ -211,14 +211,29 @@ def test_bert_weights_stream_through_the_pool(tmp_path):
 
 
 def test_bert_folder_is_stored_whole(db, tmp_path):
+    """Every tensor of the folder is stored as it is, used by the graph or not (here an int64
+    position_ids, as older checkpoints carry)."""
     _bert_folder(tmp_path / "bert")
+    weights = tmp_path / "bert" / "model.safetensors"
+    folder = {**load_file(weights), "embeddings.position_ids": np.arange(40)[None]}
+    save_file(folder, weights)
     info = db.import_model(tmp_path / "bert", name="bert")
-    folder = load_file(tmp_path / "bert" / "model.safetensors")
-    assert info.tensors >= len(folder)  # the folder's tensors, plus the graph's constants
+    assert info.can_predict
     db.export_model("bert", tmp_path / "out.safetensors")
     exported = load_file(tmp_path / "out.safetensors")
     assert exported.keys() == folder.keys()
     assert all(np.array_equal(exported[name], folder[name]) for name in folder)
+
+
+def test_half_precision_bert_folder_is_weights_only(db, tmp_path):
+    _bert_folder(tmp_path / "bert")
+    weights = tmp_path / "bert" / "model.safetensors"
+    save_file({k: v.astype(np.float16) for k, v in load_file(weights).items()}, weights)
+    info = db.import_model(tmp_path / "bert", name="bert")
+    assert info.cannot_predict_because == (
+        "its weight embeddings.word_embeddings.weight is float16; graphs are built for float32 "
+        "encoders"
+    )
 
 
 def _folder_with_config(folder: Path, config: dict) -> Path:

@@ -4,8 +4,10 @@ The encoder is built with ``transformers`` from the folder's ``config.json`` and
 exported to ONNX (input_ids, attention_mask -> last_hidden_state) and stored with the folder's
 tensors, which the graph reads by their names in the folder. Constant folding is off in that
 export: folding would store transposed copies under generated names instead of the folder's
-weights. When no graph can be built (another architecture, no ``transformers``, other dtypes)
-the folder is imported weights only and the reason is kept, for ``ls`` and the import result.
+weights; each Linear layer then becomes a Gemm that reads the folder's weight transposed, so
+its blocks stream through the buffer pool. When no graph can be built (another architecture, no
+``transformers``, other dtypes) the folder is imported weights only and the reason is kept, for
+``ls`` and the import result.
 """
 
 import json
@@ -29,6 +31,7 @@ SUPPORTED_TYPES = ("bert",)
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "last_hidden_state"
 WRAPPER_PREFIX = "encoder."
+"""How the export names the encoder's parameters: the attribute ``_last_hidden_state`` uses."""
 GRAPH_BUILT_BY = "transformers.BertModel, exported by weightdb"
 
 
@@ -72,9 +75,6 @@ def _supported_config(source: ModelSource) -> dict:
             f"config.json's num_hidden_layers {layers!r} is not a layer count the folder's "
             f"{len(source.tensors)} tensors can hold"
         )
-    odd = sorted({e.dtype.name for e in source.tensors} - {"float32"})
-    if odd:
-        raise NoGraph(f"its weights are {', '.join(odd)}; graphs are built for float32 encoders")
     return config
 
 
@@ -110,12 +110,12 @@ def _build(transformers, config: dict, source: ModelSource):
     config.json that disagrees with the weights allocates nothing."""
     import torch
 
-    settings = transformers.BertConfig.from_dict(config, attn_implementation="eager")
     try:
+        settings = transformers.BertConfig.from_dict(config, attn_implementation="eager")
         with torch.device("meta"):
             shapes = transformers.BertModel(settings, add_pooling_layer=False).state_dict()
-    except (ValueError, TypeError) as error:
-        raise NoGraph(f"transformers cannot build it from config.json: {error}") from None
+    except Exception as error:  # transformers raises many types for a bad config
+        raise NoGraph(f"transformers cannot build it from config.json: {one_line(error)}") from None
     names = _folder_names(source, list(shapes), transformers.BertModel.base_model_prefix)
     entries = {entry.name: entry for entry in source.tensors}
     for name, tensor in shapes.items():
@@ -124,6 +124,11 @@ def _build(transformers, config: dict, source: ModelSource):
             raise NoGraph(
                 f"config.json gives {name} the shape {list(tensor.shape)}, the folder "
                 f"{list(entry.shape)}"
+            )
+        if entry.dtype.name != "float32":
+            raise NoGraph(
+                f"its weight {entry.name} is {entry.dtype.name}; graphs are built for float32 "
+                "encoders"
             )
     model = transformers.BertModel(settings, add_pooling_layer=False)
     state = {name: torch.from_numpy(np.array(entries[names[name]].load())) for name in shapes}
