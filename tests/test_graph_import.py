@@ -271,7 +271,7 @@ def test_bert_config_that_disagrees_with_the_weights(db, tmp_path):
     info = db.import_model(tmp_path / "bert", name="wide")
     assert info.cannot_predict_because == (
         "config.json gives embeddings.word_embeddings.weight the shape [120, 64], the folder "
-        "[120, 32]"
+        "[120, 32]; fix config.json, or add --graph"
     )
     folder = _folder_with_config(tmp_path / "odd", {"model_type": "bert", **TINY_BERT})
     info = db.import_model(folder, name="odd")

@@ -143,6 +143,7 @@ def import_(
                 else f"cannot predict: {info.cannot_predict_because}"
             ),
             highlight=False,
+            markup=False,
         )
 
 
@@ -197,7 +198,11 @@ def list_models(
     console.print(table)
     for m in models:
         if not m.can_predict:
-            console.print(f"{m.name}: cannot predict: {m.cannot_predict_because}", highlight=False)
+            console.print(
+                f"{m.name}: cannot predict: {m.cannot_predict_because}",
+                highlight=False,
+                markup=False,
+            )
         elif not batching[m.name].independent:
             console.print(f"{m.name}: each request runs alone, {batching[m.name]}", highlight=False)
 

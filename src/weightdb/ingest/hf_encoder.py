@@ -123,7 +123,7 @@ def _build(transformers, config: dict, source: ModelSource):
         if entry.shape != tuple(tensor.shape):
             raise NoGraph(
                 f"config.json gives {name} the shape {list(tensor.shape)}, the folder "
-                f"{list(entry.shape)}"
+                f"{list(entry.shape)}; fix config.json, or add --graph"
             )
         if entry.dtype.name != "float32":
             raise NoGraph(
