@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +279,42 @@ def test_bert_config_that_disagrees_with_the_weights(db, tmp_path):
     assert info.cannot_predict_because == (
         "config.json's num_hidden_layers 2 is not a layer count the folder's 1 tensors can hold"
     )
+
+
+class SequenceLinear(torch.nn.Module):
+    """A Linear over (batch, tokens, features): exported as MatMul with the weight transposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(40, 24)
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+@pytest.mark.parametrize("fold", [True, False])
+def test_constant_folding_renames_weights(db, tmp_path, fold):
+    module = SequenceLinear().eval()
+    path = tmp_path / "seq.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.randn(2, 3, 40),),
+            str(path),
+            dynamo=False,
+            do_constant_folding=fold,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    weights = tmp_path / "seq.safetensors"
+    save_file({k: v.numpy() for k, v in module.state_dict().items()}, weights)
+    if fold:  # the folded, transposed weight has a generated name the state dict lacks
+        with pytest.raises(SourceFormatError, match=r"'onnx::MatMul_\d+'.*do_constant_folding"):
+            db.import_model(weights, name="seq", graph=path)
+        return
+    db.import_model(path, name="whole")
+    db.import_model(weights, name="seq", graph=path)
+    x = np.random.default_rng(4).standard_normal((5, 3, 40)).astype(np.float32)
+    (got,), (want,) = db.predict("seq", x).values(), db.predict("whole", x).values()
+    assert np.array_equal(got, want)

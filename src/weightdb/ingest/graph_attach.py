@@ -56,9 +56,12 @@ def _attached(
     held = {entry.name: entry for entry in weights.tensors}
     missing = [e.name for e in graph_source.tensors if e.name not in held]
     if missing:
+        folded = any(name.startswith("onnx::") for name in missing)
+        hint = " (torch.onnx.export with do_constant_folding=False keeps parameter names)"
         raise SourceFormatError(
             f"{where}: the graph needs tensors the weights lack: {_names(missing)}; export the "
             "weights from the same model as the graph, or import the ONNX file itself"
+            + (hint if folded else "")
         )
     for entry in graph_source.tensors:
         _check_entry(held[entry.name], entry.dtype.name, entry.shape, where)
