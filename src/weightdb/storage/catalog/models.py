@@ -12,8 +12,14 @@ NO_GRAPH = (
 )
 """Why a model without a graph cannot predict, when its import recorded no better reason."""
 
-GRAPH_CONSTANTS = "COALESCE(json_extract(m.metadata, '$.graph_constants'), 0)"
-"""Initializers kept inside a model's graph (at most 256 bytes each): counted as tensors."""
+GRAPH_CONSTANTS = (
+    "COALESCE(json_extract(m.metadata, '$.graph_constants'), "
+    "json_array_length(m.metadata, '$.initializer_order') - "
+    "(SELECT COUNT(*) FROM tensors s WHERE s.model_id = m.model_id), 0)"
+)
+"""Initializers kept inside a model's graph (at most 256 bytes each), counted as tensors; for
+ONNX models imported before ``graph_constants`` was recorded, all its initializers less the
+stored ones."""
 
 
 @dataclass(frozen=True)
