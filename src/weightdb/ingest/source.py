@@ -19,13 +19,6 @@ class TensorEntry:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]  # little-endian array of ``shape``; may be memory-mapped
 
-    def drop_graph(self, reason: str) -> None:
-        """Import the tensors weights only, keeping ``reason`` to say why they cannot predict."""
-        for key in ("initializer_order", "graph_constants", "graph_built_by"):
-            self.metadata.pop(key, None)
-        self.graph = None
-        self.metadata["no_graph_reason"] = reason
-
     @property
     def nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize
