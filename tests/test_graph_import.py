@@ -16,6 +16,7 @@ from safetensors.numpy import load_file, save_file
 from torch_models import MLP
 
 import weightdb
+from weightdb.engine import UnsupportedModelError
 from weightdb.errors import SourceFormatError
 from weightdb.storage.catalog.models import NO_GRAPH
 
@@ -235,6 +236,17 @@ def test_half_precision_bert_folder_is_weights_only(db, tmp_path):
         "its weight embeddings.word_embeddings.weight is float16; graphs are built for float32 "
         "encoders"
     )
+
+
+def test_a_built_graph_the_engine_cannot_run_is_dropped(db, tmp_path, mlp_files, monkeypatch):
+    """A graph weightdb builds itself never blocks the import; a graph the user gives does."""
+    monkeypatch.setattr("weightdb.database.unsupported_ops", lambda model: ["Erf (opset 17)"])
+    _bert_folder(tmp_path / "bert")
+    info = db.import_model(tmp_path / "bert", name="bert")
+    assert info.cannot_predict_because == "its graph uses ops weightdb cannot run: Erf (opset 17)"
+    assert info.tensors == len(load_file(tmp_path / "bert" / "model.safetensors"))
+    with pytest.raises(UnsupportedModelError, match="uses ops weightdb cannot run: Erf"):
+        db.import_model(mlp_files["folder"] / "mlp.npz", name="m", graph=mlp_files["onnx"])
 
 
 def _folder_with_config(folder: Path, config: dict) -> Path:

@@ -75,7 +75,8 @@ def _attached(
         else:
             constants.append(tensor)
     order = graph_source.metadata["initializer_order"]
-    unused = [name for name in held if name not in set(order)]
+    used = set(order)
+    unused = [name for name in held if name not in used]
     if unused and not unused_allowed:
         raise SourceFormatError(
             f"{where}: the graph does not use tensors {_names(unused)}; remove them from the "
