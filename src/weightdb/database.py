@@ -17,13 +17,19 @@ from weightdb import dedup
 from weightdb.caching.recorder import TraceRecorder
 from weightdb.dedup import DedupReport
 from weightdb.dedup.evalspec import EvalSpec
-from weightdb.engine import InputSpec, UnsupportedModelError, unsupported_ops
+from weightdb.engine import (
+    InputSpec,
+    InvalidInputError,
+    UnsupportedModelError,
+    unsupported_ops,
+)
 from weightdb.engine.prepared_models import PreparedModels
 from weightdb.engine.row_independence import RowIndependence, row_independence
 from weightdb.ingest import exporter, torch_export
 from weightdb.ingest.importer import import_source
 from weightdb.ingest.npz_format import from_arrays
 from weightdb.ingest.open_source import open_source
+from weightdb.ingest.source import ModelSource
 from weightdb.names import check_model_name
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT
 from weightdb.progress import Progress
@@ -104,16 +110,21 @@ class Database:
         progress: Progress | None = None,
         parent: str | None = None,
         lossless: bool | None = None,
+        graph: str | Path | None = None,
     ) -> ImportedModel:
         """Import a .safetensors, .npz, .onnx, .pt/.pth/.bin file or a Hugging Face folder.
 
-        ``parent`` names the stored model this one descends from; ``lossless`` (default: the
-        database's setting) codes new blocks, against the parent's (found if not given)."""
+        ``graph`` is the ONNX file whose graph runs these weights (its initializers matched
+        by name, shape and dtype); a BERT-style Hugging Face folder gets one built when
+        ``transformers`` is installed. The result's ``cannot_predict_because`` says why a
+        model has none. ``parent`` names the stored model this one descends from; ``lossless``
+        (default: the database's setting) codes new blocks, against the parent's (found if
+        not given)."""
         check_model_name(name)
         coded = self.settings.lossless if lossless is None else lossless
-        with open_source(Path(source)) as opened:
+        with open_source(Path(source), None if graph is None else Path(graph)) as opened:
             if opened.graph is not None:
-                check_graph(opened.graph, Path(source))
+                check_graph(opened, Path(source))
             new_bytes = import_source(self.store, opened, name, progress, parent, coded)
         return ImportedModel(*astuple(self.model(name)), new_block_bytes=new_bytes)
 
@@ -201,10 +212,16 @@ class Database:
         """Drop a model; blocks no other model uses are freed, and pages left empty reclaimed."""
         reclaim.remove_model(self.store, name)
 
-    def predict(self, name: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run a model on ``inputs`` (graph input name -> array); every weight block is read
-        through the buffer pool. Returns graph output name -> array."""
-        return self.prepared.get(name).run(inputs)
+    def predict(
+        self, name: str, inputs: Mapping[str, np.ndarray] | np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Run a model on ``inputs`` (graph input name -> array, or one array for a model with
+        one input); every weight block is read through the buffer pool. Returns graph output
+        name -> array."""
+        prepared = self.prepared.get(name)
+        if not isinstance(inputs, Mapping):
+            inputs = _named_input(name, [spec.name for spec in prepared.inputs], inputs)
+        return prepared.run(inputs)
 
     @contextmanager
     def record_trace(self, path: str | Path) -> Iterator[TraceRecorder]:
@@ -313,15 +330,29 @@ class Database:
         self.close()
 
 
-def check_graph(graph: bytes, source: Path) -> None:
-    """Refuse, at import, a graph the engine could not run, listing every offending op."""
+def check_graph(opened: ModelSource, source: Path) -> None:
+    """Refuse, at import, a graph the engine could not run, listing every offending op; a
+    graph weightdb built itself is dropped instead, saying why, and the weights imported."""
     model = onnx.ModelProto()
-    model.ParseFromString(graph)
+    model.ParseFromString(opened.graph)
     problems = unsupported_ops(model)
-    if problems:
+    if problems and "graph_built_by" in opened.metadata:
+        opened.drop_graph(f"its graph uses ops weightdb cannot run: {', '.join(problems)}")
+    elif problems:
         raise UnsupportedModelError(
             f"{source} uses ops weightdb cannot run: {', '.join(problems)}; nothing was imported"
         )
+
+
+def _named_input(model: str, names: list[str], array: np.ndarray) -> dict[str, np.ndarray]:
+    """A bare array as the inputs of a model with one input; otherwise say what to pass."""
+    if len(names) != 1:
+        example = ", ".join(f"{n!r}: ..." for n in names)
+        raise InvalidInputError(
+            f"model {model!r} has {len(names)} inputs {names}, so one array cannot say which it "
+            f"is; pass a dict of input name -> array: {{{example}}}"
+        )
+    return {names[0]: array}
 
 
 def pool_stats_dict(stats: PoolStats) -> dict:

@@ -148,15 +148,28 @@ def import_(
             help="Code new blocks against the parent's (default: the database's setting).",
         ),
     ] = None,
+    graph: Annotated[
+        Path | None,
+        typer.Option(help="ONNX file whose graph runs these weights (names and shapes checked)."),
+    ] = None,
 ) -> None:
     """Import a model; blocks identical to stored ones are stored once."""
     with open_db() as db:
         bar, advance = byte_progress(f"importing {name}")
         with bar:
-            info = db.import_model(source, name, progress=advance, parent=parent, lossless=lossless)
+            info = db.import_model(
+                source, name, progress=advance, parent=parent, lossless=lossless, graph=graph
+            )
         console.print(
             f"imported {info.name}: {info.tensors} tensors, {format_size(info.logical_bytes)}; "
-            f"{format_size(info.new_block_bytes)} of new blocks stored"
+            f"{format_size(info.new_block_bytes)} of new blocks stored; "
+            + (
+                "can predict"
+                if info.can_predict
+                else f"cannot predict: {info.cannot_predict_because}"
+            ),
+            highlight=False,
+            markup=False,
         )
 
 
@@ -200,6 +213,7 @@ def list_models(as_json: JsonOption = False) -> None:
         rows = [
             {
                 **asdict(m),
+                "can_predict": m.can_predict,
                 "batched_across_requests": batching[m.name].independent,
                 "batching_reason": batching[m.name].reason,
             }
@@ -207,7 +221,9 @@ def list_models(as_json: JsonOption = False) -> None:
         ]
         print(json.dumps(rows, indent=2))
         return
-    table = Table("model", "parent", "format", "tensors", "bytes", "graph", "batching", "imported")
+    table = Table(
+        "model", "parent", "format", "tensors", "bytes", "can predict", "batching", "imported"
+    )
     for m in models:
         table.add_row(
             m.name,
@@ -215,13 +231,19 @@ def list_models(as_json: JsonOption = False) -> None:
             m.format,
             str(m.tensors),
             format_size(m.logical_bytes),
-            "yes" if m.has_graph else "no",
+            "yes" if m.can_predict else "no",
             "across requests" if batching[m.name].independent else "per request",
             m.created_at,
         )
     console.print(table)
     for m in models:
-        if m.has_graph and not batching[m.name].independent:
+        if not m.can_predict:
+            console.print(
+                f"{m.name}: cannot predict: {m.cannot_predict_because}",
+                highlight=False,
+                markup=False,
+            )
+        elif not batching[m.name].independent:
             console.print(f"{m.name}: each request runs alone, {batching[m.name]}", highlight=False)
 
 

@@ -55,8 +55,8 @@ class PreparedModels:
         model = self._store.graph(name)
         if model is None:
             raise WeightDBError(
-                f"model {name!r} has weights but no graph, so it cannot predict; import it from "
-                "an ONNX file (or a PyTorch module with from_torch)"
+                f"model {name!r} has weights but no graph, so it cannot predict; import it "
+                "with its ONNX graph (`weightdb import WEIGHTS --graph MODEL.onnx`)"
             )
         store = self._store
         tensors = store.tensors(name)

@@ -1,8 +1,9 @@
 """ONNX files: initializers become stored tensors, the rest of the graph is kept as is.
 
 Initializers of at most ``INLINE_MAX_BYTES`` (shape constants, scalars) stay inside the graph:
-storing them as blocks would only add catalog rows. The original initializer order is kept in
-the model's metadata so that export rebuilds the same graph.
+storing them as blocks would only add catalog rows. Their number is kept in the model's metadata
+(``graph_constants``) so that listings count them with the stored tensors. The original
+initializer order is kept there too, so that export rebuilds the same graph.
 
 Weights in external data files are mapped, not loaded: a model over protobuf's 2 GiB limit
 cannot be held as one message, and a large one should not be read into memory whole anyway. An
@@ -136,7 +137,7 @@ def open_onnx(path: Path) -> ModelSource:
         format="onnx",
         tensors=tensors,
         graph=graph.SerializeToString(),
-        metadata={"initializer_order": order},
+        metadata={"initializer_order": order, "graph_constants": len(kept)},
     )
 
 

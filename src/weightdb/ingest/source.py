@@ -47,6 +47,13 @@ class ModelSource:
     def __exit__(self, *exc: object) -> None:
         self.resources.close()
 
+    def drop_graph(self, reason: str) -> None:
+        """Import the tensors weights only, keeping ``reason`` to say why they cannot predict."""
+        for key in ("initializer_order", "graph_constants", "graph_built_by"):
+            self.metadata.pop(key, None)
+        self.graph = None
+        self.metadata["no_graph_reason"] = reason
+
     @property
     def nbytes(self) -> int:
         return sum(entry.nbytes for entry in self.tensors)

@@ -7,7 +7,7 @@ every input and output is left free.
 
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from weightdb.ingest.torch_format import require_torch
@@ -21,7 +21,13 @@ def export_to_onnx(
     path: Path,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    *,
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
+    fold_constants: bool = True,
 ) -> Path:
+    """Export ``module`` to ``path``; ``dynamic_axes`` defaults to a free batch dimension on
+    every input and output. ``fold_constants=False`` keeps weights under their parameter names
+    (folding stores, e.g., a Linear's weight transposed under a generated name)."""
     torch = require_torch()
     inputs = tuple(example_inputs)
     input_names = list(input_names or [f"input_{k}" for k in range(len(inputs))])
@@ -39,7 +45,9 @@ def export_to_onnx(
             opset_version=OPSET,
             input_names=input_names,
             output_names=output_names,
-            dynamic_axes={name: {0: "batch"} for name in [*input_names, *output_names]},
+            dynamic_axes=dynamic_axes
+            or {name: {0: "batch"} for name in [*input_names, *output_names]},
+            do_constant_folding=fold_constants,
         )
     return path
 

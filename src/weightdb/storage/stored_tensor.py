@@ -32,7 +32,16 @@ class StoredTensor:
 
     @contextmanager
     def block(self, i: int, j: int) -> Iterator[np.ndarray]:
-        """Block (i, j) of the matrix view, pinned while the ``with`` body runs."""
+        """Block (i, j) of the matrix view, pinned while the ``with`` body runs; ``layout``
+        gives the grid and each block's bounds (narrow matrices get taller blocks)."""
+        grid_rows, grid_cols = self.layout.grid
+        if not (0 <= i < grid_rows and 0 <= j < grid_cols):
+            raise IndexError(
+                f"block ({i}, {j}) is outside tensor {self.name!r}: its "
+                f"{'x'.join(map(str, self.layout.matrix_shape))} matrix view is a grid of "
+                f"{grid_rows} x {grid_cols} blocks of {self.layout.block_rows}x"
+                f"{self.layout.block_cols}, so i < {grid_rows} and j < {grid_cols}"
+            )
         page_id, slot = (int(x) for x in self.locations[i, j])
         with self.pool.pinned(page_id, self.model) as page:
             yield page.block(slot)

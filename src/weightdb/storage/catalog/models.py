@@ -6,17 +6,39 @@ from dataclasses import dataclass
 from weightdb.errors import ModelNotFoundError
 from weightdb.names import check_model_name
 
+NO_GRAPH = (
+    "it was imported without a graph: import its weights again with their ONNX graph "
+    "(`weightdb import WEIGHTS --graph MODEL.onnx`)"
+)
+"""Why a model without a graph cannot predict, when its import recorded no better reason."""
+
+GRAPH_CONSTANTS = (
+    "COALESCE(json_extract(m.metadata, '$.graph_constants'), "
+    "json_array_length(m.metadata, '$.initializer_order') - "
+    "(SELECT COUNT(*) FROM tensors s WHERE s.model_id = m.model_id), 0)"
+)
+"""Initializers kept inside a model's graph (at most 256 bytes each), counted as tensors; for
+ONNX models imported before ``graph_constants`` was recorded, all its initializers less the
+stored ones."""
+
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
     format: str
     tensors: int
+    """Stored tensors plus the small initializers its graph keeps inside (see onnx_format)."""
     logical_bytes: int
     has_graph: bool
     source_digest: str
     created_at: str
     parent: str | None = None
+    cannot_predict_because: str | None = None
+    """None when the model has a graph the engine runs (checked at import)."""
+
+    @property
+    def can_predict(self) -> bool:
+        return self.has_graph
 
 
 @dataclass(frozen=True)
@@ -61,15 +83,18 @@ class ModelRows:
         """Every model (or the one with ``model_id``), by name."""
         where, parameters = ("WHERE m.model_id = ?", (model_id,)) if model_id else ("", ())
         rows = self.conn.execute(
-            "SELECT m.name, m.format, COUNT(t.tensor_id), COALESCE(SUM(t.nbytes), 0), "
-            "m.graph IS NOT NULL, m.source_digest, m.created_at, "
+            f"SELECT m.name, m.format, COUNT(t.tensor_id) + {GRAPH_CONSTANTS}, "
+            "COALESCE(SUM(t.nbytes), 0), m.graph IS NOT NULL, m.source_digest, m.created_at, "
             "(SELECT p.name FROM lineage l JOIN models p ON p.model_id = l.parent_id "
-            "WHERE l.model_id = m.model_id) "
+            "WHERE l.model_id = m.model_id), json_extract(m.metadata, '$.no_graph_reason') "
             f"FROM models m LEFT JOIN tensors t USING (model_id) {where} "
             "GROUP BY m.model_id ORDER BY m.name",
             parameters,
         ).fetchall()
-        return [ModelInfo(*row[:4], bool(row[4]), *row[5:]) for row in rows]
+        return [
+            ModelInfo(*row[:4], bool(row[4]), *row[5:8], None if row[4] else row[8] or NO_GRAPH)
+            for row in rows
+        ]
 
     def graph_and_metadata(self, model_id: int) -> tuple[bytes | None, str]:
         """The model's serialized graph without stored initializers (None for weights only)
@@ -162,7 +187,9 @@ class ModelRows:
     def counts(self) -> dict[str, int]:
         """Rows and bytes for ``weightdb stats``."""
         conn = self.conn
-        (models,) = conn.execute("SELECT COUNT(*) FROM models").fetchone()
+        models, graph_constants = conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM({GRAPH_CONSTANTS}), 0) FROM models m"
+        ).fetchone()
         tensors, logical = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(nbytes), 0) FROM tensors"
         ).fetchone()
@@ -171,7 +198,7 @@ class ModelRows:
         ).fetchone()
         return {
             "models": models,
-            "tensors": tensors,
+            "tensors": tensors + graph_constants,
             "logical_bytes": logical,
             "distinct_blocks": blocks,
             "block_references": refs,
