@@ -96,6 +96,6 @@ def test_one_kserve_request_answers_as_the_python_api(printed):
 
 def test_an_unknown_scale_is_refused_naming_the_choices(tmp_path):
     result = demo("--scale", "huge", "-o", str(tmp_path / "db"))
-    assert result.returncode == 1
+    assert result.returncode == 2  # a usage error, refused before anything runs
     assert "Invalid value for '--scale'" in result.stderr and "'full', 'small'" in result.stderr
     assert not (tmp_path / "db").exists()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from weightdb import demo
+from weightdb.demo import query
 from weightdb.errors import ConcurrentWriteError, WeightDBError
 from weightdb.storage.settings import Settings, read_settings, write_settings
 from weightdb.storage.writer_lock import WriterLock
@@ -85,17 +85,17 @@ def test_the_demo_fails_clearly_when_its_server_stops_before_serving() -> None:
     dead.start()
     dead.join()
     with pytest.raises(WeightDBError, match=r"127\.0\.0\.1:8 stopped before it served"):
-        demo._wait_until_started(_NeverStarted(), dead, 8)
+        query.wait_until_started(_NeverStarted(), dead, 8)
 
 
 def test_the_demo_gives_up_waiting_for_its_server(monkeypatch) -> None:
-    monkeypatch.setattr(demo, "SERVER_START_SECONDS", 0.0)
+    monkeypatch.setattr(query, "SERVER_START_SECONDS", 0.0)
     stop = threading.Event()
     alive = threading.Thread(target=stop.wait)
     alive.start()
     try:
         with pytest.raises(WeightDBError, match=r"did not start within 0s"):
-            demo._wait_until_started(_NeverStarted(), alive, 8)
+            query.wait_until_started(_NeverStarted(), alive, 8)
     finally:
         stop.set()
         alive.join()

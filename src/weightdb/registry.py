@@ -26,6 +26,11 @@ class Registry(Mapping[str, T]):
         """The name ``name`` stands for (itself unless it is an alias)."""
         return self._aliases.get(name, name)
 
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The alias names (the command line accepts them too)."""
+        return tuple(self._aliases)
+
     def extended(self, entries: Mapping[str, T]) -> "Registry[T]":
         """This registry with more entries, under the same aliases."""
         return Registry({**self._entries, **entries}, self._aliases)

@@ -75,7 +75,7 @@ app.add_typer(zoo_app, name="zoo")
 app.add_typer(cache_app, name="cache")
 app.command("serve", cls=vocabulary_command(**OLD_SERVE_SPELLINGS))(serve_command)
 app.command("dedup", cls=vocabulary_command(budget=OLD_POOL_SPELLING))(dedup_command)
-app.command("predict-table")(predict_table_command)
+app.command("predict-table", cls=vocabulary_command())(predict_table_command)
 
 
 @app.callback()

@@ -75,9 +75,10 @@ def duration_option(
 
 
 def registry_choice(names: Iterable[str]) -> Any:
-    """A ``Literal`` of a registry's names (policies, packers, dedup methods): typer checks it
-    at parse time and lists the names in ``--help``."""
-    return Literal[tuple(names)]
+    """A ``Literal`` of a registry's names (policies, packers, dedup methods) and its aliases
+    (``weightdb`` for the defaults): typer checks it at parse time and lists them in
+    ``--help``."""
+    return Literal[(*names, *getattr(names, "aliases", ()))]
 
 
 def output_option(help_text: str) -> Any:

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from weightdb.database import Database
+from weightdb.errors import WeightDBError
 
 SERVER_START_SECONDS = 30
 
@@ -65,11 +66,7 @@ def one_kserve_request(db: Database, model: str, inputs: np.ndarray) -> HTTPResu
     thread.start()
     url = f"http://127.0.0.1:{port}/v2/models/{model}/infer"
     try:
-        deadline = time.monotonic() + SERVER_START_SECONDS
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError(f"the demo's server did not start in {SERVER_START_SECONDS}s")
-            time.sleep(0.05)
+        wait_until_started(server, thread, port)
         body = {
             "inputs": [
                 {
@@ -99,3 +96,20 @@ def one_kserve_request(db: Database, model: str, inputs: np.ndarray) -> HTTPResu
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def wait_until_started(server, thread: threading.Thread, port: int) -> None:
+    """Return once uvicorn serves; fail with the reason if it stops or takes too long."""
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while not server.started:
+        if not thread.is_alive():
+            raise WeightDBError(
+                f"the demo server on 127.0.0.1:{port} stopped before it served (its error is "
+                "printed above); fix that and rerun the demo"
+            )
+        if time.monotonic() > deadline:
+            raise WeightDBError(
+                f"the demo server on 127.0.0.1:{port} did not start within "
+                f"{SERVER_START_SECONDS:.0f}s; rerun the demo on a less busy machine"
+            )
+        time.sleep(0.05)
