@@ -16,7 +16,7 @@ lfu and netsdb-cost, for bytes read per policy), onnxruntime and pytorch keeping
 LRU while their files fit B, and numpy (``safetensors-mmap``) and pytorch (``pytorch-mmap``)
 over every model's safetensors file memory-mapped, the operating system as the cache.
 
-Every system runs in a memory cgroup limited to B plus its own idle RSS (``memory_limit``), so
+Every system runs in a memory cgroup limited to B plus its own idle RSS (``MemoryLimit``), so
 the page cache the mapped baselines live on is bound like weightdb's pool: the cgroup's peak is
 reported beside bytes read. Unlimited runs (no cgroup: the mapped baselines have the machine's
 memory) are kept for reference at 25% and 100% (quick: 50%), labelled as such.
@@ -31,17 +31,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks import memory_limit
-from benchmarks.common import drop_cache, markdown_table, write_results
-from benchmarks.scale import (
-    POLICY_RUNS,
-    RSS_HEADROOM,
-    SKEW,
-    meminfo,
-    scale_family,
-    serve_system,
-    write_config,
+from benchmarks.harness import (
+    cgroups_available,
+    drop_cache,
+    markdown_table,
+    watchdog_cap,
+    write_results,
 )
+from benchmarks.serve_sequence import POLICY_RUNS, SKEW, serve, write_config
 
 BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
 SYSTEMS = ("weightdb", *BASELINES)
@@ -56,7 +53,7 @@ MODES = {  # family total and models, budgets as shares of the working set, requ
 
 
 def run(quick: bool, out_dir: Path) -> dict:
-    from benchmarks.families import database, isolated
+    from benchmarks.families import database, isolated, scale_family
     from weightdb.caching.workload import request_sequence
 
     mode = MODES["quick" if quick else "full"]
@@ -64,8 +61,8 @@ def run(quick: bool, out_dir: Path) -> dict:
     db_path, imported = isolated(database, fam, "exact")
     working_set = sum(m["bytes"] for m in fam.manifest["models"])
     sequence = request_sequence(fam.models, mode["requests"], SKEW, seed=0)
-    cap = meminfo("MemAvailable") - RSS_HEADROOM
-    limited = memory_limit.available()
+    cap = watchdog_cap()
+    limited = cgroups_available()
     rows = []
     for fraction in mode["fractions"]:
         budget = int(working_set * fraction)
@@ -80,7 +77,7 @@ def run(quick: bool, out_dir: Path) -> dict:
                 drop_cache(fam.manifest_path.parent / "models")
                 drop_cache(db_path)
                 limit = budget if cgroup else None
-                outcome = serve_system(system, config, cap, mode["timeout"], limit)
+                outcome = serve(system, config, cap, mode["timeout"], limit)
                 rows.append(_row(system, fraction, budget, outcome))
                 print(f"budgets: {system} at {fraction:.0%}: {_cell(rows[-1])}", flush=True)
     results = {

@@ -39,7 +39,7 @@ from matplotlib.figure import Figure
 
 import weightdb
 from benchmarks import families
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.harness import RESULTS_DIR, drop_cache, markdown_table, write_results
 from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, simulate
 from weightdb.caching.trace import Trace, read_trace

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 import weightdb
 from benchmarks import families
-from benchmarks.common import markdown_table, write_results
+from benchmarks.harness import markdown_table, write_results
 from weightdb.dedup import deduplicate
 from weightdb.dedup.coverage import changed_rows, gathered_rows
 from weightdb.dedup.evalspec import SPLITS, load_eval_spec

@@ -49,7 +49,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import weightdb
-from benchmarks.common import drop_cache, markdown_table, write_results
+from benchmarks.harness import drop_cache, markdown_table, write_results
 from weightdb.database import DEFAULT_BUDGET
 
 try:

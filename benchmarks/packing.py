@@ -28,7 +28,7 @@ from pathlib import Path
 
 import weightdb
 from benchmarks import families
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, timed, write_results
+from benchmarks.harness import RESULTS_DIR, drop_cache, markdown_table, timed, write_results
 from weightdb.packing import ALGORITHMS, Instance, PackingError, load_instance, solve
 from weightdb.packing.instance import REFERENCE_INSTANCES
 from weightdb.packing.synthetic import fine_tune_families, lineage

@@ -13,8 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, machine, markdown_table
 from benchmarks.floors import floors_table
+from benchmarks.harness import RESULTS_DIR, machine, markdown_table
 
 SUITES = [
     "storage",

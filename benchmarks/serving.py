@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import weightdb
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.harness import RESULTS_DIR, drop_cache, markdown_table, write_results
 
 MODELS = 8
 IN, HIDDEN, CLASSES = 256, 1024, 16

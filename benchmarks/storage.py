@@ -44,7 +44,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 import weightdb
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.harness import RESULTS_DIR, drop_cache, markdown_table, write_results
 from weightdb.errors import WeightDBError
 from weightdb.storage.blocking import as_matrix, layout_for
 from weightdb.storage.page_files import fsync_path

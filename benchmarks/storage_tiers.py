@@ -27,8 +27,8 @@ import zstandard
 from safetensors.numpy import load_file, save_file
 
 import weightdb
-from benchmarks.common import markdown_table, write_results
 from benchmarks.families import BENCH_DIR, MARKER, Family, copy_database, database, family
+from benchmarks.harness import markdown_table, write_results
 from weightdb.storage import codecs
 from weightdb.storage.page_images import decode_page
 from weightdb.units import format_size
