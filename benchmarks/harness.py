@@ -60,15 +60,17 @@ def timed(fn: Callable[[], object], repeats: int, before: Callable[[], None] | N
         start = time.perf_counter()
         fn()
         seconds.append(time.perf_counter() - start)
-    return {**summary(seconds), "runs": seconds}
+    return summary(seconds, with_runs=True)
 
 
 # -- summary statistics and their formatting --------------------------------------------------
 
 
-def summary(values: Sequence[float]) -> dict[str, float]:
-    """Median, min and max: the only way a repeated measurement is quoted."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+def summary(values: Sequence[float], with_runs: bool = False) -> dict:
+    """Median, min and max (and with ``with_runs`` every value, as ``runs``): the only way a
+    repeated measurement is quoted."""
+    stats = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {**stats, "runs": list(values)} if with_runs else stats
 
 
 def spread(stat: dict | None, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
