@@ -173,7 +173,7 @@ def _policies(results: dict) -> list[dict]:
 def _cell(row: dict) -> str:
     if not row["ok"]:
         return f"failed ({row['error']})"
-    return f"{spread(row['latency_s'], '{:.3f}')} s, {row['requests_per_s']:.2f} req/s"
+    return f"{spread(row['latency_s'], '{:.3f}', unit=' s')}, {row['requests_per_s']:.2f} req/s"
 
 
 REPORT = """

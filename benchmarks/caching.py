@@ -288,7 +288,7 @@ def _markdown(results: dict[str, Any]) -> str:
                 *(f"{replay[n]['bytes_vs_opt']:.3f} ({replay[n]['hit_ratio']:.2f})" for n in names),
                 f"{row['online_bound']['bytes_vs_opt']:.3f}",
                 f"{_mib(replay['opt']['bytes_read'])} ({replay['opt']['hit_ratio']:.2f})",
-                "yes" if floors else "NO",
+                yes_no(floors),
             ]
         )
         if not real:

@@ -73,12 +73,12 @@ def summary(values: Sequence[float], with_runs: bool = False) -> dict:
     return {**stats, "runs": list(values)} if with_runs else stats
 
 
-def spread(stat: dict | None, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
-    """``median (min-max)``, each value times ``scale`` and formatted with ``fmt``."""
+def spread(stat: dict | None, fmt: str = "{:.2f}", scale: float = 1.0, unit: str = "") -> str:
+    """``median<unit> (min-max)``, each value times ``scale`` and formatted with ``fmt``."""
     if stat is None:
         return "-"
     median, low, high = (fmt.format(stat[key] * scale) for key in ("median", "min", "max"))
-    return f"{median} ({low}-{high})"
+    return f"{median}{unit} ({low}-{high})"
 
 
 def ratio(numerator: float | None, denominator: float | None, fmt: str = "{:.2f}x") -> str:

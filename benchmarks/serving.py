@@ -33,7 +33,15 @@ import torch
 from safetensors.torch import save_file
 
 import weightdb
-from benchmarks.harness import REPO, drop_cache, markdown_table, spread, summary, write_results
+from benchmarks.harness import (
+    REPO,
+    drop_cache,
+    markdown_table,
+    render,
+    spread,
+    summary,
+    write_results,
+)
 from benchmarks.serving_baseline import IN, Classifier
 from weightdb.storage.policies import DEFAULT_POLICY
 
@@ -286,6 +294,25 @@ def floors(scenarios: dict) -> dict:
     }
 
 
+REPORT = """
+## Serving (KServe v2 over loopback)
+
+$models fine-tuned MLP classifiers of $model_mib MiB sharing two frozen layers ($logical_mib \
+MiB logical, $stored_mib MiB stored by weightdb); Zipf(s=$skew) single-row requests from \
+$concurrency closed-loop connections; storage kept cold for both systems. Baseline: FastAPI + \
+PyTorch modules from safetensors, whole-model LRU under the same budget. Medians over $runs \
+run(s), (min-max)$quick.
+
+$table
+
+Over budget: weightdb ${throughput_ratio}x the baseline's throughput (floor \
+${throughput_floor}x), p99 ratio $p99_ratio (floor < 1): $throughput_met. Everything fits: \
+p50 ratio $p50_ratio (ceiling $p50_ceiling): $p50_met. weightdb read $read_mib MiB from \
+storage over budget ($round_mib MiB per round of $round_models models); answers agree to \
+$agreement.
+"""
+
+
 def markdown(results: dict) -> str:
     rows = []
     for scenario, outcome in results["scenarios"].items():
@@ -299,28 +326,28 @@ def markdown(results: dict) -> str:
     f = results["floors"]
     over_runs = results["scenarios"]["over-budget"]["weightdb"]["runs"]
     over = over_runs[0]
-    return "\n".join([
-        "## Serving (KServe v2 over loopback)",
-        "",
-        f"{results['models']} fine-tuned MLP classifiers of {results['model_bytes'] >> 20} MiB "
-        f"sharing two frozen layers ({results['logical_bytes'] >> 20} MiB logical, "
-        f"{results['stored_bytes'] >> 20} MiB stored by weightdb); Zipf(s={SKEW}) single-row "
-        f"requests from {results['concurrency']} closed-loop connections; storage kept cold for "
-        "both systems. Baseline: FastAPI + PyTorch modules from safetensors, whole-model LRU "
-        f"under the same budget. Medians over {len(over_runs)} run(s), (min-max)"
-        f"{'; quick mode' if results['quick'] else ''}.",
-        "",
-        markdown_table(
+    return render(
+        REPORT,
+        models=results["models"],
+        model_mib=results["model_bytes"] >> 20,
+        logical_mib=results["logical_bytes"] >> 20,
+        stored_mib=results["stored_bytes"] >> 20,
+        skew=SKEW,
+        concurrency=results["concurrency"],
+        runs=len(over_runs),
+        quick="; quick mode" if results["quick"] else "",
+        table=markdown_table(
             ["scenario", "budget", "system", "requests/s", "p50 ms", "p99 ms", "failures"], rows
         ),
-        "",
-        f"Over budget: weightdb {f['over_budget_throughput_ratio']:.2f}x the baseline's "
-        f"throughput (floor {THROUGHPUT_FLOOR}x), p99 ratio {f['over_budget_p99_ratio']:.2f} "
-        f"(floor < 1): {'met' if f['throughput_floor_met'] else 'NOT met'}. Everything fits: "
-        f"p50 ratio {f['fits_p50_ratio']:.2f} (ceiling {P50_CEILING}): "
-        f"{'met' if f['p50_floor_met'] else 'NOT met'}. weightdb read "
-        f"{over['read_bytes'] / 2**20:.0f} MiB from storage over budget "
-        f"({over['read_bytes_per_round'] / 2**20:.2f} MiB per round of "
-        f"{over['models_per_round']:.1f} models); answers agree to "
-        f"{results['max_abs_difference']:.1e}.",
-    ])  # fmt: skip
+        throughput_ratio=f"{f['over_budget_throughput_ratio']:.2f}",
+        throughput_floor=THROUGHPUT_FLOOR,
+        p99_ratio=f"{f['over_budget_p99_ratio']:.2f}",
+        throughput_met="met" if f["throughput_floor_met"] else "NOT met",
+        p50_ratio=f"{f['fits_p50_ratio']:.2f}",
+        p50_ceiling=P50_CEILING,
+        p50_met="met" if f["p50_floor_met"] else "NOT met",
+        read_mib=f"{over['read_bytes'] / 2**20:.0f}",
+        round_mib=f"{over['read_bytes_per_round'] / 2**20:.2f}",
+        round_models=f"{over['models_per_round']:.1f}",
+        agreement=f"{results['max_abs_difference']:.1e}",
+    )

@@ -639,15 +639,19 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "sweep": sweep(QUICK_SWEEP if quick else SWEEP, 2 if quick else 3),
     }
     results["load_average"] = {"start": load_before, "end": os.getloadavg()}
-    markdown = render(
+    write_results(out_dir, "storage", results, markdown(results))
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    load = results["load_average"]
+    return render(
         REPORT,
-        load_start=f"{load_before[0]:.1f}",
-        load_end=f"{results['load_average']['end'][0]:.1f}",
+        load_start=f"{load['start'][0]:.1f}",
+        load_end=f"{load['end'][0]:.1f}",
         cpus=os.cpu_count(),
-        quick=" Quick mode: smaller models, fewer runs." if quick else "",
+        quick=" Quick mode: smaller models, fewer runs." if results["quick"] else "",
         throughput=throughput_markdown(results["import_export"]),
         bytes=bytes_markdown(results["import_export"]["bytes_stored"]),
         sweep=sweep_markdown(results["sweep"]),
     )
-    write_results(out_dir, "storage", results, markdown)
-    return results
