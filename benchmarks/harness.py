@@ -352,8 +352,8 @@ class LRUModels:
             return self.models[name]
         size = self.size_of(name)
         while self.models and sum(self.sizes.values()) + size > self.budget:
-            victim, _ = self.models.popitem(last=False)
-            del self.sizes[victim]
+            victim = next(iter(self.models))  # no reference to it may outlive the del
+            del self.models[victim], self.sizes[victim]
             gc.collect()  # the evicted model's memory is free before the next one loads
             if self.evicted:
                 self.evicted(victim)
