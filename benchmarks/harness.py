@@ -233,7 +233,9 @@ class MemoryLimit:
 def report_idle_and_wait(ready: Path) -> None:
     """Child side of the cgroup handshake: write this process's idle RSS to ``ready`` and wait
     for the parent's go (it sets the memory limit meanwhile, ``run_watched``)."""
-    ready.write_text(json.dumps({"rss": rss()}))
+    partial = ready.with_suffix(".partial")
+    partial.write_text(json.dumps({"rss": rss()}))
+    partial.replace(ready)  # the parent never reads a half-written file
     while not ready.with_suffix(".go").is_file():
         time.sleep(POLL_SECONDS)
 
@@ -269,16 +271,23 @@ def run_watched(
     group = MemoryLimit(name) if memory_limit is not None else None
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, preexec_fn=group and group.join)
-    idle = _limit_when_idle(process, group, ready, memory_limit) if group and ready else None
-    killed, usage, peak_anon = _watch(process, cap, timeout)
-    cgroup = None
-    if group:
-        oom = group.oom_kills
-        cgroup = {"limit_bytes": group.limit_bytes, "idle_rss_bytes": idle,
-                  "peak_bytes": group.peak_bytes, "oom_kills": oom}  # fmt: skip
-        group.close()
-        if oom and killed is None:
-            killed = f"killed by the OOM killer at the cgroup's {group.limit_bytes / 2**20:.0f} MiB"
+    try:
+        idle = _limit_when_idle(process, group, ready, memory_limit) if group and ready else None
+        killed, usage, peak_anon = _watch(process, cap, timeout)
+        cgroup = None
+        if group:
+            oom = group.oom_kills
+            cgroup = {"limit_bytes": group.limit_bytes, "idle_rss_bytes": idle,
+                      "peak_bytes": group.peak_bytes, "oom_kills": oom}  # fmt: skip
+            if oom and killed is None:
+                limit_mib = group.limit_bytes / 2**20
+                killed = f"killed by the OOM killer at the cgroup's {limit_mib:.0f} MiB"
+    finally:  # an error here must not leave the child waiting or the cgroup behind
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+        if group:
+            group.close()
     wall = time.perf_counter() - start
     return Watched(process.returncode, killed, usage, peak_anon, wall, cgroup)
 
@@ -288,7 +297,8 @@ def _limit_when_idle(
 ) -> int | None:
     """Wait for the child's idle RSS, set its cgroup's limit to it plus ``budget``, let it go."""
     while not ready.is_file():
-        if process.poll() is not None:
+        # WNOWAIT: an exited child stays unreaped, for _watch's wait4 and its resource usage
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT):
             return None
         time.sleep(POLL_SECONDS)
     idle = json.loads(ready.read_text())["rss"]
