@@ -22,11 +22,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Every suite by default; `make bench SUITES="scale budgets"` for some. Quick results go to
+# benchmarks/results/quick, beside the full ones.
+SUITES ?=
+
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(SUITES)
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.run --quick $(SUITES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -16,7 +16,7 @@ lfu and netsdb-cost, for bytes read per policy), onnxruntime and pytorch keeping
 LRU while their files fit B, and numpy (``safetensors-mmap``) and pytorch (``pytorch-mmap``)
 over every model's safetensors file memory-mapped, the operating system as the cache.
 
-Every system runs in a memory cgroup limited to B plus its own idle RSS (``memory_limit``), so
+Every system runs in a memory cgroup limited to B plus its own idle RSS (``MemoryLimit``), so
 the page cache the mapped baselines live on is bound like weightdb's pool: the cgroup's peak is
 reported beside bytes read. Unlimited runs (no cgroup: the mapped baselines have the machine's
 memory) are kept for reference at 25% and 100% (quick: 50%), labelled as such.
@@ -31,17 +31,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import drop_cache, markdown_table, write_results
-from benchmarks.scale import (
-    POLICY_RUNS,
-    RSS_HEADROOM,
-    SKEW,
-    meminfo,
-    scale_family,
-    serve_system,
-    write_config,
+from benchmarks.harness import (
+    cgroups_available,
+    drop_cache,
+    markdown_table,
+    ratio,
+    render,
+    spread,
+    watchdog_cap,
+    write_results,
+    yes_no,
 )
-from weightdb import memory_limit
+from benchmarks.serve_sequence import POLICY_RUNS, SKEW, serve, write_config
 
 BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
 SYSTEMS = ("weightdb", *BASELINES)
@@ -56,7 +57,7 @@ MODES = {  # family total and models, budgets as shares of the working set, requ
 
 
 def run(quick: bool, out_dir: Path) -> dict:
-    from benchmarks.families import database, isolated
+    from benchmarks.families import database, isolated, scale_family
     from weightdb.caching.workload import request_sequence
 
     mode = MODES["quick" if quick else "full"]
@@ -64,8 +65,8 @@ def run(quick: bool, out_dir: Path) -> dict:
     db_path, imported = isolated(database, fam, "exact")
     working_set = sum(m["bytes"] for m in fam.manifest["models"])
     sequence = request_sequence(fam.models, mode["requests"], SKEW, seed=0)
-    cap = meminfo("MemAvailable") - RSS_HEADROOM
-    limited = memory_limit.available()
+    cap = watchdog_cap()
+    limited = cgroups_available()
     rows = []
     for fraction in mode["fractions"]:
         budget = int(working_set * fraction)
@@ -80,7 +81,7 @@ def run(quick: bool, out_dir: Path) -> dict:
                 drop_cache(fam.manifest_path.parent / "models")
                 drop_cache(db_path)
                 limit = budget if cgroup else None
-                outcome = serve_system(system, config, cap, mode["timeout"], limit)
+                outcome = serve(system, config, cap, mode["timeout"], limit)
                 rows.append(_row(system, fraction, budget, outcome))
                 print(f"budgets: {system} at {fraction:.0%}: {_cell(rows[-1])}", flush=True)
     results = {
@@ -172,11 +173,43 @@ def _policies(results: dict) -> list[dict]:
 def _cell(row: dict) -> str:
     if not row["ok"]:
         return f"failed ({row['error']})"
-    latency = row["latency_s"]
-    return (
-        f"{latency['median']:.3f} s ({latency['min']:.3f}-{latency['max']:.3f}), "
-        f"{row['requests_per_s']:.2f} req/s"
-    )
+    return f"{spread(row['latency_s'], '{:.3f}', unit=' s')}, {row['requests_per_s']:.2f} req/s"
+
+
+REPORT = """
+## Budgets: latency and throughput from 10% to 100% of the working set
+
+$description ($family). Working set: the $working_set_gib GiB of model files; weightdb stores \
+$stored_gib GiB after exact dedup. $requests requests, Zipf($skew), one at a time, every \
+system in its own process with budget B (weightdb: its pool; onnxruntime and pytorch: whole \
+models LRU while their files fit B; safetensors-mmap and pytorch-mmap: the OS page cache), \
+storage cold at the start and weightdb's pages dropped from the OS cache before every \
+request. $limits One run per system and budget$quick.
+
+$table
+
+Throughput: requests per second of serving, setup excluded. Ratio above 1: weightdb serves \
+more requests per second (against weightdb's run under the same kind of limit). MiB read: the \
+process's block input from storage (rusage). cgroup peak: the most memory, RSS and page cache, \
+the run's cgroup held. load: 1-minute load average before the run (2 CPUs).
+
+Floors (issue 17, cgroup runs):
+
+$floors
+
+Bytes weightdb read from storage per replacement policy (cgroup runs):
+
+$policies
+"""
+LIMITS = {
+    True: "limit: each run's memory cgroup, B plus the process's idle RSS, page cache included "
+    "(runs marked unlimited have the machine's memory).",
+    False: "No memory cgroups here (not root): B binds weightdb and the LRU baselines only.",
+}
+HEADER = [
+    "budget B", "system", "limit", "latency median (min-max), throughput",
+    "weightdb throughput / system's", "MiB read", "cgroup peak MiB", "load",
+]  # fmt: skip
 
 
 def _markdown(results: dict) -> str:
@@ -191,11 +224,6 @@ def _markdown(results: dict) -> str:
             and r["fraction"] == row["fraction"]
             and r["limit"] == row["limit"]
         )
-        ratio = (
-            f"{ours['requests_per_s'] / row['requests_per_s']:.2f}"
-            if row["ok"] and ours["ok"]
-            else "-"
-        )
         cgroup = row["cgroup"]
         table.append(
             [
@@ -203,88 +231,56 @@ def _markdown(results: dict) -> str:
                 row["system"],
                 row["limit"] + (f" ({cgroup['limit_bytes'] / 2**20:.0f} MiB)" if cgroup else ""),
                 _cell(row),
-                ratio,
+                ratio(ours["requests_per_s"], row["requests_per_s"], "{:.2f}")
+                if row["ok"] and ours["ok"]
+                else "-",
                 f"{row['storage_read_bytes'] / 2**20:.0f}",
                 f"{cgroup['peak_bytes'] / 2**20:.0f}" if cgroup else "-",
                 f"{row['load_before']:.1f}",
             ]
         )
-    gib = 2**30
-    intro = (
-        f"{results['description']} ({results['family']}). Working set: the "
-        f"{results['working_set_bytes'] / gib:.2f} GiB of model files; weightdb stores "
-        f"{results['stored_bytes'] / gib:.2f} GiB after exact dedup. {results['requests']} "
-        f"requests, Zipf({results['skew']}), one at a time, every system in its own process "
-        "with budget B (weightdb: its pool; onnxruntime and pytorch: whole models LRU while "
-        "their files fit B; safetensors-mmap and pytorch-mmap: the OS page cache), storage "
-        "cold at the start and weightdb's pages dropped from the OS cache before every request. "
-        + (
-            "limit: each run's memory cgroup, B plus the process's idle RSS, page cache included "
-            "(runs marked unlimited have the machine's memory). "
-            if results["cgroups"]
-            else "No memory cgroups here (not root): B binds weightdb and the LRU baselines only. "
-        )
-        + "One run per system and budget"
-        + ("; quick mode." if results["quick"] else ".")
-    )
-    header = [
-        "budget B", "system", "limit", "latency median (min-max), throughput",
-        "weightdb throughput / system's", "MiB read", "cgroup peak MiB", "load",
-    ]  # fmt: skip
-    floors = markdown_table(
-        ["budget", "floor: weightdb / best baseline", "best baseline", "measured", "met"],
+    floors = [
         [
-            [
-                f"{f['fraction']:.0%}",
-                f"{f['floor']}x",
-                f["best_baseline"] or "none finished",
-                f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-",
-                "yes" if f["met"] else "NO",
-            ]
-            for f in results["floors"]
-        ],
-    )
+            f"{f['fraction']:.0%}",
+            f"{f['floor']}x",
+            f["best_baseline"] or "none finished",
+            f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-",
+            yes_no(f["met"]),
+        ]
+        for f in results["floors"]
+    ]
     policies = []
     for cell in results["policies"]:
         read = cell["bytes_read"]
-        best = min(read, key=read.get)
         default = read["weightdb (default)"]
         others = min(v for k, v in read.items() if k != "weightdb (default)")
         policies.append(
             [
                 f"{cell['fraction']:.0%}",
                 *(f"{read[k] / 2**20:.0f}" for k in read),
-                best,
-                f"{default / others:.3f}x" if others else "-",
+                min(read, key=read.get),
+                ratio(default, others, "{:.3f}x"),
             ]
         )
-    policy_header = [
-        "budget", *(f"{k} MiB read" for k in (results["policies"] or [{"bytes_read": {}}])[0][
-            "bytes_read"
-        ]), "fewest", "default / best other",
-    ]  # fmt: skip
-    return "\n".join(
-        [
-            "## Budgets: latency and throughput from 10% to 100% of the working set",
-            "",
-            intro,
-            "",
-            markdown_table(header, table),
-            "",
-            "Throughput: requests per second of serving, setup excluded. Ratio above 1: "
-            "weightdb serves more requests per second (against weightdb's run under the same "
-            "kind of limit). MiB read: the process's block input from storage (rusage). "
-            "cgroup peak: the most memory, RSS and page cache, the run's cgroup held. load: "
-            "1-minute load average before the run (2 CPUs).",
-            "",
-            "Floors (issue 17, cgroup runs):",
-            "",
+    policy_names = results["policies"][0]["bytes_read"] if results["policies"] else {}
+    policy_header = ["budget", *(f"{k} MiB read" for k in policy_names), "fewest"]
+    policy_header.append("default / best other")
+    return render(
+        REPORT,
+        description=results["description"],
+        family=results["family"],
+        working_set_gib=f"{results['working_set_bytes'] / 2**30:.2f}",
+        stored_gib=f"{results['stored_bytes'] / 2**30:.2f}",
+        requests=results["requests"],
+        skew=results["skew"],
+        limits=LIMITS[results["cgroups"]],
+        quick="; quick mode" if results["quick"] else "",
+        table=markdown_table(HEADER, table),
+        floors=markdown_table(
+            ["budget", "floor: weightdb / best baseline", "best baseline", "measured", "met"],
             floors,
-            "",
-            "Bytes weightdb read from storage per replacement policy (cgroup runs):",
-            "",
-            markdown_table(policy_header, policies) if policies else "(not run at this size)",
-        ]
+        ),
+        policies=markdown_table(policy_header, policies) if policies else "(not run at this size)",
     )
 
 

@@ -1,7 +1,7 @@
 """Replacement policies on page traces recorded from real serving runs of the zoo families,
 against Belady's optimum, and end-to-end latency per policy with cold storage.
 
-    python -m benchmarks.caching [--quick]
+    python -m benchmarks.run [--quick] caching
 
 Per family (its database after exact deduplication, see ``benchmarks.families``), four request
 sequences: Zipf model popularity with skew 0.6, 0.9 and 1.2, and a shifting one (skew 0.9, the
@@ -27,8 +27,6 @@ and bytes read. Models the engine kept resident at that budget are counted, sinc
 the pool sees.
 """
 
-import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +37,15 @@ from matplotlib.figure import Figure
 
 import weightdb
 from benchmarks import families
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.harness import (
+    drop_cache,
+    markdown_table,
+    render,
+    spread,
+    summary,
+    write_results,
+    yes_no,
+)
 from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, simulate
 from weightdb.caching.trace import Trace, read_trace
@@ -91,7 +97,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
                     real = families.isolated(_real_runs, path, requests, budget, repeats)
                 rows.append(_row(fam.label, trace_name, fraction, budget, replay, bound, real))
                 print(f"caching: {fam.label} {trace_name} {fraction:.0%} done", flush=True)
-    summary = {
+    results = {
         "quick": quick,
         "model_requests": model_requests,
         "batch_rows": BATCH_ROWS,
@@ -101,9 +107,9 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "rows": rows,
         "floors": _floors(rows),
     }
-    write_results(out_dir, "caching", summary, _markdown(summary))
+    write_results(out_dir, "caching", results, _markdown(results))
     _plot(rows, out_dir / "caching.png")
-    return summary
+    return results
 
 
 def _sequences(fam: families.Family, count: int) -> dict[str, list[Request]]:
@@ -154,19 +160,11 @@ def _real_runs(path: Path, requests: list[Request], budget: int, repeats: int) -
     for _ in range(repeats):
         for policy, outcomes in runs.items():
             outcomes.append(_serve(path, requests, budget, policy))
-    summary = {}
+    by_policy = {}
     for policy, outcomes in runs.items():
         seconds = [outcome.pop("seconds") for outcome in outcomes]
-        summary[policy] = {
-            "seconds": {
-                "median": statistics.median(seconds),
-                "min": min(seconds),
-                "max": max(seconds),
-                "runs": seconds,
-            },
-            **outcomes[-1],
-        }
-    return summary
+        by_policy[policy] = {"seconds": summary(seconds, with_runs=True), **outcomes[-1]}
+    return by_policy
 
 
 def _serve(path: Path, requests: list[Request], budget: int, policy: str) -> dict:
@@ -247,10 +245,38 @@ def _floors(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _markdown(summary: dict[str, Any]) -> str:
+REPORT = """
+## Caching: replacement policies on recorded serving traces
+
+Each request is one prediction on $batch_rows test rows; budgets are shares of the trace's \
+working set (deduplicated bytes touched).
+
+$traces
+
+Replay of the recorded traces. Cells: bytes read / opt's bytes read (hit ratio); opt: MiB \
+read (hit ratio).
+
+$replay
+
+- $ours reads no more than the best baseline everywhere: $beats (worst $ours / best \
+baseline: $worst_vs_baseline)
+- $ours within ${opt_floor}x opt on Zipf traces at 25%: $within (worst: ${worst_vs_opt}x; \
+worst $ours / online bound: $worst_vs_bound)
+- Zipf cells at 25% where even the online bound is above ${opt_floor}x opt, so no online \
+policy can expect to meet that floor: $beyond_count of $zipf_cells ($beyond)
+
+Real runs, storage cold before every request ($repeats runs each): sum of request latencies \
+in s, median (min-max), and MiB read from storage. Resident: models whose weights the engine \
+kept in memory at that budget (their later requests never reach the pool).
+
+$real
+"""
+
+
+def _markdown(results: dict[str, Any]) -> str:
     names = [name for name in POLICY_NAMES if name != "opt"]
     replay_rows, real_rows = [], []
-    for row in summary["rows"]:
+    for row in results["rows"]:
         replay, real = row["replay"], row["real"]
         floors = row["weightdb_beats_baselines"] and (
             row["weightdb_within_opt_floor"] or not _opt_floor_applies(row)
@@ -262,7 +288,7 @@ def _markdown(summary: dict[str, Any]) -> str:
                 *(f"{replay[n]['bytes_vs_opt']:.3f} ({replay[n]['hit_ratio']:.2f})" for n in names),
                 f"{row['online_bound']['bytes_vs_opt']:.3f}",
                 f"{_mib(replay['opt']['bytes_read'])} ({replay['opt']['hit_ratio']:.2f})",
-                "yes" if floors else "NO",
+                yes_no(floors),
             ]
         )
         if not real:
@@ -271,10 +297,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         real_rows.append(
             [
                 *case,
-                *(
-                    f"{_seconds(real[n]['seconds'])}, {_mib(real[n]['bytes_read'])}"
-                    for n in POLICIES
-                ),
+                *(f"{spread(real[n]['seconds'])}, {_mib(real[n]['bytes_read'])}" for n in POLICIES),
                 ", ".join(resident) or "none",
             ]
         )
@@ -287,48 +310,32 @@ def _markdown(summary: dict[str, Any]) -> str:
             t["distinct_pages"],
             _mib(t["working_set_bytes"]),
         ]
-        for t in summary["traces"]
+        for t in results["traces"]
     ]
-    floors = summary["floors"]
-    return "\n".join(
-        [
-            "## Caching: replacement policies on recorded serving traces",
-            "",
-            f"Each request is one prediction on {summary['batch_rows']} test rows; budgets are "
-            "shares of the trace's working set (deduplicated bytes touched).",
-            "",
-            markdown_table(
-                ["family", "trace", "model requests", "page requests", "pages", "working set MiB"],
-                trace_rows,
-            ),
-            "",
-            "Replay of the recorded traces. Cells: bytes read / opt's bytes read (hit ratio); "
-            "opt: MiB read (hit ratio).",
-            "",
-            markdown_table(
-                ["family", "trace", "budget", *names, "online bound", "opt", "floors met"],
-                replay_rows,
-            ),
-            "",
-            f"- weightdb reads no more than the best baseline everywhere: "
-            f"{_yes(floors['weightdb_beats_baselines'])} (worst weightdb / best baseline: "
-            f"{floors['worst_weightdb_vs_best_baseline']:.3f})",
-            f"- weightdb within {OPT_FLOOR}x opt on Zipf traces at 25%: "
-            f"{_yes(floors['weightdb_within_opt_floor'])} (worst: "
-            f"{floors['worst_weightdb_vs_opt_zipf_25']:.3f}x; worst weightdb / online bound: "
-            f"{floors['worst_weightdb_vs_online_bound_zipf_25']:.3f})",
-            f"- Zipf cells at 25% where even the online bound is above {OPT_FLOOR}x opt, so no "
-            "online policy can expect to meet that floor: "
-            f"{len(floors['zipf_25_cells_beyond_online_policies'])} of {floors['zipf_25_cells']}"
-            f" ({', '.join(floors['zipf_25_cells_beyond_online_policies']) or 'none'})",
-            "",
-            f"Real runs, storage cold before every request ({summary['repeats']} runs each): "
-            "sum of request latencies in s, median (min-max), and MiB read from storage. "
-            "Resident: models whose weights the engine kept in memory at that budget (their "
-            "later requests never reach the pool).",
-            "",
-            markdown_table(["family", "trace", "budget", *POLICIES, "resident"], real_rows),
-        ]
+    floors = results["floors"]
+    return render(
+        REPORT,
+        batch_rows=results["batch_rows"],
+        traces=markdown_table(
+            ["family", "trace", "model requests", "page requests", "pages", "working set MiB"],
+            trace_rows,
+        ),
+        replay=markdown_table(
+            ["family", "trace", "budget", *names, "online bound", "opt", "floors met"],
+            replay_rows,
+        ),
+        ours=DEFAULT_POLICY,
+        beats=yes_no(floors["weightdb_beats_baselines"]),
+        worst_vs_baseline=f"{floors['worst_weightdb_vs_best_baseline']:.3f}",
+        opt_floor=OPT_FLOOR,
+        within=yes_no(floors["weightdb_within_opt_floor"]),
+        worst_vs_opt=f"{floors['worst_weightdb_vs_opt_zipf_25']:.3f}",
+        worst_vs_bound=f"{floors['worst_weightdb_vs_online_bound_zipf_25']:.3f}",
+        beyond_count=len(floors["zipf_25_cells_beyond_online_policies"]),
+        zipf_cells=floors["zipf_25_cells"],
+        beyond=", ".join(floors["zipf_25_cells_beyond_online_policies"]) or "none",
+        repeats=results["repeats"],
+        real=markdown_table(["family", "trace", "budget", *POLICIES, "resident"], real_rows),
     )
 
 
@@ -357,17 +364,3 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.1f}"
-
-
-def _seconds(seconds: dict) -> str:
-    return f"{seconds['median']:.2f} ({seconds['min']:.2f}-{seconds['max']:.2f})"
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "NO"
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small families, short traces")
-    run(parser.parse_args().quick, RESULTS_DIR)

@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 
 import weightdb
 from benchmarks import families
-from benchmarks.common import markdown_table, write_results
+from benchmarks.harness import markdown_table, render, write_results, yes_no
 from weightdb.dedup.coverage import changed_rows, gathered_rows
 from weightdb.dedup.evalspec import SPLITS, load_eval_spec
 from weightdb.dedup.group_test import GroupTestParams
@@ -322,6 +322,49 @@ def _artifact_explanation(results: dict, artifact: dict) -> dict | None:
     }
 
 
+REPORT = """
+## Deduplication
+
+Per family, method and budget (each model's allowed test accuracy drop): storage saved against \
+the import (exact dedup) and against logical blocks, the worst per-model drop on the \
+validation split (what decisions saw) and on the test split (the report), the embedding rows \
+the run changed and how many of them neither split reads (changes no measurement saw, which a \
+request reading those rows would), and seconds per logical GB. `netsdb` decides on the test \
+split it is judged on, as its artifact does; `netsdb-on-validation` is the same method \
+deciding on validation, as weightdb does.
+
+$table
+
+Floors: all met: $all_met
+
+$floors
+
+Where weightdb saves less than netsdb, what the runs show:
+
+$shortfalls
+
+$artifact
+
+Notes of the runs (weightdb's held-out audit of changes to embedding rows validation does not \
+read, budgets too fine for a validation split, and methods not run):
+
+$notes
+"""
+WHY_NOT_ARTIFACT = """
+- Why text-embedding cannot reach it: the rest of that reduction changes embedding rows no \
+validation example reads. weightdb planned such changes on half of validation and measured \
+them once on the other half, which may lose at most $allowed_loss (half the $budget budget): \
+$audit. netsdb, deciding on test, changed $unread of its $changed changed rows where neither \
+split reads them, so its test drop cannot see them; deciding on validation instead, it breaks \
+the test budget at $over.
+"""
+HEADER = [
+    "family", "method", "budget", "saved vs exact", "saved vs logical", "blocks",
+    "worst validation drop", "worst test drop", "all within budget",
+    "embedding rows changed: unread by both splits", "s/GB",
+]  # fmt: skip
+
+
 def _markdown(results: dict, floors: dict) -> str:
     rows = []
     for label, data in results.items():
@@ -336,7 +379,7 @@ def _markdown(results: dict, floors: dict) -> str:
                     f"{r['blocks_before']} -> {r['blocks_after']}",
                     f"{max(r['validation_drops'].values(), default=0.0):+.2%}",
                     f"{r['worst_test_drop']:+.2%}",
-                    "yes" if r["within_budget"] else "NO",
+                    yes_no(r["within_budget"]),
                     f"{r['embedding_rows_changed_unread']} of {r['embedding_rows_changed']}",
                     f"{r['seconds_per_gb']:.0f}",
                 ]
@@ -345,8 +388,8 @@ def _markdown(results: dict, floors: dict) -> str:
         [
             c["family"],
             f"{c['budget']:.1%}",
-            "yes" if c["weightdb_saves_at_least_netsdb"] else "NO",
-            "yes" if c["weightdb_within_budget"] else "NO",
+            yes_no(c["weightdb_saves_at_least_netsdb"]),
+            yes_no(c["weightdb_within_budget"]),
         ]
         for c in floors["cells"]
     ]
@@ -381,66 +424,26 @@ def _markdown(results: dict, floors: dict) -> str:
             f"{budget:.1%} ({drop:+.2%})"
             for budget, drop in why["netsdb_on_validation_over_budget"]
         )
-        artifact_line += (
-            "\n- Why text-embedding cannot reach it: the rest of that reduction changes embedding "
-            "rows no validation example reads. weightdb planned such changes on half of "
-            "validation and measured them once on the other half, which may lose at most "
-            f"{why['allowed_loss']:.4f} (half the {ARTIFACT_BUDGET:.1%} budget): "
-            f"{why['audit']}. netsdb, "
-            f"deciding on test, changed {why['netsdb_rows_changed_unread']} of its "
-            f"{why['netsdb_rows_changed']} changed rows where neither split reads them, so its "
-            "test drop cannot see them; deciding on validation instead, it breaks the test "
-            f"budget at {over or 'no budget'}."
+        artifact_line += "\n" + render(
+            WHY_NOT_ARTIFACT,
+            allowed_loss=f"{why['allowed_loss']:.4f}",
+            budget=f"{ARTIFACT_BUDGET:.1%}",
+            audit=why["audit"],
+            unread=why["netsdb_rows_changed_unread"],
+            changed=why["netsdb_rows_changed"],
+            over=over or "no budget",
         )
-    return "\n".join(
-        [
-            "## Deduplication",
-            "",
-            "Per family, method and budget (each model's allowed test accuracy drop): storage "
-            "saved against the import (exact dedup) and against logical blocks, the worst "
-            "per-model drop on the validation split (what decisions saw) and on the test split "
-            "(the report), the embedding rows the run changed and how many of them neither "
-            "split reads (changes no measurement saw, which a request reading those rows "
-            "would), and seconds per logical GB. `netsdb` decides on the test split it is "
-            "judged on, as its artifact does; `netsdb-on-validation` is the same method deciding "
-            "on validation, as weightdb does.",
-            "",
-            markdown_table(
-                [
-                    "family",
-                    "method",
-                    "budget",
-                    "saved vs exact",
-                    "saved vs logical",
-                    "blocks",
-                    "worst validation drop",
-                    "worst test drop",
-                    "all within budget",
-                    "embedding rows changed: unread by both splits",
-                    "s/GB",
-                ],
-                rows,
-            ),
-            "",
-            f"Floors: all met: {'yes' if floors['all_met'] else 'NO'}",
-            "",
-            markdown_table(
-                ["family", "budget", "weightdb saves >= netsdb", "weightdb within budget"],
-                floor_rows,
-            ),
-            "",
-            "Where weightdb saves less than netsdb, what the runs show:",
-            "",
-            *(_shortfalls(results, floors) or ["- nowhere"]),
-            "",
-            artifact_line,
-            "",
-            "Notes of the runs (weightdb's held-out audit of changes to embedding rows "
-            "validation does not read, budgets too fine for a validation split, and methods "
-            "not run):",
-            "",
-            *(notes or ["- none"]),
-        ]
+    return render(
+        REPORT,
+        table=markdown_table(HEADER, rows),
+        all_met=yes_no(floors["all_met"]),
+        floors=markdown_table(
+            ["family", "budget", "weightdb saves >= netsdb", "weightdb within budget"],
+            floor_rows,
+        ),
+        shortfalls="\n".join(_shortfalls(results, floors) or ["- nowhere"]),
+        artifact=artifact_line,
+        notes="\n".join(notes or ["- none"]),
     )
 
 

@@ -49,7 +49,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import weightdb
-from benchmarks.common import drop_cache, markdown_table, write_results
+from benchmarks.harness import drop_cache, markdown_table, render, write_results, yes_no
 from weightdb.database import DEFAULT_BUDGET
 
 try:
@@ -470,32 +470,45 @@ def _floors(results: list[dict]) -> list[dict]:
     return rows
 
 
+REPORT = """
+## Engine: weightdb (through the database) vs onnxruntime, PyTorch eager and numpy
+
+$threads threads for every system (in effect: $in_effect); text models get $tokens tokens per \
+row. Rows/s at the median latency; ratios are weightdb's rows/s over the baseline's (above 1 \
+is faster), with the min and max of the ratios of turns taken back to back in the same round \
+($calls timed calls per turn after an untimed one; onnxruntime's thread spinning off). \
+invariance cost: weightdb's rows/s over its own with batch invariance off (below 1: what the \
+guarantee costs). numpy: plain numpy over the MLP's weights. 25% budget: the pool gets \
+$budget_share of the model, baselines reload the model from its file on every call, and every \
+file is dropped from the OS cache before every call; bytes read are per prediction. load = \
+1-minute load average before the cell ($cpus CPUs).
+
+$table
+
+Floors (issue 17):
+
+$floors
+$profile
+"""
+PROFILE_REPORT = """
+### Where time goes: $model (lowest ratio at batch 256), in memory
+
+cProfile over $calls predictions at batch $batch; self time excludes callees (numpy's C calls \
+count toward the Python function that made them).
+
+$table
+"""
+HEADER = [
+    "model", "setting", "batch", "load", "weightdb rows/s", "p50 / p99 ms", "x ort",
+    "x ort min-max", "x torch", "x numpy", "invariance cost", "ort rows/s",
+    "MB read / pred (wdb, ort, torch)",
+]  # fmt: skip
+
+
 def _markdown(payload: dict) -> str:
-    results = payload["results"]
-    sections = [
-        "## Engine: weightdb (through the database) vs onnxruntime, PyTorch eager and numpy",
-        "",
-        f"{THREADS} threads for every system (in effect: {payload['threads']}); text models get "
-        f"{TOKENS} tokens per row. Rows/s at the median latency; ratios are weightdb's rows/s "
-        "over the baseline's (above 1 is faster), with the min and max of the ratios of turns "
-        f"taken back to back in the same round ({CALLS_IN_A_ROW} timed calls per turn after an "
-        "untimed one; onnxruntime's thread spinning off). invariance cost: weightdb's rows/s "
-        "over its own with batch invariance off (below 1: what the guarantee costs). numpy: "
-        "plain numpy over the MLP's weights. "
-        f"25% budget: the pool gets {BUDGET_SHARE:.0%} of the model, baselines reload the model "
-        "from its file on every call, and every file is dropped from the OS cache before every "
-        "call; bytes read are per prediction. load = 1-minute load average before the cell "
-        f"({os.cpu_count()} CPUs).",
-        "",
-    ]
-    header = [
-        "model", "setting", "batch", "load", "weightdb rows/s", "p50 / p99 ms", "x ort",
-        "x ort min-max", "x torch", "x numpy", "invariance cost", "ort rows/s",
-        "MB read / pred (wdb, ort, torch)",
-    ]  # fmt: skip
     rows = []
     cells: dict[tuple, dict] = {}
-    for r in results:
+    for r in payload["results"]:
         cells.setdefault((r["model"], r["setting"], r["batch"]), {})[r["system"]] = r
     for (model, setting, batch), cell in cells.items():
         ours, ort_, eager = cell["weightdb"], cell["onnxruntime"], cell["pytorch"]
@@ -517,41 +530,40 @@ def _markdown(payload: dict) -> str:
                 mb,
             ]
         )
-    sections.append(markdown_table(header, rows))
-    sections += [
-        "",
-        "Floors (issue 17):",
-        "",
-        markdown_table(
-            ["floor", "weightdb", "met"],
-            [
-                [f["floor"], f"{f['ratio']:.2f}x", "yes" if f["met"] else "NO"]
-                for f in payload["floors"]
-            ],
-        ),
-    ]
-    profile = payload["profile"]
-    if profile:
-        sections += [
-            "",
-            f"### Where time goes: {profile['model']} (lowest ratio at batch 256), in memory",
-            "",
-            f"cProfile over {profile['calls']} predictions at batch {profile['batch']}; "
-            "self time excludes callees (numpy's C calls count toward the Python function "
-            "that made them).",
-            "",
-            markdown_table(
-                ["function", "calls / pred", "self ms / pred", "cumulative ms / pred", "self %"],
-                [
-                    [
-                        f"`{t['function']}`",
-                        f"{t['calls_per_prediction']:.0f}",
-                        f"{t['self_ms']:.1f}",
-                        f"{t['cumulative_ms']:.1f}",
-                        f"{t['self_share']:.0%}",
-                    ]
-                    for t in profile["top"]
-                ],
-            ),
+    floors = [[f["floor"], f"{f['ratio']:.2f}x", yes_no(f["met"])] for f in payload["floors"]]
+    return render(
+        REPORT,
+        threads=THREADS,
+        in_effect=payload["threads"],
+        tokens=TOKENS,
+        calls=CALLS_IN_A_ROW,
+        budget_share=f"{BUDGET_SHARE:.0%}",
+        cpus=os.cpu_count(),
+        table=markdown_table(HEADER, rows),
+        floors=markdown_table(["floor", "weightdb", "met"], floors),
+        profile=_profile_markdown(payload["profile"]),
+    )
+
+
+def _profile_markdown(profile: dict | None) -> str:
+    if not profile:
+        return ""
+    top = [
+        [
+            f"`{t['function']}`",
+            f"{t['calls_per_prediction']:.0f}",
+            f"{t['self_ms']:.1f}",
+            f"{t['cumulative_ms']:.1f}",
+            f"{t['self_share']:.0%}",
         ]
-    return "\n".join(sections)
+        for t in profile["top"]
+    ]
+    header = ["function", "calls / pred", "self ms / pred", "cumulative ms / pred", "self %"]
+    table = markdown_table(header, top)
+    return "\n" + render(
+        PROFILE_REPORT,
+        model=profile["model"],
+        calls=profile["calls"],
+        batch=profile["batch"],
+        table=table,
+    )

@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
@@ -87,6 +87,33 @@ def family(name: str, size: str) -> Family:
         build_family(name, folder, size, seed=0)
         print(f"  built {name}/{size} in {time.perf_counter() - start:.0f}s", flush=True)
     return Family(name, size, manifest)
+
+
+class _Printer:
+    """Zoo build progress: a line per tenth of each tensor's bands (a full build takes minutes)."""
+
+    def track(self, items: Iterable[T], total: int, label: str) -> Iterator[T]:
+        step, start = max(1, total // 10), time.perf_counter()
+        for k, item in enumerate(items, 1):
+            yield item
+            if k % step == 0 or k == total:
+                print(f"  {label}: {k}/{total} ({time.perf_counter() - start:.0f}s)", flush=True)
+
+
+def scale_family(total: str, models: int) -> tuple[Family, float | None]:
+    """The scale family at full width, ``total`` bytes in ``models`` models, built now unless a
+    build is cached (``family`` builds a size's defaults only); with the seconds the build took."""
+    size = f"full-{total}-x{models}"
+    folder = BENCH_DIR / "zoo" / f"scale-{size}"
+    timing = folder.with_name(folder.name + ".build.json")
+    if not (folder / MANIFEST_NAME).is_file():
+        print(f"  building scale/full --total {total} --models {models} into {folder}", flush=True)
+        start = time.perf_counter()
+        options = {"total": total, "models": models}
+        build_family("scale", folder, "full", seed=0, options=options, reporter=_Printer())
+        timing.write_text(json.dumps({"build_seconds": time.perf_counter() - start}))
+    seconds = json.loads(timing.read_text())["build_seconds"] if timing.is_file() else None
+    return Family("scale", size, folder / MANIFEST_NAME), seconds
 
 
 def database(fam: Family, dedup: str) -> tuple[Path, dict]:

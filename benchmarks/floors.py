@@ -216,6 +216,20 @@ def _storage_tiers(data: dict) -> list[Row]:
     return rows
 
 
+def _scale_out(data: dict) -> list[Row]:
+    return [
+        (
+            "18",
+            f"simulated, 16 workers, {f['budget']:.0%} of the working set each: affinity reads at "
+            "most half of round-robin's bytes, imbalance at most 1.5",
+            f"{f['affinity_over_round_robin_bytes']:.2f}x bytes, imbalance "
+            f"{f['affinity_imbalance']:.2f}",
+            f["met"],
+        )
+        for f in data["floors"]
+    ]
+
+
 FLOORS: dict[str, Callable[[dict], list[Row]]] = {
     "storage": _storage,
     "dedup": _dedup,
@@ -226,6 +240,7 @@ FLOORS: dict[str, Callable[[dict], list[Row]]] = {
     "budgets": _budgets,
     "scale": _scale,
     "storage_tiers": _storage_tiers,
+    "scale_out": _scale_out,
 }
 
 

@@ -1,7 +1,7 @@
 """Page packing: pages per algorithm on the netsDB reference instances and the zoo families,
 time at scale, and what ``db.pack()`` does to cold inference.
 
-    python -m benchmarks.packing [--quick] [--lineages]
+    python -m benchmarks.run [--quick] packing
 
 Every instance is solved with every algorithm (``optimal`` under a time limit) and compared
 with the lower bound ceil(distinct / l), the proved optimum where the solver finished, and the
@@ -15,23 +15,25 @@ Cold inference: per model, one prediction on a small test batch on a fresh conne
 on a copy of the database in import order and on a copy after ``db.pack("weightdb")`` (copies
 of shared blocks allowed), back to back; bytes read from storage and latency, median with min
 and max, as the ratio packed / unpacked.
-
-``--lineages`` runs only the lineage-shaped instances (``synthetic.lineage``: trees of
-fine-tunes with thousands of sharing signatures, some with churn) with every one-pass packer and
-``weightdb`` under its default time limit, and saves ``packing_lineages`` (JSON, markdown and a
-plot of seconds against signatures).
+Lineage-shaped instances have a suite of their own, ``packing_lineages``.
 """
 
-import argparse
 import shutil
 from pathlib import Path
 
 import weightdb
 from benchmarks import families
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, timed, write_results
-from weightdb.packing import ALGORITHMS, Instance, PackingError, load_instance, solve
+from benchmarks.harness import drop_cache, markdown_table, render, spread, timed, write_results
+from weightdb.packing import (
+    ALGORITHMS,
+    DEFAULT_ALGORITHM,
+    Instance,
+    PackingError,
+    load_instance,
+    solve,
+)
 from weightdb.packing.instance import REFERENCE_INSTANCES
-from weightdb.packing.synthetic import fine_tune_families, lineage
+from weightdb.packing.synthetic import fine_tune_families
 from weightdb.storage.repack import blocks_per_page
 from weightdb.units import format_size
 
@@ -50,22 +52,8 @@ FULL_FAMILIES = [
 ]
 """(family, size, dedup tiers). Approximate dedup evaluates every model many times: for the
 transformer fine-tunes and the 3.8 GiB xml-mlp that takes too long for a benchmark run."""
-LINEAGES = [
-    (10, 1_000, 0.0),
-    (20, 8_000, 0.0),
-    (30, 33_000, 0.0),
-    (30, 33_000, 0.05),
-    (50, 50_000, 0.0),
-    (100, 100_000, 0.0),
-    (100, 100_000, 0.02),
-    (200, 200_000, 0.0),
-]
-"""(models, distinct blocks, churn): 10 to 200 models, 1,000 to 200,000 blocks."""
-QUICK_LINEAGES = LINEAGES[:4]
-LINEAGE_ALGORITHMS = [name for name in ALGORITHMS if name != "optimal"]
-"""The exact model declines every lineage (too many copy patterns), so it is left out."""
 BATCH_ROWS = 4
-PACK_ALGORITHM = "dissolve"
+PACK_ALGORITHM = DEFAULT_ALGORITHM
 """What the cold-inference runs pack with: the database stores its copies of shared blocks."""
 
 
@@ -92,89 +80,6 @@ def run(quick: bool, out_dir: Path) -> dict:
     }
     write_results(out_dir, "packing", results, _markdown(results))
     return results
-
-
-def run_lineages(quick: bool, out_dir: Path) -> dict:
-    """Pages, gap to the lower bound and seconds per algorithm on synthetic lineages."""
-    entries = []
-    for models, blocks, churn in QUICK_LINEAGES if quick else LINEAGES:
-        instance = lineage(models, blocks, blocks_per_page=64, churn=churn)
-        entry = {
-            "instance": instance.name,
-            "models": models,
-            "churn": churn,
-            "distinct_blocks": instance.distinct_blocks,
-            "signatures": len(instance.signature_groups()),
-            "lower_bound_pages": instance.lower_bound_pages,
-            "runs": {},
-        }
-        for algorithm in LINEAGE_ALGORITHMS:
-            result = solve(instance, algorithm)
-            entry["runs"][algorithm] = {
-                "pages": result.pages,
-                "gap_to_lower_bound": result.pages - instance.lower_bound_pages,
-                "seconds": result.seconds,
-                "copied_blocks": result.layout.copied_blocks,
-                "weighted_pages_read": result.weighted_pages_read(),
-            }
-        print(f"packing: {instance.name} ({entry['signatures']} signatures) done", flush=True)
-        entries.append(entry)
-    results = {"algorithms": LINEAGE_ALGORITHMS, "lineages": entries}
-    write_results(out_dir, "packing_lineages", results, _lineage_markdown(results))
-    _lineage_plot(results, out_dir / "packing_lineages.png")
-    return results
-
-
-def _lineage_markdown(results: dict) -> str:
-    names = results["algorithms"]
-    header = ["instance", "signatures", "lower bound", *names]
-    pages, seconds = [], []
-    for entry in results["lineages"]:
-        runs = entry["runs"]
-        first = [entry["instance"], f"{entry['signatures']:,}", entry["lower_bound_pages"]]
-        pages.append(
-            first + [f"{runs[n]['pages']} (+{runs[n]['gap_to_lower_bound']})" for n in names]
-        )
-        seconds.append(first + [f"{runs[n]['seconds']:.2f}" for n in names])
-    return "\n".join(
-        [
-            "## Page packing on lineages",
-            "",
-            "Synthetic lineages (`weightdb.packing.synthetic.lineage`): each model fine-tunes a "
-            "random earlier one and rewrites 2-30% of its blocks; churn instances also rewrite "
-            "the next slice of the positions every generation. 64 blocks per page; `weightdb` "
-            "under its default time limit. Pages (+gap to the lower bound ceil(distinct / l)):",
-            "",
-            markdown_table(header, pages),
-            "",
-            "Seconds per algorithm (whole solve, including deriving the pages each model reads):",
-            "",
-            markdown_table(header, seconds),
-        ]
-    )
-
-
-def _lineage_plot(results: dict, path: Path) -> None:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 4))
-    ax = figure.subplots()
-    entries = sorted(results["lineages"], key=lambda entry: entry["signatures"])
-    for name in results["algorithms"]:
-        ax.plot(
-            [entry["signatures"] for entry in entries],
-            [entry["runs"][name]["seconds"] for entry in entries],
-            marker="o",
-            label=name,
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("sharing signatures")
-    ax.set_ylabel("seconds (whole solve)")
-    ax.set_title("Packing lineages: time against signatures", fontsize=9)
-    ax.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
 
 
 def _solve_all(instance: Instance, time_limit: float) -> dict:
@@ -265,6 +170,45 @@ def _cell(run: dict, optimum: int | None) -> str:
     return f"{run['pages']}{gap}"
 
 
+REPORT = """
+## Page packing
+
+Pages per layout; (+k) is the gap to the optimum where `optimal` proved it within \
+$time_limit s. netsDB best is the artifact's own count. Zoo rows are family databases after \
+exact (import) or weightdb approximate (1%) deduplication; as imported: the pages their blocks \
+occupy in import order, before `db.pack()`. Only greedy1 stores every block once; `db.pack()` \
+stores any algorithm's copies.
+
+$pages
+
+Pages read per model on the zoo families, mean (max) over the family's models:
+
+$reads
+
+Seconds per algorithm (whole solve, including deriving the pages each model reads):
+
+$seconds
+
+Copied blocks (distinct blocks stored in more than one page):
+
+$copies
+
+$cold
+"""
+COLD_REPORT = """
+### Cold inference before and after `db.pack()` ($algorithm)
+
+What the repack stored (copied blocks: distinct blocks on more than one page):
+
+$stored
+
+One prediction of $batch_rows test rows on a fresh connection, pages dropped from the OS \
+cache before each run; latency median (min-max) in ms.
+
+$cold
+"""
+
+
 def _markdown(results: dict) -> str:
     instances = [*results["reference"], results["synthetic"], *results["zoo"]]
     header = ["instance", "lower bound", "netsDB best", "as imported", *ALGORITHMS]
@@ -284,32 +228,14 @@ def _markdown(results: dict) -> str:
         [e["instance"], e["models"], *(_mean_reads(e["runs"][n]) for n in ALGORITHMS)]
         for e in results["zoo"]
     ]
-    return "\n".join(
-        [
-            "## Page packing",
-            "",
-            "Pages per layout; (+k) is the gap to the optimum where `optimal` proved it within "
-            f"{results['time_limit']:g} s. netsDB best is the artifact's own count. Zoo rows are "
-            "family databases after exact (import) or weightdb approximate (1%) deduplication; "
-            "as imported: the pages their blocks occupy in import order, before `db.pack()`. "
-            "Only greedy1 stores every block once; `db.pack()` stores any algorithm's copies.",
-            "",
-            markdown_table(header, rows),
-            "",
-            "Pages read per model on the zoo families, mean (max) over the family's models:",
-            "",
-            markdown_table(["instance", "models", *ALGORITHMS], reads),
-            "",
-            "Seconds per algorithm (whole solve, including deriving the pages each model reads):",
-            "",
-            markdown_table(["instance", *ALGORITHMS], seconds),
-            "",
-            "Copied blocks (distinct blocks stored in more than one page):",
-            "",
-            markdown_table(["instance", *ALGORITHMS], copies),
-            "",
-            _cold_markdown(results["zoo"]),
-        ]
+    return render(
+        REPORT,
+        time_limit=f"{results['time_limit']:g}",
+        pages=markdown_table(header, rows),
+        reads=markdown_table(["instance", "models", *ALGORITHMS], reads),
+        seconds=markdown_table(["instance", *ALGORITHMS], seconds),
+        copies=markdown_table(["instance", *ALGORITHMS], copies),
+        cold=_cold_markdown(results["zoo"]),
     )
 
 
@@ -338,26 +264,19 @@ def _cold_markdown(zoo: list[dict]) -> str:
                     format_size(cold["unpacked"]["bytes_read"]),
                     format_size(cold["packed"]["bytes_read"]),
                     f"{cold['bytes_ratio']:.2f}",
-                    _ms(cold["unpacked"]["seconds"]),
-                    _ms(cold["packed"]["seconds"]),
+                    spread(cold["unpacked"]["seconds"], "{:.1f}", 1e3),
+                    spread(cold["packed"]["seconds"], "{:.1f}", 1e3),
                     f"{cold['latency_ratio']:.2f}",
                 ]
             )
     header = ["family", "dedup", "model", "pages read", "read unpacked", "read packed"]
     header += ["bytes packed/unpacked", "ms unpacked", "ms packed", "latency packed/unpacked"]
-    return "\n".join(
-        [
-            f"### Cold inference before and after `db.pack()` ({PACK_ALGORITHM})",
-            "",
-            "What the repack stored (copied blocks: distinct blocks on more than one page):",
-            "",
-            markdown_table(["family", "dedup", "pages", "copied blocks", "page bytes"], stored),
-            "",
-            f"One prediction of {BATCH_ROWS} test rows on a fresh connection, pages dropped from "
-            "the OS cache before each run; latency median (min-max) in ms.",
-            "",
-            markdown_table(header, rows),
-        ]
+    return render(
+        COLD_REPORT,
+        algorithm=PACK_ALGORITHM,
+        stored=markdown_table(["family", "dedup", "pages", "copied blocks", "page bytes"], stored),
+        batch_rows=BATCH_ROWS,
+        cold=markdown_table(header, rows),
     )
 
 
@@ -368,17 +287,5 @@ def _mean_reads(run: dict) -> str:
     return f"{sum(reads) / len(reads):.1f} ({max(reads)})"
 
 
-def _ms(seconds: dict) -> str:
-    return f"{seconds['median'] * 1e3:.1f} ({seconds['min'] * 1e3:.1f}-{seconds['max'] * 1e3:.1f})"
-
-
 def _seconds(run: dict) -> str:
     return "-" if "error" in run else f"{run['seconds']:.3f}"
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small families and instances")
-    parser.add_argument("--lineages", action="store_true", help="only the lineage instances")
-    arguments = parser.parse_args()
-    (run_lineages if arguments.lineages else run)(arguments.quick, RESULTS_DIR)

@@ -2,6 +2,8 @@
 
     python -m benchmarks.run [--quick] [SUITE ...]
 
+The one way to run a suite (``make bench`` runs them all, ``weightdb bench`` calls this).
+
 Each suite is a module here with ``run(quick, out_dir) -> dict`` that writes
 ``<suite>.json`` and ``<suite>.md``; the report stitches the markdown together with the
 machine facts, so one file answers "what did the last run measure, and where".
@@ -13,19 +15,21 @@ import json
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, machine, markdown_table
 from benchmarks.floors import floors_table
+from benchmarks.harness import RESULTS_DIR, machine, markdown_table, render, yes_no
 
 SUITES = [
     "storage",
     "dedup",
     "packing",
+    "packing_lineages",
     "engine",
     "caching",
     "serving",
     "budgets",
     "scale",
     "storage_tiers",
+    "scale_out",
 ]
 
 
@@ -47,33 +51,43 @@ def main() -> None:
     write_report(out_dir)
 
 
+REPORT = """
+# weightdb benchmark report
+
+Machine: $platform, $cpus CPUs, $memory_gib GiB; Python $python; versions $versions; \
+written $when.
+
+Rerun with `make bench` (or `make bench-quick`); one suite with \
+`python -m benchmarks.run SUITE`.
+
+## Floors set by the issues
+
+$floors
+"""
+
+
 def write_report(out_dir: Path) -> None:
+    """REPORT.md: the machine, every floor the issues set, then each suite's markdown."""
     facts = machine()
+    floors = [[*row[:3], yes_no(row[3])] for row in floors_table(out_dir)]
     parts = [
-        "# weightdb benchmark report",
-        "",
-        f"Machine: {facts['platform']}, {facts['cpus']} CPUs, "
-        f"{facts['memory_bytes'] / 2**30:.0f} GiB; Python {facts['python']}; "
-        f"versions {json.dumps(facts['versions'])}; written {facts['when']}.",
-        "",
-        "Rerun with `make bench` (or `make bench-quick`); one suite with "
-        "`python -m benchmarks.run SUITE`.",
-        "",
-        "## Floors set by the issues",
-        "",
-        markdown_table(
-            ["issue", "floor", "measured", "met"],
-            [
-                [*row[:3], {True: "yes", False: "NO", None: "n/a at this size"}[row[3]]]
-                for row in floors_table(out_dir)
-            ],
-        ),
+        render(
+            REPORT,
+            platform=facts["platform"],
+            cpus=facts["cpus"],
+            memory_gib=f"{facts['memory_bytes'] / 2**30:.0f}",
+            python=facts["python"],
+            versions=json.dumps(facts["versions"]),
+            when=facts["when"],
+            floors=markdown_table(["issue", "floor", "measured", "met"], floors),
+        )
     ]
-    for suite in SUITES:
-        md = out_dir / f"{suite}.md"
-        if md.exists():
-            parts += ["", md.read_text().strip()]
-    (out_dir / "REPORT.md").write_text("\n".join(parts) + "\n")
+    parts += [
+        (out_dir / f"{suite}.md").read_text().strip()
+        for suite in SUITES
+        if (out_dir / f"{suite}.md").exists()
+    ]
+    (out_dir / "REPORT.md").write_text("\n\n".join(parts) + "\n")
 
 
 if __name__ == "__main__":

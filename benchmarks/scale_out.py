@@ -25,7 +25,6 @@ imbalance (max/mean requests per worker). Floor: affinity reads at most half the
 round-robin at 16 workers with imbalance at most 1.5.
 """
 
-import argparse
 import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from benchmarks.common import RESULTS_DIR, markdown_table, write_results
+from benchmarks.harness import markdown_table, write_results
 from weightdb.caching.simulate import Budget, SimulatedPool
 from weightdb.caching.workload import request_sequence
 from weightdb.packing.solve import ONE_PASS
@@ -280,8 +279,3 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a short trace")
-    run(parser.parse_args().quick, RESULTS_DIR)

@@ -17,15 +17,12 @@ Floors: over budget, weightdb's throughput >= 2x the baseline's with a lower p99
 everything fits, weightdb's p50 <= 1.3x the baseline's.
 """
 
-import argparse
 import asyncio
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,36 +30,28 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import weightdb
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.harness import (
+    REPO,
+    drop_cache,
+    markdown_table,
+    render,
+    spread,
+    summary,
+    write_results,
+)
+from benchmarks.serving_baseline import IN, Classifier
+from weightdb.storage.policies import DEFAULT_POLICY
 
 MODELS = 8
-IN, HIDDEN, CLASSES = 256, 1024, 16
 SKEW = 1.0
 CONCURRENCY = 16
+SUMMARIZED = ("throughput_rps", "p50_ms", "p99_ms")
 SCENARIOS = {"over-budget": 20 << 20, "fits": 1 << 30}
 THROUGHPUT_FLOOR = 2.0  # weightdb / baseline requests per second, over budget
 P50_CEILING = 1.3  # weightdb p50 / baseline p50, when everything fits
-REPO = Path(__file__).resolve().parent.parent
-
-
-class Classifier(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = torch.nn.Sequential(
-            torch.nn.Linear(IN, HIDDEN),
-            torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, HIDDEN),
-            torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, HIDDEN),
-            torch.nn.ReLU(),
-            torch.nn.Linear(HIDDEN, CLASSES),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
 
 def build_family(folder: Path) -> tuple[Path, Path]:
@@ -85,46 +74,6 @@ def build_family(folder: Path) -> tuple[Path, Path]:
             )
             save_file(model.state_dict(), tensors / f"{name}.safetensors")
     return db_path, tensors
-
-
-def baseline_app(folder: Path, budget: int):
-    """A plain FastAPI server: whole modules cached under ``budget`` bytes, LRU, loaded from
-    safetensors on a miss (the evicted model's file is dropped from the OS page cache)."""
-    from fastapi import Body, FastAPI
-
-    app = FastAPI()
-    cache: OrderedDict[str, tuple[torch.nn.Module, int]] = OrderedDict()
-    lock = threading.Lock()
-
-    def module(name: str) -> torch.nn.Module:
-        with lock:
-            if name in cache:
-                cache.move_to_end(name)
-                return cache[name][0]
-            state = load_file(folder / f"{name}.safetensors")
-            size = sum(t.numel() * t.element_size() for t in state.values())
-            while cache and sum(s for _, s in cache.values()) + size > budget:
-                evicted, _ = cache.popitem(last=False)
-                drop_cache(folder / f"{evicted}.safetensors")
-            model = Classifier().eval()
-            model.load_state_dict(state)
-            cache[name] = (model, size)
-            return model
-
-    @app.get("/v2/health/live")
-    def live() -> dict:
-        return {"live": True}
-
-    @app.post("/v2/models/{name}/infer")
-    def infer(name: str, body: dict = Body(...)) -> dict:
-        tensor = body["inputs"][0]
-        x = torch.tensor(tensor["data"], dtype=torch.float32).reshape(tensor["shape"])
-        with torch.inference_mode():
-            y = module(name)(x)
-        output = {"name": "y", "datatype": "FP32", "shape": list(y.shape)}
-        return {"model_name": name, "outputs": [{**output, "data": y.flatten().tolist()}]}
-
-    return app
 
 
 @contextmanager
@@ -246,12 +195,12 @@ def check_agreement(weightdb_url: str, baseline_url: str, body: bytes) -> float:
 def weightdb_command(db_path: Path, budget: int, port: int) -> list[str]:
     return [
         sys.executable, "-m", "weightdb.server", "--db", str(db_path), "serve",
-        "--port", str(port), "--budget", str(budget), "--policy", "weightdb",
+        "--port", str(port), "--budget", str(budget), "--policy", DEFAULT_POLICY,
     ]  # fmt: skip
 
 
 def baseline_command(folder: Path, budget: int, port: int) -> list[str]:
-    return [sys.executable, "-m", "benchmarks.serving", "baseline", str(folder), str(budget),
+    return [sys.executable, "-m", "benchmarks.serving_baseline", str(folder), str(budget),
             str(port)]  # fmt: skip
 
 
@@ -298,12 +247,8 @@ def run_scenario(
 
 
 def summarize(results: list[dict]) -> dict:
-    summary = {"runs": results}
-    for key in ("throughput_rps", "p50_ms", "p99_ms"):
-        values = [r[key] for r in results]
-        summary[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-    summary["failures"] = sum(r["failures"] for r in results)
-    return summary
+    summary_ = {key: summary([r[key] for r in results]) for key in SUMMARIZED}
+    return {"runs": results, **summary_, "failures": sum(r["failures"] for r in results)}
 
 
 def run(quick: bool, out_dir: Path) -> dict:
@@ -349,6 +294,25 @@ def floors(scenarios: dict) -> dict:
     }
 
 
+REPORT = """
+## Serving (KServe v2 over loopback)
+
+$models fine-tuned MLP classifiers of $model_mib MiB sharing two frozen layers ($logical_mib \
+MiB logical, $stored_mib MiB stored by weightdb); Zipf(s=$skew) single-row requests from \
+$concurrency closed-loop connections; storage kept cold for both systems. Baseline: FastAPI + \
+PyTorch modules from safetensors, whole-model LRU under the same budget. Medians over $runs \
+run(s), (min-max)$quick.
+
+$table
+
+Over budget: weightdb ${throughput_ratio}x the baseline's throughput (floor \
+${throughput_floor}x), p99 ratio $p99_ratio (floor < 1): $throughput_met. Everything fits: \
+p50 ratio $p50_ratio (ceiling $p50_ceiling): $p50_met. weightdb read $read_mib MiB from \
+storage over budget ($round_mib MiB per round of $round_models models); answers agree to \
+$agreement.
+"""
+
+
 def markdown(results: dict) -> str:
     rows = []
     for scenario, outcome in results["scenarios"].items():
@@ -356,61 +320,34 @@ def markdown(results: dict) -> str:
             r = outcome[system]
             rows.append([
                 scenario, f"{outcome['budget_bytes'] >> 20} MiB", system,
-                _spread(r["throughput_rps"], "{:.0f}"), _spread(r["p50_ms"], "{:.1f}"),
-                _spread(r["p99_ms"], "{:.1f}"), r["failures"],
+                spread(r["throughput_rps"], "{:.0f}"), spread(r["p50_ms"], "{:.1f}"),
+                spread(r["p99_ms"], "{:.1f}"), r["failures"],
             ])  # fmt: skip
     f = results["floors"]
     over_runs = results["scenarios"]["over-budget"]["weightdb"]["runs"]
     over = over_runs[0]
-    return "\n".join([
-        "## Serving (KServe v2 over loopback)",
-        "",
-        f"{results['models']} fine-tuned MLP classifiers of {results['model_bytes'] >> 20} MiB "
-        f"sharing two frozen layers ({results['logical_bytes'] >> 20} MiB logical, "
-        f"{results['stored_bytes'] >> 20} MiB stored by weightdb); Zipf(s={SKEW}) single-row "
-        f"requests from {results['concurrency']} closed-loop connections; storage kept cold for "
-        "both systems. Baseline: FastAPI + PyTorch modules from safetensors, whole-model LRU "
-        f"under the same budget. Medians over {len(over_runs)} run(s), (min-max)"
-        f"{'; quick mode' if results['quick'] else ''}.",
-        "",
-        markdown_table(
+    return render(
+        REPORT,
+        models=results["models"],
+        model_mib=results["model_bytes"] >> 20,
+        logical_mib=results["logical_bytes"] >> 20,
+        stored_mib=results["stored_bytes"] >> 20,
+        skew=SKEW,
+        concurrency=results["concurrency"],
+        runs=len(over_runs),
+        quick="; quick mode" if results["quick"] else "",
+        table=markdown_table(
             ["scenario", "budget", "system", "requests/s", "p50 ms", "p99 ms", "failures"], rows
         ),
-        "",
-        f"Over budget: weightdb {f['over_budget_throughput_ratio']:.2f}x the baseline's "
-        f"throughput (floor {THROUGHPUT_FLOOR}x), p99 ratio {f['over_budget_p99_ratio']:.2f} "
-        f"(floor < 1): {'met' if f['throughput_floor_met'] else 'NOT met'}. Everything fits: "
-        f"p50 ratio {f['fits_p50_ratio']:.2f} (ceiling {P50_CEILING}): "
-        f"{'met' if f['p50_floor_met'] else 'NOT met'}. weightdb read "
-        f"{over['read_bytes'] / 2**20:.0f} MiB from storage over budget "
-        f"({over['read_bytes_per_round'] / 2**20:.2f} MiB per round of "
-        f"{over['models_per_round']:.1f} models); answers agree to "
-        f"{results['max_abs_difference']:.1e}.",
-    ])  # fmt: skip
-
-
-def _spread(stat: dict, fmt: str) -> str:
-    return f"{fmt.format(stat['median'])} ({fmt.format(stat['min'])}-{fmt.format(stat['max'])})"
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("run", help="run the benchmark")
-    bench.add_argument("--quick", action="store_true")
-    baseline = sub.add_parser("baseline", help="serve the baseline (used by the benchmark)")
-    baseline.add_argument("folder", type=Path)
-    baseline.add_argument("budget", type=int)
-    baseline.add_argument("port", type=int)
-    args = parser.parse_args()
-    if args.command == "run":
-        run(args.quick, RESULTS_DIR)
-        return
-    import uvicorn
-
-    app = baseline_app(args.folder, args.budget)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
-
-
-if __name__ == "__main__":
-    main()
+        throughput_ratio=f"{f['over_budget_throughput_ratio']:.2f}",
+        throughput_floor=THROUGHPUT_FLOOR,
+        p99_ratio=f"{f['over_budget_p99_ratio']:.2f}",
+        throughput_met="met" if f["throughput_floor_met"] else "NOT met",
+        p50_ratio=f"{f['fits_p50_ratio']:.2f}",
+        p50_ceiling=P50_CEILING,
+        p50_met="met" if f["p50_floor_met"] else "NOT met",
+        read_mib=f"{over['read_bytes'] / 2**20:.0f}",
+        round_mib=f"{over['read_bytes_per_round'] / 2**20:.2f}",
+        round_models=f"{over['models_per_round']:.1f}",
+        agreement=f"{results['max_abs_difference']:.1e}",
+    )

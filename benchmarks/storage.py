@@ -1,6 +1,6 @@
 """Storage: import/export throughput against cp and safetensors, bytes stored, block/page sweep.
 
-    python -m benchmarks.storage [--quick]
+    python -m benchmarks.run [--quick] storage
 
 Three questions, each answered side by side in one run with medians (min, max) over repeats:
 
@@ -24,7 +24,6 @@ Models are BERT-like layouts of random float32 values, built once with numpy and
 databases are written too.
 """
 
-import argparse
 import filecmp
 import os
 import resource
@@ -44,7 +43,15 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 import weightdb
-from benchmarks.common import RESULTS_DIR, drop_cache, markdown_table, write_results
+from benchmarks.harness import (
+    drop_cache,
+    markdown_table,
+    ratio,
+    render,
+    spread,
+    summary,
+    write_results,
+)
 from weightdb.errors import WeightDBError
 from weightdb.storage.blocking import as_matrix, layout_for
 from weightdb.storage.page_files import fsync_path
@@ -228,17 +235,14 @@ def compare(systems: list[System], repeats: int, nbytes: int) -> dict[str, dict[
     for label, rows in samples.items():
         seconds, cpu, reads, writes = zip(*rows, strict=True)
         result = {
-            "median": median(seconds),
-            "min": min(seconds),
-            "max": max(seconds),
-            "runs": list(seconds),
+            **summary(seconds, with_runs=True),
             "cpu_seconds": median(cpu),
             "read_bytes": int(median(reads)),
             "written_bytes": int(median(writes)),
-            "gb_per_s": nbytes / median(seconds) / GB,
         }
+        result["gb_per_s"] = nbytes / result["median"] / GB
         print(
-            f"  {label}: {result['median']:.2f}s ({result['min']:.2f}-{result['max']:.2f}), "
+            f"  {label}: {spread(result)} s, "
             f"{result['gb_per_s']:.2f} GB/s, CPU {result['cpu_seconds']:.2f}s, "
             f"read {result['read_bytes'] / MIB:.0f} MiB, "
             f"wrote {result['written_bytes'] / MIB:.0f} MiB",
@@ -449,13 +453,56 @@ def sweep_point(
 
 # -- report -------------------------------------------------------------------------------
 
+REPORT = """
+## Storage: import/export throughput, bytes stored, block and page sweep
 
-def seconds(run: dict[str, Any]) -> str:
-    return f"{run['median']:.2f} ({run['min']:.2f}-{run['max']:.2f})"
+Every timed run starts cold: outputs deleted, `sync`, inputs dropped from the page cache with \
+posix_fadvise(DONTNEED); read/written MiB are per run, from getrusage. Systems run in rounds \
+(each once per round), so drift hits all alike; CPU s is user + system time of this process \
+and its children, median per run. Load average (1 min) at start $load_start, at end $load_end \
+on $cpus CPUs.$quick
+
+$throughput
+
+$bytes
+
+$sweep
+"""
+THROUGHPUT_REPORT = """
+### Import and export of $name ($mib MiB, $tensors float32 tensors), $repeats runs each
+
+$table
+
+**Floor: import within ${floor}x of cp -- $verdict** (import takes ${import_ratio}x the time of \
+cp + fsync; the floor uses cp + fsync because import makes its pages durable before it \
+commits; without fsync cp takes $cp_ratio of cp + fsync). Ratios are of median times (higher \
+= slower). weightdb export writes without fsync; the '+ fsync' row adds it for the durable \
+comparison. Exported file bit-identical to the source: $identical.
+"""
+BYTES_REPORT = """
+### Bytes stored per byte imported
+
+Into one database in turn: the model, the same file under a second name, and a fine-tune \
+with $finetune_blocks of its 256x256 blocks perturbed. Database bytes include page files and \
+the SQLite catalog (with its WAL).
+
+$table
+"""
+SWEEP_REPORT = """
+### Block shape and page size sweep on $name ($mib MiB)
+
+Baselines in the same run: cp + fsync $cp_sync s, safetensors load_file $st_load s. Cold \
+read = every tensor as an array through a fresh buffer pool after dropping the database from \
+the page cache. The fine-tune perturbs $finetune_rows of the rows of every matrix (and every \
+bias and norm) and is imported next to the model; lower is better.
+
+$table
+"""
 
 
-def ratio(run: dict[str, Any], baseline: dict[str, Any]) -> str:
-    return f"{run['median'] / baseline['median']:.2f}x"
+def slower(run: dict[str, Any], baseline: dict[str, Any]) -> str:
+    """How many times ``baseline``'s median time ``run`` takes."""
+    return ratio(run["median"], baseline["median"])
 
 
 def throughput_markdown(part: dict[str, Any]) -> str:
@@ -476,14 +523,14 @@ def throughput_markdown(part: dict[str, Any]) -> str:
         [
             [
                 label,
-                seconds(run),
+                spread(run),
                 f"{run['gb_per_s']:.2f}",
                 f"{run['cpu_seconds']:.2f}",
                 f"{run['read_bytes'] / MIB:.0f}",
                 f"{run['written_bytes'] / MIB:.0f}",
-                ratio(run, cp_plain),
-                ratio(run, cp_sync),
-                ratio(run, st_load),
+                slower(run, cp_plain),
+                slower(run, cp_sync),
+                slower(run, st_load),
             ]
             for label, run in runs.items()
         ],
@@ -491,21 +538,18 @@ def throughput_markdown(part: dict[str, Any]) -> str:
     import_ratio = runs["weightdb import"]["median"] / cp_sync["median"]
     verdict = "met" if import_ratio <= IMPORT_FLOOR else "NOT met"
     model = part["model"]
-    return "\n".join(
-        [
-            f"### Import and export of {model['name']} ({model['bytes'] / MIB:.0f} MiB, "
-            f"{model['tensors']} float32 tensors), {part['repeats']} runs each",
-            "",
-            table,
-            "",
-            f"**Floor: import within {IMPORT_FLOOR:g}x of cp -- {verdict}** "
-            f"(import takes {import_ratio:.2f}x the time of cp + fsync; the floor uses cp + "
-            "fsync because import makes its pages durable before it commits; without fsync "
-            f"cp takes {cp_plain['median'] / cp_sync['median']:.2f}x of cp + fsync). "
-            "Ratios are of median times (higher = slower). weightdb export writes without "
-            "fsync; the '+ fsync' row adds it for the durable comparison. Exported file "
-            f"bit-identical to the source: {part['export_bit_identical']}.",
-        ]
+    return render(
+        THROUGHPUT_REPORT,
+        name=model["name"],
+        mib=f"{model['bytes'] / MIB:.0f}",
+        tensors=model["tensors"],
+        repeats=part["repeats"],
+        table=table,
+        floor=f"{IMPORT_FLOOR:g}",
+        verdict=verdict,
+        import_ratio=f"{import_ratio:.2f}",
+        cp_ratio=slower(cp_plain, cp_sync),
+        identical=part["export_bit_identical"],
     )
 
 
@@ -531,17 +575,7 @@ def bytes_markdown(steps: list[dict[str, Any]]) -> str:
             for step in steps
         ],
     )
-    return "\n".join(
-        [
-            "### Bytes stored per byte imported",
-            "",
-            "Into one database in turn: the model, the same file under a second name, and a "
-            f"fine-tune with {FINETUNE_BLOCKS:.0%} of its 256x256 blocks perturbed. Database "
-            "bytes include page files and the SQLite catalog (with its WAL).",
-            "",
-            table,
-        ]
-    )
+    return render(BYTES_REPORT, finetune_blocks=f"{FINETUNE_BLOCKS:.0%}", table=table)
 
 
 def sweep_markdown(part: dict[str, Any]) -> str:
@@ -558,14 +592,14 @@ def sweep_markdown(part: dict[str, Any]) -> str:
             [
                 shape,
                 page,
-                seconds(p["import"]),
-                ratio(p["import"], cp_sync),
+                spread(p["import"]),
+                slower(p["import"], cp_sync),
                 f"{p['import']['cpu_seconds']:.2f}",
                 p["pages"],
                 f"{p['page_file_bytes'] / size:.4f}",
                 f"{p['catalog_bytes'] / MIB:.2f}",
-                seconds(p["read"]),
-                ratio(p["read"], st_load),
+                spread(p["read"]),
+                slower(p["read"], st_load),
                 f"{p['finetune_added_bytes'] / size:.3f}",
             ]
         )
@@ -585,19 +619,14 @@ def sweep_markdown(part: dict[str, Any]) -> str:
         ],
         rows,
     )
-    return "\n".join(
-        [
-            f"### Block shape and page size sweep on {part['model']['name']} "
-            f"({size / MIB:.0f} MiB)",
-            "",
-            f"Baselines in the same run: cp + fsync {seconds(cp_sync)} s, safetensors "
-            f"load_file {seconds(st_load)} s. Cold read = every tensor as an array through a "
-            "fresh buffer pool after dropping the database from the page cache. The fine-tune "
-            f"perturbs {FINETUNE_ROWS:.1%} of the rows of every matrix (and every bias and "
-            "norm) and is imported next to the model; lower is better.",
-            "",
-            table,
-        ]
+    return render(
+        SWEEP_REPORT,
+        name=part["model"]["name"],
+        mib=f"{size / MIB:.0f}",
+        cp_sync=spread(cp_sync),
+        st_load=spread(st_load),
+        finetune_rows=f"{FINETUNE_ROWS:.1%}",
+        table=table,
     )
 
 
@@ -610,30 +639,19 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "sweep": sweep(QUICK_SWEEP if quick else SWEEP, 2 if quick else 3),
     }
     results["load_average"] = {"start": load_before, "end": os.getloadavg()}
-    markdown = "\n\n".join(
-        [
-            "## Storage: import/export throughput, bytes stored, block and page sweep",
-            "Every timed run starts cold: outputs deleted, `sync`, inputs dropped from the page "
-            "cache with posix_fadvise(DONTNEED); read/written MiB are per run, from getrusage. "
-            + "Systems run in rounds (each once per round), so drift hits all alike; CPU s is "
-            "user + system time of this process and its children, median per run. Load average "
-            f"(1 min) at start {load_before[0]:.1f}, at end {results['load_average']['end'][0]:.1f}"
-            f" on {os.cpu_count()} CPUs."
-            + (" Quick mode: smaller models, fewer runs." if quick else ""),
-            throughput_markdown(results["import_export"]),
-            bytes_markdown(results["import_export"]["bytes_stored"]),
-            sweep_markdown(results["sweep"]),
-        ]
-    )
-    write_results(out_dir, "storage", results, markdown)
+    write_results(out_dir, "storage", results, markdown(results))
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller models, fewer runs")
-    run(parser.parse_args().quick, RESULTS_DIR)
-
-
-if __name__ == "__main__":
-    main()
+def markdown(results: dict[str, Any]) -> str:
+    load = results["load_average"]
+    return render(
+        REPORT,
+        load_start=f"{load['start'][0]:.1f}",
+        load_end=f"{load['end'][0]:.1f}",
+        cpus=os.cpu_count(),
+        quick=" Quick mode: smaller models, fewer runs." if results["quick"] else "",
+        throughput=throughput_markdown(results["import_export"]),
+        bytes=bytes_markdown(results["import_export"]["bytes_stored"]),
+        sweep=sweep_markdown(results["sweep"]),
+    )

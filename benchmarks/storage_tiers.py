@@ -27,8 +27,8 @@ import zstandard
 from safetensors.numpy import load_file, save_file
 
 import weightdb
-from benchmarks.common import markdown_table, write_results
 from benchmarks.families import BENCH_DIR, MARKER, Family, copy_database, database, family
+from benchmarks.harness import markdown_table, render, spread, summary, write_results
 from weightdb.storage import codecs
 from weightdb.storage.page_images import decode_page
 from weightdb.units import format_size
@@ -274,7 +274,7 @@ def decode_speed(db, repeats: int) -> dict:
         "gb_per_s": statistics.median(cpu),
         "gb_per_s_min": min(cpu),
         "gb_per_s_max": max(cpu),
-        "wall_gb_per_s": {"median": statistics.median(wall), "min": min(wall), "max": max(wall)},
+        "wall_gb_per_s": summary(wall),
     }
 
 
@@ -307,14 +307,12 @@ def serving(fam: Family, exact: Path, lossless: Path, repeats: int) -> dict:
     finally:
         for db in dbs.values():
             db.close()
-    median = {tier: statistics.median(values) for tier, values in runs.items()}
+    rows_per_s = {tier: summary(values) for tier, values in runs.items()}
     return {
         "model": model,
         "batch": rows,
-        "rows_per_s": {
-            tier: {"median": median[tier], "min": min(v), "max": max(v)} for tier, v in runs.items()
-        },
-        "ratio_on_off": median["on"] / median["off"],
+        "rows_per_s": rows_per_s,
+        "ratio_on_off": rows_per_s["on"]["median"] / rows_per_s["off"]["median"],
         "predictions_equal": equal,
         "resident_bytes": resident,
     }
@@ -336,116 +334,142 @@ def floors(results: dict) -> dict:
     return cells
 
 
+REPORT = """
+## Storage tiers (`python -m benchmarks.run storage_tiers`)
+
+Bytes stored by each tier and by compressing the model files without dedup. *lossless saving* \
+is exact + lossless against exact alone (floor: at least 50% on minilm-finetunes). \
+Approximate is weightdb dedup at a 1% accuracy budget (fp32 only).
+
+$tiers
+
+Why: bit statistics of the deltas (a sample of delta blocks; bits flipped per element).
+
+$deltas
+
+$long_finetune
+
+Decoding (one core, coded pages from memory) and serving in memory, tier off and on (rows/s, \
+median of alternating runs, min-max).
+
+$speed
+"""
+LONG_REPORT = """
+A longer fine-tune: $model ($steps steps) added to minilm-finetunes/small stores $exact of new \
+blocks after exact dedup and $lossless after exact + lossless against $parent ($saving less); \
+its deltas leave $unchanged of elements unchanged and flip $exponent exponent and $mantissa of \
+$mantissa_bits mantissa bits per element.
+"""
+
+
 def markdown(results: dict) -> str:
     fams = results["families"]
-    parts = [
-        "## Storage tiers (`python -m benchmarks.run storage_tiers`)",
-        "",
-        "Bytes stored by each tier and by compressing the model files without dedup. "
-        "*lossless saving* is exact + lossless against exact alone (floor: at least 50% on "
-        "minilm-finetunes). Approximate is weightdb dedup at a 1% accuracy budget (fp32 only).",
-        "",
-        markdown_table(
+    tiers = markdown_table(
+        [
+            "family",
+            "logical",
+            "exact",
+            "exact+lossless",
+            "lossless saving",
+            "exact+approx.",
+            "exact+approx.+lossless",
+            "zstd-3 files",
+            "planes+zstd files",
+            "zipnn files",
+        ],
+        [
             [
-                "family",
-                "logical",
-                "exact",
-                "exact+lossless",
-                "lossless saving",
-                "exact+approx.",
-                "exact+approx.+lossless",
-                "zstd-3 files",
-                "planes+zstd files",
-                "zipnn files",
-            ],
+                label,
+                format_size(r["logical_bytes"]),
+                format_size(r["exact_bytes"]),
+                format_size(r["exact_lossless_bytes"]),
+                f"{r['lossless_saving_vs_exact']:.1%}",
+                format_size(r["approximate"]["exact_approximate"])
+                if r.get("approximate")
+                else "n/a",
+                format_size(r["approximate"]["all_three"]) if r.get("approximate") else "n/a",
+                format_size(r["files"]["zstd3"]),
+                format_size(r["files"]["planes_zstd3"]),
+                format_size(r["files"]["zipnn"]) if r["files"]["zipnn"] is not None else "n/a",
+            ]
+            for label, r in fams.items()
+        ],
+    )
+    deltas = markdown_table(
+        ["family", "unchanged elements", "sign", "exponent", "mantissa (of)", "parents"],
+        [
             [
-                [
-                    label,
-                    format_size(r["logical_bytes"]),
-                    format_size(r["exact_bytes"]),
-                    format_size(r["exact_lossless_bytes"]),
-                    f"{r['lossless_saving_vs_exact']:.1%}",
-                    format_size(r["approximate"]["exact_approximate"])
-                    if r.get("approximate")
-                    else "n/a",
-                    format_size(r["approximate"]["all_three"]) if r.get("approximate") else "n/a",
-                    format_size(r["files"]["zstd3"]),
-                    format_size(r["files"]["planes_zstd3"]),
-                    format_size(r["files"]["zipnn"]) if r["files"]["zipnn"] is not None else "n/a",
-                ]
-                for label, r in fams.items()
-            ],
-        ),
-        "",
-        "Why: bit statistics of the deltas (a sample of delta blocks; bits flipped per element).",
-        "",
-        markdown_table(
-            ["family", "unchanged elements", "sign", "exponent", "mantissa (of)", "parents"],
-            [
-                [
-                    label,
-                    f"{d['unchanged_elements']:.1%}",
-                    f"{d['sign_bits_flipped']:.3f}",
-                    f"{d['exponent_bits_flipped']:.3f}",
-                    f"{d['mantissa_bits_flipped']:.2f} ({d['mantissa_bits']})",
-                    ", ".join(f"{c}<-{p}" for c, p in r["parents"].items()),
-                ]
-                for label, r in fams.items()
-                if (d := r["delta_bits"])
-            ],
-        ),
-        "",
-        _long_markdown(results["long_finetune"]),
-        "",
-        "Decoding (one core, coded pages from memory) and serving in memory, tier off and on "
-        "(rows/s, median of alternating runs, min-max).",
-        "",
-        markdown_table(
-            [
-                "family",
-                "decode GB/s per CPU s (min-max)",
-                "per wall s",
-                "serving off",
-                "serving on",
-                "on/off",
-                "equal",
-                "pool held off/on",
-            ],
-            [
-                [
-                    label,
-                    f"{r['decode']['gb_per_s']:.2f} ({r['decode']['gb_per_s_min']:.2f}-"
-                    f"{r['decode']['gb_per_s_max']:.2f})"
-                    if r["decode"]
-                    else "n/a",
-                    f"{r['decode']['wall_gb_per_s']['median']:.2f}" if r["decode"] else "n/a",
-                    _rate(r["serving"]["rows_per_s"]["off"]) if "serving" in r else "n/a",
-                    _rate(r["serving"]["rows_per_s"]["on"]) if "serving" in r else "n/a",
-                    f"{r['serving']['ratio_on_off']:.2f}x" if "serving" in r else "n/a",
-                    str(r["serving"]["predictions_equal"]) if "serving" in r else "n/a",
-                    " / ".join(format_size(b) for b in r["serving"]["resident_bytes"].values())
-                    if "serving" in r
-                    else "n/a",
-                ]
-                for label, r in fams.items()
-            ],
-        ),
+                label,
+                f"{d['unchanged_elements']:.1%}",
+                f"{d['sign_bits_flipped']:.3f}",
+                f"{d['exponent_bits_flipped']:.3f}",
+                f"{d['mantissa_bits_flipped']:.2f} ({d['mantissa_bits']})",
+                ", ".join(f"{c}<-{p}" for c, p in r["parents"].items()),
+            ]
+            for label, r in fams.items()
+            if (d := r["delta_bits"])
+        ],
+    )
+    speed = markdown_table(
+        [
+            "family",
+            "decode GB/s per CPU s (min-max)",
+            "per wall s",
+            "serving off",
+            "serving on",
+            "on/off",
+            "equal",
+            "pool held off/on",
+        ],
+        [
+            [label, *_decode_cells(r["decode"]), *_serving_cells(r.get("serving"))]
+            for label, r in fams.items()
+        ],
+    )
+    return render(
+        REPORT,
+        tiers=tiers,
+        deltas=deltas,
+        long_finetune=_long_markdown(results["long_finetune"]),
+        speed=speed,
+    )
+
+
+def _decode_cells(decode: dict) -> list[str]:
+    """GB/s per CPU second, median (min-max), and per wall second; n/a where not measured."""
+    if not decode:
+        return ["n/a", "n/a"]
+    per_cpu = {"median": decode["gb_per_s"], "min": decode["gb_per_s_min"]}
+    per_cpu["max"] = decode["gb_per_s_max"]
+    return [spread(per_cpu), f"{decode['wall_gb_per_s']['median']:.2f}"]
+
+
+def _serving_cells(serving: dict | None) -> list[str]:
+    """Rows/s off and on, their ratio, whether answers agree, pool bytes held off / on."""
+    if serving is None:
+        return ["n/a"] * 5
+    rates = serving["rows_per_s"]
+    return [
+        spread(rates["off"], "{:.0f}"),
+        spread(rates["on"], "{:.0f}"),
+        f"{serving['ratio_on_off']:.2f}x",
+        str(serving["predictions_equal"]),
+        " / ".join(format_size(b) for b in serving["resident_bytes"].values()),
     ]
-    return "\n".join(parts)
 
 
 def _long_markdown(r: dict) -> str:
     d = r["delta_bits"]
-    return (
-        f"A longer fine-tune: {r['model']} ({r['steps']} steps) added to minilm-finetunes/small "
-        f"stores {format_size(r['exact_bytes'])} of new blocks after exact dedup and "
-        f"{format_size(r['exact_lossless_bytes'])} after exact + lossless against {r['parent']} "
-        f"({r['lossless_saving_vs_exact']:.1%} less); its deltas leave "
-        f"{d['unchanged_elements']:.1%} of elements unchanged and flip "
-        f"{d['exponent_bits_flipped']:.3f} exponent and {d['mantissa_bits_flipped']:.2f} of "
-        f"{d['mantissa_bits']} mantissa bits per element."
+    return render(
+        LONG_REPORT,
+        model=r["model"],
+        steps=r["steps"],
+        exact=format_size(r["exact_bytes"]),
+        lossless=format_size(r["exact_lossless_bytes"]),
+        parent=r["parent"],
+        saving=f"{r['lossless_saving_vs_exact']:.1%}",
+        unchanged=f"{d['unchanged_elements']:.1%}",
+        exponent=f"{d['exponent_bits_flipped']:.3f}",
+        mantissa=f"{d['mantissa_bits_flipped']:.2f}",
+        mantissa_bits=d["mantissa_bits"],
     )
-
-
-def _rate(cell: dict) -> str:
-    return f"{cell['median']:.0f} ({cell['min']:.0f}-{cell['max']:.0f})"
