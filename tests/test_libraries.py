@@ -30,7 +30,7 @@ def test_a_second_writer_times_out_naming_the_database(tmp_path: Path) -> None:
     with held, held, pytest.raises(ConcurrentWriteError) as caught, other:  # nested: re-entered
         pass
     assert str(caught.value) == (
-        f"another process has been writing to {tmp_path} for 0s; wait for it to finish and retry"
+        f"another process has been writing to {tmp_path} for 0.2s; wait for it to finish and retry"
     )
     assert lock.exists()  # left in place, so waiters always lock the same file
     with WriterLock(lock, timeout=0.2):  # released by the outer exit

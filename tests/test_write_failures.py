@@ -43,7 +43,7 @@ def test_a_second_writer_waits_for_the_lock_then_gives_up_clearly(tmp_path: Path
         assert holder.stdout.readline() == "holding\n"
         with weightdb.connect(path, create=False) as db:
             db.store.writer_lock.timeout = 0.2  # seconds to wait before giving up (60 by default)
-            expected = f"another process has been writing to {path} for 0s; wait for it"
+            expected = f"another process has been writing to {path} for 0.2s; wait for it"
             with pytest.raises(ConcurrentWriteError, match=re.escape(expected)):
                 db.import_arrays("second", {"w": SMALL * 2})
             assert [model.name for model in db.models()] == ["first"]

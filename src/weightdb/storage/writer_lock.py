@@ -31,11 +31,11 @@ class WriterLock:
 
     def __enter__(self) -> "WriterLock":
         try:
-            self._lock.acquire()
+            self._lock.acquire(timeout=self.timeout)
         except Timeout:
             raise ConcurrentWriteError(
                 f"another process has been writing to {self.path.parent} for "
-                f"{self.timeout:.0f}s; wait for it to finish and retry"
+                f"{self.timeout:g}s; wait for it to finish and retry"
             ) from None
         return self
 
