@@ -12,7 +12,8 @@ per replica that needs it; a model placed nowhere (imported later) goes to a rep
 a hash of its name. Every route of the API only reads, so every request is idempotent: when a
 replica dies under a request, the router sends it once to the next replica instead of
 answering an error. ``/metrics`` sums every replica's samples (plus the router's own counters);
-``/metrics/replicas`` lists them with a ``replica`` label.
+``/metrics/replicas`` lists them with a ``replica`` label; a replica that does not answer in
+time (restarting) is left out of both, and ``weightdb_router_replica_scraped`` says so.
 """
 
 import asyncio
@@ -24,26 +25,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from fastapi.responses import Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message
 
 from weightdb.database import connect
 from weightdb.scaleout.placement import Placement, place_models
 from weightdb.scaleout.table_predict import model_pages
-from weightdb.server.app import create_app
+from weightdb.server.app import WireJSON, create_app
 from weightdb.server.config import ServerConfig
 from weightdb.server.limits import BodyGuard, bearer_token
 
 REPLICA = "weightdb-replica-{}"
 ROUTER = "weightdb-router"
 PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+SCRAPE_TIMEOUT_S = 2.0
+"""How long ``/metrics`` waits for a replica (one restarting answers no sooner)."""
 _MODEL_PATH = re.compile(r"/v2/models/([^/]+)(?:/|$)")
 _METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
@@ -165,6 +169,12 @@ class Router:
             ["replica"],
             registry=self.registry,
         )
+        self.scraped = Gauge(
+            "weightdb_router_replica_scraped",
+            "1 when the replica answered the last scrape of /metrics in time, else 0.",
+            ["replica"],
+            registry=self.registry,
+        )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -173,16 +183,21 @@ class Router:
         )
         guarded = [Depends(bearer_token(self.config.token))] if self.config.token else []
 
+        @app.exception_handler(HTTPException)
+        async def refused(_: Request, error: HTTPException) -> WireJSON:
+            """The router's own refusals (a token, a body) answer as the replicas' do."""
+            return WireJSON({"error": error.detail}, error.status_code, headers=error.headers)
+
         @app.get("/metrics", dependencies=guarded)
         async def summed(request: Request) -> Response:
             """Every replica's samples summed, and the router's own counters."""
-            families = _summed(await self._replica_metrics(request))
+            families = _summed(list((await self._replica_metrics(request)).values()))
             return _prometheus(families, self.registry)
 
         @app.get("/metrics/replicas", dependencies=guarded)
         async def by_replica(request: Request) -> Response:
             """Every replica's samples, with a ``replica`` label."""
-            return _prometheus(_labelled(await self._replica_metrics(request)))
+            return _prometheus(_labelled(await self._replica_metrics(request)), self.registry)
 
         @app.api_route("/{path:path}", methods=_METHODS)
         async def forward(request: Request) -> Response:
@@ -213,7 +228,7 @@ class Router:
         try:
             return await self._send(second, request)
         except RayActorError as error:
-            body = JSONResponse(
+            body = WireJSON(
                 {"error": f"replicas {first} and {second} died under the request: {error}"}
             ).body
             return Answer(503, [(b"content-type", b"application/json")], body)
@@ -222,13 +237,24 @@ class Router:
         self.forwarded.labels(str(replica)).inc()
         return await self.replicas[replica].forward.remote(request)
 
-    async def _replica_metrics(self, request: Request) -> list[list[Metric]]:
-        """Each replica's ``/metrics``, parsed (the client's token goes along)."""
+    async def _replica_metrics(self, request: Request) -> dict[int, list[Metric]]:
+        """The ``/metrics`` of every replica that answers within ``SCRAPE_TIMEOUT_S``, parsed
+        (the client's token goes along). Never retried elsewhere: that would count a replica
+        twice. ``weightdb_router_replica_scraped`` says which ones answered."""
         scrape = Forwarded("GET", "/metrics", b"", _forward_headers(request), b"")
-        answers = await asyncio.gather(
-            *(self.forward(scrape, replica) for replica in range(len(self.replicas)))
-        )
-        return [list(text_string_to_metric_families(a.body.decode())) for a in answers]
+
+        async def scraped(replica: int) -> list[Metric] | None:
+            try:
+                answer = await asyncio.wait_for(self._send(replica, scrape), SCRAPE_TIMEOUT_S)
+            except (TimeoutError, RayActorError):
+                answer = None
+            self.scraped.labels(str(replica)).set(answer is not None and answer.status == 200)
+            if answer is None or answer.status != 200:
+                return None
+            return list(text_string_to_metric_families(answer.body.decode()))
+
+        answers = await asyncio.gather(*(scraped(r) for r in range(len(self.replicas))))
+        return {r: families for r, families in enumerate(answers) if families is not None}
 
 
 def application(
@@ -306,10 +332,10 @@ def _summed(replicas: list[list[Metric]]) -> list[Metric]:
     return list(families.values())
 
 
-def _labelled(replicas: list[list[Metric]]) -> list[Metric]:
+def _labelled(replicas: dict[int, list[Metric]]) -> list[Metric]:
     """One family per name holding every replica's samples, each with its ``replica`` label."""
     families: dict[str, Metric] = {}
-    for number, replica in enumerate(replicas):
+    for number, replica in replicas.items():
         for family in replica:
             merged = families.setdefault(
                 family.name, Metric(family.name, family.documentation, family.type)
