@@ -209,5 +209,10 @@ def serve(
         Path(db_path).resolve(), budget, policy, batch_invariant, config or ServerConfig()
     )
     ray.serve.start(http_options={"host": host, "port": port})
-    ray.serve.run(application(options, replicas, replica_cpus), name=SERVE_APP, route_prefix="/")
+    ray.serve.run(
+        application(options, replicas, replica_cpus),
+        name=SERVE_APP,
+        route_prefix="/",
+        logging_config={"log_level": "WARNING"},  # as quiet as `weightdb serve`
+    )
     return f"http://{host}:{port}"
