@@ -217,9 +217,9 @@ class Router:
             return self.placement.worker_for(model, turn)
         return zlib.crc32(model.encode()) % len(self.replicas)
 
-    async def forward(self, request: Forwarded, replica: int | None = None) -> Answer:
+    async def forward(self, request: Forwarded) -> Answer:
         """Send ``request`` to its replica; if that one dies under it, once to the next."""
-        first = self.replica_for(request.path) if replica is None else replica
+        first = self.replica_for(request.path)
         try:
             return await self._send(first, request)
         except RayActorError:
