@@ -48,3 +48,12 @@ def exported_models(tmp_path_factory) -> dict[str, Path]:
 def minilm_onnx(tmp_path_factory) -> Path:
     """The real MiniLM-L6 encoder (inputs input_ids, attention_mask; output "output")."""
     return export_minilm(tmp_path_factory.mktemp("minilm") / "minilm.onnx")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs) for every test that needs Ray, started once."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

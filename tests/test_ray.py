@@ -32,13 +32,6 @@ ROWS = 600
 ACTOR_TITLE = "ray::MapWorker(MapBatches(_PredictActor))"
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> Path:
     """Three MLPs: ``b`` is ``a`` with its last layer retrained (they share pages), ``c`` is

@@ -7,7 +7,10 @@ pages on the same actor (a hot model on several), so a shared page is read once 
 needs it. Each actor runs the same batch function as the local ``predict_table``, so results
 are bit-identical to ``db.predict`` and come back in input order.
 
-This is the only module that imports Ray; ``import weightdb`` never does.
+``serve`` runs the KServe v2 API on Ray Serve (``weightdb.scaleout.serve``): replicas with a
+byte budget each, behind a router by sharing group.
+
+``import weightdb`` never imports Ray; this module and ``weightdb.scaleout.serve`` do.
 """
 
 import warnings
@@ -18,10 +21,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 import ray.data
+import ray.serve
 
 from weightdb.database import DEFAULT_BUDGET
 from weightdb.errors import WeightDBError
 from weightdb.scaleout.placement import Placement, place_models
+from weightdb.scaleout.serve import ReplicaOptions, application
 from weightdb.scaleout.table_predict import (
     PREDICTION,
     check_model_choice,
@@ -29,6 +34,7 @@ from weightdb.scaleout.table_predict import (
     open_reader,
     predict_batch,
 )
+from weightdb.server.config import ServerConfig
 
 ROW = "__weightdb_row"
 BATCH_ROWS = 1024
@@ -177,3 +183,36 @@ def read_parquet(path: Path) -> ray.data.Dataset:
     dataset = ray.data.read_parquet(str(path))
     dataset.context.execution_options.preserve_order = True
     return dataset
+
+
+SERVE_APP = "weightdb"
+
+
+def serve(
+    db_path: str | Path,
+    *,
+    replicas: int = 1,
+    budget: int | str | None = DEFAULT_BUDGET,
+    policy: str | None = None,
+    batch_invariant: bool = True,
+    config: ServerConfig | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    replica_cpus: float = 1.0,
+) -> str:
+    """Serve ``db_path`` over KServe v2 REST on Ray Serve and return its URL; it runs until
+    ``ray.serve.shutdown()``. Each of ``replicas`` replicas opens the database read-only with a
+    buffer pool of ``budget`` bytes and reserves ``replica_cpus`` CPUs."""
+    if replicas < 1:
+        raise WeightDBError(f"replicas must be at least 1, got {replicas}")
+    options = ReplicaOptions(
+        Path(db_path).resolve(), budget, policy, batch_invariant, config or ServerConfig()
+    )
+    ray.serve.start(http_options={"host": host, "port": port})
+    ray.serve.run(
+        application(options, replicas, replica_cpus),
+        name=SERVE_APP,
+        route_prefix="/",
+        logging_config={"log_level": "WARNING"},  # as quiet as `weightdb serve`
+    )
+    return f"http://{host}:{port}"

@@ -1,8 +1,10 @@
-"""``weightdb serve``: the KServe v2 REST server on uvicorn, bound to localhost by default."""
+"""``weightdb serve``: the KServe v2 REST server on uvicorn, bound to localhost by default;
+with ``--ray``, the same API through Ray Serve replicas (``weightdb.scaleout.serve``)."""
 
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +18,7 @@ from weightdb.cli.common import (
     console,
     err_console,
     open_db,
+    state,
     tracing,
 )
 from weightdb.cli.vocabulary import (
@@ -23,6 +26,7 @@ from weightdb.cli.vocabulary import (
     duration_option,
     size_option,
 )
+from weightdb.database import DEFAULT_BUDGET
 from weightdb.errors import WeightDBError
 from weightdb.server.config import ServerConfig
 
@@ -45,6 +49,21 @@ def serve_command(
         str, typer.Option(help="Address to bind; anything but loopback exposes the server.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
+    use_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve through Ray Serve: the cluster RAY_ADDRESS names, else a local one.",
+        ),
+    ] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Ray Serve replicas (with --ray), each with its own --memory; models that "
+            "share pages go to the same one.",
+        ),
+    ] = 1,
     memory: MemoryOption = None,
     policy: PolicyOption = None,
     batch_invariant: BatchInvariantOption = True,
@@ -124,6 +143,11 @@ def serve_command(
         max_connections=max_connections,
         token=_token(token, token_file),
     )
+    if use_ray:
+        _serve_on_ray(host, port, replicas, memory, policy, batch_invariant, trace, config)
+        return
+    if replicas != 1:
+        raise WeightDBError("--replicas needs --ray; add --ray or drop --replicas")
     # The batching worker runs the engine's Python loops; at the default 5 ms switch interval
     # the event loop would wait that long for the GIL at every step of every HTTP request.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
@@ -148,6 +172,63 @@ def serve_command(
                 log_level="warning",
                 http=guarded_protocol(config),
             )
+
+
+def _serve_on_ray(
+    host: str,
+    port: int,
+    replicas: int,
+    memory: int | None,
+    policy: str | None,
+    batch_invariant: bool,
+    trace: Path | None,
+    config: ServerConfig,
+) -> None:
+    """Deploy on Ray Serve and wait for Ctrl-C, then take the application down."""
+    if trace is not None:
+        raise WeightDBError("--trace records one process's pool; drop it with --ray")
+    unused = [
+        name
+        for name, value, default in (
+            ("--header-timeout", config.header_timeout_s, _DEFAULTS.header_timeout_s),
+            ("--max-header-size", config.max_header_bytes, _DEFAULTS.max_header_bytes),
+        )
+        if value != default
+    ]
+    if unused:
+        raise WeightDBError(
+            f"{' and '.join(unused)} cannot apply with --ray (Ray Serve's proxy reads the "
+            "request heads); drop them"
+        )
+    if state.db_path is None:
+        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
+    import ray.serve  # Ray loads only when asked for
+
+    import weightdb.ray as weightdb_ray
+
+    weightdb_ray.connect_cluster()
+    url = weightdb_ray.serve(
+        state.db_path,
+        replicas=replicas,
+        budget=DEFAULT_BUDGET if memory is None else memory,
+        policy=policy,
+        batch_invariant=batch_invariant,
+        config=config,
+        host=host,
+        port=port,
+    )
+    console.print(
+        f"serving {state.db_path} on {url}/v2 through {replicas} Ray Serve "
+        f"replica{'s' if replicas > 1 else ''}{'; bearer token required' if config.token else ''}"
+        "; Ctrl-C stops"
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        ray.serve.delete(weightdb_ray.SERVE_APP)
 
 
 def _token(given: str | None, path: Path | None) -> str | None:
