@@ -23,12 +23,9 @@ BATCH_ROWS = 4096
 
 
 def open_reader(db_path: str | Path, budget: int | str | None = DEFAULT_BUDGET) -> Database:
-    """Open an existing database for predictions, with its own buffer pool of ``budget``.
-
-    The one place a worker opens the database: it becomes a read-only opening once the
-    storage layer offers one.
-    """
-    return connect(db_path, create=False, budget=budget)
+    """Open an existing database for predictions, with its own buffer pool of ``budget``: the
+    one place a worker opens it, read-only, on a snapshot writers keep readable."""
+    return connect(db_path, read_only=True, budget=budget)
 
 
 def check_model_choice(model: str | None, model_column: str | None) -> None:
