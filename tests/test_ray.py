@@ -105,11 +105,12 @@ def test_local_table_predictions_are_bit_identical_and_in_order(zoo, table):
     np.testing.assert_array_equal(predictions(result), expected(zoo, table))
 
 
-def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, zoo, table):
+@pytest.mark.parametrize("actors", [1, 2])
+def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, zoo, table, actors):
     dataset = ray.data.from_arrow(table).repartition(6)
     result = weightdb_ray.to_table(
         weightdb_ray.predict(
-            dataset, zoo, features="x", model_column="model", actors=2, batch_rows=50
+            dataset, zoo, features="x", model_column="model", actors=actors, batch_rows=50
         )
     )
     assert result.equals(predict_table(zoo, table, "x", model_column="model"))

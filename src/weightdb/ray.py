@@ -135,7 +135,8 @@ def predict(
         )
         for number in range(len(used))
     ]
-    return parts[0].union(*parts[1:]).sort(ROW).drop_columns([ROW])
+    joined = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]  # union() needs one
+    return joined.sort(ROW).drop_columns([ROW])
 
 
 def _placement(
