@@ -210,8 +210,8 @@ Per-actor columns are medians over the repeats, actor 0 / actor 1 (the JSON has 
 - rows/s: input rows predicted per second, from reading the Parquet file to the result \
 materialized in Ray's object store (numbering, routing, prediction and the sort back into \
 input order included).
-- MiB read: bytes each actor's buffer pool read from storage (page misses times page \
-size), summed over actors in the last column; what a shared filesystem would serve.
+- MiB read: bytes each actor's buffer pool read from storage (the stored size of every page it \
+missed), summed over actors in the last column; what a shared filesystem would serve.
 - hit ratio: page requests each actor's pool served from memory.
 - rows: input rows each actor predicted (load balance).
 - 2 actors against 1 (affinity): $speedup the rows per second; both actors share 2 CPUs \
@@ -291,6 +291,7 @@ def _plot(results: dict[str, Any], path: Path) -> None:
     reads.set_xticks(np.arange(2) + width * (len(two) - 1) / 2, ["actor 0", "actor 1"])
     reads.set_ylabel("MiB read from storage")
     reads.set_title(f"2 actors, {results['budget_bytes'] / 2**20:.1f} MiB pool each", fontsize=9)
-    reads.legend(fontsize=8)
+    reads.set_ylim(top=reads.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    reads.legend(fontsize=8, loc="upper center", ncol=len(two))
     figure.tight_layout()
     figure.savefig(path, dpi=100)
