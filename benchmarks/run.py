@@ -30,6 +30,7 @@ SUITES = [
     "scale",
     "storage_tiers",
     "scale_out",
+    "ray_batch",
 ]
 
 

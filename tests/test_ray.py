@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 import weightdb
 from weightdb.cli import app
 from weightdb.errors import WeightDBError
-from weightdb.scaleout.table_predict import model_pages, predict_table
+from weightdb.scaleout.table_predict import model_pages, open_reader, predict_table
 
 ray = pytest.importorskip("ray")
 weightdb_ray = pytest.importorskip("weightdb.ray")
@@ -98,15 +98,45 @@ def test_local_table_predictions_are_bit_identical_and_in_order(zoo, table):
     np.testing.assert_array_equal(predictions(result), expected(zoo, table))
 
 
-def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, zoo, table):
+@pytest.mark.parametrize("actors", [1, 2])
+def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, zoo, table, actors):
     dataset = ray.data.from_arrow(table).repartition(6)
     result = weightdb_ray.to_table(
         weightdb_ray.predict(
-            dataset, zoo, features="x", model_column="model", actors=2, batch_rows=50
+            dataset, zoo, features="x", model_column="model", actors=actors, batch_rows=50
         )
     )
     assert result.equals(predict_table(zoo, table, "x", model_column="model"))
     np.testing.assert_array_equal(predictions(result), expected(zoo, table))
+
+
+def test_pool_stats_per_actor_under_each_routing(ray_cluster, zoo, table):
+    """Round-robin sends every model to both actors, so each reads what a fresh pool reads for
+    a, b and c; affinity splits the models and reads less in all, with the same bits."""
+    with open_reader(zoo) as db:
+        for name in ("a", "b", "c"):
+            db.predict(name, {"x": np.zeros((1, 100), np.float32)})
+        every_model = db.pool.stats().bytes_read
+    dataset = ray.data.from_arrow(table).repartition(4)
+    results, stats = {}, {}
+    for routing in ("round-robin", "affinity"):
+        collector = weightdb_ray.PoolStatsCollector()
+        job = weightdb_ray.predict(
+            dataset, zoo, features="x", model_column="model", actors=2, routing=routing,
+            pool_stats=collector,
+        )  # fmt: skip
+        results[routing] = weightdb_ray.to_table(job)
+        stats[routing] = collector.per_actor()
+    assert results["affinity"].equals(results["round-robin"])
+    robin = stats["round-robin"]
+    assert sorted(robin) == [0, 1]
+    assert [robin[actor]["bytes_read"] for actor in (0, 1)] == [every_model, every_model]
+    assert [robin[actor]["rows"] for actor in (0, 1)] == [ROWS // 2, ROWS // 2]
+    affinity = stats["affinity"]
+    assert sum(counters["rows"] for counters in affinity.values()) == ROWS
+    assert sum(counters["bytes_read"] for counters in affinity.values()) < 2 * every_model
+    with pytest.raises(WeightDBError, match="unknown routing 'hash'"):
+        weightdb_ray.predict(dataset, zoo, features="x", model="a", routing="hash")
 
 
 def _actor_pids() -> set[int]:

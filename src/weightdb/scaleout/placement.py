@@ -107,3 +107,11 @@ def place_models(
         free = [w for w in range(workers) if w not in replicas[model]]
         put(0, min(free, key=lambda w: (loads[w], size(set(model_pages[model]) - resident[w]), w)))
     return Placement(workers, {model: tuple(ws) for model, ws in replicas.items()})
+
+
+def round_robin(models: Collection[str], workers: int) -> Placement:
+    """Every model on every worker, each model's requests or rows in turn: perfect balance and
+    no regard for sharing, the baseline that affinity routing is measured against."""
+    if workers < 1:
+        raise ValueError(f"need at least one worker, got {workers}")
+    return Placement(workers, {model: tuple(range(workers)) for model in models})
