@@ -57,3 +57,17 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+ZOO_FAMILIES = ["digits-cnn", "text-embedding", "minilm-finetunes", "xml-mlp", "scale"]
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every zoo family at its small size, built once per session (seed 0)."""
+    from weightdb.zoo.build import build_family
+
+    root = tmp_path_factory.mktemp("zoo")
+    for name in ZOO_FAMILIES:
+        build_family(name, root / name, "small", seed=0)
+    return root

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ZOO_FAMILIES
 from onnx import numpy_helper
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
@@ -20,16 +21,8 @@ from weightdb.zoo.minilm import word_embeddings
 from weightdb.zoo.splits import LABELS, load_split
 from weightdb.zoo.text import LEXNAMES, TextTask, prepare, wordnet_tasks
 
-FAMILIES = ["digits-cnn", "text-embedding", "minilm-finetunes", "xml-mlp", "scale"]
+FAMILIES = ZOO_FAMILIES
 CLASSIFIERS = [name for name in FAMILIES if name != "scale"]
-
-
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("zoo")
-    for name in FAMILIES:
-        build_family(name, root / name, "small", seed=0)
-    return root
 
 
 def _manifest(zoo: Path, family: str) -> dict:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from weightdb.dedup.baselines import MistiqueMatcher, pairwise_matcher
 from weightdb.dedup.commit import Quality, commit_plan
-from weightdb.dedup.errors import DedupParameterError
+from weightdb.dedup.errors import DedupParameterError, EvalSpecError
 from weightdb.dedup.evalspec import SPLITS, EvalSpec, Evaluator, load_eval_spec
 from weightdb.dedup.exact import plan_exact
 from weightdb.dedup.gate import Gate
@@ -70,6 +70,7 @@ def deduplicate(
             store.catalog.model_id(name)  # raises naming the stored models
         selected = everyone if models is None else list(models)
         evaluators = load_eval_spec(eval_spec, selected)
+        _refuse_unmeasurable(store, evaluators)
         budgets = _budgets(max_drop, evaluators)
         workspace = Workspace(store, everyone)
         plan = Plan(workspace)
@@ -198,3 +199,15 @@ def _plan_approximate(
     }[method](workspace, options)
     run_sequential(plan, gate, matcher, options.eval_step, progress)
     return gate, []
+
+
+def _refuse_unmeasurable(store: Store, evaluators: Mapping[str, Evaluator]) -> None:
+    """An accuracy can only be measured by running the model: refuse a spec naming one stored
+    without a graph (weights only), before any work."""
+    for name in evaluators:
+        if store.graph(name) is None:
+            raise EvalSpecError(
+                f"the eval spec measures model {name!r}, which is stored without a graph, so "
+                "it cannot run; import it with its graph (`weightdb import WEIGHTS --graph "
+                "MODEL.onnx`) or leave it out of the spec"
+            )
