@@ -278,4 +278,3 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-
