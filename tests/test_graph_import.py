@@ -75,31 +75,36 @@ def _refused(db, tmp_path, onnx_path, arrays) -> str:
     return str(error.value)
 
 
-def test_missing_tensor_is_refused(db, tmp_path, mlp_files):
-    arrays = {k: v for k, v in mlp_files["arrays"].items() if k != "layers.2.weight"}
-    assert _refused(db, tmp_path, mlp_files["onnx"], arrays) == (
-        "safetensors weights with graph mlp.onnx: the graph needs tensors the weights lack: "
-        "'layers.2.weight'; export the weights from the same model as the graph, or import the "
-        "ONNX file itself"
-    )
-
-
-def test_extra_tensor_is_refused(db, tmp_path, mlp_files):
-    arrays = {**mlp_files["arrays"], "head.weight": np.zeros((4, 4), np.float32)}
-    assert _refused(db, tmp_path, mlp_files["onnx"], arrays) == (
-        "safetensors weights with graph mlp.onnx: the graph does not use tensors "
-        "'head.weight'; remove them from the weights, or use the graph of the model they come "
-        "from"
-    )
-
-
-def test_wrong_shape_is_refused(db, tmp_path, mlp_files):
-    arrays = {**mlp_files["arrays"], "layers.0.weight": np.zeros((70, 99), np.float32)}
-    assert _refused(db, tmp_path, mlp_files["onnx"], arrays) == (
-        "safetensors weights with graph mlp.onnx: tensor 'layers.0.weight' is float32[70, 99] "
-        "but the graph needs float32[70, 100]; export the weights from the same model as the "
-        "graph"
-    )
+@pytest.mark.parametrize(
+    ("drop", "add", "message"),
+    [
+        (
+            "layers.2.weight",
+            {},
+            "safetensors weights with graph mlp.onnx: the graph needs tensors the weights lack: "
+            "'layers.2.weight'; export the weights from the same model as the graph, or import "
+            "the ONNX file itself",
+        ),
+        (
+            None,
+            {"head.weight": np.zeros((4, 4), np.float32)},
+            "safetensors weights with graph mlp.onnx: the graph does not use tensors "
+            "'head.weight'; remove them from the weights, or use the graph of the model they "
+            "come from",
+        ),
+        (
+            None,
+            {"layers.0.weight": np.zeros((70, 99), np.float32)},
+            "safetensors weights with graph mlp.onnx: tensor 'layers.0.weight' is "
+            "float32[70, 99] but the graph needs float32[70, 100]; export the weights from the "
+            "same model as the graph",
+        ),
+    ],
+    ids=["missing_tensor", "extra_tensor", "wrong_shape"],
+)
+def test_mismatched_weights_are_refused(db, tmp_path, mlp_files, drop, add, message):
+    arrays = {k: v for k, v in mlp_files["arrays"].items() if k != drop} | add
+    assert _refused(db, tmp_path, mlp_files["onnx"], arrays) == message
 
 
 def test_wrong_dtype_of_a_small_constant_is_refused(db, tmp_path, mlp_files):
