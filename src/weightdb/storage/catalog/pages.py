@@ -60,9 +60,6 @@ class PageRows:
     def page_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM pages").fetchone()[0]
 
-    def largest_page_bytes(self) -> int:
-        return self.conn.execute("SELECT COALESCE(MAX(length), 0) FROM pages").fetchone()[0]
-
     def live_pages(self) -> list[tuple[int, int]]:
         """(page id, length) of every live page, by id."""
         return self.conn.execute("SELECT page_id, length FROM pages ORDER BY page_id").fetchall()
@@ -75,15 +72,6 @@ class PageRows:
             (page_id,),
         ).fetchall()
         return [name for (name,) in rows]
-
-    def pages_of_models(self) -> dict[str, set[int]]:
-        """Model name -> the pages it reads a block from."""
-        pages: dict[str, set[int]] = {}
-        for name, page_id in self.conn.execute(
-            "SELECT DISTINCT m.name, r.page_id FROM page_readers r JOIN models m USING (model_id)"
-        ):
-            pages.setdefault(name, set()).add(page_id)
-        return pages
 
     def model_pages(self, model_id: int) -> frozenset[int]:
         """The pages a model reads a block from."""
