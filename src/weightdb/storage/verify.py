@@ -38,8 +38,9 @@ def _verify_pages(store: Store, progress: Progress | None) -> int:
     catalog says, and that its bytes match the block's recorded SHA-256."""
     catalog = store.catalog
     checked = 0
-    total = catalog.page_bytes()
-    for page_id, _ in catalog.live_pages():
+    pages = catalog.live_pages()
+    total = sum(length for _, length in pages)
+    for page_id, _ in pages:
         location = store.locate_page(page_id)
         page = store.reader.read(location)
         for block_id, slot, nbytes, digest, dtype, rows, cols in catalog.blocks_on_page(page_id):
