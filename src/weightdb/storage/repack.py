@@ -145,8 +145,9 @@ def repack(
         layout = solved.layout if solved else Layout(pages=(), reads={})
         placement = Placement.of(layout)
         before = catalog.pages_read()
-        old_pages = {p for p, _ in catalog.live_pages()}
-        bytes_before = catalog.page_bytes()
+        live = catalog.live_pages()
+        old_pages = {p for p, _ in live}
+        bytes_before = sum(length for _, length in live)
         locations, new_pages = _write_layout(store, _reading_order(store, placement))
         candidate = {
             "weighted_pages_read": _weighted(instance, _stored_reads(placement, locations)),
