@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, SimulationResult, compare, simulate
 from weightdb.caching.trace import read_trace
+from weightdb.cli.common import console
 from weightdb.cli.vocabulary import (
     JsonOption,
     OldSpelling,
@@ -28,7 +28,6 @@ app = typer.Typer(
     help="Replay page-request traces under replacement policies.",
     no_args_is_help=True,
 )
-console = Console()
 OLD_SPELLINGS = vocabulary_command(budget_bytes=OldSpelling("--memory"))
 SimulatedPolicy = registry_choice(POLICY_NAMES)
 

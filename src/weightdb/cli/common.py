@@ -32,13 +32,18 @@ class CliState:
 state = CliState()
 
 
+def db_path() -> Path:
+    """The --db path, or the error that asks for one."""
+    if state.db_path is None:
+        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
+    return state.db_path
+
+
 def open_db(
     memory: int | None = None, policy: str | None = None, batch_invariant: bool = True
 ) -> Database:
-    if state.db_path is None:
-        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
     return connect(
-        state.db_path,
+        db_path(),
         create=False,
         budget=DEFAULT_BUDGET if memory is None else memory,
         policy=policy,

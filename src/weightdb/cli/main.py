@@ -88,25 +88,28 @@ def _global(
     state.db_path = db
 
 
+_DEFAULT_SETTINGS = Settings()
+
+
 @app.command(cls=vocabulary_command())
 def init(
     path: Annotated[Path, typer.Argument(help="Directory to create the database in.")],
     block_shape: Annotated[
         str, typer.Option(help="Block shape R,C that tensors are cut into.")
-    ] = "{},{}".format(*Settings().block_shape),
+    ] = "{},{}".format(*_DEFAULT_SETTINGS.block_shape),
     page_size: Annotated[
         int, size_option(help_text="Page size, e.g. 4MiB.", default="4MiB")
-    ] = Settings().page_size,
+    ] = _DEFAULT_SETTINGS.page_size,
     policy: Annotated[
         PolicyName, typer.Option(help="Buffer pool replacement policy.")
-    ] = Settings().policy,
+    ] = _DEFAULT_SETTINGS.policy,
     lossless: Annotated[
         bool,
         typer.Option(
             "--lossless/--no-lossless",
             help="Code new blocks at import: XOR against the parent's, byte planes, zstd.",
         ),
-    ] = Settings().lossless,
+    ] = _DEFAULT_SETTINGS.lossless,
 ) -> None:
     """Create an empty database."""
     try:

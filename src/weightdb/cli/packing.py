@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weightdb.cli.common import console
 from weightdb.cli.vocabulary import (
     JsonOption,
     OldSpelling,
@@ -92,7 +92,6 @@ def solve_command(
 
 def _print_table(result: PackingResult) -> None:
     summary = result.summary()
-    console = Console()
     table = Table(title=f"{summary['instance']}: {result.algorithm}", show_header=False)
     facts = {
         "pages": summary["pages"],

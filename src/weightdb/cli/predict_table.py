@@ -6,10 +6,9 @@ from typing import Annotated
 import pyarrow.parquet as pq
 import typer
 
-from weightdb.cli.common import MemoryOption, console, state
+from weightdb.cli.common import MemoryOption, console, db_path
 from weightdb.cli.vocabulary import output_option
 from weightdb.database import DEFAULT_BUDGET
-from weightdb.errors import WeightDBError
 from weightdb.scaleout.table_predict import check_model_choice, predict_table, read_parquet
 from weightdb.units import parse_size
 
@@ -31,8 +30,7 @@ def predict_table_command(
 ) -> None:
     """Predict every row of INPUT_TABLE; the output keeps the input's columns and order and adds
     `prediction`, the model's first output as a list of floats."""
-    if state.db_path is None:
-        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
+    path = db_path()
     check_model_choice(model, model_column)
     pool_bytes = memory if memory is not None else parse_size(DEFAULT_BUDGET)
     if use_ray:
@@ -43,7 +41,7 @@ def predict_table_command(
         result = weightdb_ray.to_table(
             weightdb_ray.predict(
                 dataset,
-                state.db_path,
+                path,
                 features=features,
                 model=model,
                 model_column=model_column,
@@ -53,7 +51,7 @@ def predict_table_command(
         )
     else:
         result = predict_table(
-            state.db_path, read_parquet(input_table), features, model, model_column, pool_bytes
+            path, read_parquet(input_table), features, model, model_column, pool_bytes
         )
     pq.write_table(result, output)
     where = f"{actors} Ray actor{'s' if actors > 1 else ''}" if use_ray else "this process"

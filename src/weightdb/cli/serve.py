@@ -16,9 +16,9 @@ from weightdb.cli.common import (
     PolicyOption,
     TraceOption,
     console,
+    db_path,
     err_console,
     open_db,
-    state,
     tracing,
 )
 from weightdb.cli.vocabulary import (
@@ -200,15 +200,14 @@ def _serve_on_ray(
             f"{' and '.join(unused)} cannot apply with --ray (Ray Serve's proxy reads the "
             "request heads); drop them"
         )
-    if state.db_path is None:
-        raise WeightDBError("no database given: pass --db PATH or set WEIGHTDB_DB")
+    path = db_path()
     import ray.serve  # Ray loads only when asked for
 
     import weightdb.ray as weightdb_ray
 
     weightdb_ray.connect_cluster()
     url = weightdb_ray.serve(
-        state.db_path,
+        path,
         replicas=replicas,
         budget=DEFAULT_BUDGET if memory is None else memory,
         policy=policy,
@@ -218,7 +217,7 @@ def _serve_on_ray(
         port=port,
     )
     console.print(
-        f"serving {state.db_path} on {url}/v2 through {replicas} Ray Serve "
+        f"serving {path} on {url}/v2 through {replicas} Ray Serve "
         f"replica{'s' if replicas > 1 else ''}{'; bearer token required' if config.token else ''}"
         "; Ctrl-C stops"
     )

@@ -43,19 +43,24 @@ def _column_array(column: pa.ChunkedArray, spec: InputSpec, path: Path) -> np.nd
         raise WeightDBError(f"{path}: column {spec.name!r} has NULL rows")
     array = column.combine_chunks()
     rows = len(array)
-    if pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
-        while pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
-            array = array.flatten()
-        values = array.to_numpy(zero_copy_only=False)
-        per_row = [d if isinstance(d, int) else -1 for d in spec.dims[1:]]
-        try:
-            return values.reshape(rows, *per_row)
-        except ValueError:
-            raise WeightDBError(
-                f"{path}: column {spec.name!r} holds {values.size // max(rows, 1)} values per row;"
-                f" the model expects dims {list(spec.dims[1:])}"
-            ) from None
-    return array.to_numpy(zero_copy_only=False)
+    nested = _is_list(array.type)
+    while _is_list(array.type):
+        array = array.flatten()
+    values = array.to_numpy(zero_copy_only=False)
+    if not nested:
+        return values
+    per_row = [d if isinstance(d, int) else -1 for d in spec.dims[1:]]
+    try:
+        return values.reshape(rows, *per_row)
+    except ValueError:
+        raise WeightDBError(
+            f"{path}: column {spec.name!r} holds {values.size // max(rows, 1)} values per row;"
+            f" the model expects dims {list(spec.dims[1:])}"
+        ) from None
+
+
+def _is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind)
 
 
 def write_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:

@@ -4,9 +4,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from weightdb.cli.common import console
 from weightdb.cli.vocabulary import (
     OldSpelling,
     VocabularyGroup,
@@ -27,7 +27,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 FamilySize = registry_choice(SIZES)
-console = Console()
 
 
 @app.command("list", cls=vocabulary_command())

@@ -4,5 +4,7 @@
 binary tensor data extension, ``statistics`` the counters of the statistics extension,
 ``batching`` the request queue and dynamic batcher, ``scheduler`` the order in which a round's
 models run so shared pages are read once, ``metrics`` the Prometheus exposition, ``limits``
-body size and bearer token checks, and ``cli`` the ``weightdb serve`` command.
+body size, body deadline and bearer token checks, and ``connections`` the per-connection guards
+(head deadline and size, connection cap). The ``weightdb serve`` command is
+``weightdb.cli.serve``.
 """
