@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL
 
 import weightdb
 from weightdb.dedup import METHODS
@@ -12,8 +13,6 @@ from weightdb.packing import ALGORITHMS, DEFAULT_ALGORITHM, Instance, solve
 from weightdb.registry import Registry
 from weightdb.storage.policies import DEFAULT_POLICY, POLICIES, make_policy
 from weightdb.storage.policies.expected_reread import ExpectedRereadPolicy
-
-SMALL = weightdb.Settings(16, 8, 8192)
 
 
 def test_each_default_has_its_technique_name_and_the_old_alias() -> None:

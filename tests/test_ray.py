@@ -33,7 +33,7 @@ ACTOR_TITLE = "ray::MapWorker(MapBatches(_PredictActor))"
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
+def mlp_db(tmp_path_factory) -> Path:
     """Three MLPs: ``b`` is ``a`` with its last layer retrained (they share pages), ``c`` is
     unrelated."""
     path = tmp_path_factory.mktemp("ray") / "db"
@@ -84,36 +84,36 @@ def predictions(result: pa.Table) -> np.ndarray:
     return np.stack([np.asarray(row, dtype=np.float32) for row in result["prediction"].to_pylist()])
 
 
-def test_sharing_groups_come_from_the_catalog(zoo):
-    with weightdb.connect(zoo, create=False) as db:
+def test_sharing_groups_come_from_the_catalog(mlp_db):
+    with weightdb.connect(mlp_db, create=False) as db:
         pages = model_pages(db, ["a", "b", "c"])
     assert pages["a"] & pages["b"]
     assert not pages["a"] & pages["c"]
 
 
-def test_local_table_predictions_are_bit_identical_and_in_order(zoo, table):
-    result = predict_table(zoo, table, "x", model_column="model", batch_rows=64)
+def test_local_table_predictions_are_bit_identical_and_in_order(mlp_db, table):
+    result = predict_table(mlp_db, table, "x", model_column="model", batch_rows=64)
     assert result.drop_columns(["prediction"]).equals(table)
     assert result.schema.field("prediction").type == pa.list_(pa.float32())
-    np.testing.assert_array_equal(predictions(result), expected(zoo, table))
+    np.testing.assert_array_equal(predictions(result), expected(mlp_db, table))
 
 
 @pytest.mark.parametrize("actors", [1, 2])
-def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, zoo, table, actors):
+def test_ray_routes_rows_by_model_column_bit_identically(ray_cluster, mlp_db, table, actors):
     dataset = ray.data.from_arrow(table).repartition(6)
     result = weightdb_ray.to_table(
         weightdb_ray.predict(
-            dataset, zoo, features="x", model_column="model", actors=actors, batch_rows=50
+            dataset, mlp_db, features="x", model_column="model", actors=actors, batch_rows=50
         )
     )
-    assert result.equals(predict_table(zoo, table, "x", model_column="model"))
-    np.testing.assert_array_equal(predictions(result), expected(zoo, table))
+    assert result.equals(predict_table(mlp_db, table, "x", model_column="model"))
+    np.testing.assert_array_equal(predictions(result), expected(mlp_db, table))
 
 
-def test_pool_stats_per_actor_under_each_routing(ray_cluster, zoo, table):
+def test_pool_stats_per_actor_under_each_routing(ray_cluster, mlp_db, table):
     """Round-robin sends every model to both actors, so each reads what a fresh pool reads for
     a, b and c; affinity splits the models and reads less in all, with the same bits."""
-    with open_reader(zoo) as db:
+    with open_reader(mlp_db) as db:
         for name in ("a", "b", "c"):
             db.predict(name, {"x": np.zeros((1, 100), np.float32)})
         every_model = db.pool.stats().bytes_read
@@ -122,7 +122,7 @@ def test_pool_stats_per_actor_under_each_routing(ray_cluster, zoo, table):
     for routing in ("round-robin", "affinity"):
         collector = weightdb_ray.PoolStatsCollector()
         job = weightdb_ray.predict(
-            dataset, zoo, features="x", model_column="model", actors=2, routing=routing,
+            dataset, mlp_db, features="x", model_column="model", actors=2, routing=routing,
             pool_stats=collector,
         )  # fmt: skip
         results[routing] = weightdb_ray.to_table(job)
@@ -136,7 +136,7 @@ def test_pool_stats_per_actor_under_each_routing(ray_cluster, zoo, table):
     assert sum(counters["rows"] for counters in affinity.values()) == ROWS
     assert sum(counters["bytes_read"] for counters in affinity.values()) < 2 * every_model
     with pytest.raises(WeightDBError, match="unknown routing 'hash'"):
-        weightdb_ray.predict(dataset, zoo, features="x", model="a", routing="hash")
+        weightdb_ray.predict(dataset, mlp_db, features="x", model="a", routing="hash")
 
 
 def _actor_pids() -> set[int]:
@@ -151,7 +151,7 @@ def _actor_pids() -> set[int]:
     return pids
 
 
-def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
+def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, mlp_db):
     rng = np.random.default_rng(5)
     rows = 3_000
     features = rng.standard_normal((rows, 100)).astype(np.float32)
@@ -180,7 +180,7 @@ def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
     result = weightdb_ray.to_table(
         weightdb_ray.predict(
             ray.data.from_arrow(table).repartition(40),
-            zoo,
+            mlp_db,
             features="x",
             model_column="model",
             actors=2,
@@ -190,48 +190,48 @@ def test_a_killed_actor_loses_and_duplicates_no_row(ray_cluster, zoo):
     killer.join()
     assert killed, "no actor was running to kill"
     assert result["row"].to_pylist() == list(range(rows))
-    assert result.equals(predict_table(zoo, table, "x", model_column="model"))
+    assert result.equals(predict_table(mlp_db, table, "x", model_column="model"))
 
 
-def test_one_model_for_every_row_within_each_actors_budget(ray_cluster, zoo, table):
+def test_one_model_for_every_row_within_each_actors_budget(ray_cluster, mlp_db, table):
     small = weightdb_ray.to_table(
         weightdb_ray.predict(
-            ray.data.from_arrow(table), zoo, features="x", model="a", actors=2, budget="48KiB"
+            ray.data.from_arrow(table), mlp_db, features="x", model="a", actors=2, budget="48KiB"
         )
     )
     assert small["id"].equals(table["id"])
-    np.testing.assert_array_equal(predictions(small), expected(zoo, table, "a"))
+    np.testing.assert_array_equal(predictions(small), expected(mlp_db, table, "a"))
     tiny = weightdb_ray.predict(
-        ray.data.from_arrow(table), zoo, features="x", model="a", actors=2, budget="1KiB"
+        ray.data.from_arrow(table), mlp_db, features="x", model="a", actors=2, budget="1KiB"
     )
     with pytest.raises(Exception, match="budget"):
         weightdb_ray.to_table(tiny)
 
 
-def test_bad_columns_are_refused_before_the_job_runs(ray_cluster, zoo, table):
+def test_bad_columns_are_refused_before_the_job_runs(ray_cluster, mlp_db, table):
     dataset = ray.data.from_arrow(table)
     with pytest.raises(WeightDBError, match="has no column 'y'"):
-        weightdb_ray.predict(dataset, zoo, features="y", model="a")
+        weightdb_ray.predict(dataset, mlp_db, features="y", model="a")
     scored = dataset.add_column("prediction", lambda batch: batch["id"])
     with pytest.raises(WeightDBError, match="already has column 'prediction'"):
-        weightdb_ray.predict(scored, zoo, features="x", model="a")
+        weightdb_ray.predict(scored, mlp_db, features="x", model="a")
 
 
-def test_give_exactly_one_of_model_and_model_column(ray_cluster, zoo, table):
+def test_give_exactly_one_of_model_and_model_column(ray_cluster, mlp_db, table):
     with pytest.raises(WeightDBError, match="exactly one"):
-        weightdb_ray.predict(ray.data.from_arrow(table), zoo, features="x", actors=1)
+        weightdb_ray.predict(ray.data.from_arrow(table), mlp_db, features="x", actors=1)
     with pytest.raises(WeightDBError, match="exactly one"):
-        predict_table(zoo, table, "x", model="a", model_column="model")
+        predict_table(mlp_db, table, "x", model="a", model_column="model")
 
 
 @pytest.mark.parametrize("use_ray", [False, True])
-def test_cli_predict_table(ray_cluster, zoo, table, tmp_path, use_ray):
+def test_cli_predict_table(ray_cluster, mlp_db, table, tmp_path, use_ray):
     source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(table, source, row_group_size=100)
-    args = ["--db", str(zoo), "predict-table", str(source), "--features", "x"]
+    args = ["--db", str(mlp_db), "predict-table", str(source), "--features", "x"]
     args += ["--model-column", "model", "--output", str(output)]
     args += ["--ray", "--actors", "2"] if use_ray else []
     outcome = CliRunner().invoke(app, args)
     assert outcome.exit_code == 0, outcome.output
     assert f"predicted {ROWS} rows" in outcome.output
-    assert pq.read_table(output).equals(predict_table(zoo, table, "x", model_column="model"))
+    assert pq.read_table(output).equals(predict_table(mlp_db, table, "x", model_column="model"))

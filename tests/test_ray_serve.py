@@ -43,7 +43,7 @@ REPLICA_TITLE = "ray::ServeReplica:weightdb:weightdb-replica-{}"
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
+def families_db(tmp_path_factory) -> Path:
     """``a`` and ``c`` are unrelated MLPs; ``a2`` and ``c2`` retrain their last layer."""
     path = tmp_path_factory.mktemp("ray-serve") / "db"
     torch.manual_seed(11)
@@ -65,12 +65,12 @@ def zoo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def url(ray_cluster, zoo):
+def url(ray_cluster, families_db):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     yield weightdb_ray.serve(
-        zoo,
+        families_db,
         replicas=2,
         budget=BUDGET,
         config=ServerConfig(token=TOKEN, max_wait_ms=MAX_WAIT_MS),
@@ -128,18 +128,18 @@ def infer_each(url: str) -> None:
             output(answer)
 
 
-def test_answers_are_bit_identical_to_db_predict(url, zoo):
+def test_answers_are_bit_identical_to_db_predict(url, families_db):
     for seed, model in enumerate(sorted(set().union(*FAMILIES))):
         x = features(seed)
-        np.testing.assert_array_equal(output(infer(url, model, x)), expected(zoo, model, x))
+        np.testing.assert_array_equal(output(infer(url, model, x)), expected(families_db, model, x))
 
 
-def test_each_replica_serves_one_sharing_group_and_reads_only_its_pages(url, zoo):
+def test_each_replica_serves_one_sharing_group_and_reads_only_its_pages(url, families_db):
     infer_each(url)
     served = groups(url)
     per_replica = httpx.get(f"{url}/metrics/replicas", headers=AUTH).text
     assert sorted(served.values(), key=sorted) == list(FAMILIES)
-    with weightdb.connect(zoo, create=False, read_only=True) as db:
+    with weightdb.connect(families_db, create=False, read_only=True) as db:
         pages = model_pages(db, set().union(*FAMILIES))
     misses = samples(per_replica, "weightdb_pool_misses_total")
     budgets = samples(per_replica, "weightdb_pool_budget_bytes")
@@ -187,16 +187,16 @@ def _descends_from_us(pid: int) -> bool:
     return False
 
 
-def test_a_killed_replica_costs_a_retry_not_an_error(url, zoo):
+def test_a_killed_replica_costs_a_retry_not_an_error(url, families_db):
     """Replica 0 is killed while requests wait in its queue, mid-load."""
     models = sorted(set().union(*FAMILIES))
     requests = [(models[n % len(models)], features(100 + n)) for n in range(24)]
     before = _replica_pids(0)
     assert len(before) == 1, before
-    killed = threading.Event()
+    killed, answered = threading.Event(), threading.Event()
 
     def kill_replica_zero() -> None:
-        while not killed.is_set():
+        while not killed.is_set() and not answered.is_set():
             text = httpx.get(f"{url}/metrics/replicas", headers=AUTH, timeout=60).text
             if samples(text, "weightdb_queue_depth").get((("replica", "0"),), 0) > 0:
                 os.kill(next(iter(before)), signal.SIGKILL)
@@ -206,9 +206,11 @@ def test_a_killed_replica_costs_a_retry_not_an_error(url, zoo):
     killer.start()
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda request: infer(url, *request), requests))
-    assert killed.wait(0)
+    answered.set()  # a killer that never saw a queue stops polling
+    killer.join()
+    assert killed.is_set()
     for (model, x), answer in zip(requests, answers, strict=True):
-        np.testing.assert_array_equal(output(answer), expected(zoo, model, x))
+        np.testing.assert_array_equal(output(answer), expected(families_db, model, x))
     summed = httpx.get(f"{url}/metrics", headers=AUTH, timeout=60).text
     retried = samples(summed, "weightdb_router_retries_total")
     assert list(retried) == [(("replica", "0"),)]
@@ -219,9 +221,11 @@ def test_a_killed_replica_costs_a_retry_not_an_error(url, zoo):
     assert _replica_pids(0) - before, "Serve did not restart the killed replica"
 
 
-def test_replicas_need_ray_and_ray_takes_no_trace(zoo, tmp_path):
+def test_replicas_need_ray_and_ray_takes_no_trace(families_db, tmp_path):
     runner = CliRunner()
-    alone = runner.invoke(app, ["--db", str(zoo), "serve", "--replicas", "2"])
+    alone = runner.invoke(app, ["--db", str(families_db), "serve", "--replicas", "2"])
     assert str(alone.exception) == "--replicas needs --ray; add --ray or drop --replicas"
-    traced = runner.invoke(app, ["--db", str(zoo), "serve", "--ray", "--trace", str(tmp_path)])
+    traced = runner.invoke(
+        app, ["--db", str(families_db), "serve", "--ray", "--trace", str(tmp_path)]
+    )
     assert str(traced.exception) == "--trace records one process's pool; drop it with --ray"

@@ -101,7 +101,7 @@ def _run(plan: Plan, gate: Gate, params: GroupTestParams, progress: Progress) ->
     proposals = _proposals(workspace, set(gate.evaluators), params, progress)
     proposals.sort(key=lambda p: (p.damage, p.member))
     coverage = {
-        model: gathered_rows(workspace.store.graph(model), evaluator.inputs("validation"))
+        model: gathered_rows(workspace.graph(model), evaluator.inputs("validation"))
         for model, evaluator in gate.evaluators.items()
     }
     verifiable = [p for p in proposals if _validation_sees(p, workspace, holders, coverage)]

@@ -11,6 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
 from weightdb.dedup.evalspec import Evaluator, Predict
 from weightdb.dedup.metrics import Measurement
@@ -44,6 +45,7 @@ class Workspace:
         self.original: dict[Position, int] = {}
         self.tensor_blocks: dict[int, int] = defaultdict(int)  # tensor id -> blocks
         self._tensors: dict[str, dict[str, StoredTensor]] = {}
+        self._graphs: dict[str, onnx.ModelProto] = {}
         self.users: dict[int, set[str]] = defaultdict(set)  # block id -> models using it
         self._by_model: dict[str, list[Position]] = defaultdict(list)
         for model, tensor_id, tensor, row, col, block_id in store.catalog.position_rows():
@@ -83,6 +85,13 @@ class Workspace:
             self._tensors[model] = self.store.tensors(model)
         return self._tensors[model]
 
+    def graph(self, model: str) -> onnx.ModelProto:
+        """The model's graph as the catalog has it (read, checked and parsed once: every
+        evaluation prepares it again)."""
+        if model not in self._graphs:
+            self._graphs[model] = self.store.graph(model)
+        return self._graphs[model]
+
     def layout(self, position: Position) -> BlockLayout:
         """The block grid of the tensor ``position`` lies in."""
         return self._stored(position.model)[position.tensor].layout
@@ -110,7 +119,7 @@ class Workspace:
         return tensors
 
     def predictor(self, model: str) -> Predict:
-        prepared = prepare(self.store.graph(model), self.tensors(model))
+        prepared = prepare(self.graph(model), self.tensors(model))
 
         def predict(inputs):
             return next(iter(prepared.run(inputs).values()))

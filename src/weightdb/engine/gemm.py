@@ -113,10 +113,9 @@ def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling) -
     Fixed tiles go to numpy as one stack of (tile, k) matrices: its loop makes the same call
     per tile as a Python loop would (the bits are equal), without a Python step per tile.
     Splitting the first axis of ``out`` is always a view, so the products land in ``out``.
+    ``UNTILED`` (batch invariance off) is one call over all rows.
     """
-    if not _invariant.get():
-        np.matmul(x, operand, out=out)
-    elif cut.call_rows == cut.base:
+    if cut.call_rows == cut.base:
         stacked = out.reshape(-1, cut.base, out.shape[1])
         np.matmul(x.reshape(-1, cut.base, x.shape[1]), operand, out=stacked)
     else:
@@ -127,6 +126,8 @@ def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling) -
 
 def product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
     """x @ operand for a 2-D x (m, k) and a 2-D operand (k, n), batch-invariant (see above)."""
+    if not _invariant.get():  # the BLAS's own choices: no copy of a transposed operand
+        return np.matmul(x, operand)
     operand = np.ascontiguousarray(operand)
     cut = tiling(*operand.shape, operand.dtype)
     rows = padded(x, cut.base)
