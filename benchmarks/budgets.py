@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
-    cgroups_available,
     drop_cache,
     markdown_table,
     ratio,
@@ -43,6 +42,7 @@ from benchmarks.harness import (
     yes_no,
 )
 from benchmarks.serve_sequence import POLICY_RUNS, SKEW, serve, write_config
+from weightdb.memory_limit import available as cgroups_available
 
 BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
 SYSTEMS = ("weightdb", *BASELINES)

@@ -216,9 +216,7 @@ def _unread_rows_changed(original: Path, deduplicated: Path, manifest: Path) -> 
 
 
 def _block(db: weightdb.Database, block_id: int) -> np.ndarray:
-    page_id, slot = db.store.catalog.conn.execute(
-        "SELECT page_id, slot FROM blocks WHERE block_id = ?", (block_id,)
-    ).fetchone()
+    page_id, slot = db.store.catalog.block_homes([block_id])[block_id]
     with db.pool.pinned(page_id) as page:
         return np.array(page.block(slot))
 

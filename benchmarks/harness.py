@@ -31,7 +31,6 @@ from typing import Any
 
 import psutil
 
-from weightdb import memory_limit
 from weightdb.memory_limit import MemoryLimit
 
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -170,12 +169,6 @@ def watchdog_cap(ceiling: int | None = None) -> int:
     memory available now stays with the machine's other jobs."""
     cap = available_memory() - RSS_HEADROOM
     return cap if ceiling is None else min(ceiling, cap)
-
-
-def cgroups_available() -> bool:
-    """Whether this process may create memory cgroups (``weightdb.memory_limit``, which the
-    demo shares): root, with the cgroup v1 memory controller writable."""
-    return memory_limit.available()
 
 
 def report_idle_and_wait(ready: Path) -> None:

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 
 from benchmarks import families
-from benchmarks.harness import markdown_table, render, spread, summary, write_results
+from benchmarks.harness import markdown_table, render, spread, summary, write_results, yes_no
 from weightdb.caching.workload import request_sequence
 from weightdb.scaleout.table_predict import open_reader, predict_table
 from weightdb.zoo.build import build_family
@@ -263,7 +263,7 @@ def _markdown(results: dict[str, Any]) -> str:
         affinity_ratio=f"{ratio:.0%}",
         speedup=f"{speedup:.2f}x",
         sample=f"{results['sample_rows']:,}",
-        identical="yes" if results["identical"] else "NO",
+        identical=yes_no(results["identical"]),
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from benchmarks.harness import markdown_table, write_results
+from benchmarks.harness import markdown_table, write_results, yes_no
 from weightdb.caching.simulate import Budget, SimulatedPool
 from weightdb.caching.workload import request_sequence
 from weightdb.packing.solve import ONE_PASS
@@ -239,7 +239,7 @@ def _markdown(summary: dict[str, Any]) -> str:
             f"{check['budget']:.0%}",
             f"{check['affinity_over_round_robin_bytes']:.3f}",
             f"{check['affinity_imbalance']:.2f}",
-            "yes" if check["met"] else "NO",
+            yes_no(check["met"]),
         ]
         for check in summary["floors"]
     ]

@@ -233,19 +233,22 @@ def _pytorch_runtime(config: dict) -> Runtime:
     """Load: an nn.Module holding every weight of the safetensors file in memory, as
     ``module.load_state_dict(load_file(path))`` into a constructed module does (``load_file``
     alone returns tensors over the mapped file), without initializing the module first."""
-    import torch
     from safetensors.torch import load_file
 
     def load(name: str) -> Any:
         mapped = load_file(config["models"][name]["safetensors"])
         return _torch_module({key: tensor.clone() for key, tensor in mapped.items()})
 
-    def run(module: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        (ids,) = feeds.values()
-        with torch.inference_mode():
-            return module(torch.from_numpy(ids)).numpy()
+    return load, _torch_run
 
-    return load, run
+
+def _torch_run(module: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """One request through an nn.Module of the scale graph."""
+    import torch
+
+    (ids,) = feeds.values()
+    with torch.inference_mode():
+        return module(torch.from_numpy(ids)).numpy()
 
 
 RUNTIMES = {"onnxruntime": _onnxruntime_runtime, "pytorch": _pytorch_runtime}
@@ -340,20 +343,13 @@ def _safetensors_mmap(config: dict, record: dict, save: Callable[[], None]):
 def _pytorch_mmap(config: dict, record: dict, save: Callable[[], None]):
     """Every model an nn.Module over its safetensors file mapped into memory (``load_file``
     returns tensors over the mapping; ``assign`` keeps them); the OS pages weights in."""
-    import torch
     from safetensors.torch import load_file
 
     modules = {
         name: _torch_module(load_file(m["safetensors"])) for name, m in config["models"].items()
     }
     record["loaded_models"] = len(modules)
-
-    def predict(name: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        (ids,) = feeds.values()
-        with torch.inference_mode():
-            return modules[name](torch.from_numpy(ids)).numpy()
-
-    return predict, None
+    return lambda name, feeds: _torch_run(modules[name], feeds), None
 
 
 POLICY_RUNS = ("lru", "lfu", "netsdb-cost")

@@ -254,7 +254,7 @@ def decode_speed(db, repeats: int) -> dict:
     image dropped once made (as a pool under a budget does). Per wall second and per CPU
     second of the thread: on a shared machine the thread waits for a core, and CPU time is
     what one core did."""
-    page_ids = [p for (p,) in db.store.catalog.conn.execute("SELECT page_id FROM pages")]
+    page_ids = [p for p, _ in db.store.catalog.live_pages()]
     pages = [db.store.reader.read(db.store.locate_page(p)) for p in page_ids]
     pages = [page for page in pages if page.coded]
     if not pages:

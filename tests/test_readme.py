@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import torch
 from engine_fakes import export
 from onnx import numpy_helper
 from safetensors.numpy import save_file
+from test_server import free_port
 from torch_models import MLP
 
 from weightdb.dedup.errors import EvalSpecError
@@ -86,15 +86,9 @@ def _bert_folder(folder: Path) -> None:
     transformers.BertModel(transformers.BertConfig(**TINY_BERT)).save_pretrained(folder)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _serve(command: list[str], env: dict, cwd: Path) -> str:
     """Start the server, wait until it is ready, stop it; return what /v2/models answered."""
-    port = _free_port()
+    port = free_port()
     command = [str(port) if word == "8080" else word for word in command]
     server = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
     try:
