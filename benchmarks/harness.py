@@ -41,18 +41,6 @@ POLL_SECONDS = 0.05
 # -- cold storage and timing ------------------------------------------------------------------
 
 
-def drop_cache(path: Path) -> None:
-    """Evict a file's (or every file's under a folder) pages from the OS page cache."""
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for file in files:
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # dirty pages must reach the disk before they can be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def timed(fn: Callable[[], object], repeats: int, before: Callable[[], None] | None = None) -> dict:
     """Run ``fn`` ``repeats`` times (``before`` untimed ahead of each); median, min, max seconds."""
     seconds = []

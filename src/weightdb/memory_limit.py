@@ -75,3 +75,16 @@ class MemoryLimit:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def drop_page_cache(path: Path) -> None:
+    """Evict a file's (or every file's under a folder) pages from the OS page cache, so the
+    next reader starts cold: what a memory limit is about."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages must reach the disk before they can be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

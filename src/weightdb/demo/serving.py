@@ -85,8 +85,8 @@ def serve_both(
     config_path.write_text(json.dumps(config))
     results = {}
     for system in SYSTEMS:
-        drop_page_cache(db_path / "pages")
-        drop_page_cache(family["dir"] / "models")
+        memory_limit.drop_page_cache(db_path / "pages")
+        memory_limit.drop_page_cache(family["dir"] / "models")
         results[system] = _serve(system, config_path, work_dir, budget_bytes)
     return results
 
@@ -140,13 +140,3 @@ def first_answers_differ(work_dir: Path) -> float | None:
         return None
     first, second = (np.load(a) for a in answers)
     return float(np.abs(first - second).max())
-
-
-def drop_page_cache(path: Path) -> None:
-    """Evict a folder's files from the OS page cache, so the next reader starts cold."""
-    for file in (p for p in path.rglob("*") if p.is_file()):
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
