@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
-    drop_cache,
     markdown_table,
     ratio,
     render,
@@ -43,6 +42,7 @@ from benchmarks.harness import (
 )
 from benchmarks.serve_sequence import POLICY_RUNS, SKEW, serve, write_config
 from weightdb.memory_limit import available as cgroups_available
+from weightdb.memory_limit import drop_page_cache
 
 BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
 SYSTEMS = ("weightdb", *BASELINES)
@@ -78,8 +78,8 @@ def run(quick: bool, out_dir: Path) -> dict:
         with tempfile.TemporaryDirectory(prefix="weightdb-budgets-") as tmp:
             config = write_config(fam, db_path, sequence, budget, Path(tmp))
             for system, cgroup in runs:
-                drop_cache(fam.manifest_path.parent / "models")
-                drop_cache(db_path)
+                drop_page_cache(fam.manifest_path.parent / "models")
+                drop_page_cache(db_path)
                 limit = budget if cgroup else None
                 outcome = serve(system, config, cap, mode["timeout"], limit)
                 rows.append(_row(system, fraction, budget, outcome))

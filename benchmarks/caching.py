@@ -38,7 +38,6 @@ from matplotlib.figure import Figure
 import weightdb
 from benchmarks import families
 from benchmarks.harness import (
-    drop_cache,
     markdown_table,
     render,
     spread,
@@ -50,6 +49,7 @@ from weightdb.caching.online_bound import online_bound
 from weightdb.caching.simulate import POLICY_NAMES, Budget, simulate
 from weightdb.caching.trace import Trace, read_trace
 from weightdb.caching.workload import request_sequence
+from weightdb.memory_limit import drop_page_cache
 from weightdb.storage.policies import DEFAULT_POLICY, POLICIES
 
 BUDGETS = (0.10, 0.25, 0.50)
@@ -173,7 +173,7 @@ def _serve(path: Path, requests: list[Request], budget: int, policy: str) -> dic
     elapsed, served, resident = 0.0, set(), set()
     with weightdb.connect(path, create=False, budget=budget, policy=policy) as db:
         for model, inputs in requests:
-            drop_cache(path / "pages")
+            drop_page_cache(path / "pages")
             asked = _pool_requests(db)
             start = time.perf_counter()
             db.predict(model, inputs)

@@ -49,8 +49,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import weightdb
-from benchmarks.harness import drop_cache, markdown_table, render, write_results, yes_no
+from benchmarks.harness import markdown_table, render, write_results, yes_no
 from weightdb.database import DEFAULT_BUDGET
+from weightdb.memory_limit import drop_page_cache
 
 try:
     import threadpoolctl
@@ -285,7 +286,7 @@ def _measure(
             for _ in range(CALLS_IN_A_ROW):
                 if cold:
                     for path in system.files:
-                        drop_cache(path)
+                        drop_page_cache(path)
                 before = system.bytes_read() if system.bytes_read else 0
                 start = time.perf_counter()
                 system.predict(feeds)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import weightdb
 from benchmarks import families
-from benchmarks.harness import drop_cache, markdown_table, render, spread, timed, write_results
+from benchmarks.harness import markdown_table, render, spread, timed, write_results
+from weightdb.memory_limit import drop_page_cache
 from weightdb.packing import (
     ALGORITHMS,
     DEFAULT_ALGORITHM,
@@ -155,7 +156,7 @@ def _cold_predict(path: Path, model: str, fam: families.Family, repeats: int) ->
         while connections:
             connections.pop().close()
         connections.append(weightdb.connect(path, create=False, budget=None))
-        drop_cache(path / "pages")
+        drop_page_cache(path / "pages")
 
     seconds = timed(lambda: connections[0].predict(model, inputs), repeats, before=fresh)
     bytes_read = connections[0].pool.stats().bytes_read

@@ -54,7 +54,6 @@ from typing import Any
 
 from benchmarks.harness import (
     available_memory,
-    drop_cache,
     markdown_table,
     ratio,
     render,
@@ -64,6 +63,7 @@ from benchmarks.harness import (
     write_results,
 )
 from benchmarks.serve_sequence import SKEW, agreement, serve, write_config
+from weightdb.memory_limit import drop_page_cache
 
 SYSTEMS = (
     "weightdb", "onnxruntime", "pytorch", "safetensors-mmap", "onnxruntime-all", "pytorch-all"
@@ -113,8 +113,8 @@ def run(quick: bool, out_dir: Path) -> dict:
         for system in SYSTEMS:
             print(f"  {system}: {len(sequence)} requests, budget {mode['budget'] >> 20} MiB, "
                   f"RSS cap {cap / 2**30:.1f} GiB", flush=True)  # fmt: skip
-            drop_cache(models_dir)  # cold storage for every system at its start
-            drop_cache(db_path)
+            drop_page_cache(models_dir)  # cold storage for every system at its start
+            drop_page_cache(db_path)
             outcome = serve(system, config_path, cap, mode["timeout"])
             results["systems"][system] = outcome
             print(f"  {system}: {_outcome(outcome)}, {outcome['total_s']:.0f}s, "

@@ -34,12 +34,12 @@ import numpy as np
 
 from benchmarks.harness import (
     LRUModels,
-    drop_cache,
     report_idle_and_wait,
     rss,
     run_watched,
     summary,
 )
+from weightdb.memory_limit import drop_page_cache
 
 SKEW = 0.9
 """Zipf exponent of the request sequences the scale and budgets suites serve."""
@@ -193,7 +193,7 @@ def _weightdb(config: dict, record: dict, save: Callable[[], None], policy: str 
         record["pool"] = pool_stats_dict(db.pool.stats())
         return answer
 
-    return predict, lambda: drop_cache(Path(config["db"]) / "pages")
+    return predict, lambda: drop_page_cache(Path(config["db"]) / "pages")
 
 
 def _onnxruntime_runtime(config: dict) -> Runtime:
@@ -269,7 +269,7 @@ def _cached(runtime: str) -> Setup:
 
         def evicted(name: str) -> None:
             for path in files[name]:
-                drop_cache(path)
+                drop_page_cache(path)
 
         cache = LRUModels(load, size_of, config["budget"], evicted)
 

@@ -35,7 +35,6 @@ from safetensors.torch import save_file
 import weightdb
 from benchmarks.harness import (
     REPO,
-    drop_cache,
     markdown_table,
     render,
     spread,
@@ -43,6 +42,7 @@ from benchmarks.harness import (
     write_results,
 )
 from benchmarks.serving_baseline import IN, Classifier
+from weightdb.memory_limit import drop_page_cache
 from weightdb.storage.policies import DEFAULT_POLICY
 
 MODELS = 8
@@ -112,10 +112,10 @@ def cold_storage(paths: list[Path]) -> Iterator[None]:
     def dropper() -> None:
         while not stop.wait(0.05):
             for path in paths:
-                drop_cache(path)
+                drop_page_cache(path)
 
     for path in paths:
-        drop_cache(path)
+        drop_page_cache(path)
     thread = threading.Thread(target=dropper, daemon=True)
     thread.start()
     try:

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from benchmarks.harness import LRUModels, drop_cache
+from benchmarks.harness import LRUModels
+from weightdb.memory_limit import drop_page_cache
 
 IN, HIDDEN, CLASSES = 256, 1024, 16
 
@@ -50,7 +51,7 @@ def baseline_app(folder: Path, budget: int):
         load,
         size_of=lambda name: tensor_bytes(folder / f"{name}.safetensors"),
         budget=budget,
-        evicted=lambda name: drop_cache(folder / f"{name}.safetensors"),
+        evicted=lambda name: drop_page_cache(folder / f"{name}.safetensors"),
     )
     lock = threading.Lock()
 

@@ -44,7 +44,6 @@ from safetensors.numpy import load_file, save_file
 
 import weightdb
 from benchmarks.harness import (
-    drop_cache,
     markdown_table,
     ratio,
     render,
@@ -53,6 +52,7 @@ from benchmarks.harness import (
     write_results,
 )
 from weightdb.errors import WeightDBError
+from weightdb.memory_limit import drop_page_cache
 from weightdb.storage.blocking import as_matrix, layout_for
 from weightdb.storage.page_files import fsync_path
 from weightdb.storage.settings import Settings
@@ -214,7 +214,7 @@ class System:
             remove(path)
         os.sync()  # no earlier run's dirty pages get written back during this one
         for path in self.inputs:
-            drop_cache(path)
+            drop_page_cache(path)
         before = usage()
         start = time.perf_counter()
         self.fn()
