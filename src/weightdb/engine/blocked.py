@@ -72,7 +72,8 @@ def _product(
     rows = x.shape[0]
     spans = {span[0] // block: span for span in _spans(first, end, block)}
     cuts = {w: gemm.tiling(inner, w, x.dtype) for w in {b - a for a, b in spans.values()}}
-    tiles = gemm.padded(x, max(cut.base for cut in cuts.values()))
+    # Fixed tiles are powers of two, so padding for the largest pads for every one of them.
+    tiles = gemm.padded(x, max(cut.padded_rows(rows) for cut in cuts.values()))
     out = np.empty((tiles.shape[0], end - first), x.dtype)
 
     def multiply(group: list[int]) -> None:

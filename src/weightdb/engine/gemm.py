@@ -1,20 +1,23 @@
 """Matrix products whose rows do not depend on the batch they arrive in.
 
 A BLAS chooses kernels and splits work by the shapes it is given, and kernels differ in the
-order they sum in. Measured with OpenBLAS's Haswell kernels (used on AMD EPYC): the same row
-gets different last bits in a batch of 7, 64 or 300 rows, and even within one call of 16 rows
-its bits depend on its position. So, while batch invariance is on (the default), every product
-over rows is a sequence of BLAS calls whose row counts the engine chooses from the operand's
-shape alone, BLAS single-threaded (``threads``), with a C-contiguous (k, n) operand whether it
-is a page, a copy or an array in memory. A row's bits then depend on the row alone.
+order they sum in. Measured with OpenBLAS 0.3.31: a lone row is forwarded to a matrix-vector
+kernel with its own order; the Haswell kernels (used on some AMD EPYC) give a row different last
+bits in a batch of 7, 64 or 300 rows, even at different positions of one call of 16 rows; and
+for small products (rows x k x n at most 10^6) OpenBLAS switches to a kernel that sums in
+another order again. So, while batch invariance is on (the default), every product over rows is
+a sequence of BLAS calls whose row counts the engine chooses from the operand's shape alone,
+BLAS single-threaded (``threads``), with a C-contiguous (k, n) operand whether it is a page, a
+copy or an array in memory. A row's bits then depend on the row alone.
 
 How the rows are cut (``tiling``) is measured once per operand shape and process, with fixed
 random data, not assumed:
 
-- flexible: if a row gets the same bits at every position of calls of any multiple of 16 rows
-  (probed at 16, 32, 48, 128, 256 and ``MAX_CALL_ROWS``), rows are padded to a multiple of 16
-  and multiplied in calls of up to ``MAX_CALL_ROWS``. OpenBLAS's SkylakeX kernels qualify: a
-  lone row then costs a 16-row product and a large batch runs at the BLAS's full speed.
+- flexible: if a row gets the same bits at every position of calls of every probed row count
+  from ``min_rows`` up to ``max_rows`` (``PROBED_ROWS``), calls take any number of rows in that
+  range: fewer rows are padded with zeros to ``min_rows`` (2 when a lone row would go to the
+  matrix-vector kernel) and more are cut into calls of nearly equal size. OpenBLAS's SkylakeX
+  kernels qualify: a lone row costs a 2-row product and a large batch runs at the BLAS's speed.
 - fixed: otherwise, the largest tile of at most 32 rows in which a row gets the same bits at
   every position; every call has exactly that many rows (8 with the Haswell kernels), which
   costs a large batch the BLAS's repacking of the operand for every tile.
@@ -28,12 +31,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
+from itertools import pairwise
 
 import numpy as np
 import threadpoolctl
 
-FLEXIBLE_BASE = 16
-MAX_CALL_ROWS = 512
+PROBED_ROWS = (1, 2, 3, 5, 8, 16, 17, 33, 64, 96, 128, 256, 512)
 FIXED_TILES = (32, 16, 8, 4, 2, 1)
 
 _invariant: ContextVar[bool] = ContextVar("weightdb_batch_invariant", default=True)
@@ -51,11 +54,17 @@ def batch_invariance(enabled: bool) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Rows are padded to a multiple of ``base`` and multiplied ``call_rows`` at most per call
-    (always exactly ``base`` when ``call_rows == base``)."""
+    """Every call multiplies between ``min_rows`` and ``max_rows`` rows; a fixed tiling
+    (``min_rows == max_rows``) pads the rows to a multiple of its tile."""
 
-    base: int
-    call_rows: int
+    min_rows: int
+    max_rows: int
+
+    def padded_rows(self, rows: int) -> int:
+        """How many rows ``rows`` become once padded for this tiling."""
+        if self.min_rows == self.max_rows:
+            return -(-rows // self.min_rows) * self.min_rows
+        return max(rows, self.min_rows)
 
 
 UNTILED = Tiling(1, 1 << 62)
@@ -70,58 +79,79 @@ def tiling(k: int, n: int, dtype: np.dtype) -> Tiling:
 def _probed(k: int, n: int, dtype: str) -> Tiling:
     rng = np.random.default_rng(0)
     operand = rng.standard_normal((k, n)).astype(dtype)
-    base = FLEXIBLE_BASE
-    sizes = (base, 2 * base, 3 * base, 8 * base, 16 * base, MAX_CALL_ROWS)
+    rows = [rng.standard_normal(k).astype(dtype) for _ in range(2)]
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        if _same_bits(operand, sizes, rng):
-            return Tiling(base, MAX_CALL_ROWS)
-        tile = next(t for t in FIXED_TILES if _same_bits(operand, (t,), rng))
+        flexible = _flexible(operand, rows, rng)
+        if flexible is not None:
+            return flexible
+        tile = next(t for t in FIXED_TILES if _agree(operand, rows, t, rng))
     return Tiling(tile, tile)
 
 
-def _same_bits(operand: np.ndarray, sizes: tuple[int, ...], rng: np.random.Generator) -> bool:
-    """Whether a row gets the same bits at every position of calls of each of ``sizes`` rows
-    (placed at up to 16 positions per call, spread over it), for two random rows."""
-    for _ in range(2):
-        row = rng.standard_normal(operand.shape[0]).astype(operand.dtype)
-        results = set()
-        for rows in sizes:
-            positions = np.unique(np.linspace(0, rows - 1, min(rows, 16)).astype(int))
-            x = rng.standard_normal((rows, operand.shape[0])).astype(operand.dtype)
-            x[positions] = row
-            product = np.matmul(x, operand)
-            results.update(product[p].tobytes() for p in positions)
-        if len(results) > 1:
-            return False
-    return True
+def _flexible(
+    operand: np.ndarray, rows: list[np.ndarray], rng: np.random.Generator
+) -> Tiling | None:
+    """The flexible tiling: calls of 2 rows up to the last of ``PROBED_ROWS`` before the first
+    count whose bits differ from 2 rows' (1 row too if it agrees), if that reaches 4 rows."""
+    reference = _agree(operand, rows, 2, rng)
+    if not reference:
+        return None
+    max_rows = 2
+    for count in PROBED_ROWS[2:]:
+        if _agree(operand, rows, count, rng) != reference:
+            break
+        max_rows = count
+    if max_rows < 4:
+        return None
+    return Tiling(1 if _agree(operand, rows, 1, rng) == reference else 2, max_rows)
 
 
-def padded(x: np.ndarray, base: int) -> np.ndarray:
-    """A C-contiguous 2-D ``x`` with its rows padded with zeros to a multiple of ``base``."""
+def _agree(
+    operand: np.ndarray, rows: list[np.ndarray], count: int, rng: np.random.Generator
+) -> tuple[bytes, ...] | None:
+    """Each of ``rows``'s product bits if they are the same at every position of a call of
+    ``count`` rows (up to 16 positions, spread over it, among random rows), else None."""
+    positions = np.unique(np.linspace(0, count - 1, min(count, 16)).astype(int))
+    products = []
+    for row in rows:
+        x = rng.standard_normal((count, operand.shape[0])).astype(operand.dtype)
+        x[positions] = row
+        bits = {product.tobytes() for product in np.matmul(x, operand)[positions]}
+        if len(bits) > 1:
+            return None
+        products.append(bits.pop())
+    return tuple(products)
+
+
+def padded(x: np.ndarray, rows: int) -> np.ndarray:
+    """A C-contiguous 2-D ``x`` with its rows padded with zeros to ``rows``
+    (``Tiling.padded_rows``)."""
     x = np.ascontiguousarray(x)
-    rows = x.shape[0]
-    if rows % base == 0:
+    if x.shape[0] == rows:
         return x
-    out = np.zeros((rows + base - rows % base, x.shape[1]), x.dtype)
-    out[:rows] = x
+    out = np.zeros((rows, x.shape[1]), x.dtype)
+    out[: x.shape[0]] = x
     return out
 
 
 def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling) -> None:
-    """out = x @ operand for an ``x`` from ``padded(x, cut.base)``, its rows cut by ``cut``.
+    """out = x @ operand for an ``x`` padded for ``cut``, its rows cut into calls by ``cut``.
 
     Fixed tiles go to numpy as one stack of (tile, k) matrices: its loop makes the same call
     per tile as a Python loop would (the bits are equal), without a Python step per tile.
-    Splitting the first axis of ``out`` is always a view, so the products land in ``out``.
-    ``UNTILED`` (batch invariance off) is one call over all rows.
+    A flexible tiling makes calls of nearly equal size within its range. Splitting the first
+    axis of ``out`` is always a view, so the products land in ``out``. ``UNTILED`` (batch
+    invariance off) is one call over all rows.
     """
-    if cut.call_rows == cut.base:
-        stacked = out.reshape(-1, cut.base, out.shape[1])
-        np.matmul(x.reshape(-1, cut.base, x.shape[1]), operand, out=stacked)
-    else:
-        for start in range(0, x.shape[0], cut.call_rows):
-            stop = start + cut.call_rows
-            np.matmul(x[start:stop], operand, out=out[start:stop])
+    rows = x.shape[0]
+    if cut.min_rows == cut.max_rows:
+        stacked = out.reshape(-1, cut.min_rows, out.shape[1])
+        np.matmul(x.reshape(-1, cut.min_rows, x.shape[1]), operand, out=stacked)
+        return
+    calls = -(-rows // cut.max_rows)
+    edges = [rows * call // calls for call in range(calls + 1)]
+    for start, stop in pairwise(edges):
+        np.matmul(x[start:stop], operand, out=out[start:stop])
 
 
 def product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
@@ -130,7 +160,7 @@ def product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
         return np.matmul(x, operand)
     operand = np.ascontiguousarray(operand)
     cut = tiling(*operand.shape, operand.dtype)
-    rows = padded(x, cut.base)
+    rows = padded(x, cut.padded_rows(x.shape[0]))
     out = np.empty((rows.shape[0], operand.shape[1]), np.result_type(x, operand))
     multiply(rows, operand, out, cut)
     return out[: x.shape[0]]
