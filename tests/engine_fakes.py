@@ -35,15 +35,31 @@ class CountingWeight:
 
     @contextmanager
     def block(self, i: int, j: int) -> Iterator[np.ndarray]:
+        """Block (i, j), a contiguous copy as storage would give it, pinned while in use."""
         ledger = self._ledger
         ledger.active += 1
         ledger.peak = max(ledger.peak, ledger.active)
         ledger.read.add((self.name, i, j))
+        r0, r1, c0, c1 = self.layout.bounds(i, j)
         try:
-            with self._source.block(i, j) as block:
-                yield block
+            yield np.ascontiguousarray(self._source.matrix[r0:r1, c0:c1])
         finally:
             ledger.active -= 1
+
+    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        """Copied block by block, each pinned only for its copy (a page per block)."""
+        (r0, r1), (c0, c1) = rows, cols
+        layout = self.layout
+        out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
+        for i in range(r0 // layout.block_rows, -(-r1 // layout.block_rows)):
+            for j in range(c0 // layout.block_cols, -(-c1 // layout.block_cols)):
+                br0, br1, bc0, bc1 = layout.bounds(i, j)
+                lo_r, hi_r, lo_c, hi_c = max(r0, br0), min(r1, br1), max(c0, bc0), min(c1, bc1)
+                with self.block(i, j) as block:
+                    out[lo_r - r0 : hi_r - r0, lo_c - c0 : hi_c - c0] = block[
+                        lo_r - br0 : hi_r - br0, lo_c - bc0 : hi_c - bc0
+                    ]
+        return out
 
     def pins_at_once(self) -> int:
         return 1  # a pool of one page: products run serially, one pin at a time

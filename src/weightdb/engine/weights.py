@@ -1,7 +1,7 @@
 """The contract between storage and the engine: a weight tensor readable block by block.
 
 Storage hands the engine one ``StoredWeight`` per large initializer. The engine reads it only
-through ``block``, ``panels`` and ``block_rows``, so every byte flows through the buffer pool
+through ``region``, ``panels`` and ``block_rows``, so every byte flows through the buffer pool
 and is pinned only while an operator uses it. A pool that holds a model's pages holds its
 weights: panels are views of the pages, so weights shared by several models are in memory once.
 ``InMemoryWeight`` is the same contract over a numpy array, for running a graph without a
@@ -26,10 +26,6 @@ class StoredWeight(Protocol):
     shape: tuple[int, ...]
     layout: BlockLayout
 
-    def block(self, i: int, j: int) -> AbstractContextManager[np.ndarray]:
-        """Pin block (i, j) of the matrix view and yield a read-only 2-D view; unpinned on exit."""
-        ...
-
     def pins_at_once(self) -> int:
         """How many pins of this weight's pages may be held at once (workers share products
         only when each can pin its own page)."""
@@ -49,6 +45,11 @@ class StoredWeight(Protocol):
 
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         """Block rows grouped so that each group is read under one pin per page."""
+        ...
+
+    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        """Rows [r0, r1) x cols [c0, c1) of the matrix view, copied (or viewed, in memory) as
+        one contiguous array of ``dtype``."""
         ...
 
     def block_rows(
@@ -117,11 +118,6 @@ class InMemoryWeight:
                 kept = self._panels.setdefault(key, kept)
         return kept
 
-    @contextmanager
-    def block(self, i: int, j: int) -> Iterator[np.ndarray]:
-        r0, r1, c0, c1 = self.layout.bounds(i, j)
-        yield np.ascontiguousarray(self.matrix[r0:r1, c0:c1])
-
     def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
         """``read_region`` of this weight: a view when the region is contiguous."""
         (r0, r1), (c0, c1) = rows, cols
@@ -133,24 +129,11 @@ def read_region(
 ) -> np.ndarray:
     """Rows [r0, r1) x cols [c0, c1) of the matrix view as a contiguous array of ``dtype``.
 
-    An in-memory weight answers with a view when it can. A stored one is copied out of the
-    blocks that cover the region, each pinned only for its copy, so the buffer pool never holds
-    more than one block of this weight on our behalf.
+    An in-memory weight answers with a view when it can; a stored one copies the region out of
+    its blocks a page at a time (``StoredTensor.region``), so the buffer pool never holds more
+    than one page of this weight on our behalf.
     """
-    if isinstance(weight, InMemoryWeight):
-        return weight.region(rows, cols, dtype)
-    (r0, r1), (c0, c1) = rows, cols
-    layout = weight.layout
-    out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
-    for i in range(r0 // layout.block_rows, -(-r1 // layout.block_rows)):
-        for j in range(c0 // layout.block_cols, -(-c1 // layout.block_cols)):
-            br0, br1, bc0, bc1 = layout.bounds(i, j)
-            lo_r, hi_r, lo_c, hi_c = max(r0, br0), min(r1, br1), max(c0, bc0), min(c1, bc1)
-            with weight.block(i, j) as block:
-                out[lo_r - r0 : hi_r - r0, lo_c - c0 : hi_c - c0] = block[
-                    lo_r - br0 : hi_r - br0, lo_c - bc0 : hi_c - bc0
-                ]
-    return out
+    return weight.region(rows, cols, dtype)
 
 
 def materialize(weight: StoredWeight) -> np.ndarray:

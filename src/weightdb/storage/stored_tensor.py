@@ -128,6 +128,34 @@ class StoredTensor:
                     rows.append([page(int(p)).block(int(slot)) for p, slot in self.locations[i]])
             yield rows
 
+    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+        """Rows [r0, r1) x cols [c0, c1) of the matrix view, copied out of the blocks that cover
+        it as one contiguous array of ``dtype``. The blocks are taken page by page, each page
+        pinned once for the copies it serves, so the pool holds at most one page of this
+        tensor on our behalf."""
+        (r0, r1), (c0, c1) = rows, cols
+        block_rows, block_cols = self.layout.block_rows, self.layout.block_cols
+        out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
+        grid = self.locations[
+            r0 // block_rows : -(-r1 // block_rows), c0 // block_cols : -(-c1 // block_cols)
+        ]
+        by_page: dict[int, list[tuple[int, int, int]]] = {}
+        for (di, dj), (page_id, slot) in zip(
+            np.ndindex(grid.shape[:2]), grid.reshape(-1, 2).tolist(), strict=True
+        ):
+            by_page.setdefault(page_id, []).append(
+                (r0 // block_rows + di, c0 // block_cols + dj, slot)
+            )
+        for page_id, blocks in by_page.items():
+            with self.pool.pinned(page_id, self.model) as page:
+                for i, j, slot in blocks:
+                    br0, br1, bc0, bc1 = self.layout.bounds(i, j)
+                    lo_r, hi_r, lo_c, hi_c = max(r0, br0), min(r1, br1), max(c0, bc0), min(c1, bc1)
+                    out[lo_r - r0 : hi_r - r0, lo_c - c0 : hi_c - c0] = page.block(slot)[
+                        lo_r - br0 : hi_r - br0, lo_c - bc0 : hi_c - bc0
+                    ]
+        return out
+
     def row_bands(self) -> Iterator[np.ndarray]:
         """The matrix view one block row at a time, so a huge tensor is never held whole."""
         grid_rows, grid_cols = self.layout.grid
