@@ -3,13 +3,15 @@
 Compiling a graph costs far more than a small prediction, so the database keeps the most
 recently used ``PreparedModel``s. An entry is keyed by the model's catalog row id and the
 catalog's layout generation, so a re-imported model, or a layout change, is compiled afresh
-while in-flight predictions finish on the objects they hold. Each entry also holds whether the
-graph's rows are independent, judged on the same graph, so a batcher never pairs one graph's
-verdict with another graph's run.
+while in-flight predictions finish on the objects they hold. The key is looked up again only
+when the catalog's change token moved, so a request to an unchanged catalog costs one pragma.
+Each entry also holds whether the graph's rows are independent, judged on the same graph, so a
+batcher never pairs one graph's verdict with another graph's run.
 """
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 
 from weightdb.engine.executor import PreparedModel, prepare
 from weightdb.engine.row_independence import RowIndependence, row_independence
@@ -17,14 +19,20 @@ from weightdb.errors import WeightDBError
 from weightdb.storage.store import Store
 
 
+@dataclass
+class _Entry:
+    key: tuple[int, int]  # the model's row id and the layout generation it was compiled at
+    token: tuple[int, int]  # the catalog's change token when ``key`` was last confirmed
+    prepared: PreparedModel
+    independence: RowIndependence
+
+
 class PreparedModels:
     def __init__(self, store: Store, batch_invariant: bool, capacity: int = 32) -> None:
         self._store = store
         self._batch_invariant = batch_invariant
         self._capacity = capacity
-        self._entries: OrderedDict[str, tuple[tuple, PreparedModel, RowIndependence]] = (
-            OrderedDict()
-        )
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> PreparedModel:
@@ -32,19 +40,23 @@ class PreparedModels:
 
     def batchable(self, name: str) -> tuple[PreparedModel, RowIndependence]:
         """The compiled model and whether requests for it may be stacked into one batch."""
-        key = (self._store.catalog.model_id(name), self._store.catalog.layout_generation())
+        catalog = self._store.catalog
+        token = catalog.change_token()
         with self._lock:
             entry = self._entries.get(name)
-            if entry is not None and entry[0] == key:
+            if entry is not None and entry.token == token:
                 self._entries.move_to_end(name)
-                return entry[1:]
-        entry = (key, *self._compile(name))
+                return entry.prepared, entry.independence
+        key = (catalog.model_id(name), catalog.layout_generation())
+        if entry is None or entry.key != key:
+            entry = _Entry(key, token, *self._compile(name))
+        entry.token = token
         with self._lock:
             self._entries[name] = entry
             self._entries.move_to_end(name)
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-        return entry[1:]
+        return entry.prepared, entry.independence
 
     def clear(self) -> None:
         """Drop every compiled model."""

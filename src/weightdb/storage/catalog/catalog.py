@@ -145,6 +145,13 @@ class Catalog(
         """A number that changes whenever a commit moves blocks to other pages."""
         return int(self.get_meta("layout_generation", "0"))
 
+    def change_token(self) -> tuple[int, int]:
+        """Equal to an earlier token only if no row changed since: SQLite's data_version
+        counts other connections' commits, ``total_changes`` this connection's writes. One
+        pragma, so per-request caches can check it cheaply."""
+        (version,) = self.conn.execute("PRAGMA data_version").fetchone()
+        return version, self.conn.total_changes
+
     def answers(self) -> None:
         """Raise ``CatalogError`` unless the catalog answers a query (for readiness checks)."""
         self.conn.execute("SELECT 1 FROM models LIMIT 1").fetchall()
