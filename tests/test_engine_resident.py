@@ -6,6 +6,7 @@ import threadpoolctl
 import torch
 
 import weightdb
+from weightdb.storage.assembled import AssembledArrays
 
 SETTINGS = weightdb.Settings(block_rows=16, block_cols=16, page_size=4096)
 
@@ -87,3 +88,57 @@ def test_products_shared_by_the_engine_threads_are_bitwise_equal_to_streamed(tmp
             with weightdb.connect(tmp_path / "db", budget=budget) as db:
                 outputs.append(db.predict("wide", {"x": x})[db.prepared.get("wide").outputs[0]])
     assert outputs[0].tobytes() == outputs[1].tobytes()
+
+
+def _narrow_paged(tmp_path) -> tuple[np.ndarray, int, int]:
+    """A database whose first weight's panels (200 x 16) cannot fit a 4 KB page: features,
+    the bytes of its pages, and the bytes of the panels the engine copies out of them."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(200, 48), torch.nn.ReLU(), torch.nn.Linear(48, 4))
+    x = np.random.default_rng(4).standard_normal((5, 200), dtype=np.float32)
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        db.from_torch(
+            module, (torch.from_numpy(x),), name="net", input_names=["x"], output_names=["y"]
+        )
+        pages = db.store.catalog.page_bytes()
+    return x, pages, 48 * 200 * 4
+
+
+def test_panels_copied_out_of_small_pages_are_kept_beside_them(tmp_path):
+    """With room in the budget, the copies stay for the next request, which then counts the
+    same page requests as a hit each and reads nothing; without room, none is kept and the
+    result is the same bits."""
+    x, pages, copied = _narrow_paged(tmp_path)
+    with weightdb.connect(tmp_path / "db", budget=None) as db:
+        first = db.predict("net", {"x": x})["y"]
+        after_first = db.pool.stats()
+        assert after_first.resident_bytes == pages + copied
+        second = db.predict("net", {"x": x})["y"]
+        after_second = db.pool.stats()
+        assert after_second.misses == after_first.misses
+        requests = after_first.hits + after_first.misses
+        assert after_second.hits + after_second.misses == 2 * requests
+    with weightdb.connect(tmp_path / "db", budget=pages) as db:
+        tight = db.predict("net", {"x": x})["y"]
+        assert db.pool.stats().resident_bytes == pages
+    assert first.tobytes() == second.tobytes() == tight.tobytes()
+
+
+def test_kept_copies_never_change_which_pages_are_read(tmp_path, monkeypatch):
+    """A pool that streams the model makes the same misses and evictions, request by request,
+    whether or not it keeps copies, and never holds more than its budget."""
+    x, pages, _ = _narrow_paged(tmp_path)
+
+    def run() -> list[tuple[int, int]]:
+        seen = []
+        with weightdb.connect(tmp_path / "db", budget=pages // 2) as db:
+            for rows in (1, 5, 2, 5):
+                db.predict("net", {"x": x[:rows]})
+                stats = db.pool.stats()
+                assert stats.resident_bytes <= pages // 2
+                seen.append((stats.misses, stats.evictions))
+        return seen
+
+    keeping = run()
+    monkeypatch.setattr(AssembledArrays, "keep", lambda *args: False)
+    assert run() == keeping

@@ -8,11 +8,14 @@ the budget it would need, instead of overrunning memory.
 Pages holding coded blocks (the lossless tier) are decoded on a miss, and the pool holds their
 images only (``page_images``), so the budget counts exactly the bytes resident: an image, or a
 raw page as read. Decoding a delta pins its base's page for the time it takes.
+
+Arrays assembled from resident pages (``assembled``) share the budget without ever displacing
+a page, so the policy's decisions and the bytes read do not depend on them.
 """
 
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from weightdb.errors import BudgetExceededError
+from weightdb.storage.assembled import AssembledArrays
 from weightdb.storage.page_files import PageLocation, PageReader
 from weightdb.storage.page_format import COLUMN_MAJOR, BlockEntry, Page
 from weightdb.storage.page_images import decode_page
@@ -83,22 +87,53 @@ class BufferPool:
         self._resident_bytes = 0
         self._lock = threading.RLock()
         self._stats = PoolStats()
+        self._assembled = AssembledArrays()
         self.recorder: RequestRecorder | None = None
 
     def pin(self, page_id: int, model: str | None = None) -> Page:
         """Return the page, resident and pinned until the matching ``unpin``."""
         with self._lock:
-            if self.recorder is not None:
-                self.recorder.record(page_id, model)
             frame = self._frames.get(page_id)
-            self.policy.on_request(page_id, model, hit=frame is not None)
-            if frame is not None:
-                self._stats.hits += 1
-            else:
-                self._stats.misses += 1
+            self._requested(page_id, model, hit=frame is not None)
+            if frame is None:
                 frame = self._load(page_id)
             frame.pins += 1
             return frame.page
+
+    def _requested(self, page_id: int, model: str | None, hit: bool) -> None:
+        if self.recorder is not None:
+            self.recorder.record(page_id, model)
+        self.policy.on_request(page_id, model, hit=hit)
+        if hit:
+            self._stats.hits += 1
+        else:
+            self._stats.misses += 1
+
+    def assembled(
+        self,
+        key: Hashable,
+        pages: frozenset[int],
+        assemble: Callable[[], np.ndarray],
+        model: str | None = None,
+    ) -> np.ndarray:
+        """The array ``assemble`` builds from ``pages`` (pinning them itself), kept for the
+        next request while all of them stay resident and it fits beside them (see
+        ``assembled`` module). A request served by a kept array counts as a hit on each of its
+        pages, as copying it afresh would."""
+        with self._lock:
+            kept = self._assembled.get(key)
+            if kept is not None:
+                for page_id in sorted(kept.pages):
+                    self._requested(page_id, model, hit=True)
+                return kept.array
+        array = assemble()
+        with self._lock:
+            fits = self.budget_bytes is None or (
+                self._resident_bytes + array.nbytes <= self.budget_bytes
+            )
+            if fits and pages <= self._frames.keys() and self._assembled.keep(key, array, pages):
+                self._resident_bytes += array.nbytes
+        return array
 
     def holds_at_once(self, page_ids: Iterable[int]) -> int:
         """How many of the largest of these pages the budget holds pinned at once."""
@@ -178,6 +213,10 @@ class BufferPool:
         """Evict until ``incoming`` more bytes fit next to the frames."""
         assert self.budget_bytes is not None
         while self._resident_bytes + incoming > self.budget_bytes:
+            freed = self._assembled.drop_oldest()
+            if freed is not None:
+                self._resident_bytes -= freed
+                continue
             victim = self.policy.victim(lambda page: self._frames[page].pins == 0)
             if victim is None:
                 held = self._resident_bytes
@@ -193,6 +232,7 @@ class BufferPool:
     def _evict(self, page_id: int) -> None:
         frame = self._frames.pop(page_id)
         self._resident_bytes -= frame.page.nbytes
+        self._resident_bytes -= self._assembled.drop_page(page_id)
         self.policy.on_remove(page_id)
 
     def discard(self, page_ids: set[int]) -> None:

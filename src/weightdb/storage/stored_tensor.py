@@ -84,19 +84,37 @@ class StoredTensor:
         return groups
 
     @contextmanager
-    def panels(self, axis: PanelAxis, group: list[int]) -> Iterator[list[np.ndarray | None]]:
-        """The panels of one ``panel_groups`` group, each a (K, width) array viewing its page
-        (block rows as their transpose), all pinned by one pin; None for a panel whose blocks
-        are not back to back (the engine copies those)."""
+    def panels(self, axis: PanelAxis, group: list[int]) -> Iterator[list[np.ndarray]]:
+        """The panels of one ``panel_groups`` group, each a C-contiguous (K, width) array: a
+        view of its page (block rows as their transpose) when its blocks lie back to back, all
+        pinned by one pin; else a copy of its blocks, which the pool keeps while its pages are
+        resident and the budget has room (``BufferPool.assembled``)."""
         runs = [self._run(axis, index) for index in group]
-        pages = {run[0] for run in runs if run is not None}
-        if not pages:
-            yield [None] * len(group)
-            return
-        (page_id,) = pages
-        order = ROW_MAJOR if axis == "columns" else COLUMN_MAJOR
-        with self.pool.pinned(page_id, self.model) as page:
-            yield [page.run(run[1], order) if run else None for run in runs]
+        if runs[0] is not None:
+            order = ROW_MAJOR if axis == "columns" else COLUMN_MAJOR
+            with self.pool.pinned(runs[0][0], self.model) as page:
+                views = [page.run(slots, order) for _, slots in runs]
+                if all(view is not None for view in views):
+                    yield views
+                    return
+            for index in group:  # back to back, but in the other order: copy from now on
+                self._runs[axis, index] = None
+        yield [self._assembled_panel(axis, index) for index in group]
+
+    def _assembled_panel(self, axis: PanelAxis, index: int) -> np.ndarray:
+        grid = self.locations[:, index] if axis == "columns" else self.locations[index]
+        key = (axis, self.dtype.str, grid.tobytes())
+        pages = frozenset(grid[:, 0].tolist())
+        inner = self.layout.matrix_shape[0 if axis == "columns" else 1]
+        if axis == "columns":
+            _, _, c0, c1 = self.layout.bounds(0, index)
+            assemble = lambda: self.region((0, inner), (c0, c1), self.dtype)  # noqa: E731
+        else:
+            r0, r1, _, _ = self.layout.bounds(index, 0)
+            assemble = lambda: np.ascontiguousarray(  # noqa: E731
+                self.region((r0, r1), (0, inner), self.dtype).T
+            )
+        return self.pool.assembled(key, pages, assemble, self.model)
 
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         """Block rows grouped by the page that holds their first block, in order."""
