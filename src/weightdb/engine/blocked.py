@@ -72,20 +72,21 @@ def _product(
     rows = x.shape[0]
     spans = {span[0] // block: span for span in _spans(first, end, block)}
     cuts = {w: gemm.tiling(inner, w, x.dtype) for w in {b - a for a, b in spans.values()}}
-    # Fixed tiles are powers of two, so padding for the largest pads for every one of them.
-    tiles = gemm.padded(x, max(cut.padded_rows(rows) for cut in cuts.values()))
-    out = np.empty((tiles.shape[0], end - first), x.dtype)
+    padded = {n: gemm.padded(x, n) for n in {cut.padded_rows(rows) for cut in cuts.values()}}
+    out = np.empty((max(padded), end - first), x.dtype)
 
     def multiply(group: list[int]) -> None:
         with weight.panels(axis, group) as runs:
             for index, run in zip(group, runs, strict=True):
                 span = spans[index]
+                cut = cuts[span[1] - span[0]]
+                tiles = padded[cut.padded_rows(rows)]
                 operand = _operand(weight, axis, span, x.dtype, run)
-                target = out[:, span[0] - first : span[1] - first]
-                gemm.multiply(tiles, operand, target, cuts[span[1] - span[0]])
+                target = out[: tiles.shape[0], span[0] - first : span[1] - first]
+                gemm.multiply(tiles, operand, target, cut)
 
     groups = weight.panel_groups(axis, list(spans))
-    work = tiles.shape[0] * inner * (end - first)
+    work = max(padded) * inner * (end - first)
     parallel = threads.worth(work) and weight.pins_at_once() > threads.workers()
     threads.run_all(multiply, groups, parallel)
     return out[:rows]

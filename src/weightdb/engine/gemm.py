@@ -1,23 +1,25 @@
 """Matrix products whose rows do not depend on the batch they arrive in.
 
 A BLAS chooses kernels and splits work by the shapes it is given, and kernels differ in the
-order they sum in. Measured with OpenBLAS 0.3.31: a lone row is forwarded to a matrix-vector
-kernel with its own order; the Haswell kernels (used on some AMD EPYC) give a row different last
-bits in a batch of 7, 64 or 300 rows, even at different positions of one call of 16 rows; and
-for small products (rows x k x n at most 10^6) OpenBLAS switches to a kernel that sums in
-another order again. So, while batch invariance is on (the default), every product over rows is
-a sequence of BLAS calls whose row counts the engine chooses from the operand's shape alone,
-BLAS single-threaded (``threads``), with a C-contiguous (k, n) operand whether it is a page, a
-copy or an array in memory. A row's bits then depend on the row alone.
+order they sum in. Measured with OpenBLAS 0.3.31: a lone row goes to a matrix-vector kernel
+with its own order; products of at most 10^6 multiply-adds go to a small-matrix kernel with
+another; rows left over after a kernel's unrolled groups (of 4, 8 or 16) take a tail path that
+may sum differently again; and the Haswell kernels (used on some AMD EPYC) give a row different
+bits at different positions of one call of 16 rows. So, while batch invariance is on (the
+default), every product over rows is a sequence of BLAS calls whose row counts the engine
+chooses from the operand's shape alone, BLAS single-threaded (``threads``), with a C-contiguous
+(k, n) operand whether it is a page, a copy or an array in memory. A row's bits then depend on
+the row alone.
 
 How the rows are cut (``tiling``) is measured once per operand shape and process, with fixed
 random data, not assumed:
 
-- flexible: if a row gets the same bits at every position of calls of every probed row count
-  from ``min_rows`` up to ``max_rows`` (``PROBED_ROWS``), calls take any number of rows in that
-  range: fewer rows are padded with zeros to ``min_rows`` (2 when a lone row would go to the
-  matrix-vector kernel) and more are cut into calls of nearly equal size. OpenBLAS's SkylakeX
-  kernels qualify: a lone row costs a 2-row product and a large batch runs at the BLAS's speed.
+- flexible: a row gets the same bits at every position of calls of 512 rows and of every
+  probed multiple of 16 down to ``low`` rows. Batches are padded to a multiple of 16 (at least
+  ``low``) and cut into calls of multiples of 16 of nearly equal size, at most 512 rows. A batch
+  of at most ``min_rows`` rows, the fewest of 1, 2, 4 or 8 that also agree (or ``low``), is one
+  call of ``min_rows`` rows: a lone row costs a product of 2 or 8 rows, not 16, and a large
+  batch runs at the BLAS's own speed. OpenBLAS's SkylakeX kernels qualify.
 - fixed: otherwise, the largest tile of at most 32 rows in which a row gets the same bits at
   every position; every call has exactly that many rows (8 with the Haswell kernels), which
   costs a large batch the BLAS's repacking of the operand for every tile.
@@ -36,7 +38,10 @@ from itertools import pairwise
 import numpy as np
 import threadpoolctl
 
-PROBED_ROWS = (1, 2, 3, 5, 8, 16, 17, 33, 64, 96, 128, 256, 512)
+FLEXIBLE_STEP = 16
+MAX_CALL_ROWS = 512
+PROBED_MULTIPLES = (256, 128, 96, 64, 48, 32, 16)  # of FLEXIBLE_STEP, below MAX_CALL_ROWS
+SMALL_CALLS = (1, 2, 4, 8)
 FIXED_TILES = (32, 16, 8, 4, 2, 1)
 
 _invariant: ContextVar[bool] = ContextVar("weightdb_batch_invariant", default=True)
@@ -54,20 +59,21 @@ def batch_invariance(enabled: bool) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Tiling:
-    """Every call multiplies between ``min_rows`` and ``max_rows`` rows; a fixed tiling
-    (``min_rows == max_rows``) pads the rows to a multiple of its tile."""
+    """Calls of exactly ``min_rows`` rows for a batch that small, else of multiples of ``step``
+    rows, at most ``max_rows`` each; a fixed tiling has all three equal."""
 
     min_rows: int
     max_rows: int
+    step: int
 
     def padded_rows(self, rows: int) -> int:
         """How many rows ``rows`` become once padded for this tiling."""
-        if self.min_rows == self.max_rows:
-            return -(-rows // self.min_rows) * self.min_rows
-        return max(rows, self.min_rows)
+        if rows <= self.min_rows:
+            return self.min_rows
+        return -(-rows // self.step) * self.step
 
 
-UNTILED = Tiling(1, 1 << 62)
+UNTILED = Tiling(1, 1 << 62, 1)
 
 
 def tiling(k: int, n: int, dtype: np.dtype) -> Tiling:
@@ -85,25 +91,30 @@ def _probed(k: int, n: int, dtype: str) -> Tiling:
         if flexible is not None:
             return flexible
         tile = next(t for t in FIXED_TILES if _agree(operand, rows, t, rng))
-    return Tiling(tile, tile)
+    return Tiling(tile, tile, tile)
 
 
 def _flexible(
     operand: np.ndarray, rows: list[np.ndarray], rng: np.random.Generator
 ) -> Tiling | None:
-    """The flexible tiling: calls of 2 rows up to the last of ``PROBED_ROWS`` before the first
-    count whose bits differ from 2 rows' (1 row too if it agrees), if that reaches 4 rows."""
-    reference = _agree(operand, rows, 2, rng)
-    if not reference:
+    """The flexible tiling (see above), if calls of 512 rows agree with calls of at least one
+    quarter as many."""
+    reference = _agree(operand, rows, MAX_CALL_ROWS, rng)
+    if reference is None:
         return None
-    max_rows = 2
-    for count in PROBED_ROWS[2:]:
+    low = MAX_CALL_ROWS
+    for count in PROBED_MULTIPLES:
         if _agree(operand, rows, count, rng) != reference:
             break
-        max_rows = count
-    if max_rows < 4:
+        low = count
+    if low > MAX_CALL_ROWS // 4:
         return None
-    return Tiling(1 if _agree(operand, rows, 1, rng) == reference else 2, max_rows)
+    small = (
+        c
+        for c in SMALL_CALLS
+        if low == FLEXIBLE_STEP and _agree(operand, rows, c, rng) == reference
+    )
+    return Tiling(next(small, low), MAX_CALL_ROWS, FLEXIBLE_STEP)
 
 
 def _agree(
@@ -135,13 +146,14 @@ def padded(x: np.ndarray, rows: int) -> np.ndarray:
 
 
 def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling) -> None:
-    """out = x @ operand for an ``x`` padded for ``cut``, its rows cut into calls by ``cut``.
+    """out = x @ operand for an ``x`` padded for ``cut`` (``Tiling.padded_rows``), its rows cut
+    into calls by ``cut``.
 
     Fixed tiles go to numpy as one stack of (tile, k) matrices: its loop makes the same call
     per tile as a Python loop would (the bits are equal), without a Python step per tile.
-    A flexible tiling makes calls of nearly equal size within its range. Splitting the first
-    axis of ``out`` is always a view, so the products land in ``out``. ``UNTILED`` (batch
-    invariance off) is one call over all rows.
+    Otherwise the calls are as equal as whole steps allow. Splitting the first axis of ``out``
+    is always a view, so the products land in ``out``. ``UNTILED`` (batch invariance off) is
+    one call over all rows.
     """
     rows = x.shape[0]
     if cut.min_rows == cut.max_rows:
@@ -149,7 +161,8 @@ def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling) -
         np.matmul(x.reshape(-1, cut.min_rows, x.shape[1]), operand, out=stacked)
         return
     calls = -(-rows // cut.max_rows)
-    edges = [rows * call // calls for call in range(calls + 1)]
+    steps = rows // cut.step
+    edges = [cut.step * (steps * call // calls) for call in range(calls)] + [rows]
     for start, stop in pairwise(edges):
         np.matmul(x[start:stop], operand, out=out[start:stop])
 
