@@ -179,3 +179,11 @@ def test_window_geometry_matches_onnxruntime(case, tmp_path):
 
     assert got.shape == want.shape
     assert relative_error(got, want) < 1e-5
+
+
+def test_a_page_holding_a_whole_layer_is_shared_among_the_workers():
+    """One pin per page would make a layer on one page a single task for one worker."""
+    from weightdb.engine.blocked import _shared
+
+    assert _shared([list(range(12))], 12, 2) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert _shared([[0, 1, 2], [3, 4, 5, 6], [7]], 8, 2) == [[0, 1], [2], [3, 4], [5, 6], [7]]

@@ -88,8 +88,18 @@ def _product(
     groups = weight.panel_groups(axis, list(spans))
     work = max(padded) * inner * (end - first)
     parallel = threads.worth(work) and weight.pins_at_once() > threads.workers()
+    if parallel:
+        groups = _shared(groups, len(spans), threads.workers())
     threads.run_all(multiply, groups, parallel)
     return out[:rows]
+
+
+def _shared(groups: list[list[int]], panels: int, workers: int) -> list[list[int]]:
+    """Groups cut into pieces of at most a 1 / (2 * workers) share of the panels, each still
+    one pin: a page often holds a whole layer's panels, and one task per page would leave the
+    other workers idle."""
+    size = -(-panels // (2 * workers))
+    return [group[i : i + size] for group in groups for i in range(0, len(group), size)]
 
 
 def matmul(x: np.ndarray, weight: StoredWeight) -> np.ndarray:
