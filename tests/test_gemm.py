@@ -4,8 +4,9 @@ of unrolled groups, packed)."""
 
 import numpy as np
 import pytest
+import threadpoolctl
 
-from weightdb.engine import gemm
+from weightdb.engine import gemm, threads
 
 SHAPES = [(1024, 128), (2048, 128), (1024, 10), (288, 8), (54, 2), (9, 32), (384, 4)]
 SIZES = (1, 2, 3, 5, 8, 9, 16, 17, 100, 511, 513, 700)
@@ -43,3 +44,22 @@ def test_large_batches_are_cut_into_near_equal_calls_of_whole_steps(monkeypatch)
     x = np.ones((1040, 4), np.float32)
     gemm.multiply(x, np.ones((4, 3), np.float32), np.empty((1040, 3), np.float32), cut)
     assert calls == [336, 352, 352]
+
+
+@pytest.mark.parametrize(
+    "shape", [(1024, 128), (256, 64), (288, 32)], ids=lambda s: f"{s[0]}x{s[1]}"
+)
+def test_products_shared_among_workers_give_the_same_bits(shape):
+    """Calls cut finer for two workers stay within the tiling, so the bits do not change; so
+    do stacks of matrices cut along their first axis."""
+    rng = np.random.default_rng(8)
+    operand = rng.standard_normal(shape, dtype=np.float32)
+    x = rng.standard_normal((3000, shape[0]), dtype=np.float32)
+    a = rng.standard_normal((6, 4, 300, 32), dtype=np.float32)
+    b = rng.standard_normal((6, 4, 32, 300), dtype=np.float32)
+    with threadpoolctl.threadpool_limits(1):
+        alone, stacked = gemm.product(x, operand), gemm.matmul(a, b)
+    with threadpoolctl.threadpool_limits(2), threads.engine_threads():
+        assert threads.workers() == 2
+        assert gemm.product(x, operand).tobytes() == alone.tobytes()
+        assert gemm.matmul(a, b).tobytes() == stacked.tobytes()

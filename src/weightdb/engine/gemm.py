@@ -38,6 +38,8 @@ from itertools import pairwise
 import numpy as np
 import threadpoolctl
 
+from weightdb.engine import threads
+
 FLEXIBLE_STEP = 16
 MAX_CALL_ROWS = 512
 PROBED_MULTIPLES = (256, 128, 96, 64, 48, 32, 16)  # of FLEXIBLE_STEP, below MAX_CALL_ROWS
@@ -145,37 +147,49 @@ def padded(x: np.ndarray, rows: int) -> np.ndarray:
     return out
 
 
-def multiply(x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling) -> None:
+def multiply(
+    x: np.ndarray, operand: np.ndarray, out: np.ndarray, cut: Tiling, parallel: bool = False
+) -> None:
     """out = x @ operand for an ``x`` padded for ``cut`` (``Tiling.padded_rows``), its rows cut
-    into calls by ``cut``.
+    into calls by ``cut``; with ``parallel``, the calls are shared among the engine's workers.
 
-    Fixed tiles go to numpy as one stack of (tile, k) matrices: its loop makes the same call
-    per tile as a Python loop would (the bits are equal), without a Python step per tile.
-    Otherwise the calls are as equal as whole steps allow. Splitting the first axis of ``out``
-    is always a view, so the products land in ``out``. ``UNTILED`` (batch invariance off) is
-    one call over all rows.
+    Fixed tiles go to numpy as stacks of (tile, k) matrices: its loop makes the same call per
+    tile as a Python loop would (the bits are equal), without a Python step per tile. Otherwise
+    the calls are as equal as whole steps allow, and more of them (never below ``min_rows`` or
+    one step) when shared. Splitting the first axis of ``out`` is always a view, so the
+    products land in ``out``. ``UNTILED`` (batch invariance off) is one call over all rows.
     """
-    rows = x.shape[0]
-    if cut.min_rows == cut.max_rows:
-        stacked = out.reshape(-1, cut.min_rows, out.shape[1])
-        np.matmul(x.reshape(-1, cut.min_rows, x.shape[1]), operand, out=stacked)
-        return
-    calls = -(-rows // cut.max_rows)
-    steps = rows // cut.step
-    edges = [cut.step * (steps * call // calls) for call in range(calls)] + [rows]
-    for start, stop in pairwise(edges):
-        np.matmul(x[start:stop], operand, out=out[start:stop])
+    rows, (k, n) = x.shape[0], operand.shape
+    fixed = cut.min_rows == cut.max_rows
+    unit = cut.min_rows if fixed else cut.step
+    smallest = unit if fixed else max(cut.step, cut.min_rows)
+    calls = 1 if fixed else -(-rows // cut.max_rows)
+    if parallel:
+        calls = max(calls, min(2 * threads.workers(), rows // smallest))
+    units = rows // unit
+    edges = [unit * (units * call // calls) for call in range(calls)] + [rows]
+
+    def call(span: tuple[int, int]) -> None:
+        start, stop = span
+        if fixed:
+            stacked = out[start:stop].reshape(-1, unit, n)
+            np.matmul(x[start:stop].reshape(-1, unit, k), operand, out=stacked)
+        else:
+            np.matmul(x[start:stop], operand, out=out[start:stop])
+
+    threads.run_all(call, list(pairwise(edges)), parallel)
 
 
 def product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
-    """x @ operand for a 2-D x (m, k) and a 2-D operand (k, n), batch-invariant (see above)."""
+    """x @ operand for a 2-D x (m, k) and a 2-D operand (k, n), batch-invariant (see above),
+    shared among the engine's workers when large."""
     if not _invariant.get():  # the BLAS's own choices: no copy of a transposed operand
         return np.matmul(x, operand)
     operand = np.ascontiguousarray(operand)
     cut = tiling(*operand.shape, operand.dtype)
     rows = padded(x, cut.padded_rows(x.shape[0]))
     out = np.empty((rows.shape[0], operand.shape[1]), np.result_type(x, operand))
-    multiply(rows, operand, out, cut)
+    multiply(rows, operand, out, cut, threads.worth(rows.shape[0] * operand.size))
     return out[: x.shape[0]]
 
 
@@ -183,9 +197,22 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.matmul, batch-invariant when ``b`` is a matrix (rows of ``a`` are independent then).
 
     A stack of matrices (``b`` of rank 3 or more) multiplies each item with the same shapes
-    whatever the batch, so numpy's own loop is invariant already.
+    whatever the batch, so numpy's own loop is invariant already; a large stack is cut along
+    its first axis among the engine's workers, each item still one call.
     """
-    if b.ndim != 2 or a.ndim < 2:
+    if b.ndim == 2 and a.ndim >= 2:
+        result = product(a.reshape(-1, a.shape[-1]), b)
+        return result.reshape(*a.shape[:-1], b.shape[1])
+    if a.ndim < 3 or a.shape[:-2] != b.shape[:-2]:
         return np.matmul(a, b)
-    result = product(a.reshape(-1, a.shape[-1]), b)
-    return result.reshape(*a.shape[:-1], b.shape[1])
+    out = np.empty((*a.shape[:-1], b.shape[-1]), np.result_type(a, b))
+    parallel = threads.worth(out.size * a.shape[-1]) and a.shape[0] > 1
+    items = a.shape[0]
+    pieces = min(items, 2 * threads.workers()) if parallel else 1
+    edges = [items * piece // pieces for piece in range(pieces + 1)]
+
+    def piece(span: tuple[int, int]) -> None:
+        np.matmul(a[span[0] : span[1]], b[span[0] : span[1]], out=out[span[0] : span[1]])
+
+    threads.run_all(piece, list(pairwise(edges)), parallel)
+    return out
