@@ -184,10 +184,12 @@ def _horner(coefficients: tuple[float, ...], u: np.ndarray, out: np.ndarray) -> 
 
 
 def _odd_rational(
-    x: np.ndarray, out: np.ndarray, u: np.ndarray, q: np.ndarray, p_q: tuple, limit: float
+    x: np.ndarray, out: np.ndarray, scratch: tuple[np.ndarray, np.ndarray], rational: tuple
 ) -> None:
-    """out = c * P(c^2) / Q(c^2) with c = x clipped to [-limit, limit]; u and q are scratch."""
-    numerator, denominator = p_q
+    """out = c * P(c^2) / Q(c^2) with c = x clipped to [-limit, limit], for ``rational`` =
+    (P's coefficients, Q's coefficients, limit)."""
+    numerator, denominator, limit = rational
+    u, q = scratch
     np.clip(x, -limit, limit, out=out)
     np.multiply(out, out, out=u)
     out *= _horner(numerator, u, q)
@@ -195,11 +197,11 @@ def _odd_rational(
 
 
 def _erf_chunk(x: np.ndarray, out: np.ndarray, u: np.ndarray, q: np.ndarray) -> None:
-    _odd_rational(x, out, u, q, (_ERF_P, _ERF_Q), 4.0)
+    _odd_rational(x, out, (u, q), (_ERF_P, _ERF_Q, 4.0))
 
 
 def _gelu_chunk(x: np.ndarray, out: np.ndarray, u: np.ndarray, q: np.ndarray) -> None:
-    _odd_rational(x, out, u, q, (_GELU_P, _GELU_Q), 4 * math.sqrt(2))  # out = erf(x/sqrt 2)/2
+    _odd_rational(x, out, (u, q), (_GELU_P, _GELU_Q, 4 * math.sqrt(2)))  # erf(x/sqrt 2)/2
     out += 0.5
     out *= x
 
