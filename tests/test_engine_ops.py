@@ -236,3 +236,9 @@ def test_softmax_of_contiguous_rows_has_the_bits_of_the_general_reduction(op_typ
     kernel = OPS[op_type].kernel
 
     assert kernel(np.ascontiguousarray(rows)).tobytes() == kernel(rows).tobytes()
+
+
+@pytest.mark.parametrize("axis", [3, -4])
+def test_softmax_rejects_an_axis_outside_the_input(axis):
+    with pytest.raises(ValueError, match="out of bounds"):
+        OPS["Softmax"].kernel(X, axis=axis)
