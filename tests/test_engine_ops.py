@@ -3,8 +3,12 @@ and scalar shapes, and the attribute forms of older opsets.
 
 A case is one ONNX node run by onnxruntime and by the kernel in ``OPS``; outputs must have the
 same dtype and shape and equal values (integers and booleans exactly, floats to a few ulps,
-since onnxruntime's vectorised exp/tanh/erf and summation orders differ from numpy's).
+since onnxruntime's vectorised exp/tanh/erf and summation orders differ from numpy's). Then
+the kernels' own promises: erf and Gelu near the exact functions, and the same bits for an
+element or a row wherever it sits in memory.
 """
+
+import math
 
 import numpy as np
 import onnxruntime as ort
@@ -204,3 +208,37 @@ def test_op_matches_onnxruntime(op_type, inputs, outputs, opset, attrs):
 
 def test_every_registered_op_has_a_case():
     assert set(OPS) - {param.values[0] for param in CASES} == set()
+
+
+def test_erf_and_gelu_are_within_float32_rounding_of_the_exact_functions():
+    # Past the clipping points (4 for erf, 4 sqrt 2 for Gelu) too, where the rational would diverge.
+    x = np.linspace(-10, 10, 20001, dtype=np.float32)
+    exact_erf = np.array([math.erf(v) for v in x.tolist()])
+    exact_gelu = x * 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x.tolist()]))
+
+    assert np.abs(OPS["Erf"].kernel(x) - exact_erf).max() < 5e-7
+    assert np.abs(OPS["Gelu"].kernel(x) - exact_gelu).max() < 1.5e-6
+
+
+@pytest.mark.parametrize("op_type", ["Erf", "Gelu"])
+def test_chunked_activations_give_each_element_the_same_bits_wherever_it_sits(op_type):
+    x = RNG.standard_normal(3 * 65536 + 5).astype(np.float32) * 4  # several chunks and a tail
+    pieces = [OPS[op_type].kernel(x[k : k + 1000]) for k in range(0, x.size, 1000)]
+
+    assert OPS[op_type].kernel(x).tobytes() == np.concatenate(pieces).tobytes()
+
+
+@pytest.mark.parametrize("op_type", ["Softmax", "LogSoftmax"])
+def test_softmax_of_contiguous_rows_has_the_bits_of_the_general_reduction(op_type):
+    # x[:, ::2] is not C-contiguous, so it takes numpy's reduce instead of reduceat.
+    x = RNG.standard_normal((3, 10, 32)).astype(np.float32) * 5
+    rows = x[:, ::2]
+    kernel = OPS[op_type].kernel
+
+    assert kernel(np.ascontiguousarray(rows)).tobytes() == kernel(rows).tobytes()
+
+
+@pytest.mark.parametrize("axis", [3, -4])
+def test_softmax_rejects_an_axis_outside_the_input(axis):
+    with pytest.raises(ValueError, match="out of bounds"):
+        OPS["Softmax"].kernel(X, axis=axis)

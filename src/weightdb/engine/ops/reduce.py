@@ -61,16 +61,30 @@ register("ArgMax", partial(_arg, np.argmax), since=11)
 register("ArgMin", partial(_arg, np.argmin), since=11)
 
 
+def _max_keepdims(x: np.ndarray, axis: int) -> np.ndarray:
+    """x.max(axis, keepdims=True).
+
+    Over the last axis of a C-contiguous x, as maximum.reduceat on the flat array: numpy's reduce
+    sets up every row separately, which for short rows (attention scores: 32 per row) costs two
+    to three times the work. Max is exact, so the result is the same either way.
+    """
+    if axis in (-1, x.ndim - 1) and x.ndim and x.flags.c_contiguous and x.size:
+        flat = x.reshape(-1)
+        starts = np.arange(0, flat.size, x.shape[-1])
+        return np.maximum.reduceat(flat, starts).reshape(*x.shape[:-1], 1)
+    return np.maximum.reduce(x, axis=axis, keepdims=True)
+
+
 @op("Softmax", since=13)
 def softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
-    out = x - x.max(axis=axis, keepdims=True)
+    out = np.subtract(x, _max_keepdims(x, axis))
     np.exp(out, out=out)
-    out /= out.sum(axis=axis, keepdims=True)
+    out /= np.add.reduce(out, axis=axis, keepdims=True)
     return out
 
 
 @op("LogSoftmax", since=13)
 def log_softmax(x: np.ndarray, *, axis: int = -1) -> np.ndarray:
-    out = x - x.max(axis=axis, keepdims=True)
-    out -= np.log(np.exp(out).sum(axis=axis, keepdims=True))
+    out = np.subtract(x, _max_keepdims(x, axis))
+    out -= np.log(np.add.reduce(np.exp(out), axis=axis, keepdims=True))
     return out
