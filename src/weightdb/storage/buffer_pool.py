@@ -6,8 +6,11 @@ the budget, pinned pages included. When pinned pages leave no room, the request 
 the budget it would need, instead of overrunning memory.
 
 Pages holding coded blocks (the lossless tier) are decoded on a miss, and the pool holds their
-images only (``page_images``), so the budget counts exactly the bytes resident: an image, or a
-raw page as read. Decoding a delta pins its base's page for the time it takes.
+images (``page_images``); the budget counts exactly the bytes resident. When the policy evicts
+an image, the page as read (coded, so smaller) stays, and coded pages go, oldest first, only
+when no image is left to evict: a later request decodes a kept page again instead of reading
+storage. So where the coded working set fits the budget and the decoded one does not, requests
+cost decoding, not reads. Decoding a delta pins its base's page for the time it takes.
 
 Arrays assembled from resident pages (``assembled``) share the budget without ever displacing
 a page, so the policy's decisions and the bytes read do not depend on them.
@@ -15,6 +18,7 @@ a page, so the policy's decisions and the bytes read do not depend on them.
 
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +42,10 @@ class PoolStats:
     misses: int = 0
     evictions: int = 0
     bytes_read: int = 0
+    decoded_again: int = 0  # misses served by a coded page kept in memory, not by storage
     resident_pages: int = 0
-    resident_bytes: int = 0
+    resident_bytes: int = 0  # images and raw pages, kept coded pages, assembled copies
+    coded_bytes: int = 0  # of the coded pages kept after their images were evicted
     pinned_pages: int = 0
     budget_bytes: int | None = None
 
@@ -61,6 +67,7 @@ class RequestRecorder(Protocol):
 class _Frame:
     page: Page
     pins: int = 0
+    coded: Page | None = None  # the page as read, when ``page`` is its decoded image
 
 
 class BufferPool:
@@ -88,6 +95,7 @@ class BufferPool:
         self._lock = threading.RLock()
         self._stats = PoolStats()
         self._assembled = AssembledArrays()
+        self._coded: OrderedDict[int, Page] = OrderedDict()  # evicted images' pages as read
         self.recorder: RequestRecorder | None = None
 
     def pin(self, page_id: int, model: str | None = None) -> Page:
@@ -167,16 +175,20 @@ class BufferPool:
             self.unpin(page_id)
 
     def _load(self, page_id: int) -> _Frame:
-        location = self._locate(page_id)
-        page = self._reader.read(location)
-        if page.coded:
-            page = decode_page(page, self.bases)
+        read = self._coded.pop(page_id, None)
+        if read is not None:
+            self._resident_bytes -= read.nbytes
+            self._stats.decoded_again += 1
+        else:
+            location = self._locate(page_id)
+            read = self._reader.read(location)
+            self._stats.bytes_read += location.length
+        page = decode_page(read, self.bases) if read.coded else read
         if self.budget_bytes is not None:
             self._evict_until(page.nbytes, page_id)
-        frame = _Frame(page)
+        frame = _Frame(page, coded=read if read.coded else None)
         self._frames[page_id] = frame
         self._resident_bytes += page.nbytes
-        self._stats.bytes_read += location.length
         self.policy.on_insert(page_id, page.nbytes)
         return frame
 
@@ -210,7 +222,8 @@ class BufferPool:
         return self._locate_blocks(block_ids)
 
     def _evict_until(self, incoming: int, page_id: int | None = None) -> None:
-        """Evict until ``incoming`` more bytes fit next to the frames."""
+        """Make room for ``incoming`` more bytes: drop assembled copies, then evict the
+        policy's victims (an image leaves its coded page behind), then drop coded pages."""
         assert self.budget_bytes is not None
         while self._resident_bytes + incoming > self.budget_bytes:
             freed = self._assembled.drop_oldest()
@@ -218,6 +231,10 @@ class BufferPool:
                 self._resident_bytes -= freed
                 continue
             victim = self.policy.victim(lambda page: self._frames[page].pins == 0)
+            if victim is None and self._coded:
+                _, coded = self._coded.popitem(last=False)
+                self._resident_bytes -= coded.nbytes
+                continue
             if victim is None:
                 held = self._resident_bytes
                 raise BudgetExceededError(
@@ -229,29 +246,36 @@ class BufferPool:
             self._evict(victim)
             self._stats.evictions += 1
 
-    def _evict(self, page_id: int) -> None:
+    def _evict(self, page_id: int, keep_coded: bool = True) -> None:
+        """Drop a frame; with ``keep_coded``, its page as read stays if smaller (see above)."""
         frame = self._frames.pop(page_id)
         self._resident_bytes -= frame.page.nbytes
         self._resident_bytes -= self._assembled.drop_page(page_id)
         self.policy.on_remove(page_id)
+        if keep_coded and frame.coded is not None and frame.coded.nbytes < frame.page.nbytes:
+            self._coded[page_id] = frame.coded
+            self._resident_bytes += frame.coded.nbytes
 
     def discard(self, page_ids: set[int]) -> None:
         """Drop unpinned copies of pages that a layout change retired."""
         with self._lock:
             for page_id in page_ids & self._frames.keys():
                 if self._frames[page_id].pins == 0:
-                    self._evict(page_id)
+                    self._evict(page_id, keep_coded=False)
+            for page_id in page_ids & self._coded.keys():
+                self._resident_bytes -= self._coded.pop(page_id).nbytes
 
     def clear(self) -> None:
         """Drop every unpinned page (closing a database frees its memory)."""
         with self._lock:
-            self.discard(set(self._frames))
+            self.discard(set(self._frames) | set(self._coded))
 
     def stats(self) -> PoolStats:
         with self._lock:
             snapshot = PoolStats(**vars(self._stats))
             snapshot.resident_pages = len(self._frames)
             snapshot.resident_bytes = self._resident_bytes
+            snapshot.coded_bytes = sum(page.nbytes for page in self._coded.values())
             snapshot.pinned_pages = sum(1 for f in self._frames.values() if f.pins)
             snapshot.budget_bytes = self.budget_bytes
             return snapshot
