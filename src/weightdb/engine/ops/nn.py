@@ -167,16 +167,16 @@ def _columns(
     dilations: Sequence[int],
     padding: tuple[Sequence[int], Sequence[int], Sequence[int]],
 ) -> np.ndarray:
-    """im2col: one row per output position (N, *out), columns ordered (C, *k) like the kernel
-    matrix (out channels, C * prod(k)).
+    """im2col: one row per output position (N, *out), columns ordered (*k, C).
 
-    Each kernel offset copies the part of the input it reads straight into its column, with no
-    padded copy of the input: the cells it would read from the padding stay zero.
+    Each kernel offset copies the part of the input it reads straight into its columns, C
+    values side by side (contiguous runs when the input is channels-last, as a Conv's output
+    is), with no padded copy of the input: the cells it would read from the padding stay zero.
     """
     begin, end, outs = padding
     batch, channels, sizes = x.shape[0], x.shape[1], x.shape[2:]
     padded = any(begin) or any(end)
-    cols = (np.zeros if padded else np.empty)((batch, *outs, channels, prod(kernel)), x.dtype)
+    cols = (np.zeros if padded else np.empty)((batch, *outs, prod(kernel), channels), x.dtype)
     channels_last = x.transpose(0, *range(2, x.ndim), 1)
     for t, offset in enumerate(np.ndindex(*kernel)):
         target: list[slice] = [slice(None)]
@@ -192,8 +192,16 @@ def _columns(
             target.append(slice(first, stop))
             source.append(slice(start + first * s, start + (stop - 1) * s + 1, s))
         else:
-            cols[(*target, slice(None), t)] = channels_last[tuple(source)]
+            cols[(*target, t)] = channels_last[tuple(source)]
     return cols.reshape(batch * prod(outs), channels * prod(kernel))
+
+
+def _taps_first(operand: np.ndarray, channels: int) -> np.ndarray:
+    """A kernel operand with its rows reordered from (C, *k) to (*k, C), as ``_columns`` orders
+    the columns."""
+    width = operand.shape[1]
+    by_channel = operand.reshape(channels, -1, width)
+    return np.ascontiguousarray(by_channel.transpose(1, 0, 2)).reshape(-1, width)
 
 
 def rows_product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
@@ -249,7 +257,7 @@ def convolve(
         cols = _columns(part, kernel, strides, dilations, padding)
         for first in range(g * group_out, (g + 1) * group_out, step):
             end = min(first + step, (g + 1) * group_out)
-            product = rows_product(cols, operand(first, end))
+            product = rows_product(cols, _taps_first(operand(first, end), group_in))
             if end - first == out_channels:
                 y = product
                 continue
@@ -311,7 +319,13 @@ def _pool(
 
 
 def _accumulate(taps: Iterator[np.ndarray], ufunc: np.ufunc) -> np.ndarray:
-    result = next(taps).copy()
+    """ufunc over the taps in order; the result keeps the input's memory layout (a Conv's
+    channels-last output stays so, no transposing copy)."""
+    first = next(taps)
+    second = next(taps, None)
+    if second is None:
+        return first.copy(order="K")
+    result = ufunc(first, second)
     for tap in taps:
         ufunc(result, tap, out=result)
     return result
