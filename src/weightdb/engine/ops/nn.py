@@ -6,6 +6,7 @@ reading of its kernel.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import cache
 from math import ceil, prod
 
 import numpy as np
@@ -99,16 +100,18 @@ def batch_norm(
     return x * factor.reshape(channel) + shift.reshape(channel)
 
 
+@cache
 def _window_geometry(
-    sizes: Sequence[int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-    pads: Sequence[int] | None,
+    sizes: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    pads: tuple[int, ...] | None,
     auto_pad: str,
     ceil_mode: int = 0,
-) -> tuple[list[int], list[int], list[int]]:
-    """Padding before, padding after (ceil_mode's extra included) and output size per axis."""
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Padding before, padding after (ceil_mode's extra included) and output size per axis
+    (computed once per geometry)."""
     n = len(sizes)
     spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -133,7 +136,11 @@ def _window_geometry(
     extra_end = [
         max(end[a], (outs[a] - 1) * strides[a] + spans[a] - sizes[a] - begin[a]) for a in range(n)
     ]
-    return begin, extra_end, outs
+    return tuple(begin), tuple(extra_end), tuple(outs)
+
+
+def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def _taps(
@@ -174,13 +181,33 @@ def _columns(
     is), with no padded copy of the input: the cells it would read from the padding stay zero.
     """
     begin, end, outs = padding
-    batch, channels, sizes = x.shape[0], x.shape[1], x.shape[2:]
+    batch, channels = x.shape[:2]
+    geometry = (tuple(x.shape[2:]), tuple(kernel), tuple(strides), tuple(dilations))
+    copies = _column_copies(*geometry, tuple(begin), tuple(outs))
     padded = any(begin) or any(end)
     cols = (np.zeros if padded else np.empty)((batch, *outs, prod(kernel), channels), x.dtype)
     channels_last = x.transpose(0, *range(2, x.ndim), 1)
+    whole = slice(None)
+    for t, target, source in copies:
+        cols[(whole, *target, t)] = channels_last[(whole, *source)]
+    return cols.reshape(batch * prod(outs), channels * prod(kernel))
+
+
+@cache
+def _column_copies(
+    sizes: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    begin: tuple[int, ...],
+    outs: tuple[int, ...],
+) -> list[tuple[int, list[slice], list[slice]]]:
+    """For each kernel offset that reads any input: its number, the output cells it fills and
+    the input cells they read, as slices of the spatial axes (planned once per geometry, so a
+    small batch pays a few numpy calls per Conv, not this arithmetic)."""
+    copies = []
     for t, offset in enumerate(np.ndindex(*kernel)):
-        target: list[slice] = [slice(None)]
-        source: list[slice] = [slice(None)]
+        target, source = [], []
         for o, d, s, b, size, count in zip(
             offset, dilations, strides, begin, sizes, outs, strict=True
         ):
@@ -192,8 +219,8 @@ def _columns(
             target.append(slice(first, stop))
             source.append(slice(start + first * s, start + (stop - 1) * s + 1, s))
         else:
-            cols[(*target, t)] = channels_last[tuple(source)]
-    return cols.reshape(batch * prod(outs), channels * prod(kernel))
+            copies.append((t, target, source))
+    return copies
 
 
 def _taps_first(operand: np.ndarray, channels: int) -> np.ndarray:
@@ -247,7 +274,9 @@ def convolve(
     kernel = list(kernel_shape or weight_shape[2:])
     n = len(kernel)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
-    padding = _window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    padding = _window_geometry(
+        x.shape[2:], tuple(kernel), tuple(strides), tuple(dilations), _tuple(pads), auto_pad
+    )
     group_out = out_channels // group
     inner = group_in * prod(kernel)
     step = max(1, OPERAND_BYTES // (inner * x.dtype.itemsize))
@@ -296,7 +325,13 @@ def _pool(
     n = len(kernel_shape)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
     padding = _window_geometry(
-        x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
+        x.shape[2:],
+        tuple(kernel_shape),
+        tuple(strides),
+        tuple(dilations),
+        _tuple(pads),
+        auto_pad,
+        ceil_mode,
     )
     geometry = (kernel_shape, strides, dilations, padding)
     if reducer == "max":
