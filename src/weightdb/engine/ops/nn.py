@@ -97,7 +97,9 @@ def batch_norm(
     channel = (-1,) + (1,) * (x.ndim - 2)
     factor = scale / np.sqrt(var + x.dtype.type(epsilon))
     shift = bias - mean * factor
-    return x * factor.reshape(channel) + shift.reshape(channel)
+    y = x * factor.reshape(channel)
+    y += shift.reshape(channel)
+    return y
 
 
 @cache
