@@ -16,7 +16,7 @@ from weightdb.engine import threads
 from weightdb.engine.errors import UnsupportedModelError
 from weightdb.engine.ops import op
 
-# (first output channel, end output channel) -> kernel_matrix[first:end].T, C-contiguous
+# (first output channel, end output channel) -> kernel_matrix[first:end].T, in any layout
 KernelOperand = Callable[[int, int], np.ndarray]
 
 # A kernel operand is assembled for at most this many bytes of output channels at a time.
@@ -306,7 +306,7 @@ def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes
     matrix = w.reshape(w.shape[0], -1)
 
     def operand(first: int, end: int) -> np.ndarray:
-        return np.ascontiguousarray(matrix[first:end].T)
+        return matrix[first:end].T
 
     return convolve(x, b, w.shape, operand, **attributes)
 
