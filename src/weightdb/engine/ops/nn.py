@@ -1,20 +1,28 @@
 """Neural-network ops: MatMul, Gemm, normalizations, convolution and pooling.
 
-Convolution is im2col followed by one matrix product per group; the product is a parameter so
-the blocked Conv (weights streamed from storage) reuses everything here but the multiply.
+Convolution is im2col followed by one matrix product per group; the kernel operand is a
+parameter so the blocked Conv (weights streamed from storage) reuses everything here but the
+reading of its kernel.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from functools import cache
 from math import ceil, prod
 
 import numpy as np
 
 from weightdb.engine import gemm as tiled
+from weightdb.engine import threads
 from weightdb.engine.errors import UnsupportedModelError
 from weightdb.engine.ops import op
 
-# (cols, first output channel, end output channel) -> cols @ kernel_matrix[first:end].T
-KernelProduct = Callable[[np.ndarray, int, int], np.ndarray]
+# (first output channel, end output channel) -> kernel_matrix[first:end].T, in any layout
+KernelOperand = Callable[[int, int], np.ndarray]
+
+# A kernel operand is assembled for at most this many bytes of output channels at a time.
+OPERAND_BYTES = 1 << 22
+# Row tiles per task when products run on fixed tiles (``gemm``): about 256 rows of 8.
+FIXED_TILES_PER_TASK = 32
 
 
 @op("MatMul")
@@ -89,19 +97,23 @@ def batch_norm(
     channel = (-1,) + (1,) * (x.ndim - 2)
     factor = scale / np.sqrt(var + x.dtype.type(epsilon))
     shift = bias - mean * factor
-    return x * factor.reshape(channel) + shift.reshape(channel)
+    y = x * factor.reshape(channel)
+    y += shift.reshape(channel)
+    return y
 
 
+@cache
 def _window_geometry(
-    sizes: Sequence[int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-    pads: Sequence[int] | None,
+    sizes: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    pads: tuple[int, ...] | None,
     auto_pad: str,
     ceil_mode: int = 0,
-) -> tuple[list[int], list[int], list[int]]:
-    """Padding before, padding after (ceil_mode's extra included) and output size per axis."""
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """Padding before, padding after (ceil_mode's extra included) and output size per axis
+    (computed once per geometry)."""
     n = len(sizes)
     spans = [(k - 1) * d + 1 for k, d in zip(kernel, dilations, strict=True)]
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
@@ -126,7 +138,11 @@ def _window_geometry(
     extra_end = [
         max(end[a], (outs[a] - 1) * strides[a] + spans[a] - sizes[a] - begin[a]) for a in range(n)
     ]
-    return begin, extra_end, outs
+    return tuple(begin), tuple(extra_end), tuple(outs)
+
+
+def _tuple(values: Sequence[int] | None) -> tuple[int, ...] | None:
+    return None if values is None else tuple(values)
 
 
 def _taps(
@@ -153,11 +169,95 @@ def _taps(
         yield padded[(slice(None), slice(None), *index)]
 
 
+def _columns(
+    x: np.ndarray,
+    kernel: Sequence[int],
+    strides: Sequence[int],
+    dilations: Sequence[int],
+    padding: tuple[Sequence[int], Sequence[int], Sequence[int]],
+) -> np.ndarray:
+    """im2col: one row per output position (N, *out), columns ordered (*k, C).
+
+    Each kernel offset copies the part of the input it reads straight into its columns, C
+    values side by side (contiguous runs when the input is channels-last, as a Conv's output
+    is), with no padded copy of the input: the cells it would read from the padding stay zero.
+    """
+    begin, end, outs = padding
+    batch, channels = x.shape[:2]
+    geometry = (tuple(x.shape[2:]), tuple(kernel), tuple(strides), tuple(dilations))
+    copies = _column_copies(*geometry, tuple(begin), tuple(outs))
+    padded = any(begin) or any(end)
+    cols = (np.zeros if padded else np.empty)((batch, *outs, prod(kernel), channels), x.dtype)
+    channels_last = x.transpose(0, *range(2, x.ndim), 1)
+    whole = slice(None)
+    for t, target, source in copies:
+        cols[(whole, *target, t)] = channels_last[(whole, *source)]
+    return cols.reshape(batch * prod(outs), channels * prod(kernel))
+
+
+@cache
+def _column_copies(
+    sizes: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    begin: tuple[int, ...],
+    outs: tuple[int, ...],
+) -> list[tuple[int, list[slice], list[slice]]]:
+    """For each kernel offset that reads any input: its number, the output cells it fills and
+    the input cells they read, as slices of the spatial axes (planned once per geometry, so a
+    small batch pays a few numpy calls per Conv, not this arithmetic)."""
+    copies = []
+    for t, offset in enumerate(np.ndindex(*kernel)):
+        target, source = [], []
+        for o, d, s, b, size, count in zip(
+            offset, dilations, strides, begin, sizes, outs, strict=True
+        ):
+            start = o * d - b  # the input index output 0 reads at this offset
+            first = max(0, -(start // s))  # the first output whose input is not padding
+            stop = min(count, (size - start + s - 1) // s)
+            if first >= stop:
+                break
+            target.append(slice(first, stop))
+            source.append(slice(start + first * s, start + (stop - 1) * s + 1, s))
+        else:
+            copies.append((t, target, source))
+    return copies
+
+
+def _taps_first(operand: np.ndarray, channels: int) -> np.ndarray:
+    """A kernel operand with its rows reordered from (C, *k) to (*k, C), as ``_columns`` orders
+    the columns."""
+    width = operand.shape[1]
+    by_channel = operand.reshape(channels, -1, width)
+    return np.ascontiguousarray(by_channel.transpose(1, 0, 2)).reshape(-1, width)
+
+
+def rows_product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
+    """x @ operand for a 2-D x and a C-contiguous (k, n) operand, on ``gemm``'s row tiles.
+
+    A large product's row calls are shared with the engine's workers (``threads``); how rows
+    are cut into calls depends on the operand's shape alone, so the bits do not.
+    """
+    cut = tiled.tiling(*operand.shape, operand.dtype)
+    tiles = tiled.padded(x, cut.base)
+    rows = tiles.shape[0]
+    out = np.empty((rows, operand.shape[1]), np.result_type(x, operand))
+    step = cut.call_rows if cut.call_rows > cut.base else cut.base * FIXED_TILES_PER_TASK
+    spans = [(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+    def multiply(span: tuple[int, int]) -> None:
+        tiled.multiply(tiles[span[0] : span[1]], operand, out[span[0] : span[1]], cut)
+
+    threads.run_all(multiply, spans, threads.worth(rows * operand.size))
+    return out[: x.shape[0]]
+
+
 def convolve(
     x: np.ndarray,
     bias: np.ndarray | None,
     weight_shape: Sequence[int],
-    product: KernelProduct,
+    operand: KernelOperand,
     *,
     auto_pad: str = "NOTSET",
     dilations: Sequence[int] | None = None,
@@ -166,40 +266,49 @@ def convolve(
     pads: Sequence[int] | None = None,
     strides: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """ONNX Conv given the kernel only through ``product`` (and its shape)."""
+    """ONNX Conv given the kernel only through ``operand`` (and its shape).
+
+    The result is channels-last in memory, the layout the products give, returned as an
+    (N, C, *out) view: no transposing copy, and the element-wise ops and pools that usually
+    follow read it as fast either way.
+    """
     out_channels, group_in = weight_shape[0], weight_shape[1]
     kernel = list(kernel_shape or weight_shape[2:])
     n = len(kernel)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
-    padding = _window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
-    outs = padding[2]
+    padding = _window_geometry(
+        x.shape[2:], tuple(kernel), tuple(strides), tuple(dilations), _tuple(pads), auto_pad
+    )
     group_out = out_channels // group
-    batch = x.shape[0]
-    results = []
+    inner = group_in * prod(kernel)
+    step = max(1, OPERAND_BYTES // (inner * x.dtype.itemsize))
+    y = None
     for g in range(group):
         part = x[:, g * group_in : (g + 1) * group_in]
-        # im2col: one row per output position, columns ordered (C, *k) like the kernel matrix.
-        cols = np.empty((batch, *outs, group_in, prod(kernel)), x.dtype)
-        for t, tap in enumerate(_taps(part, kernel, strides, dilations, padding, 0.0)):
-            cols[..., t] = np.moveaxis(tap, 1, -1)
-        cols = cols.reshape(batch * prod(outs), group_in * prod(kernel))
-        results.append(product(cols, g * group_out, (g + 1) * group_out))
-    y = results[0] if group == 1 else np.concatenate(results, axis=1)
+        cols = _columns(part, kernel, strides, dilations, padding)
+        for first in range(g * group_out, (g + 1) * group_out, step):
+            end = min(first + step, (g + 1) * group_out)
+            product = rows_product(cols, _taps_first(operand(first, end), group_in))
+            if end - first == out_channels:
+                y = product
+                continue
+            if y is None:
+                y = np.empty((cols.shape[0], out_channels), product.dtype)
+            y[:, first:end] = product
     if bias is not None:
         y += bias
-    # (N*out, C_out) -> (N, C_out, *out)
-    y = y.reshape(batch, *outs, out_channels)
-    return np.ascontiguousarray(np.moveaxis(y, -1, 1))
+    y = y.reshape(x.shape[0], *padding[2], out_channels)
+    return y.transpose(0, n + 1, *range(1, n + 1))
 
 
 @op("Conv", since=11)
 def conv(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, **attributes) -> np.ndarray:
     matrix = w.reshape(w.shape[0], -1)
 
-    def product(cols: np.ndarray, first: int, end: int) -> np.ndarray:
-        return tiled.product(cols, matrix[first:end].T)
+    def operand(first: int, end: int) -> np.ndarray:
+        return matrix[first:end].T
 
-    return convolve(x, b, w.shape, product, **attributes)
+    return convolve(x, b, w.shape, operand, **attributes)
 
 
 def _pool(
@@ -218,7 +327,13 @@ def _pool(
     n = len(kernel_shape)
     strides, dilations = list(strides or [1] * n), list(dilations or [1] * n)
     padding = _window_geometry(
-        x.shape[2:], kernel_shape, strides, dilations, pads, auto_pad, ceil_mode
+        x.shape[2:],
+        tuple(kernel_shape),
+        tuple(strides),
+        tuple(dilations),
+        _tuple(pads),
+        auto_pad,
+        ceil_mode,
     )
     geometry = (kernel_shape, strides, dilations, padding)
     if reducer == "max":
@@ -241,7 +356,13 @@ def _pool(
 
 
 def _accumulate(taps: Iterator[np.ndarray], ufunc: np.ufunc) -> np.ndarray:
-    result = next(taps).copy()
+    """ufunc over the taps in order; the result keeps the input's memory layout (a Conv's
+    channels-last output stays so, no transposing copy)."""
+    first = next(taps)
+    second = next(taps, None)
+    if second is None:
+        return first.copy(order="K")
+    result = ufunc(first, second)
     for tap in taps:
         ufunc(result, tap, out=result)
     return result

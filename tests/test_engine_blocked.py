@@ -1,0 +1,90 @@
+"""Blockwise kernels of the convolution and the embedding bag against plain numpy, bit for bit,
+whichever way storage hands the blocks over."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import threadpoolctl
+from engine_fakes import CountingWeight, PinLedger
+
+from weightdb.engine import InMemoryWeight, gemm
+from weightdb.engine.blocked import gather_mean, gather_rows, kernel_operand
+from weightdb.engine.ops.nn import rows_product
+from weightdb.engine.threads import engine_threads
+from weightdb.storage.blocking import layout_for
+
+
+class StackedRows(CountingWeight):
+    """Block rows of one block width handed over as one (grid cols, rows, width) array, as
+    storage does for a block row stored back to back, in a pool that holds many pages."""
+
+    def pins_at_once(self) -> int:
+        return 1 << 20
+
+    @contextmanager
+    def block_rows(self, group: list[int]) -> Iterator[list[np.ndarray | list[np.ndarray]]]:
+        with super().block_rows(group) as rows:
+            yield [np.stack(b) if len({x.shape for x in b}) == 1 else b for b in rows]
+
+
+def _weights(table: np.ndarray, block_shape: tuple[int, int]) -> dict[str, object]:
+    memory = InMemoryWeight("table", table, layout_for(table.shape, block_shape))
+    return {
+        "in memory": memory,
+        "blocks": CountingWeight(memory, PinLedger()),
+        "stacked": StackedRows(memory, PinLedger()),
+    }
+
+
+TABLES = {"uniform blocks": (50, 12), "clipped last block": (50, 10)}
+
+
+@pytest.mark.parametrize("table_shape", TABLES.values(), ids=TABLES)
+@pytest.mark.parametrize("axes", [(1,), (2,), (1, 2), (-2,)])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_embedding_bag_is_numpys_mean_of_the_gathered_rows(table_shape, axes, keepdims):
+    rng = np.random.default_rng(3)
+    table = rng.standard_normal(table_shape, dtype=np.float32)
+    ids = rng.integers(-50, 50, (5, 3, 4))
+    ids[0, 0, :2] = 49, -1  # the last block row is shorter than the others
+    want = np.mean(table[ids], axis=axes, keepdims=bool(keepdims))
+
+    for how, weight in _weights(table, (7, 4)).items():
+        got = gather_mean(weight, ids, axes=axes, keepdims=keepdims)
+        assert got.shape == want.shape, how
+        assert got.tobytes() == want.tobytes(), how
+        assert gather_rows(weight, ids).tobytes() == table[ids].tobytes(), how
+
+
+def test_a_bag_gets_the_same_bits_in_any_batch():
+    rng = np.random.default_rng(4)
+    table = rng.standard_normal((300, 16), dtype=np.float32)
+    ids = rng.integers(0, 300, (40, 9))
+    for how, weight in _weights(table, (32, 8)).items():
+        whole = gather_mean(weight, ids, axes=(1,), keepdims=0)
+        alone = [gather_mean(weight, ids[k : k + 1], axes=(1,), keepdims=0) for k in range(40)]
+        assert np.concatenate(alone).tobytes() == whole.tobytes(), how
+
+
+@pytest.mark.parametrize("first, end", [(0, 20), (3, 17), (8, 16)])
+def test_kernel_operand_is_the_transposed_rows_however_blocks_are_read(first, end):
+    matrix = np.random.default_rng(5).standard_normal((20, 27), dtype=np.float32)
+    memory = InMemoryWeight("kernel", matrix.reshape(20, 3, 3, 3), layout_for((20, 27), (8, 8)))
+    want = matrix[first:end].T
+    for weight in (memory, CountingWeight(memory, PinLedger()), StackedRows(memory, PinLedger())):
+        got = kernel_operand(weight, first, end, np.float32)
+        assert got.flags.c_contiguous
+        assert got.tobytes() == np.ascontiguousarray(want).tobytes()
+
+
+def test_rows_shared_with_the_workers_get_the_bits_of_one_product():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2100, 288), dtype=np.float32)  # 2100 * 288 * 64 > 2**24 MACs
+    operand = rng.standard_normal((288, 64), dtype=np.float32)
+    with threadpoolctl.threadpool_limits(2), engine_threads():
+        shared = rows_product(x, operand)
+    with threadpoolctl.threadpool_limits(1), engine_threads():
+        alone = gemm.product(x, operand)
+    assert shared.tobytes() == alone.tobytes()
