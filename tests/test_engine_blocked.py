@@ -6,13 +6,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import threadpoolctl
 from engine_fakes import CountingWeight, PinLedger
 
-from weightdb.engine import InMemoryWeight, gemm
+from weightdb.engine import InMemoryWeight
 from weightdb.engine.blocked import gather_mean, gather_rows, kernel_operand
-from weightdb.engine.ops.nn import rows_product
-from weightdb.engine.threads import engine_threads
 from weightdb.storage.blocking import layout_for
 
 
@@ -77,14 +74,3 @@ def test_kernel_operand_is_the_transposed_rows_however_blocks_are_read(first, en
         got = kernel_operand(weight, first, end, np.float32)
         assert got.flags.c_contiguous
         assert got.tobytes() == np.ascontiguousarray(want).tobytes()
-
-
-def test_rows_shared_with_the_workers_get_the_bits_of_one_product():
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((2100, 288), dtype=np.float32)  # 2100 * 288 * 64 > 2**24 MACs
-    operand = rng.standard_normal((288, 64), dtype=np.float32)
-    with threadpoolctl.threadpool_limits(2), engine_threads():
-        shared = rows_product(x, operand)
-    with threadpoolctl.threadpool_limits(1), engine_threads():
-        alone = gemm.product(x, operand)
-    assert shared.tobytes() == alone.tobytes()

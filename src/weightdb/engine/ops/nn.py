@@ -12,7 +12,6 @@ from math import ceil, prod
 import numpy as np
 
 from weightdb.engine import gemm as tiled
-from weightdb.engine import threads
 from weightdb.engine.errors import UnsupportedModelError
 from weightdb.engine.ops import op
 
@@ -21,8 +20,6 @@ KernelOperand = Callable[[int, int], np.ndarray]
 
 # A kernel operand is assembled for at most this many bytes of output channels at a time.
 OPERAND_BYTES = 1 << 22
-# Row tiles per task when products run on fixed tiles (``gemm``): about 256 rows of 8.
-FIXED_TILES_PER_TASK = 32
 
 
 @op("MatMul")
@@ -233,26 +230,6 @@ def _taps_first(operand: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(by_channel.transpose(1, 0, 2)).reshape(-1, width)
 
 
-def rows_product(x: np.ndarray, operand: np.ndarray) -> np.ndarray:
-    """x @ operand for a 2-D x and a C-contiguous (k, n) operand, on ``gemm``'s row tiles.
-
-    A large product's row calls are shared with the engine's workers (``threads``); how rows
-    are cut into calls depends on the operand's shape alone, so the bits do not.
-    """
-    cut = tiled.tiling(*operand.shape, operand.dtype)
-    tiles = tiled.padded(x, cut.base)
-    rows = tiles.shape[0]
-    out = np.empty((rows, operand.shape[1]), np.result_type(x, operand))
-    step = cut.call_rows if cut.call_rows > cut.base else cut.base * FIXED_TILES_PER_TASK
-    spans = [(start, min(start + step, rows)) for start in range(0, rows, step)]
-
-    def multiply(span: tuple[int, int]) -> None:
-        tiled.multiply(tiles[span[0] : span[1]], operand, out[span[0] : span[1]], cut)
-
-    threads.run_all(multiply, spans, threads.worth(rows * operand.size))
-    return out[: x.shape[0]]
-
-
 def convolve(
     x: np.ndarray,
     bias: np.ndarray | None,
@@ -288,7 +265,7 @@ def convolve(
         cols = _columns(part, kernel, strides, dilations, padding)
         for first in range(g * group_out, (g + 1) * group_out, step):
             end = min(first + step, (g + 1) * group_out)
-            product = rows_product(cols, _taps_first(operand(first, end), group_in))
+            product = tiled.product(cols, _taps_first(operand(first, end), group_in))
             if end - first == out_channels:
                 y = product
                 continue
