@@ -187,3 +187,36 @@ def test_a_page_holding_a_whole_layer_is_shared_among_the_workers():
 
     assert _shared([list(range(12))], 12, 2) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
     assert _shared([[0, 1, 2], [3, 4, 5, 6], [7]], 8, 2) == [[0, 1], [2], [3, 4], [5, 6], [7]]
+
+
+def test_activations_write_into_dying_intermediates_but_never_into_inputs_or_constants():
+    """Relu and Add reuse an intermediate that dies with them; a graph input, a constant and
+    a value another step still reads are left as they were."""
+    w = np.arange(12, dtype=np.float32).reshape(3, 4) - 6
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Relu", ["h"], ["a"]),  # h dies here: written in place
+        helper.make_node("Relu", ["x"], ["b"]),  # x is a graph input: left alone
+        helper.make_node("Relu", ["w"], ["c"]),  # w is a constant: left alone
+        helper.make_node("MatMul", ["x", "w"], ["k"]),
+        helper.make_node("Relu", ["k"], ["r"]),
+        helper.make_node("Add", ["k", "r"], ["s"]),  # k is read again after the Relu
+    ]
+    floats = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", floats, ["n", 3])],
+        [helper.make_tensor_value_info(n, floats, None) for n in ("a", "b", "c", "s")],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    model = prepare(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), {})
+    x = np.array([[1, -2, 3], [-4, 5, -6]], np.float32)
+    given = x.copy()
+    out = model.run({"x": x})
+    assert np.array_equal(x, given)
+    assert np.array_equal(out["a"], np.maximum(x @ w, 0))
+    assert np.array_equal(out["b"], np.maximum(given, 0))
+    assert np.array_equal(out["c"], np.maximum(w, 0))
+    assert np.array_equal(out["s"], x @ w + np.maximum(x @ w, 0))
+    assert np.array_equal(model.run({"x": x})["c"], np.maximum(w, 0))  # the constant survived

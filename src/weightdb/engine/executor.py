@@ -300,15 +300,15 @@ _FRESH = {
     "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Conv", "Gelu", "Erf", "Softmax",
     "LayerNormalization", "BatchNormalization", "Relu", "Sigmoid", "Tanh", "Where",
 }  # fmt: skip
-_IN_PLACE = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
+_IN_PLACE_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 
 
 def _reusable(steps: list, releases: dict[int, list[int]], kept: set[int]) -> dict[int, Kernel]:
-    """Kernels that write an Add/Sub/Mul result into a dying operand instead of a new array.
+    """Kernels that write an Add/Sub/Mul/Relu result into a dying operand instead of a new array.
 
-    Saves an allocation and a pass over memory per bias add, residual and scale. An operand
-    qualifies when it dies at this step, came from an op that returns new arrays, and every op
-    that read it returns new arrays too (so no view of it outlives this step).
+    Saves an allocation and a pass over memory per bias add, residual, scale and activation.
+    An operand qualifies when it dies at this step, came from an op that returns new arrays,
+    and every op that read it returns new arrays too (so no view of it outlives this step).
     """
     fresh, readers = set(), {}
     for node, _, ins, outs in steps:
@@ -318,12 +318,15 @@ def _reusable(steps: list, releases: dict[int, list[int]], kept: set[int]) -> di
             readers.setdefault(r, set()).add(node.op_type)
     kernels = {}
     for k, (node, _, ins, _) in enumerate(steps):
-        if node.op_type not in _IN_PLACE:
+        if node.op_type not in _IN_PLACE_BINARY and node.op_type != "Relu":
             continue
         dying = set(releases.get(k, ()))
         for position, r in enumerate(ins):
             if r in dying and r in fresh and r not in kept and readers[r] <= _FRESH:
-                kernels[k] = partial(_into, _IN_PLACE[node.op_type], position)
+                if node.op_type == "Relu":
+                    kernels[k] = _relu_into
+                else:
+                    kernels[k] = partial(_into, _IN_PLACE_BINARY[node.op_type], position)
                 break
     return kernels
 
@@ -331,9 +334,16 @@ def _reusable(steps: list, releases: dict[int, list[int]], kept: set[int]) -> di
 def _into(ufunc: np.ufunc, position: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """ufunc(a, b) written into operand ``position`` when shape and dtype allow."""
     target = (a, b)[position]
-    if a.dtype == b.dtype and target.shape == np.broadcast_shapes(a.shape, b.shape):
+    if a.dtype == b.dtype and (
+        a.shape == b.shape or target.shape == np.broadcast_shapes(a.shape, b.shape)
+    ):
         return ufunc(a, b, out=target)
     return ufunc(a, b)
+
+
+def _relu_into(x: np.ndarray) -> np.ndarray:
+    """Relu written into its dying input (the kernel's ``np.maximum(x, 0)``, in place)."""
+    return np.maximum(x, np.zeros((), x.dtype), out=x)
 
 
 def _checked(spec: InputSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> np.ndarray:
