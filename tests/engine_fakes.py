@@ -75,6 +75,10 @@ class CountingWeight:
     def row_groups(self, block_rows: list[int]) -> list[list[int]]:
         return [[i] for i in block_rows]
 
+    def resident_matrix(self, block_rows: np.ndarray) -> None:
+        """Never resident as one array: gathers read block by block."""
+        return None
+
     @contextmanager
     def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:
         """Copies of the row's blocks, each pinned only for its copy."""

@@ -142,3 +142,30 @@ def test_kept_copies_never_change_which_pages_are_read(tmp_path, monkeypatch):
     keeping = run()
     monkeypatch.setattr(AssembledArrays, "keep", lambda *args: False)
     assert run() == keeping
+
+
+def test_a_table_whose_pages_are_resident_is_gathered_from_one_kept_copy(tmp_path, exported_models):
+    """Once every page of an embedding table is resident and the budget has room, the pool
+    keeps the table as one array and gathers take from it: the same bits, the same pages
+    requested, nothing read; without room, gathers read block rows as before."""
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        db.import_model(exported_models["text"], "text")
+        pages = db.store.catalog.page_bytes()
+        table = db.tensors("text")["embedding.weight"]
+    ids = {"ids": np.random.default_rng(5).integers(0, 1000, (6, 9))}
+    every_row = {"ids": np.arange(1000).reshape(125, 8)}
+    with weightdb.connect(tmp_path / "db", budget=None) as db:
+        first = db.predict("text", ids)["output"]
+        db.predict("text", every_row)  # every page resident now; no copy yet
+        assert db.pool.stats().resident_bytes == pages
+        before = db.pool.stats()
+        second = db.predict("text", ids)["output"]  # kept, then taken from
+        after = db.pool.stats()
+        assert after.resident_bytes == pages + table.nbytes
+        assert after.bytes_read == before.bytes_read and after.misses == before.misses
+        assert db.predict("text", ids)["output"].tobytes() == second.tobytes()
+        assert db.pool.stats().hits > after.hits  # requests still counted
+    with weightdb.connect(tmp_path / "db", budget=pages) as db:
+        tight = db.predict("text", ids)["output"]
+        assert db.pool.stats().resident_bytes <= pages
+    assert first.tobytes() == second.tobytes() == tight.tobytes()

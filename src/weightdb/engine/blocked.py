@@ -16,7 +16,7 @@ from weightdb.engine import gemm, threads
 from weightdb.engine.errors import ExecutionError
 from weightdb.engine.ops import Kernel
 from weightdb.engine.ops.nn import convolve, gemm_epilogue
-from weightdb.engine.weights import InMemoryWeight, StoredWeight, read_region
+from weightdb.engine.weights import StoredWeight, read_region
 from weightdb.storage.panel_order import PanelAxis
 
 
@@ -137,14 +137,16 @@ def _row_ids(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
 def _gathered(weight: StoredWeight, ids: np.ndarray) -> np.ndarray:
     """W[ids] for valid row ids, as a (len(ids), columns) array.
 
-    An in-memory weight serves them all with one ``take``. Otherwise one sort groups the
-    requests by block row and the index arithmetic is done for all of them at once, so a block
-    row stored back to back (a (grid cols, rows, width) array) costs one ``take`` and one copy
-    to the requests' rows, under one pin per page.
+    A weight whose whole matrix is resident as one array (in memory, or kept by the pool)
+    serves them all with one ``take``. Otherwise one sort groups the requests by block row and
+    the index arithmetic is done for all of them at once, so a block row stored back to back (a
+    (grid cols, rows, width) array) costs one ``take`` and one copy to the requests' rows,
+    under one pin per page.
     """
-    if isinstance(weight, InMemoryWeight):
-        return np.take(weight.matrix, ids, axis=0)
     layout = weight.layout
+    matrix = weight.resident_matrix(np.unique(ids // layout.block_rows))
+    if matrix is not None:
+        return np.take(matrix, ids, axis=0)
     grid = layout.grid[1]
     order = np.argsort(ids, kind="stable")
     wanted = ids[order]

@@ -52,6 +52,11 @@ class StoredWeight(Protocol):
         one contiguous array of ``dtype``."""
         ...
 
+    def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray | None:
+        """The whole matrix view as one array if it is resident so (kept by the pool, or in
+        memory), else None; a gather about to read ``block_rows`` asks."""
+        ...
+
     def block_rows(
         self, group: list[int]
     ) -> AbstractContextManager[list[np.ndarray | list[np.ndarray]]]:
@@ -90,6 +95,9 @@ class InMemoryWeight:
 
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         return [list(block_rows)]
+
+    def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray:
+        return self.matrix
 
     @contextmanager
     def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:

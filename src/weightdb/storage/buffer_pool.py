@@ -12,7 +12,7 @@ when no image is left to evict: a later request decodes a kept page again instea
 storage. So where the coded working set fits the budget and the decoded one does not, requests
 cost decoding, not reads. Decoding a delta pins its base's page for the time it takes.
 
-Arrays assembled from resident pages (``assembled``) share the budget without ever displacing
+Arrays assembled from resident pages (``keep``, ``kept``) share the budget without ever displacing
 a page, so the policy's decisions and the bytes read do not depend on them.
 """
 
@@ -117,24 +117,29 @@ class BufferPool:
         else:
             self._stats.misses += 1
 
-    def assembled(
-        self,
-        key: Hashable,
-        pages: frozenset[int],
-        assemble: Callable[[], np.ndarray],
-        model: str | None = None,
-    ) -> np.ndarray:
-        """The array ``assemble`` builds from ``pages`` (pinning them itself), kept for the
-        next request while all of them stay resident and it fits beside them (see
-        ``assembled`` module). A request served by a kept array counts as a hit on each of its
-        pages, as copying it afresh would."""
+    def kept(
+        self, key: Hashable, requested: Iterable[int], model: str | None = None
+    ) -> np.ndarray | None:
+        """The array kept under ``key`` (``keep``), if any, counting a hit on each of the
+        ``requested`` pages: those that copying it afresh would have read."""
         with self._lock:
             kept = self._assembled.get(key)
-            if kept is not None:
-                for page_id in sorted(kept.pages):
-                    self._requested(page_id, model, hit=True)
-                return kept.array
-        array = assemble()
+            if kept is None:
+                return None
+            for page_id in requested:
+                self._requested(page_id, model, hit=True)
+            return kept.array
+
+    def has_room(self, pages: frozenset[int], nbytes: int) -> bool:
+        """Whether ``keep`` would keep ``nbytes`` made from ``pages`` now: all of them are
+        resident and the budget has that much room no page uses."""
+        with self._lock:
+            fits = self.budget_bytes is None or self._resident_bytes + nbytes <= self.budget_bytes
+            return fits and pages <= self._frames.keys()
+
+    def keep(self, key: Hashable, pages: frozenset[int], array: np.ndarray) -> np.ndarray:
+        """Keep ``array``, assembled from ``pages``, for later requests (``kept``) while all of
+        them stay resident, if it fits beside them (see ``assembled`` module); returns it."""
         with self._lock:
             fits = self.budget_bytes is None or (
                 self._resident_bytes + array.nbytes <= self.budget_bytes

@@ -88,7 +88,7 @@ class StoredTensor:
         """The panels of one ``panel_groups`` group, each a C-contiguous (K, width) array: a
         view of its page (block rows as their transpose) when its blocks lie back to back, all
         pinned by one pin; else a copy of its blocks, which the pool keeps while its pages are
-        resident and the budget has room (``BufferPool.assembled``)."""
+        resident and the budget has room (``BufferPool.keep``)."""
         runs = [self._run(axis, index) for index in group]
         if runs[0] is not None:
             order = ROW_MAJOR if axis == "columns" else COLUMN_MAJOR
@@ -114,7 +114,23 @@ class StoredTensor:
             assemble = lambda: np.ascontiguousarray(  # noqa: E731
                 self.region((r0, r1), (0, inner), self.dtype).T
             )
-        return self.pool.assembled(key, pages, assemble, self.model)
+        kept = self.pool.kept(key, sorted(pages), self.model)
+        return kept if kept is not None else self.pool.keep(key, pages, assemble())
+
+    def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray | None:
+        """The whole matrix view as one array if the pool keeps one (``BufferPool.keep``), or
+        can now: every page of this tensor resident and room for the copy beside them. A
+        gather then takes its rows in one step; the pages holding ``block_rows`` count as
+        requested, as the gather would read them."""
+        key = ("matrix", self.dtype.str, self.locations.tobytes())
+        requested = np.unique(self.locations[block_rows, :, 0]).tolist()
+        kept = self.pool.kept(key, requested, self.model)
+        if kept is not None:
+            return kept
+        pages = frozenset(self.locations[..., 0].ravel().tolist())
+        if not self.pool.has_room(pages, self.nbytes):
+            return None
+        return self.pool.keep(key, pages, self.read().reshape(self.layout.matrix_shape))
 
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         """Block rows grouped by the page that holds their first block, in order."""
