@@ -90,6 +90,10 @@ def test_four_byte_elements_are_coded_as_a_two_byte_group_and_two_planes():
         groups.append(piece if length & codecs.STORED else decompress(piece))
         start += size
     assert start == len(encoded)
+    sizes = codecs.group_sizes(encoded, data.nbytes, 4, codecs.XOR_PLANES)
+    assert sizes == [
+        (w * 1000, n & ~codecs.STORED) for w, n in zip((2, 1, 1), lengths, strict=True)
+    ]
     delta = (data ^ bytes_of(base)).reshape(-1, 4)
     assert [bytes(g) for g in groups] == [
         delta[:, k:j].tobytes() for k, j in ((0, 2), (2, 3), (3, 4))

@@ -124,6 +124,17 @@ def decode(
         np.bitwise_xor(out, base, out=out)
 
 
+def group_sizes(
+    encoded: bytes | memoryview, nbytes: int, itemsize: int, codec: int
+) -> list[tuple[int, int]]:
+    """(raw bytes, stored bytes) of each byte group of a coded block of ``nbytes``, low byte
+    first: where a coded block's bytes go (the storage_tiers benchmark reports them)."""
+    widths, header = _layout(codec, itemsize)
+    count = nbytes // itemsize
+    lengths = header.unpack_from(encoded)
+    return [(count * w, n & ~STORED) for w, n in zip(widths, lengths, strict=True)]
+
+
 def _interleave(groups: list[np.ndarray], widths: tuple[int, ...], out: np.ndarray) -> None:
     """Lay the groups' bytes side by side in each element of ``out``. Two one-byte planes
     combine as uint16 arithmetic, and a 2-byte group with two planes as uint32 arithmetic,
