@@ -46,9 +46,14 @@ MIN_SAVING = 0.05
 below that, decoding costs more than the bytes are worth."""
 STORED = 1 << 31
 LITTLE_U16, LITTLE_U32 = np.dtype("<u2"), np.dtype("<u4")  # blocks are stored little-endian
+UNITS = {1: np.dtype(np.uint8), 2: LITTLE_U16, 4: LITTLE_U32}
 GROUP_MIN_SAVING = 0.1
+ARITHMETIC_FROM = 2048
+"""Elements of a block from which ``_interleave`` lays out bytes with integer arithmetic
+(measured: below, the strided copies' fewer numpy calls cost less)."""
 GROUP_WIDTHS = {4: (2, 1, 1)}
-"""Bytes per group, low byte first, by itemsize; other itemsizes have one byte per group."""
+"""Bytes per group, low byte first, by itemsize; other itemsizes have one byte per group. A
+group starts at a multiple of its width, so it is a column of units of that width."""
 
 _local = threading.local()
 
@@ -136,23 +141,26 @@ def group_sizes(
 
 
 def _interleave(groups: list[np.ndarray], widths: tuple[int, ...], out: np.ndarray) -> None:
-    """Lay the groups' bytes side by side in each element of ``out``. Two one-byte planes
-    combine as uint16 arithmetic, and a 2-byte group with two planes as uint32 arithmetic,
-    several times faster than numpy's strided byte copies (the general case)."""
-    if widths == (1, 1):
+    """Lay the groups' bytes side by side in each element of ``out``. From ARITHMETIC_FROM
+    elements on, two one-byte planes combine as uint16 arithmetic, and a 2-byte group with two
+    planes as uint32 arithmetic, several times faster than numpy's strided byte copies (the
+    general case, which makes fewer calls and so wins on small blocks)."""
+    arithmetic = len(groups[-1]) >= ARITHMETIC_FROM  # the last group: a byte per element
+    if arithmetic and widths == (1, 1):
         _pair(groups[0], groups[1], out.view(LITTLE_U16))
-    elif widths == (2, 1, 1):
+    elif arithmetic and widths == (2, 1, 1):
         high = np.empty(len(groups[1]), LITTLE_U16)
         _pair(groups[1], groups[2], high)
         words = out.view(LITTLE_U32)
         np.copyto(words, high)
         words <<= 16
         words |= groups[0].view(LITTLE_U16)
-    else:
-        elements = out.reshape(-1, sum(widths))
+    else:  # each group as one strided copy of units of its width
         start = 0
         for width, group in zip(widths, groups, strict=True):
-            elements[:, start : start + width] = group.reshape(-1, width)
+            units = UNITS[width]
+            elements = out.view(units).reshape(-1, len(out) // len(group))
+            elements[:, start // width] = group.view(units)
             start += width
 
 
