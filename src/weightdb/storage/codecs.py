@@ -40,7 +40,7 @@ DELTAS = frozenset({XOR_PLANES_V1, XOR_PLANES})
 LEVEL = 1
 """zstd's level 1 takes fewer short matches in the noisy mantissa planes than level 3: they
 code larger than the literals they replace and decode slowly (on minilm-finetunes the
-low-byte planes decode 1.8x faster and the database is 3% smaller)."""
+low-byte planes decode 1.8x faster and the databases are 1-3% smaller)."""
 MIN_SAVING = 0.05
 """A coded block is kept only if it is at least this fraction smaller than the raw block:
 below that, decoding costs more than the bytes are worth."""
