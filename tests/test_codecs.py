@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zstandard
 
+from weightdb.errors import FormatVersionError
 from weightdb.storage import codecs
 from weightdb.storage.page_format import COLUMN_MAJOR, PageBuilder, parse_page
 from weightdb.storage.page_images import decode_page
@@ -128,3 +129,10 @@ def test_a_page_written_by_the_old_code_path_decodes_bit_exact(dtype):
     for slot, block in enumerate((base, tuned)):
         assert np.ascontiguousarray(image.block(slot)).tobytes() == block.tobytes()
         assert image.block_content(slot) == block.tobytes()
+
+
+def test_a_codec_newer_than_this_weightdb_is_refused_not_misread():
+    data = bytes_of(np.arange(64, dtype=np.float32))
+    encoded = codecs.encode(data, 4)
+    with pytest.raises(FormatVersionError, match=r"codec 9.*upgrade weightdb"):
+        codecs.decode(encoded, np.empty_like(data), 4, codec=9)

@@ -25,6 +25,8 @@ import threading
 import numpy as np
 import zstandard
 
+from weightdb.errors import FormatVersionError
+
 RAW, PLANES_V1, XOR_PLANES_V1, PLANES, XOR_PLANES = 0, 1, 2, 3, 4
 """Codec codes as the page directory and the catalog store them: append only, never
 renumber. The V1 codes are only read."""
@@ -71,8 +73,13 @@ def _layout(codec: int, itemsize: int) -> tuple[tuple[int, ...], struct.Struct]:
     the struct of its header."""
     if codec in (PLANES_V1, XOR_PLANES_V1):
         widths = (1,) * itemsize
-    else:
+    elif codec in (PLANES, XOR_PLANES):
         widths = GROUP_WIDTHS.get(itemsize, (1,) * itemsize)
+    else:
+        raise FormatVersionError(
+            f"a block is coded with codec {codec}, which this weightdb cannot decode; "
+            "upgrade weightdb to read this database"
+        )
     return widths, struct.Struct(f"<{len(widths)}I")
 
 
