@@ -9,7 +9,11 @@ needs the graph to validate; measured where the dedup suite's database is cached
 the model files compressed three ways without any dedup: plain zstd-3 per file, byte
 planes + zstd-3 per tensor (ZipNN-style, no parent), and zipnn where it is installed. The bit
 statistics of the deltas say why a family saves what it does: the share of elements a delta
-leaves unchanged and how many sign, exponent and mantissa bits flip per element.
+leaves unchanged, how many sign, exponent and mantissa bits flip per element, and the noise
+floor: the bits below an element's highest flipped bit are as good as random, so no lossless
+coder stores a delta in fewer bits per element than the entropy of that highest bit's position
+plus the bits below it. Where the bytes go: stored over raw bytes of each byte group, for
+blocks coded alone and for deltas.
 
 Decode throughput is one core decoding every coded page of a compressed database from memory
 (pages read from disk first, bases resident). Serving throughput runs one fine-tune in memory
@@ -29,7 +33,7 @@ from safetensors.numpy import load_file, save_file
 import weightdb
 from benchmarks.families import BENCH_DIR, MARKER, Family, copy_database, database, family
 from benchmarks.harness import markdown_table, render, spread, summary, write_results
-from weightdb.storage import codecs
+from weightdb.storage import codecs, dtypes
 from weightdb.storage.page_images import decode_page
 from weightdb.units import format_size
 from weightdb.zoo.build import build_family
@@ -70,6 +74,7 @@ def measure(fam: Family, dtype: str, repeats: int) -> dict:
         report = db.compress()
         stats = db.stats()
         deltas = delta_bits(db)
+        groups = bytes_by_group(db)
         decode = decode_speed(db, repeats)
     result = {
         "logical_bytes": exact_stats["logical_bytes"],
@@ -82,6 +87,7 @@ def measure(fam: Family, dtype: str, repeats: int) -> dict:
         "coded_blocks": report.coded_blocks,
         "files": file_baselines(files, dtype),
         "delta_bits": deltas,
+        "bytes_by_group": groups,
         "decode": decode,
     }
     if dtype == "float32":
@@ -227,6 +233,7 @@ def delta_bits(db, model: str | None = None) -> dict:
     width = 32 if dtype == "float32" else 16
     unsigned = np.uint32 if width == 32 else np.uint16
     unchanged, counts = [], np.zeros(width)
+    top_bits = np.zeros(width + 1)  # elements by the position of their highest flipped bit
     elements = 0
     for block_id, base, _ in rows[::step]:
         child = db.pool.block_bytes(block_id, 0).view(unsigned)
@@ -235,6 +242,7 @@ def delta_bits(db, model: str | None = None) -> dict:
         unchanged.append(float((delta == 0).mean()))
         bits = np.unpackbits(delta.view(np.uint8).reshape(-1, width // 8)[:, ::-1], axis=1)
         counts += bits.sum(0)
+        top_bits += np.bincount(np.frexp(delta.astype(np.float64))[1], minlength=width + 1)
         elements += len(delta)
     per_bit = counts / elements
     return {
@@ -246,7 +254,38 @@ def delta_bits(db, model: str | None = None) -> dict:
         "mantissa_bits_flipped": float(per_bit[1 + exponent_bits :].sum()),
         "mantissa_bits": width - 1 - exponent_bits,
         "flip_probability_per_bit": [round(float(p), 3) for p in per_bit],
+        "noise_floor_ratio": noise_floor(top_bits) / width,
     }
+
+
+def noise_floor(top_bits: np.ndarray) -> float:
+    """Bits per element no lossless coder goes below, given how many elements have their
+    highest flipped bit at each position (0: unchanged): the entropy of that position plus
+    the bits below it, which are as good as random (spatial structure, such as unchanged
+    rows, can still beat it a little)."""
+    share = top_bits / top_bits.sum()
+    seen = share[share > 0]
+    below = np.maximum(np.arange(len(share)) - 1, 0)
+    return float(-(seen * np.log2(seen)).sum() + (share * below).sum())
+
+
+def bytes_by_group(db) -> dict[str, list[float]]:
+    """Stored over raw bytes of each byte group (low byte first) of the coded blocks, by
+    dtype, for blocks coded alone and for deltas (``codecs.group_sizes``)."""
+    sums: dict[str, list[list[int]]] = {}
+    for page_id, _ in db.store.catalog.live_pages():
+        page = db.store.reader.read(db.store.locate_page(page_id))
+        for slot, entry in enumerate(page.entries):
+            if not entry.coded:
+                continue
+            itemsize = dtypes.by_name(entry.dtype).itemsize
+            sizes = codecs.group_sizes(page.stored(slot), entry.nbytes, itemsize, entry.codec)
+            kind = f"{entry.dtype} {'deltas' if entry.codec in codecs.DELTAS else 'alone'}"
+            totals = sums.setdefault(kind, [[0, 0] for _ in sizes])
+            for total, (raw, stored) in zip(totals, sizes, strict=True):
+                total[0] += raw
+                total[1] += stored
+    return {kind: [stored / raw for raw, stored in totals] for kind, totals in sorted(sums.items())}
 
 
 def decode_speed(db, repeats: int) -> dict:
@@ -343,9 +382,16 @@ Approximate is weightdb dedup at a 1% accuracy budget (fp32 only).
 
 $tiers
 
-Why: bit statistics of the deltas (a sample of delta blocks; bits flipped per element).
+Why: bit statistics of the deltas (a sample of delta blocks; bits flipped per element). \
+*noise floor*: the fewest bytes per raw byte a lossless coder can store these deltas in, the \
+bits below an element's highest flipped bit being random.
 
 $deltas
+
+Where the bytes go: stored over raw bytes of each byte group of the coded blocks (the two low \
+bytes of a 4-byte element are one group).
+
+$groups
 
 $long_finetune
 
@@ -396,7 +442,15 @@ def markdown(results: dict) -> str:
         ],
     )
     deltas = markdown_table(
-        ["family", "unchanged elements", "sign", "exponent", "mantissa (of)", "parents"],
+        [
+            "family",
+            "unchanged elements",
+            "sign",
+            "exponent",
+            "mantissa (of)",
+            "noise floor",
+            "parents",
+        ],
         [
             [
                 label,
@@ -404,10 +458,19 @@ def markdown(results: dict) -> str:
                 f"{d['sign_bits_flipped']:.3f}",
                 f"{d['exponent_bits_flipped']:.3f}",
                 f"{d['mantissa_bits_flipped']:.2f} ({d['mantissa_bits']})",
+                f"{d['noise_floor_ratio']:.3f}" if "noise_floor_ratio" in d else "n/a",
                 ", ".join(f"{c}<-{p}" for c, p in r["parents"].items()),
             ]
             for label, r in fams.items()
             if (d := r["delta_bits"])
+        ],
+    )
+    groups = markdown_table(
+        ["family", "blocks", "stored / raw per byte group, low byte first"],
+        [
+            [label, kind, " / ".join(f"{ratio:.3f}" for ratio in ratios)]
+            for label, r in fams.items()
+            for kind, ratios in r.get("bytes_by_group", {}).items()
         ],
     )
     speed = markdown_table(
@@ -430,6 +493,7 @@ def markdown(results: dict) -> str:
         REPORT,
         tiers=tiers,
         deltas=deltas,
+        groups=groups,
         long_finetune=_long_markdown(results["long_finetune"]),
         speed=speed,
     )

@@ -40,8 +40,8 @@ def decode_into(
         out[:] = np.frombuffer(stored, np.uint8)
         return
     itemsize = dtypes.by_name(entry.dtype).itemsize
-    base = bases[entry.base, entry.order] if entry.codec == codecs.XOR_PLANES else None
-    codecs.decode(stored, out, itemsize, base)
+    base = bases[entry.base, entry.order] if entry.codec in codecs.DELTAS else None
+    codecs.decode(stored, out, itemsize, base, entry.codec)
 
 
 def block_content(page: Page, slot: int, bases: Bases) -> bytes | memoryview:
