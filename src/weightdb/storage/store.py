@@ -28,6 +28,7 @@ from weightdb.storage.stored_tensor import StoredTensor
 from weightdb.storage.writer_lock import WriterLock
 
 RETIRED_GRACE_SECONDS = 600.0
+MAX_CACHED_HOMES = 1 << 20  # block locations kept for decoding deltas (about 100 MB at most)
 """How long retired pages stay readable: longer than any request may run."""
 
 CATALOG = "catalog.sqlite"
@@ -75,13 +76,16 @@ class Store:
         self._writer_lock = WriterLock(self.path / LOCK)
         self._locations: dict[int, PageLocation] = {}
         self._locations_lock = threading.Lock()
+        self._homes: dict[int, tuple[int, int]] = {}
+        self._homes_token: tuple[int, int] | None = None
+        self._homes_lock = threading.Lock()
         self.reader = PageReader(self.pages_dir)
         self.pool = BufferPool(
             self.reader,
             self.locate_page,
             budget_bytes,
             make_policy(policy or self.settings.policy, self.catalog.page_models),
-            self.catalog.block_homes,
+            self.block_homes,
             DATA_START + self.settings.page_size,
         )
         self._reader_id = new_reader_id() if read_only else None
@@ -137,6 +141,18 @@ class Store:
             with self._locations_lock:
                 self._locations[page_id] = location
         return location
+
+    def block_homes(self, block_ids: list[int]) -> dict[int, tuple[int, int]]:
+        """Blocks' own page and slot (the bases of deltas), cached until the catalog changes:
+        decoding a page of deltas asked the catalog once per page."""
+        with self._homes_lock:
+            token = self.catalog.change_token()
+            if token != self._homes_token or len(self._homes) > MAX_CACHED_HOMES:
+                self._homes, self._homes_token = {}, token
+            missing = [block_id for block_id in block_ids if block_id not in self._homes]
+            if missing:
+                self._homes.update(self.catalog.block_homes(missing))
+            return {block_id: self._homes[block_id] for block_id in block_ids}
 
     def page_files(self) -> list[Path]:
         return [f for f in self.pages_dir.iterdir() if segment_number(f.name) is not None]
