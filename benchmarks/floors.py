@@ -213,6 +213,17 @@ def _storage_tiers(data: dict) -> list[Row]:
                     cell["serving_met"],
                 )
             )
+        if "over_budget_faster" in cell:
+            over = family["serving_over_budget"]
+            rows.append(
+                (
+                    "19",
+                    f"{label}: with a pool the coded working set fits and the raw one does not, "
+                    "serving is faster with the tier on",
+                    f"{over['ratio_on_off']:.2f}x",
+                    cell["over_budget_faster"],
+                )
+            )
     return rows
 
 
