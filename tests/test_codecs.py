@@ -7,38 +7,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import zstandard
+from fine_tunes import EVERY_DTYPE, base_and_tuned
 
 from weightdb.errors import FormatVersionError
 from weightdb.storage import codecs
 from weightdb.storage.page_format import COLUMN_MAJOR, PageBuilder, parse_page
 from weightdb.storage.page_images import decode_page
-
-DTYPES = [
-    np.float64,
-    np.float32,
-    np.float16,
-    ml_dtypes.bfloat16,
-    np.int64,
-    np.int32,
-    np.int16,
-    np.int8,
-    np.uint8,
-    np.bool_,
-]
-
-
-def base_and_tuned(rng: np.random.Generator, dtype, count: int) -> tuple[np.ndarray, np.ndarray]:
-    """A block's elements and a "fine-tune" of them: low bits change, some elements do not."""
-    if np.dtype(dtype).kind == "b":
-        base = rng.random(count) < 0.3
-        return base, base ^ (rng.random(count) < 0.05)
-    if np.dtype(dtype).kind in "iu":
-        base = rng.integers(0, 100, count).astype(dtype)
-        return base, (base + (rng.random(count) < 0.3)).astype(dtype)
-    base = (rng.standard_normal(count) * 0.05).astype(np.float32)
-    tuned = base * (1 + rng.standard_normal(count).astype(np.float32) * 1e-3)
-    tuned[::3] = base[::3]
-    return base.astype(dtype), tuned.astype(dtype)
 
 
 def bytes_of(array: np.ndarray) -> np.ndarray:
@@ -64,7 +38,7 @@ def old_encode(data: np.ndarray, itemsize: int, base: np.ndarray | None = None) 
 
 
 @pytest.mark.parametrize("count", [1, 7, 4096])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", EVERY_DTYPE, ids=lambda d: np.dtype(d).name)
 def test_every_dtype_round_trips_bit_exact_with_and_without_a_base(dtype, count):
     rng = np.random.default_rng(count)
     base, tuned = base_and_tuned(rng, dtype, count)

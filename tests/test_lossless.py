@@ -9,10 +9,10 @@ import sys
 import zlib
 from pathlib import Path
 
-import ml_dtypes
 import numpy as np
 import onnx
 import pytest
+from fine_tunes import EVERY_DTYPE, base_and_tuned
 from onnx import numpy_helper
 from safetensors.numpy import load_file, save_file
 
@@ -24,39 +24,12 @@ from weightdb.storage.page_images import decode_page
 from weightdb.storage.settings import Settings
 
 SETTINGS = Settings(block_rows=32, block_cols=32, page_size=32 * 1024, lossless=True)
-DTYPES = [
-    np.float64,
-    np.float32,
-    np.float16,
-    ml_dtypes.bfloat16,
-    np.int64,
-    np.int32,
-    np.int16,
-    np.int8,
-    np.uint8,
-    np.bool_,
-]
 
 
-def base_and_tuned(rng: np.random.Generator, dtype) -> tuple[np.ndarray, np.ndarray]:
-    """A (70, 90) tensor and a "fine-tune" of it that changes low bits of every element."""
-    if np.dtype(dtype).kind == "b":
-        base = rng.random((70, 90)) < 0.1
-        tuned = base.copy()
-        tuned[::7] ^= True
-        return base, tuned
-    if np.dtype(dtype).kind in "iu":
-        base = rng.integers(0, 50, (70, 90)).astype(dtype)
-        return base, (base + rng.integers(0, 2, base.shape).astype(dtype)).astype(dtype)
-    base = (rng.standard_normal((70, 90)) * 0.05).astype(np.float32)
-    tuned = base * (1 + rng.standard_normal(base.shape).astype(np.float32) * 1e-3)
-    return base.astype(dtype), tuned.astype(dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", EVERY_DTYPE, ids=lambda d: np.dtype(d).name)
 def test_every_dtype_round_trips_bit_exact_through_coding_and_export(tmp_path, dtype):
     rng = np.random.default_rng(3)
-    base, tuned = base_and_tuned(rng, dtype)
+    base, tuned = base_and_tuned(rng, dtype, (70, 90))
     with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
         db.import_arrays("base", {"w": base, "v": base[:5].T.copy()})
         db.import_arrays("tuned", {"w": tuned, "v": tuned[:5].T.copy()})
