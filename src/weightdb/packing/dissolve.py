@@ -25,13 +25,11 @@ import math
 import time
 from collections import Counter, defaultdict
 
+import numpy as np
+
 from weightdb.packing.instance import Instance, Signature
 from weightdb.packing.patterns import Pattern, materialize
 from weightdb.progress import Progress, silent
-
-_Cover = tuple[int, int, int]
-"""A type that may take over readers: (minus its number of models, its rank, its models as a
-bit mask), so that sorting puts the largest first."""
 
 
 def dissolve(
@@ -60,25 +58,22 @@ class _DissolveSearch:
             for signature, blocks in groups.items()
         }
         self.load: Counter[Signature] = Counter({s: len(b) for s, b in groups.items()})
-        self.slack = {s: -len(b) % self.capacity for s, b in groups.items()}
-        """Page type -> free slots on its last page."""
-        # Sets of types as bit masks by rank, so that finding the types with free slots that
-        # may take over some readers is a few integer operations, not a scan of all types.
         self.types = list(groups)
-        self.holders: dict[str, int] = defaultdict(int)
-        """Model -> the types it may read."""
+        self.slack = np.array([-len(b) % self.capacity for b in groups.values()], np.int64)
+        """Type rank -> free slots on its last page (none: the type is full and never reopens,
+        since slots are only taken up to what is free)."""
+        model_index: dict[str, int] = {}
         for signature in groups:
-            for model in signature:
-                self.holders[model] |= 1 << self.rank[signature]
-        self.open = sum(1 << self.rank[s] for s, slack in self.slack.items() if slack)
-        """The types with free slots."""
-        models = {model: 1 << index for index, model in enumerate(self.holders)}
-        self.members = {s: sum(models[model] for model in s) for s in groups}
-        """Type -> its models as a bit mask."""
-        self.members_by_rank = list(self.members.values())
-        self.subset_covers: dict[Signature, list[_Cover]] = {}
-        """Signature -> the types that are subsets of it and had free slots when it was first
-        needed, largest first (types that filled up since are skipped, slots never reopen)."""
+            for model in sorted(signature):
+                model_index.setdefault(model, len(model_index))
+        self.members = {s: sum(1 << model_index[model] for model in s) for s in groups}
+        """Type -> its models as a bit mask (small: one bit per model)."""
+        self.member_words = _words(list(self.members.values()), len(model_index))
+        """Type rank -> its models as bit mask words, so that many candidate types are
+        checked at once."""
+        self.subset_types: dict[Signature, np.ndarray] = {}
+        """Signature -> the ranks of the open types that are subsets of it, the only ones that
+        may take over readers of its blocks (full types are dropped when it is next used)."""
         self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
         """Page type -> the signatures with blocks on pages of that type (an ordered set, so
         that ties break the same way in every process)."""
@@ -123,7 +118,9 @@ class _DissolveSearch:
         Candidate moves wait in a heap by copies added, cheapest first (ties: first seen).
         A move's cost is computed when it reaches the top, starting from a lower bound (none
         if the rest of its pattern already covers ``page_type``'s readers, else one), and again
-        when earlier moves took free slots; it goes back if it now costs more.
+        when earlier moves took free slots of a type it chose (slots taken elsewhere only make
+        other types less attractive, so its cover stays the same); it goes back if it now
+        costs more.
         """
         excess = self.load[page_type] % self.capacity
         if not excess:
@@ -136,19 +133,22 @@ class _DissolveSearch:
                 if page_type in pattern and count
             }
         )
-        reserved: dict[Signature, int] = Counter()
+        reserved = np.zeros(len(self.types), np.int64)
+        """Type rank -> slots taken by the moves planned so far."""
         heap: list[tuple[int, int, Signature, Pattern, Pattern | None, int]] = [
             (1 if self._need(pattern, page_type) else 0, order, signature, pattern, None, -1)
             for order, (signature, pattern) in enumerate(available)
         ]
         heapq.heapify(heap)
         moves: list[tuple[Signature, Pattern, Pattern, int]] = []
+        last_taken: dict[Signature, int] = {}
+        """Type -> the index of the last planned move that took free slots on it."""
         while excess:
             if not heap:
                 return False
             cost, order, signature, pattern, new, seen = heapq.heappop(heap)
-            if new is None or seen < len(moves):  # a bound, or free slots were taken since
-                new = self._recover(pattern, page_type, self._covers(signature), reserved)
+            if new is None or any(last_taken.get(t, -1) >= seen for t in new - pattern):
+                new = self._recover(pattern, page_type, signature, reserved)
                 if new is None:
                     continue
                 if len(new - pattern) > cost:
@@ -157,13 +157,13 @@ class _DissolveSearch:
                     )
                     continue
             added = new - pattern
-            units = min(
-                [excess, available[signature, pattern]]
-                + [self.slack[t] - reserved[t] for t in added]
-            )
+            taken = [self.rank[t] for t in added]
+            free = (self.slack[taken] - reserved[taken]).tolist()
+            units = min([excess, available[signature, pattern], *free])
             moves.append((signature, pattern, new, units))
             available[signature, pattern] -= units
-            reserved.update(dict.fromkeys(added, units))
+            reserved[taken] += units
+            last_taken.update(dict.fromkeys(added, len(moves) - 1))
             excess -= units
             if available[signature, pattern]:
                 heapq.heappush(heap, (cost, order, signature, pattern, new, len(moves) - 1))
@@ -179,50 +179,43 @@ class _DissolveSearch:
                 need &= ~self.members[page_type]
         return need
 
-    def _covers(self, signature: Signature) -> list["_Cover"]:
-        """The types that may take over readers of ``signature``'s blocks (see
-        ``subset_covers``), largest first, then by rank."""
-        if signature not in self.subset_covers:
-            outside = self._any_of(frozenset(self.holders) - signature)
-            members = self.members_by_rank
-            self.subset_covers[signature] = sorted(
-                (-members[index].bit_count(), index, members[index])
-                for index in _bits(self.open & ~outside)
-            )
-        return self.subset_covers[signature]
-
     def _recover(
-        self,
-        pattern: Pattern,
-        dropped: Signature,
-        covers: list["_Cover"],
-        reserved: dict[Signature, int],
+        self, pattern: Pattern, dropped: Signature, signature: Signature, reserved: np.ndarray
     ) -> Pattern | None:
-        """``pattern`` without ``dropped``, its readers covered by ``covers`` with free slots
-        (greedy set cover: most readers covered, then most free slots, then lowest rank)."""
+        """``pattern`` without ``dropped``, its readers covered by types with free slots that
+        are subsets of ``signature`` (greedy set cover: most readers covered, then most free
+        slots, then lowest rank)."""
         need = self._need(pattern, dropped)
-        slack, types, skip = self.slack, self.types, self.rank[dropped]
-        candidates = [
-            (-minus_size, -rank, members, free, types[rank])
-            for minus_size, rank, members in covers
-            if members & need
-            and rank != skip
-            and (free := slack[types[rank]] - reserved.get(types[rank], 0)) > 0
-        ]
+        kept = pattern - {dropped}
+        if not need:
+            return kept
+        ranks = self._open_subset_types(signature)
+        free = self.slack[ranks] - reserved[ranks]
+        words, width = self.member_words[ranks], self.member_words.shape[1]
+        covered = np.bitwise_count(words & _words([need], 64 * width)).sum(axis=1)
+        usable = (free > 0) & (covered > 0) & (ranks != self.rank[dropped])
+        ranks, free, words, covered = ranks[usable], free[usable], words[usable], covered[usable]
         chosen: list[Signature] = []
-        while need:
-            best_key, best = (0, 0, 0), None
-            for size, minus_rank, members, free, page_type in candidates:
-                if size < best_key[0]:
-                    break  # sorted by size: no later type covers more
-                covered = (members & need).bit_count()
-                if covered and (covered, free, minus_rank) > best_key:
-                    best_key, best = (covered, free, minus_rank), (members, page_type)
-            if best is None:
+        while True:
+            if not len(covered) or not (most := covered.max()):
                 return None
-            need &= ~best[0]
-            chosen.append(best[1])
-        return pattern - {dropped} | frozenset(chosen)
+            best = np.flatnonzero(covered == most)
+            best = best[np.argmax(free[best])]  # ranks ascend: the first of equals wins
+            page_type = self.types[ranks[best]]
+            need &= ~self.members[page_type]
+            chosen.append(page_type)
+            if not need:
+                return kept | frozenset(chosen)
+            covered = np.bitwise_count(words & _words([need], 64 * width)).sum(axis=1)
+
+    def _open_subset_types(self, signature: Signature) -> np.ndarray:
+        """The ranks of the open types that are subsets of ``signature``, ascending."""
+        ranks = self.subset_types.get(signature)
+        if ranks is None:
+            outside = ~self.member_words[self.rank[signature]]
+            ranks = np.flatnonzero(~(self.member_words & outside).any(axis=1))
+        ranks = self.subset_types[signature] = ranks[self.slack[ranks] > 0]
+        return ranks
 
     def _apply(self, signature: Signature, old: Pattern, new: Pattern, units: int) -> None:
         self.patterns[signature][old] -= units
@@ -237,16 +230,7 @@ class _DissolveSearch:
     def _add_load(self, page_type: Signature, units: int) -> None:
         """Change a type's load; once its last page is full (or gone) it never reopens."""
         self.load[page_type] += units
-        self.slack[page_type] = -self.load[page_type] % self.capacity
-        if not self.slack[page_type]:
-            self.open &= ~(1 << self.rank[page_type])
-
-    def _any_of(self, models: Signature) -> int:
-        """The types that hold some of ``models``."""
-        mask = 0
-        for model in models:
-            mask |= self.holders[model]
-        return mask
+        self.slack[self.rank[page_type]] = -self.load[page_type] % self.capacity
 
 
 def _bits(mask: int) -> list[int]:
@@ -258,3 +242,10 @@ def _bits(mask: int) -> list[int]:
         positions.append(position)
         position = digits.find("1", position + 1)
     return positions
+
+
+def _words(masks: list[int], bits: int) -> np.ndarray:
+    """Bit masks as rows of 64-bit words (lowest word first), ``bits`` bits wide."""
+    width = max(1, -(-bits // 64))
+    data = b"".join(mask.to_bytes(8 * width, "little") for mask in masks)
+    return np.frombuffer(data, "<u8").reshape(len(masks), width)
