@@ -68,12 +68,17 @@ class _DissolveSearch:
                 model_index.setdefault(model, len(model_index))
         self.members = {s: sum(1 << model_index[model] for model in s) for s in groups}
         """Type -> its models as a bit mask (small: one bit per model)."""
-        self.member_words = _words(list(self.members.values()), len(model_index))
+        self.members_by_rank = list(self.members.values())
+        self.models = len(model_index)
+        self.member_words = _words(list(self.members.values()), self.models)
         """Type rank -> its models as bit mask words, so that many candidate types are
         checked at once."""
-        self.subset_types: dict[Signature, np.ndarray] = {}
-        """Signature -> the ranks of the open types that are subsets of it, the only ones that
-        may take over readers of its blocks (full types are dropped when it is next used)."""
+        self.subset_types: dict[Signature, tuple[np.ndarray, np.ndarray, int]] = {}
+        """Signature -> the open types that are subsets of it, the only ones that may take over
+        readers of its blocks: their ranks (ascending), their member words, and the number of
+        types closed when the list was last pruned of full types."""
+        self.closed = 0
+        """Types whose last page filled up or went away so far (they never reopen)."""
         self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
         """Page type -> the signatures with blocks on pages of that type (an ordered set, so
         that ties break the same way in every process)."""
@@ -189,33 +194,40 @@ class _DissolveSearch:
         kept = pattern - {dropped}
         if not need:
             return kept
-        ranks = self._open_subset_types(signature)
+        ranks, words = self._open_subset_types(signature)
         free = self.slack[ranks] - reserved[ranks]
-        words, width = self.member_words[ranks], self.member_words.shape[1]
-        covered = np.bitwise_count(words & _words([need], 64 * width)).sum(axis=1)
-        usable = (free > 0) & (covered > 0) & (ranks != self.rank[dropped])
-        ranks, free, words, covered = ranks[usable], free[usable], words[usable], covered[usable]
-        chosen: list[Signature] = []
-        while True:
-            if not len(covered) or not (most := covered.max()):
+        free[np.searchsorted(ranks, self.rank[dropped])] = 0  # ``dropped`` is a subset too
+        # One integer orders the candidates: readers covered, then free slots, then rank;
+        # types without free slots fall below every usable one.
+        types = len(self.types)
+        scale = (self.capacity + 1) * types
+        ties = np.where(free > 0, free * types - ranks, -scale * self.models)
+        chosen = []
+        while need:
+            covered = np.bitwise_count(words & _words([need], self.models)).sum(axis=1)
+            best = int(np.argmax(covered * scale + ties))
+            if not covered[best] or not free[best]:
                 return None
-            best = np.flatnonzero(covered == most)
-            best = best[np.argmax(free[best])]  # ranks ascend: the first of equals wins
-            page_type = self.types[ranks[best]]
-            need &= ~self.members[page_type]
-            chosen.append(page_type)
-            if not need:
-                return kept | frozenset(chosen)
-            covered = np.bitwise_count(words & _words([need], 64 * width)).sum(axis=1)
+            rank = int(ranks[best])
+            chosen.append(self.types[rank])
+            need &= ~self.members_by_rank[rank]
+        return kept | frozenset(chosen)
 
-    def _open_subset_types(self, signature: Signature) -> np.ndarray:
-        """The ranks of the open types that are subsets of ``signature``, ascending."""
-        ranks = self.subset_types.get(signature)
-        if ranks is None:
+    def _open_subset_types(self, signature: Signature) -> tuple[np.ndarray, np.ndarray]:
+        """The ranks (ascending) and member words of the types that are subsets of
+        ``signature`` and were open recently: full types are pruned once a few more closed
+        (they have no free slots, so they are never chosen anyway)."""
+        entry = self.subset_types.get(signature)
+        if entry is None:
             outside = ~self.member_words[self.rank[signature]]
             ranks = np.flatnonzero(~(self.member_words & outside).any(axis=1))
-        ranks = self.subset_types[signature] = ranks[self.slack[ranks] > 0]
-        return ranks
+            entry = ranks, self.member_words[ranks], -len(self.types)
+        ranks, words, closed = entry
+        if self.closed - closed > len(self.types) // 64:
+            open_ = self.slack[ranks] > 0
+            ranks, words = ranks[open_], words[open_]
+            self.subset_types[signature] = ranks, words, self.closed
+        return ranks, words
 
     def _apply(self, signature: Signature, old: Pattern, new: Pattern, units: int) -> None:
         self.patterns[signature][old] -= units
@@ -230,7 +242,10 @@ class _DissolveSearch:
     def _add_load(self, page_type: Signature, units: int) -> None:
         """Change a type's load; once its last page is full (or gone) it never reopens."""
         self.load[page_type] += units
-        self.slack[self.rank[page_type]] = -self.load[page_type] % self.capacity
+        rank = self.rank[page_type]
+        was_open = self.slack[rank] > 0
+        self.slack[rank] = -self.load[page_type] % self.capacity
+        self.closed += bool(was_open and not self.slack[rank])
 
 
 def _bits(mask: int) -> list[int]:
