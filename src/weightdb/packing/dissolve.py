@@ -10,14 +10,17 @@ and creates no page, so the search only improves; it stops when no page can be d
 Pages whose readers are served most often are dissolved first, so when free slots run out the
 popular models are the ones that read fewer pages. Among covers, fewer copies win.
 
-Lineages of fine-tunes have thousands of signatures, so the search avoids scanning them: the
-types with free slots that may take over a block's readers are found with bit masks over types
-(free slots never reopen, so the mask only loses bits); a candidate move is costed only when it
-reaches the top of a heap; and after the first pass over all types a type is tried again only
-if a block on it changed pattern (free slots only shrink, so little else can turn a failed
-dissolve into one that works). Time still grows faster than linearly in signatures (see
-``benchmarks/results/packing_lineages.md``); since every dissolve keeps the layout valid and
-saves a page, a time limit stops the search with the best layout so far.
+Lineages of fine-tunes have thousands of signatures, so the search avoids scanning them: each
+signature keeps the list of types that are subsets of it (the only ones that may take over its
+blocks' readers), pruned of full types as they close (free slots never reopen), and a greedy
+cover scores all of them at once with numpy over bit-mask words of their models; a candidate
+move is costed only when it reaches the top of a heap, and costed again only when a later move
+took slots of a type it chose (slots taken elsewhere only make other types less attractive);
+after the first pass over all types a type is tried again only if a block on it changed
+pattern (free slots only shrink, so little else can turn a failed dissolve into one that
+works). Each greedy cover still grows with the number of subset types, so time grows faster
+than linearly in signatures (about 20 covers per type); since every dissolve keeps the layout
+valid and saves a page, a time limit stops the search with the best layout so far.
 """
 
 import heapq
