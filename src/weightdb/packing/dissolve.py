@@ -207,7 +207,9 @@ class _DissolveSearch:
         ties = np.where(free > 0, free * types - ranks, -scale * self.models)
         chosen = []
         while need:
-            covered = np.bitwise_count(words & _words([need], self.models)).sum(axis=1)
+            covered = np.bitwise_count(words & _words([need], self.models)).sum(
+                axis=1, dtype=np.int64
+            )
             best = int(np.argmax(covered * scale + ties))
             if not covered[best] or not free[best]:
                 return None
@@ -249,17 +251,6 @@ class _DissolveSearch:
         was_open = self.slack[rank] > 0
         self.slack[rank] = -self.load[page_type] % self.capacity
         self.closed += bool(was_open and not self.slack[rank])
-
-
-def _bits(mask: int) -> list[int]:
-    """The positions of the set bits of ``mask``, lowest first."""
-    digits = bin(mask)[:1:-1]
-    positions = []
-    position = digits.find("1")
-    while position >= 0:
-        positions.append(position)
-        position = digits.find("1", position + 1)
-    return positions
 
 
 def _words(masks: list[int], bits: int) -> np.ndarray:
