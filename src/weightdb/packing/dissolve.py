@@ -18,9 +18,10 @@ move is costed only when it reaches the top of a heap, and costed again only whe
 took slots of a type it chose (slots taken elsewhere only make other types less attractive);
 after the first pass over all types a type is tried again only if a block on it changed
 pattern (free slots only shrink, so little else can turn a failed dissolve into one that
-works). Each greedy cover still grows with the number of subset types, so time grows faster
-than linearly in signatures (about 20 covers per type); since every dissolve keeps the layout
-valid and saves a page, a time limit stops the search with the best layout so far.
+works). Each greedy cover still grows with the number of subset types (13 to 16 covers per
+type on lineages), so time grows faster than linearly in signatures; since every dissolve
+keeps the layout valid and saves a page, a time limit stops the search with the best layout
+so far.
 """
 
 import heapq
