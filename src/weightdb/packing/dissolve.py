@@ -77,12 +77,15 @@ class _DissolveSearch:
         self.member_words = _words(list(self.members.values()), self.models)
         """Type rank -> its models as bit mask words, so that many candidate types are
         checked at once."""
-        lowest = np.array([(mask & -mask).bit_length() - 1 for mask in self.members_by_rank])
-        self.by_lowest_model = np.argsort(lowest, kind="stable")
-        """Type ranks grouped by the lowest index of their models: a subset of a signature
-        has its lowest model in the signature, so only those groups need checking."""
-        self.lowest_model_starts = np.searchsorted(
-            lowest[self.by_lowest_model], np.arange(self.models + 1)
+        holds = np.unpackbits(
+            self.member_words.view(np.uint8), axis=1, count=self.models, bitorder="little"
+        ).astype(bool)
+        rarest = np.where(holds, holds.sum(axis=0), len(self.types) + 1).argmin(axis=1)
+        self.by_rarest_model = np.argsort(rarest, kind="stable")
+        """Type ranks grouped by their model found in the fewest types: a subset of a
+        signature has that model in the signature, so only those groups need checking."""
+        self.rarest_model_starts = np.searchsorted(
+            rarest[self.by_rarest_model], np.arange(self.models + 1)
         ).tolist()
         self.subset_types: dict[Signature, tuple[np.ndarray, np.ndarray, int]] = {}
         """Signature -> the open types that are subsets of it, the only ones that may take over
@@ -151,9 +154,10 @@ class _DissolveSearch:
         )
         reserved = np.zeros(len(self.types), np.int64)
         """Type rank -> slots taken by the moves planned so far."""
+        needs = {pair: self._need(pair[1], page_type) for pair in available}
         heap: list[tuple[int, int, Signature, Pattern, Pattern | None, int]] = [
-            (1 if self._need(pattern, page_type) else 0, order, signature, pattern, None, -1)
-            for order, (signature, pattern) in enumerate(available)
+            (1 if needs[pair] else 0, order, *pair, None, -1)
+            for order, pair in enumerate(available)
         ]
         heapq.heapify(heap)
         moves: list[tuple[Signature, Pattern, Pattern, int]] = []
@@ -164,7 +168,8 @@ class _DissolveSearch:
                 return False
             cost, order, signature, pattern, new, seen = heapq.heappop(heap)
             if new is None or any(last_taken.get(t, -1) >= seen for t in new - pattern):
-                new = self._recover(pattern, page_type, signature, reserved)
+                need = needs[signature, pattern]
+                new = self._recover(pattern, page_type, signature, need, reserved)
                 if new is None:
                     continue
                 if len(new - pattern) > cost:
@@ -196,12 +201,16 @@ class _DissolveSearch:
         return need
 
     def _recover(
-        self, pattern: Pattern, dropped: Signature, signature: Signature, reserved: np.ndarray
+        self,
+        pattern: Pattern,
+        dropped: Signature,
+        signature: Signature,
+        need: int,
+        reserved: np.ndarray,
     ) -> Pattern | None:
-        """``pattern`` without ``dropped``, its readers covered by types with free slots that
-        are subsets of ``signature`` (greedy set cover: most readers covered, then most free
-        slots, then lowest rank)."""
-        need = self._need(pattern, dropped)
+        """``pattern`` without ``dropped``, its readers ``need`` (those the rest of ``pattern``
+        does not cover) covered by types with free slots that are subsets of ``signature``
+        (greedy set cover: most readers covered, then most free slots, then lowest rank)."""
         kept = pattern - {dropped}
         if not need:
             return kept
@@ -230,10 +239,10 @@ class _DissolveSearch:
         (they have no free slots, so they are never chosen anyway)."""
         entry = self.subset_types.get(signature)
         if entry is None:
-            starts, mask = self.lowest_model_starts, self.members[signature]
+            starts, mask = self.rarest_model_starts, self.members[signature]
             ranks = np.concatenate(
                 [
-                    self.by_lowest_model[starts[model] : starts[model + 1]]
+                    self.by_rarest_model[starts[model] : starts[model + 1]]
                     for model in range(mask.bit_length())
                     if mask >> model & 1
                 ]
