@@ -375,3 +375,10 @@ def test_dissolve_reports_its_progress_up_to_the_types_it_tried() -> None:
     totals = [total for _, total in calls]
     assert totals == sorted(totals) and totals[0] == len(instance.signature_groups())
     assert sum(n for n, _ in calls) == totals[-1] == len(calls)
+
+
+@pytest.mark.parametrize("algorithm", HEURISTICS)
+def test_models_without_blocks_pack_into_no_pages(algorithm: str) -> None:
+    for models in ({}, {"a": []}):
+        result = solve(Instance.from_models(models, 4), algorithm)
+        assert result.pages == 0 and check_layout(result.instance, result.layout) == []

@@ -43,6 +43,8 @@ def dissolve(
     with the best layout so far). ``progress`` counts page types tried of those to try; the
     total grows when a dissolve gives types already tried a new chance."""
     groups = instance.signature_groups()
+    if not groups:  # no blocks: nothing to pack
+        return [], True
     search = _DissolveSearch(instance, groups)
     deadline = None if time_limit is None else time.monotonic() + time_limit
     finished = search.run(deadline, progress)
