@@ -19,6 +19,7 @@ Lineage-shaped instances have a suite of their own, ``packing_lineages``.
 """
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import weightdb
@@ -87,7 +88,8 @@ def _solve_all(instance: Instance, time_limit: float) -> dict:
     runs = {}
     for algorithm in ALGORITHMS:
         try:
-            summary = solve(instance, algorithm, time_limit).summary()
+            # a fresh copy, so every solve pays for the block signatures the instance caches
+            summary = solve(replace(instance), algorithm, time_limit).summary()
         except PackingError as error:  # the exact model declines instances too large for it
             runs[algorithm] = {"error": str(error)}
             continue

@@ -363,3 +363,22 @@ def test_cli_rejects_bad_input(tmp_path: Path) -> None:
     broken = runner.invoke(app, ["packing-study", "solve", str(tmp_path / "broken.json")])
     assert isinstance(broken.exception, PackingError)
     assert "is not valid JSON" in str(broken.exception)
+
+
+def test_dissolve_reports_its_progress_up_to_the_types_it_tried() -> None:
+    """`pack` and `packing-study solve` show this count on long runs: every type once, then
+    the retries, the total growing as retries are found and reached at the end."""
+    instance = lineage(models=10, distinct_blocks=1_000)
+    calls: list[tuple[int, int]] = []
+    result = solve(instance, "dissolve", progress=lambda n, total: calls.append((n, total)))
+    assert result.search_finished
+    totals = [total for _, total in calls]
+    assert totals == sorted(totals) and totals[0] == len(instance.signature_groups())
+    assert sum(n for n, _ in calls) == totals[-1] == len(calls)
+
+
+@pytest.mark.parametrize("algorithm", HEURISTICS)
+def test_models_without_blocks_pack_into_no_pages(algorithm: str) -> None:
+    for models in ({}, {"a": []}):
+        result = solve(Instance.from_models(models, 4), algorithm)
+        assert result.pages == 0 and check_layout(result.instance, result.layout) == []

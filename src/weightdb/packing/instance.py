@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from weightdb.errors import WeightDBError
@@ -81,7 +82,13 @@ class Instance:
         return -(-self.distinct_blocks // self.blocks_per_page)
 
     def signatures(self) -> dict[int, Signature]:
-        """Block id -> the models that use it, in one pass over the instance."""
+        """Block id -> the models that use it (computed once: packers and the layout that
+        checks their pages all need it, and it takes a second at 200,000 blocks; read it,
+        do not change it)."""
+        return self._signatures
+
+    @cached_property
+    def _signatures(self) -> dict[int, Signature]:
         users: dict[int, list[str]] = {}
         for model, blocks in self.models.items():
             for block in blocks:

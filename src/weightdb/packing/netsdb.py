@@ -20,6 +20,8 @@ from weightdb.packing.layout import chunk
 def baseline(instance: Instance) -> list[list[int]]:
     """Models in arrival order; the first model's blocks in the order it lists them."""
     order = list(instance.models)
+    if not order:
+        return []
     return _pack_in_model_order(instance, order, instance.models[order[0]])
 
 
@@ -36,6 +38,8 @@ def greedy1(instance: Instance) -> list[list[int]]:
 def greedy2(instance: Instance) -> list[list[int]]:
     """Largest model first, its most shared blocks first; later models reuse full pages."""
     order = sorted(instance.models, key=lambda model: len(instance.models[model]), reverse=True)
+    if not order:
+        return []
     signatures = instance.signatures()
     return _pack_in_model_order(
         instance, order, _most_shared_first(instance.models[order[0]], signatures)
