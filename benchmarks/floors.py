@@ -119,18 +119,23 @@ def _dedup(data: dict) -> list[Row]:
 
 def _serving(data: dict) -> list[Row]:
     floors = data["floors"]
+    limit = " (memory cgroup)" if data.get("cgroups") else ""
     return [
         (
             "8",
-            "over budget: at least 2x the PyTorch server's throughput, lower p99",
+            f"over budget{limit}: at least 2x the PyTorch server's throughput, lower p99",
             f"{floors['over_budget_throughput_ratio']:.2f}x, p99 "
-            f"{floors['over_budget_p99_ratio']:.2f}x",
+            f"{floors['over_budget_p99_ratio']:.2f}x"
+            if floors["over_budget_throughput_ratio"] is not None
+            else "the baseline served no request",
             floors["throughput_floor_met"],
         ),
         (
             "8",
-            "everything fits: p50 at most 1.3x the PyTorch server's",
-            f"{floors['fits_p50_ratio']:.2f}x",
+            f"everything fits{limit}: p50 at most 1.3x the PyTorch server's",
+            f"{floors['fits_p50_ratio']:.2f}x"
+            if floors["fits_p50_ratio"] is not None
+            else "the baseline served no request",
             floors["p50_floor_met"],
         ),
     ]
