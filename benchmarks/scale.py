@@ -206,7 +206,7 @@ LIMITS = {
     True: "Limits: each run marked cgroup in a memory cgroup of B plus the process's idle RSS, "
     "page cache included (an OOM kill there is a failure at B); runs marked unlimited have the "
     "machine's memory, where B binds weightdb's pool and the LRU baselines only.",
-    False: "No memory cgroups here (not root): every run is unlimited, B binds weightdb's pool "
+    False: "No memory cgroups in these runs: every run is unlimited, B binds weightdb's pool "
     "and the LRU baselines only, and the OS page cache of the others is unbounded.",
 }
 
