@@ -43,7 +43,6 @@ from weightdb.memory_limit import drop_page_cache
 
 SKEW = 0.9
 """Zipf exponent of the request sequences the scale and budgets suites serve."""
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 Predict = Callable[[str, dict[str, np.ndarray]], np.ndarray]
 
 
@@ -77,7 +76,7 @@ def serve(
 ) -> dict:
     """Run ``system`` over the sequence in a watched child (see ``harness.run_watched``; with
     ``memory_limit``, in a memory cgroup of that plus its idle RSS) and collect its outcome."""
-    from benchmarks.engine import THREADS
+    from benchmarks.engine import THREAD_VARIABLES, THREADS
 
     load = os.getloadavg()[0]
     env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
