@@ -1,6 +1,8 @@
 """Scale: models that together exceed the machine's memory, served under a budget of a few GiB.
 
     python -m benchmarks.run scale           # 28 GiB of models, ~35 GB of disk: 11 min, 4 cached
+                                             # (measured before the cgroup runs, which double
+                                             # the systems' runs: expect about twice that)
     python -m benchmarks.run --quick scale   # 2 GiB of models, a couple of minutes
 
 The ``scale`` zoo family at full width (built once and cached beside ``benchmarks.families``'
