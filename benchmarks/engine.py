@@ -278,16 +278,14 @@ def _systems(
             systems["numpy"] = System(_numpy_mlp(model.module), [])
         return systems
 
-    def torch_reloaded(feeds: dict) -> object:
-        model.module.load_state_dict(load_file(model.safetensors_path), assign=True)
-        return _eager(model.module, feeds)
-
     return {
         "weightdb": weightdb_system,
         "onnxruntime": System(
             lambda feeds: _ort_session(model.onnx_path).run(None, feeds), [model.onnx_path]
         ),
-        "pytorch": System(torch_reloaded, [model.safetensors_path]),
+        "pytorch": System(
+            _reloading(model.module, model.safetensors_path), [model.safetensors_path]
+        ),
     }
 
 
@@ -412,17 +410,23 @@ def _cold_system(config: dict, system: str) -> tuple[Callable[[dict], object], l
     if system == "onnxruntime":
         onnx_path = Path(config["onnx"])
         return lambda feeds: _ort_session(onnx_path).run(None, feeds), [onnx_path]
-    module = _weightless(MODULES[name]().eval())
     safetensors_path = Path(config["safetensors"])
+    return _reloading(_weightless(MODULES[name]().eval()), safetensors_path), [safetensors_path]
 
-    def reloaded(feeds: dict) -> object:
-        module.load_state_dict(load_file(safetensors_path), assign=True)
+
+def _reloading(module: torch.nn.Module, path: Path) -> Callable[[dict], object]:
+    """PyTorch eager that loads ``module``'s weights from ``path`` on every call and lets them go
+    after it: kept, the tensors (which map the file) would hold its pages in the OS cache, and
+    the next reload would not read storage."""
+
+    def predict(feeds: dict) -> object:
+        module.load_state_dict(load_file(path), assign=True)
         try:
             return _eager(module, feeds)
-        finally:  # its weights map the file: kept, they would keep its pages from leaving
+        finally:
             _weightless(module)
 
-    return reloaded, [safetensors_path]
+    return predict
 
 
 def _weightless(module: torch.nn.Module) -> torch.nn.Module:
