@@ -809,12 +809,16 @@ def _limited_markdown(cells: dict[tuple, dict], rounds: int | None) -> str:
             ]
         )
     listed = [f"- {model}, {system}: {error}" for (model, system), error in failures.items()]
-    return "\n" + render(
-        LIMITED_REPORT,
-        budget_share=f"{BUDGET_SHARE:.0%}",
-        rounds=rounds,
-        table=markdown_table(LIMITED_HEADER, rows),
-        failures="\n".join(["", "Failed:", "", *listed]) if listed else "",
+    return (
+        "\n"
+        + render(  # blank lines around it: what follows is no part of its list
+            LIMITED_REPORT,
+            budget_share=f"{BUDGET_SHARE:.0%}",
+            rounds=rounds,
+            table=markdown_table(LIMITED_HEADER, rows),
+            failures="\n".join(["", "Failed:", "", *listed]) if listed else "",
+        )
+        + "\n"
     )
 
 
