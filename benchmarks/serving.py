@@ -429,11 +429,13 @@ def markdown(results: dict) -> str:
     for scenario, outcome in results["scenarios"].items():
         for system in ("weightdb", "baseline"):
             r = outcome[system]
+            served = all(run["requests"] for run in r["runs"])  # else latencies are NaN
             rows.append([
                 scenario, f"{outcome['budget_bytes'] >> 20} MiB",
-                outcome.get("limit", "unlimited"), system,
-                spread(r["throughput_rps"], "{:.0f}"), spread(r["p50_ms"], "{:.1f}"),
-                spread(r["p99_ms"], "{:.1f}"), r["failures"], *_cgroup_cells(r["runs"]),
+                outcome.get("limit", "unlimited"), system, spread(r["throughput_rps"], "{:.0f}"),
+                spread(r["p50_ms"], "{:.1f}") if served else "-",
+                spread(r["p99_ms"], "{:.1f}") if served else "-",
+                r["failures"], *_cgroup_cells(r["runs"]),
             ])  # fmt: skip
     f = results["floors"]
     over_runs = results["scenarios"]["over-budget"]["weightdb"]["runs"]
