@@ -20,6 +20,17 @@ Two settings, per BENCHMARKS.md:
   pages. Each baseline gets the same budget, which cannot hold its model either: it reloads the
   model from its file on every call. Storage is cold for everyone: each file's pages are dropped
   from the OS cache before every call, and bytes read from storage per prediction are reported.
+  It runs twice:
+  - unlimited: every system in this process, with the machine's memory (the budget binds
+    weightdb's pool only); bytes read are the pool's for weightdb, the model file for the others.
+  - cgroup (when this process may create memory cgroups): each system in a child process of its
+    own (``python -m benchmarks.engine CONFIG SYSTEM``) inside a memory cgroup limited to the
+    budget plus the child's idle RSS (measured after its libraries load, before any weight is
+    read; ``harness.run_watched``), page cache included, so a baseline's reload is held to the
+    budget too and an OOM kill is a reported outcome. Systems run in alternating rounds (one
+    child per system, model and round, in a shuffled order); in a round a child makes, per
+    batch, one untimed call and ``CALLS_IN_A_ROW`` timed cold ones. Reported: rows/s, the
+    process's bytes read from storage per prediction (rusage block input) and the cgroup's peak.
 
 Floors in memory (issue 17): at batch 256, weightdb's rows/s at least 1.0x onnxruntime's on the
 MLP and the embedding model and 0.8x on the CNN and MiniLM; the MLP at least 0.9x plain numpy at
@@ -27,11 +38,13 @@ every batch; at batch 1, weightdb's p50 at most 1.5x onnxruntime's. The slowest 
 ratio at batch 256) is profiled.
 """
 
+import argparse
 import cProfile
 import io
 import json
 import os
 import pstats
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,8 +62,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import weightdb
-from benchmarks.harness import markdown_table, render, write_results, yes_no
+from benchmarks.harness import (
+    markdown_table,
+    render,
+    report_idle_and_wait,
+    run_watched,
+    watchdog_cap,
+    write_results,
+    yes_no,
+)
 from weightdb.database import DEFAULT_BUDGET
+from weightdb.memory_limit import available as cgroups_available
 from weightdb.memory_limit import drop_page_cache
 
 try:
@@ -68,6 +90,13 @@ BATCH_1_P50_CEILING = 1.5  # weightdb's p50 over onnxruntime's at batch 1, in me
 NO_INVARIANCE = "weightdb-invariance-off"
 MODELS = ("mlp", "embedding", "cnn", "minilm")
 BUDGET_SHARE = 0.25
+UNLIMITED = "25% budget, unlimited"
+LIMITED = "25% budget, cgroup"
+LIMITED_SYSTEMS = ("weightdb", "onnxruntime", "pytorch")
+LIMITED_ROUNDS = {"quick": 2, "full": 4}  # child processes per system and model
+LIMITED_TIMEOUT = 600.0  # seconds one child may take
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+"""Set to THREADS in the environment of every child process that runs a system."""
 # The CNN is 80 KB: one page at the default settings. Small blocks and pages let a quarter of it
 # hold a few pages, so the 25% budget streams it like the others.
 SETTINGS = {"cnn": weightdb.Settings(block_rows=16, block_cols=16, page_size=4096)}
@@ -249,16 +278,14 @@ def _systems(
             systems["numpy"] = System(_numpy_mlp(model.module), [])
         return systems
 
-    def torch_reloaded(feeds: dict) -> object:
-        model.module.load_state_dict(load_file(model.safetensors_path), assign=True)
-        return _eager(model.module, feeds)
-
     return {
         "weightdb": weightdb_system,
         "onnxruntime": System(
             lambda feeds: _ort_session(model.onnx_path).run(None, feeds), [model.onnx_path]
         ),
-        "pytorch": System(torch_reloaded, [model.safetensors_path]),
+        "pytorch": System(
+            _reloading(model.module, model.safetensors_path), [model.safetensors_path]
+        ),
     }
 
 
@@ -305,6 +332,158 @@ def _measure(
     }
 
 
+# -- the 25% budget in memory cgroups: one child process per system, model and round --------
+
+
+def _limited_cells(model: Model, folder: Path, rounds: int, load: float) -> list[dict]:
+    """Every system at the 25% budget in its own memory cgroup (budget plus its idle RSS),
+    ``rounds`` children each, systems alternating in a shuffled order; one result per system
+    and batch, like ``_measure``'s, with the cgroup's figures and any failure."""
+    budget = int(model.nbytes * BUDGET_SHARE)
+    config = folder / f"{model.name}-limited.json"
+    paths = {"onnx": model.onnx_path, "safetensors": model.safetensors_path, "db": model.db_path}
+    config.write_text(
+        json.dumps({"model": model.name, "budget": budget, **{k: str(v) for k, v in paths.items()}})
+    )
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
+    measured = {
+        (system, batch): {"seconds": [], "rounds": [], "bytes_read": []}
+        for system in LIMITED_SYSTEMS
+        for batch in BATCHES
+    }
+    errors: dict[str, str] = {}
+    groups: dict[str, list[dict]] = {system: [] for system in LIMITED_SYSTEMS}
+    order = np.random.default_rng(0)
+    for _ in range(rounds):
+        for system in order.permutation(LIMITED_SYSTEMS):
+            if system in errors:
+                continue
+            out = config.with_name(f"{model.name}-{system}.json")
+            ready = out.with_suffix(".ready")
+            for stale in (out, ready, ready.with_suffix(".go")):
+                stale.unlink(missing_ok=True)
+            for path in paths.values():
+                drop_page_cache(path)
+            command = [sys.executable, "-m", "benchmarks.engine", str(config), system]
+            watched = run_watched(
+                command, f"engine-{system}", env, watchdog_cap(), LIMITED_TIMEOUT, budget, ready
+            )
+            record = json.loads(out.read_text()) if out.is_file() else {"batches": {}}
+            groups[system].append(watched.cgroup)
+            for batch, calls in record["batches"].items():
+                cell = measured[(system, int(batch))]
+                cell["seconds"] += calls["seconds"]
+                cell["rounds"].append(statistics.median(calls["seconds"]))
+                cell["bytes_read"] += calls["bytes_read"]
+            error = watched.killed or record.get("error")
+            if error is None and watched.returncode != 0:
+                error = f"exit code {watched.returncode}"
+            if error:
+                done = ", ".join(record["batches"]) or "none"
+                errors[system] = f"{error} (batches done in that round: {done})"
+    cells = []
+    for (system, batch), m in measured.items():
+        cell = {"model": model.name, "setting": LIMITED, "batch": batch, "system": system}
+        if m["seconds"]:
+            cell = _summary(model.name, LIMITED, batch, system, m)
+        cells.append(
+            {
+                **cell,
+                "load_before": load,
+                "error": errors.get(system),
+                "cgroup_limit_bytes": max(g["limit_bytes"] or 0 for g in groups[system]),
+                "cgroup_idle_rss_bytes": max(g["idle_rss_bytes"] or 0 for g in groups[system]),
+                "cgroup_peak_bytes": max(g["peak_bytes"] for g in groups[system]),
+            }
+        )
+    return cells
+
+
+def _cold_system(config: dict, system: str) -> tuple[Callable[[dict], object], list[Path]]:
+    """In a child: ``system`` predicting at the budget without having read any weight yet, and
+    the files to drop from the OS cache before each call."""
+    name = config["model"]
+    if system == "weightdb":
+        db = weightdb.connect(config["db"], create=False, budget=config["budget"])
+        pages = sorted((Path(config["db"]) / "pages").iterdir())
+        return lambda feeds: db.predict(name, feeds), pages
+    if system == "onnxruntime":
+        onnx_path = Path(config["onnx"])
+        return lambda feeds: _ort_session(onnx_path).run(None, feeds), [onnx_path]
+    safetensors_path = Path(config["safetensors"])
+    return _reloading(_weightless(MODULES[name]().eval()), safetensors_path), [safetensors_path]
+
+
+def _reloading(module: torch.nn.Module, path: Path) -> Callable[[dict], object]:
+    """PyTorch eager that loads ``module``'s weights from ``path`` on every call and lets them go
+    after it: kept, the tensors (which map the file) would hold its pages in the OS cache, and
+    the next reload would not read storage."""
+
+    def predict(feeds: dict) -> object:
+        module.load_state_dict(load_file(path), assign=True)
+        try:
+            return _eager(module, feeds)
+        finally:
+            _weightless(module)
+
+    return predict
+
+
+def _weightless(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with its parameters moved to the meta device: the shapes a reload assigns to,
+    none of the bytes, so the child's idle RSS holds no weights."""
+    for layer in module.modules():
+        for key, parameter in layer._parameters.items():
+            if parameter is not None:
+                layer._parameters[key] = torch.nn.Parameter(
+                    parameter.to("meta"), requires_grad=False
+                )
+    return module
+
+
+def _serve_cold(config_path: Path, system: str) -> None:
+    """Child side: report idle RSS, wait for the memory limit, then per batch one untimed call
+    and CALLS_IN_A_ROW timed ones, each after the system's files leave the OS cache; seconds
+    and bytes read from storage (this process's rusage block input) go to
+    ``<model>-<system>.json`` after every batch, so a killed child leaves what it did."""
+    config = json.loads(config_path.read_text())
+    name = config["model"]
+    out = config_path.with_name(f"{name}-{system}.json")
+    record: dict = {"batches": {}}
+
+    def save() -> None:
+        partial = out.with_suffix(".partial")
+        partial.write_text(json.dumps(record))
+        partial.replace(out)
+
+    with _threads():
+        predict, files = _cold_system(config, system)
+        report_idle_and_wait(out.with_suffix(".ready"))
+        try:
+            for batch in BATCHES:
+                feeds = _features(name, batch, np.random.default_rng(batch))
+                predict(feeds)
+                seconds, read = [], []
+                for _ in range(CALLS_IN_A_ROW):
+                    for path in files:
+                        drop_page_cache(path)
+                    before = _storage_read_bytes()
+                    start = time.perf_counter()
+                    predict(feeds)
+                    seconds.append(time.perf_counter() - start)
+                    read.append(_storage_read_bytes() - before)
+                record["batches"][str(batch)] = {"seconds": seconds, "bytes_read": read}
+                save()
+        except Exception as error:  # a system that cannot predict within its limit is a result
+            record["error"] = f"{type(error).__name__}: {error}"
+        save()
+
+
+def _storage_read_bytes() -> int:
+    """Bytes this process has read from storage: read() calls and mapped pages alike."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_inblock * 512
+
+
 def _summary(model: str, setting: str, batch: int, system: str, measured: dict) -> dict:
     times = measured["seconds"]
     p50 = statistics.median(times)
@@ -331,8 +510,10 @@ def _add_ratios(cell: list[dict]) -> None:
     Round k of every system ran back to back, so round_baseline[k] / round_weightdb[k] (each the
     median of a turn's calls) is a paired ratio that machine load mostly cancels out of.
     """
-    by_system = {r["system"]: r for r in cell}
-    ours = by_system["weightdb"]
+    by_system = {r["system"]: r for r in cell if r.get("rows_per_s")}  # not the failed
+    ours = by_system.get("weightdb")
+    if ours is None:
+        return
     for other in by_system.keys() - {"weightdb"}:
         theirs = by_system[other]
         paired = [t / w for w, t in zip(ours["rounds"], theirs["rounds"], strict=False)]
@@ -390,13 +571,15 @@ def run(quick: bool, out_dir: Path) -> dict:
         return _run_in_subprocess(quick, out_dir)
     repeats = {1: 8 if quick else 30, 64: 4 if quick else 12, 256: 3 if quick else 8}
     budget_s = 8.0 if quick else 20.0
+    mode = "quick" if quick else "full"
+    limited = cgroups_available()
     rng = np.random.default_rng(0)
     results, profile = [], {}
     with tempfile.TemporaryDirectory() as tmp, _threads() as threads:
         models = {}
         for name in MODELS:
             models[name] = model = _build(name, Path(tmp))
-            for setting in ("in memory", "25% budget"):
+            for setting in ("in memory", UNLIMITED):
                 budgeted = setting != "in memory"
                 budget = int(model.nbytes * BUDGET_SHARE) if budgeted else DEFAULT_BUDGET
                 with (
@@ -415,6 +598,13 @@ def run(quick: bool, out_dir: Path) -> dict:
                         _add_ratios(cell)
                         results += cell
                         print(f"engine: {name} {setting} batch {batch} done", flush=True)
+            if limited:
+                load = os.getloadavg()[0]
+                cells = _limited_cells(model, Path(tmp), LIMITED_ROUNDS[mode], load)
+                for batch in BATCHES:
+                    _add_ratios([c for c in cells if c["batch"] == batch])
+                results += cells
+                print(f"engine: {name} {LIMITED} done", flush=True)
         slowest = min(
             (
                 r
@@ -428,6 +618,8 @@ def run(quick: bool, out_dir: Path) -> dict:
         "threads": threads,
         "tokens_per_row": TOKENS,
         "budget_share": BUDGET_SHARE,
+        "cgroups": limited,
+        "limited_rounds": LIMITED_ROUNDS[mode],
         "floors": _floors(results),
         "results": results,
         "profile": profile,
@@ -438,7 +630,7 @@ def run(quick: bool, out_dir: Path) -> dict:
 
 def _run_in_subprocess(quick: bool, out_dir: Path) -> dict:
     """Without threadpoolctl, numpy's BLAS threads are set by environment before it loads."""
-    env = {**os.environ, **{v: str(THREADS) for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}}
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
     code = (
         "import sys, pathlib, benchmarks.engine as e; "
         "e.run(sys.argv[1] == 'quick', pathlib.Path(sys.argv[2]))"
@@ -481,15 +673,29 @@ is faster), with the min and max of the ratios of turns taken back to back in th
 invariance cost: weightdb's rows/s over its own with batch invariance off (below 1: what the \
 guarantee costs). numpy: plain numpy over the MLP's weights. 25% budget: the pool gets \
 $budget_share of the model, baselines reload the model from its file on every call, and every \
-file is dropped from the OS cache before every call; bytes read are per prediction. load = \
-1-minute load average before the cell ($cpus CPUs).
+file is dropped from the OS cache before every call; bytes read are per prediction (weightdb: \
+its pool's reads; the others: their model file). $unlimited_note load = 1-minute load average \
+before the cell ($cpus CPUs).
 
 $table
-
+$limited
 Floors (issue 17):
 
 $floors
 $profile
+"""
+LIMITED_REPORT = """
+### 25% budget under a memory cgroup
+
+Each system in its own child process and memory cgroup, limited to $budget_share of the model \
+plus the child's idle RSS (measured before it reads a weight; page cache included), $rounds \
+rounds of children per system in alternating order, files dropped from the OS cache before \
+every call. Ratios as above, paired round by round. MB read: the process's block input from \
+storage per prediction (rusage), for every system alike. cgroup limit / peak: the largest over \
+a system's children; a failed system (e.g. ended by the OOM killer at its limit) has no ratio.
+
+$table
+$failures
 """
 PROFILE_REPORT = """
 ### Where time goes: $model (lowest ratio at batch 256), in memory
@@ -499,6 +705,11 @@ count toward the Python function that made them).
 
 $table
 """
+LIMITED_HEADER = [
+    "model", "batch", "load", "weightdb rows/s", "p50 / p99 ms", "x ort", "x ort min-max",
+    "x torch", "x torch min-max", "MB read / pred (wdb, ort, torch)",
+    "cgroup limit MiB (wdb, ort, torch)", "cgroup peak MiB (wdb, ort, torch)",
+]  # fmt: skip
 HEADER = [
     "model", "setting", "batch", "load", "weightdb rows/s", "p50 / p99 ms", "x ort",
     "x ort min-max", "x torch", "x numpy", "invariance cost", "ort rows/s",
@@ -512,6 +723,8 @@ def _markdown(payload: dict) -> str:
     for r in payload["results"]:
         cells.setdefault((r["model"], r["setting"], r["batch"]), {})[r["system"]] = r
     for (model, setting, batch), cell in cells.items():
+        if setting == LIMITED:
+            continue
         ours, ort_, eager = cell["weightdb"], cell["onnxruntime"], cell["pytorch"]
         mb = "/".join(f"{c['bytes_read_per_prediction'] / 1e6:.1f}" for c in (ours, ort_, eager))
         rows.append(
@@ -532,6 +745,7 @@ def _markdown(payload: dict) -> str:
             ]
         )
     floors = [[f["floor"], f"{f['ratio']:.2f}x", yes_no(f["met"])] for f in payload["floors"]]
+    limited = {key: cell for key, cell in cells.items() if key[1] == LIMITED}
     return render(
         REPORT,
         threads=THREADS,
@@ -539,10 +753,72 @@ def _markdown(payload: dict) -> str:
         tokens=TOKENS,
         calls=CALLS_IN_A_ROW,
         budget_share=f"{BUDGET_SHARE:.0%}",
+        unlimited_note=UNLIMITED_NOTE[payload.get("cgroups", False)],
         cpus=os.cpu_count(),
         table=markdown_table(HEADER, rows),
+        limited=_limited_markdown(limited, payload.get("limited_rounds")) if limited else "",
         floors=markdown_table(["floor", "weightdb", "met"], floors),
         profile=_profile_markdown(payload["profile"]),
+    )
+
+
+UNLIMITED_NOTE = {
+    True: f"Setting {UNLIMITED!r}: every system in this process with the machine's memory (the "
+    "budget binds weightdb's pool only); the same under a memory cgroup follows the table.",
+    False: f"Setting {UNLIMITED!r}: every system in this process with the machine's memory (the "
+    "budget binds weightdb's pool only); no memory cgroups in this run.",
+}
+
+
+def _shown(cell: dict, key: str, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
+    """``cell[key] / scale`` formatted, or ``-`` when the cell has no such figure (a failure)."""
+    return fmt.format(cell[key] / scale) if key in cell else "-"
+
+
+def _range(cell: dict, key: str) -> str:
+    """The min-max of a paired ratio, or ``-`` when there is none."""
+    if f"{key}_min" not in cell:
+        return "-"
+    return f"{cell[f'{key}_min']:.2f}-{cell[f'{key}_max']:.2f}"
+
+
+def _limited_markdown(cells: dict[tuple, dict], rounds: int | None) -> str:
+    """The cgroup setting's table: ratios where both systems finished, the cgroups' figures."""
+    rows, failures = [], {}
+    for (model, _, batch), cell in cells.items():
+        ours = cell["weightdb"]
+        systems = [cell[s] for s in LIMITED_SYSTEMS]
+        for c in systems:
+            if c["error"]:
+                failures[(model, c["system"])] = c["error"]
+
+        rows.append(
+            [
+                model,
+                batch,
+                f"{ours['load_before']:.1f}",
+                _shown(ours, "rows_per_s", "{:.0f}"),
+                f"{_shown(ours, 'p50_ms', '{:.2f}')} / {_shown(ours, 'p99_ms', '{:.2f}')}",
+                _shown(ours, "vs_onnxruntime", "**{:.2f}**"),
+                _range(ours, "vs_onnxruntime"),
+                _shown(ours, "vs_pytorch"),
+                _range(ours, "vs_pytorch"),
+                "/".join(_shown(c, "bytes_read_per_prediction", "{:.1f}", 1e6) for c in systems),
+                "/".join(_shown(c, "cgroup_limit_bytes", "{:.0f}", 2**20) for c in systems),
+                "/".join(_shown(c, "cgroup_peak_bytes", "{:.0f}", 2**20) for c in systems),
+            ]
+        )
+    listed = [f"- {model}, {system}: {error}" for (model, system), error in failures.items()]
+    return (
+        "\n"
+        + render(  # blank lines around it: what follows is no part of its list
+            LIMITED_REPORT,
+            budget_share=f"{BUDGET_SHARE:.0%}",
+            rounds=rounds,
+            table=markdown_table(LIMITED_HEADER, rows),
+            failures="\n".join(["", "Failed:", "", *listed]) if listed else "",
+        )
+        + "\n"
     )
 
 
@@ -568,3 +844,16 @@ def _profile_markdown(profile: dict | None) -> str:
         batch=profile["batch"],
         table=table,
     )
+
+
+def main() -> None:
+    """The child of the cgroup setting: ``python -m benchmarks.engine CONFIG SYSTEM``."""
+    parser = argparse.ArgumentParser(description="one system at the 25% budget, cold calls")
+    parser.add_argument("config", type=Path, help="written by _limited_cells")
+    parser.add_argument("system", choices=LIMITED_SYSTEMS)
+    args = parser.parse_args()
+    _serve_cold(args.config, args.system)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,6 @@ from weightdb.memory_limit import drop_page_cache
 
 SKEW = 0.9
 """Zipf exponent of the request sequences the scale and budgets suites serve."""
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 Predict = Callable[[str, dict[str, np.ndarray]], np.ndarray]
 
 
@@ -77,7 +76,7 @@ def serve(
 ) -> dict:
     """Run ``system`` over the sequence in a watched child (see ``harness.run_watched``; with
     ``memory_limit``, in a memory cgroup of that plus its idle RSS) and collect its outcome."""
-    from benchmarks.engine import THREADS
+    from benchmarks.engine import THREAD_VARIABLES, THREADS
 
     load = os.getloadavg()[0]
     env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, str(THREADS))}
@@ -137,8 +136,9 @@ def agreement(folder: Path, systems: tuple[str, ...]) -> dict[str, float | None]
 def serve_sequence(config_path: Path, system: str, handshake: bool) -> None:
     """Serve the sequence with ``system``; results go to ``<tmp>/<system>.json`` after every
     step (so a killed child leaves what it did) and the first answer to ``<system>.npy``.
-    With ``handshake``, once set up it reports its idle RSS and waits for the parent's go (the
-    parent sets its memory limit meanwhile, ``harness.run_watched``)."""
+    With ``handshake``, once set up (before loading, for a setup that loads every model) it
+    reports its idle RSS and waits for the parent's go (the parent sets its memory limit
+    meanwhile, ``harness.run_watched``)."""
     config = json.loads(config_path.read_text())
     out = Path(config["tmp"]) / system
     record: dict[str, Any] = {"requests": [], "loads": 0, "hits": 0, "loaded_models": None}
@@ -150,13 +150,20 @@ def serve_sequence(config_path: Path, system: str, handshake: bool) -> None:
 
     with np.load(config["requests"]) as split:
         feeds = {config["input"]: split[config["input"]]}
+    settled = not handshake
+
+    def settle() -> None:  # once: at the setup's call, or else after the setup
+        nonlocal settled
+        if not settled:
+            settled = True
+            report_idle_and_wait(out.with_suffix(".ready"))
+
     start = time.perf_counter()
     try:
-        predict, before = SETUPS[system](config, record, save)
+        predict, before = SETUPS[system](config, record, save, settle)
         record["setup_seconds"] = time.perf_counter() - start
         record["rss_after_setup"] = rss()
-        if handshake:
-            report_idle_and_wait(out.with_suffix(".ready"))
+        settle()
         for k, name in enumerate(config["sequence"]):
             if before:
                 before()
@@ -176,11 +183,22 @@ def serve_sequence(config_path: Path, system: str, handshake: bool) -> None:
     save()
 
 
-Setup = Callable[[dict, dict, Callable[[], None]], tuple[Predict, Callable[[], None] | None]]
+Setup = Callable[
+    [dict, dict, Callable[[], None], Callable[[], None]], tuple[Predict, Callable[[], None] | None]
+]
+"""A system's setup: (config, record, save, settle) -> (predict, before each request). A setup
+that loads every model calls ``settle`` (the idle-RSS handshake) once its libraries are loaded
+and before the models, so a memory limit counts the models against the budget."""
 Runtime = tuple[Callable[[str], Any], Callable[[Any, dict[str, np.ndarray]], np.ndarray]]
 
 
-def _weightdb(config: dict, record: dict, save: Callable[[], None], policy: str | None = None):
+def _weightdb(
+    config: dict,
+    record: dict,
+    save: Callable[[], None],
+    settle: Callable[[], None],
+    policy: str | None = None,
+):
     """``db.predict`` under the budget; the pages folder leaves the OS cache before every
     request (untimed), so a page that left the pool comes back from storage."""
     import weightdb
@@ -259,7 +277,7 @@ def _cached(runtime: str) -> Setup:
     """Models of ``runtime`` in an LRU cache of the budget's size."""
     make = RUNTIMES[runtime]
 
-    def setup(config: dict, record: dict, save: Callable[[], None]):
+    def setup(config: dict, record: dict, save: Callable[[], None], settle: Callable[[], None]):
         load, run = make(config)
         models = config["models"]
         files = {n: [Path(models[n][k]) for k in LOADED_FROM[runtime]] for n in models}
@@ -287,8 +305,9 @@ def _everything(runtime: str) -> Setup:
     """Every model of ``runtime`` loaded at once, before the first request."""
     make = RUNTIMES[runtime]
 
-    def setup(config: dict, record: dict, save: Callable[[], None]):
+    def setup(config: dict, record: dict, save: Callable[[], None], settle: Callable[[], None]):
         load, run = make(config)
+        settle()
         models = {}
         record["loaded_models"] = 0
         for name in config["models"]:
@@ -324,7 +343,9 @@ def _mapped(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _safetensors_mmap(config: dict, record: dict, save: Callable[[], None]):
+def _safetensors_mmap(
+    config: dict, record: dict, save: Callable[[], None], settle: Callable[[], None]
+):
     """Every model's file mapped; the OS pages in the rows and weights a request touches."""
     weights = {name: _mapped(Path(m["safetensors"])) for name, m in config["models"].items()}
     record["loaded_models"] = len(weights)
@@ -340,7 +361,7 @@ def _safetensors_mmap(config: dict, record: dict, save: Callable[[], None]):
     return predict, None
 
 
-def _pytorch_mmap(config: dict, record: dict, save: Callable[[], None]):
+def _pytorch_mmap(config: dict, record: dict, save: Callable[[], None], settle: Callable[[], None]):
     """Every model an nn.Module over its safetensors file mapped into memory (``load_file``
     returns tensors over the mapping; ``assign`` keeps them); the OS pages weights in."""
     from safetensors.torch import load_file

@@ -13,11 +13,19 @@ model fits both). Storage is cold for both systems: before each run every file o
 dropped from the OS page cache, and during the run a thread drops them again every 50 ms, so a
 model or page evicted from memory is read back from storage, not from the page cache.
 
-Floors: over budget, weightdb's throughput >= 2x the baseline's with a lower p99; when
-everything fits, weightdb's p50 <= 1.3x the baseline's.
+Memory limits: in both scenarios each server runs in its own memory cgroup
+(``weightdb.memory_limit``, when this process may create one) limited to the budget plus the
+server's idle RSS, measured once it answers its health check and before any request: page
+cache included, so neither server can use memory the budget does not give it, and the cgroup's
+peak is reported. The over-budget scenario also runs without a cgroup (labelled unlimited) for
+reference.
+
+Floors (on the cgroup runs): over budget, weightdb's throughput >= 2x the baseline's with a
+lower p99; when everything fits, weightdb's p50 <= 1.3x the baseline's.
 """
 
 import asyncio
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -37,19 +46,22 @@ from benchmarks.harness import (
     REPO,
     markdown_table,
     render,
+    rss,
     spread,
     summary,
     write_results,
 )
 from benchmarks.serving_baseline import IN, Classifier
-from weightdb.memory_limit import drop_page_cache
+from weightdb.memory_limit import MemoryLimit, drop_page_cache
+from weightdb.memory_limit import available as cgroups_available
 from weightdb.storage.policies import DEFAULT_POLICY
 
 MODELS = 8
 SKEW = 1.0
 CONCURRENCY = 16
-SUMMARIZED = ("throughput_rps", "p50_ms", "p99_ms")
+SUMMARIZED = ("requests", "throughput_rps", "p50_ms", "p99_ms")
 SCENARIOS = {"over-budget": 20 << 20, "fits": 1 << 30}
+UNLIMITED = ("over-budget",)  # scenarios also run without a memory cgroup, for reference
 THROUGHPUT_FLOOR = 2.0  # weightdb / baseline requests per second, over budget
 P50_CEILING = 1.3  # weightdb p50 / baseline p50, when everything fits
 
@@ -76,24 +88,57 @@ def build_family(folder: Path) -> tuple[Path, Path]:
     return db_path, tensors
 
 
+@dataclass
+class Server:
+    """A running server: its URL, its process and, when it runs under one, its memory cgroup."""
+
+    url: str
+    process: subprocess.Popen
+    group: MemoryLimit | None
+    idle_rss_bytes: int | None = None
+
+    def cgroup(self) -> dict | None:
+        """The cgroup's limit, the server's idle RSS, the most it held and its OOM kills."""
+        if self.group is None:
+            return None
+        return {
+            "limit_bytes": self.group.limit_bytes,
+            "idle_rss_bytes": self.idle_rss_bytes,
+            "peak_bytes": self.group.peak_bytes,
+            "oom_kills": self.group.oom_kills,
+        }
+
+
 @contextmanager
-def running(command: list[str], port: int) -> Iterator[str]:
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+def running(
+    command: list[str], port: int, name: str, budget: int | None = None
+) -> Iterator[Server]:
+    """Start the server ``command`` and wait until it answers. With ``budget``, it runs in its own
+    memory cgroup (joined as it starts), limited once it answers to ``budget`` plus its idle RSS."""
+    group = MemoryLimit(name) if budget is not None else None
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, preexec_fn=group and group.join
+    )
+    server = Server(f"http://127.0.0.1:{port}", process, group)
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{url}/v2/health/live").status_code == 200:
+                if httpx.get(f"{server.url}/v2/health/live").status_code == 200:
                     break
             except httpx.TransportError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"server {command} did not start") from None
                 time.sleep(0.1)
-        yield url
+        if group:
+            server.idle_rss_bytes = rss(process.pid)
+            group.limit(budget + server.idle_rss_bytes)
+        yield server
     finally:
         process.terminate()
         process.wait(timeout=30)
+        if group:
+            group.close()
 
 
 def free_port() -> int:
@@ -147,9 +192,13 @@ async def drive(url: str, trace: list[str], bodies: list[bytes], time_limit: flo
             if time.perf_counter() > deadline:
                 return
             start = time.perf_counter()
-            response = await http.post(
-                f"/v2/models/{model}/infer", content=bodies[k % len(bodies)], headers=headers
-            )
+            try:
+                response = await http.post(
+                    f"/v2/models/{model}/infer", content=bodies[k % len(bodies)], headers=headers
+                )
+            except httpx.TransportError:  # the server is gone (e.g. the OOM killer's doing)
+                failures += 1
+                continue
             latencies.append(time.perf_counter() - start)
             failures += response.status_code != 200
 
@@ -163,8 +212,8 @@ async def drive(url: str, trace: list[str], bodies: list[bytes], time_limit: flo
         "requests": len(latencies),
         "failures": failures,
         "throughput_rps": len(latencies) / wall,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        "p50_ms": float(np.percentile(ms, 50)) if latencies else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if latencies else float("nan"),
     }
 
 
@@ -194,8 +243,8 @@ def check_agreement(weightdb_url: str, baseline_url: str, body: bytes) -> float:
 
 def weightdb_command(db_path: Path, budget: int, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "weightdb.server", "--db", str(db_path), "serve",
-        "--port", str(port), "--budget", str(budget), "--policy", DEFAULT_POLICY,
+        sys.executable, "-m", "weightdb", "--db", str(db_path), "serve",
+        "--port", str(port), "--memory", str(budget), "--policy", DEFAULT_POLICY,
     ]  # fmt: skip
 
 
@@ -222,8 +271,16 @@ def pool_read_bytes(url: str) -> dict:
 
 
 def run_scenario(
-    db_path: Path, tensors: Path, budget: int, requests: int, repeats: int, time_limit: float
+    db_path: Path,
+    tensors: Path,
+    budget: int,
+    requests: int,
+    repeats: int,
+    time_limit: float,
+    limited: bool,
 ) -> dict:
+    """Both servers over the same traces, alternating which goes first; with ``limited``, each
+    in a memory cgroup of ``budget`` plus its idle RSS."""
     bodies = request_bodies(64)
     runs: dict[str, list[dict]] = {"weightdb": [], "baseline": []}
     for repeat in range(repeats):
@@ -236,11 +293,16 @@ def run_scenario(
                 if system == "weightdb"
                 else baseline_command(tensors, budget, port)
             )
-            with cold_storage([db_path / "pages", tensors]), running(command, port) as url:
-                asyncio.run(drive(url, warmup, bodies, time_limit))
-                result = asyncio.run(drive(url, trace, bodies, time_limit))
-                if system == "weightdb":
-                    result.update(pool_read_bytes(url))
+            limit = budget if limited else None
+            with (
+                cold_storage([db_path / "pages", tensors]),
+                running(command, port, f"serving-{system}", limit) as server,
+            ):
+                asyncio.run(drive(server.url, warmup, bodies, time_limit))
+                result = asyncio.run(drive(server.url, trace, bodies, time_limit))
+                if system == "weightdb" and server.process.poll() is None:
+                    result.update(pool_read_bytes(server.url))
+                result["cgroup"] = server.cgroup()
             runs[system].append(result)
             print(f"  {system}: {result}", flush=True)
     return {system: summarize(results) for system, results in runs.items()}
@@ -253,7 +315,9 @@ def summarize(results: list[dict]) -> dict:
 
 def run(quick: bool, out_dir: Path) -> dict:
     requests, repeats, time_limit = (400, 1, 60.0) if quick else (2000, 3, 180.0)
+    limited = cgroups_available()
     results: dict = {"quick": quick, "models": MODELS, "concurrency": CONCURRENCY}
+    results["cgroups"] = limited
     with tempfile.TemporaryDirectory(prefix="weightdb-serving-") as tmp:
         db_path, tensors = build_family(Path(tmp))
         with weightdb.connect(db_path, create=False) as db:
@@ -263,15 +327,20 @@ def run(quick: bool, out_dir: Path) -> dict:
         results["logical_bytes"] = stats["logical_bytes"]
         port_a, port_b = free_port(), free_port()
         with (
-            running(weightdb_command(db_path, 1 << 30, port_a), port_a) as a,
-            running(baseline_command(tensors, 1 << 30, port_b), port_b) as b,
+            running(weightdb_command(db_path, 1 << 30, port_a), port_a, "serving-weightdb") as a,
+            running(baseline_command(tensors, 1 << 30, port_b), port_b, "serving-baseline") as b,
         ):
-            results["max_abs_difference"] = check_agreement(a, b, request_bodies(1)[0])
+            results["max_abs_difference"] = check_agreement(a.url, b.url, request_bodies(1)[0])
+        runs = [(scenario, budget, limited) for scenario, budget in SCENARIOS.items()]
+        if limited:
+            runs += [(f"{s}, unlimited", SCENARIOS[s], False) for s in UNLIMITED]
         results["scenarios"] = {}
-        for scenario, budget in SCENARIOS.items():
-            print(f"scenario {scenario} (budget {budget >> 20} MiB)", flush=True)
-            outcome = run_scenario(db_path, tensors, budget, requests, repeats, time_limit)
+        for scenario, budget, cgroup in runs:
+            limit = "memory cgroup of budget + idle RSS" if cgroup else "unlimited"
+            print(f"scenario {scenario} (budget {budget >> 20} MiB, {limit})", flush=True)
+            outcome = run_scenario(db_path, tensors, budget, requests, repeats, time_limit, cgroup)
             outcome["budget_bytes"] = budget
+            outcome["limit"] = "cgroup" if cgroup else "unlimited"
             results["scenarios"][scenario] = outcome
     results["floors"] = floors(results["scenarios"])
     write_results(out_dir, "serving", results, markdown(results))
@@ -279,19 +348,32 @@ def run(quick: bool, out_dir: Path) -> dict:
 
 
 def floors(scenarios: dict) -> dict:
+    """The issue-8 floors; a ratio is None where the baseline served no request (e.g. ended by
+    the OOM killer), and a floor is then met when weightdb served every request."""
     over, fits = scenarios["over-budget"], scenarios["fits"]
-    speedup = (
-        over["weightdb"]["throughput_rps"]["median"] / over["baseline"]["throughput_rps"]["median"]
-    )
-    p99_ratio = over["weightdb"]["p99_ms"]["median"] / over["baseline"]["p99_ms"]["median"]
-    p50_ratio = fits["weightdb"]["p50_ms"]["median"] / fits["baseline"]["p50_ms"]["median"]
+    speedup = _ratio(over, "throughput_rps")
+    p99_ratio = _ratio(over, "p99_ms")
+    p50_ratio = _ratio(fits, "p50_ms")
     return {
         "over_budget_throughput_ratio": speedup,
         "over_budget_p99_ratio": p99_ratio,
         "fits_p50_ratio": p50_ratio,
-        "throughput_floor_met": speedup >= THROUGHPUT_FLOOR and p99_ratio < 1,
-        "p50_floor_met": p50_ratio <= P50_CEILING,
+        "throughput_floor_met": (
+            speedup >= THROUGHPUT_FLOOR and p99_ratio < 1
+            if speedup is not None
+            else over["weightdb"]["failures"] == 0
+        ),
+        "p50_floor_met": (
+            p50_ratio <= P50_CEILING if p50_ratio is not None else fits["weightdb"]["failures"] == 0
+        ),
     }
+
+
+def _ratio(outcome: dict, key: str) -> float | None:
+    """weightdb's median ``key`` over the baseline's; None if the baseline served nothing."""
+    if outcome["baseline"]["requests"]["median"] == 0:
+        return None
+    return outcome["weightdb"][key]["median"] / outcome["baseline"][key]["median"]
 
 
 REPORT = """
@@ -300,17 +382,46 @@ REPORT = """
 $models fine-tuned MLP classifiers of $model_mib MiB sharing two frozen layers ($logical_mib \
 MiB logical, $stored_mib MiB stored by weightdb); Zipf(s=$skew) single-row requests from \
 $concurrency closed-loop connections; storage kept cold for both systems. Baseline: FastAPI + \
-PyTorch modules from safetensors, whole-model LRU under the same budget. Medians over $runs \
-run(s), (min-max)$quick.
+PyTorch modules from safetensors, whole-model LRU under the same budget. $limits Medians over \
+$runs run(s), (min-max)$quick.
 
 $table
 
-Over budget: weightdb ${throughput_ratio}x the baseline's throughput (floor \
-${throughput_floor}x), p99 ratio $p99_ratio (floor < 1): $throughput_met. Everything fits: \
-p50 ratio $p50_ratio (ceiling $p50_ceiling): $p50_met. weightdb read $read_mib MiB from \
-storage over budget ($round_mib MiB per round of $round_models models); answers agree to \
-$agreement.
+cgroup limit / peak: the cgroup's limit (budget plus the server's idle RSS; median over runs) \
+and the most memory, RSS and page cache, it held (largest over runs); OOM kills: runs the \
+kernel's OOM killer ended inside the cgroup (their remaining requests count as failures).
+
+Over budget$floor_runs: $over_budget (floor: ${throughput_floor}x the baseline's throughput \
+and a lower p99): $throughput_met. Everything fits: $fits (ceiling: ${p50_ceiling}x the \
+baseline's p50): $p50_met. $read answers agree to $agreement.
 """
+LIMITS = {
+    True: "Runs marked cgroup: each server in its own memory cgroup of the budget plus its idle "
+    "RSS (measured once it answers, before any request), page cache included; runs marked "
+    "unlimited have the machine's memory, where the budget binds weightdb's pool and the "
+    "baseline's LRU only.",
+    False: "No memory cgroups in these runs: every run is unlimited, the budget binds "
+    "weightdb's pool and the baseline's LRU only.",
+}
+HEADER = [
+    "scenario", "budget", "limit", "system", "requests/s", "p50 ms", "p99 ms", "failures",
+    "cgroup limit / peak MiB", "OOM kills",
+]  # fmt: skip
+
+
+def _cgroup_cells(runs: list[dict]) -> list[str]:
+    """The limit and peak columns of a system's runs (``-`` for runs without a cgroup)."""
+    groups = [r["cgroup"] for r in runs if r.get("cgroup")]
+    if not groups:
+        return ["-", "-"]
+    limit = statistics.median(g["limit_bytes"] for g in groups) / 2**20
+    peak = max(g["peak_bytes"] for g in groups) / 2**20
+    return [f"{limit:.0f} / {peak:.0f}", str(sum(g["oom_kills"] > 0 for g in groups))]
+
+
+def _compared(ratio: float | None, what: str) -> str:
+    """A floor's measured ratio in words (the baseline may have served nothing)."""
+    return "the baseline served no request" if ratio is None else f"{what} {ratio:.2f}x"
 
 
 def markdown(results: dict) -> str:
@@ -318,14 +429,25 @@ def markdown(results: dict) -> str:
     for scenario, outcome in results["scenarios"].items():
         for system in ("weightdb", "baseline"):
             r = outcome[system]
+            served = all(run["requests"] for run in r["runs"])  # else latencies are NaN
             rows.append([
-                scenario, f"{outcome['budget_bytes'] >> 20} MiB", system,
-                spread(r["throughput_rps"], "{:.0f}"), spread(r["p50_ms"], "{:.1f}"),
-                spread(r["p99_ms"], "{:.1f}"), r["failures"],
+                scenario, f"{outcome['budget_bytes'] >> 20} MiB",
+                outcome.get("limit", "unlimited"), system, spread(r["throughput_rps"], "{:.0f}"),
+                spread(r["p50_ms"], "{:.1f}") if served else "-",
+                spread(r["p99_ms"], "{:.1f}") if served else "-",
+                r["failures"], *_cgroup_cells(r["runs"]),
             ])  # fmt: skip
     f = results["floors"]
     over_runs = results["scenarios"]["over-budget"]["weightdb"]["runs"]
     over = over_runs[0]
+    read = (
+        f"weightdb read {over['read_bytes'] / 2**20:.0f} MiB from storage over budget "
+        f"({over['read_bytes_per_round'] / 2**20:.2f} MiB per round of "
+        f"{over['models_per_round']:.1f} models);"
+        if "read_bytes" in over
+        else "weightdb's server ended before its reads were counted;"
+    )
+    cgroups = results.get("cgroups", False)
     return render(
         REPORT,
         models=results["models"],
@@ -334,20 +456,22 @@ def markdown(results: dict) -> str:
         stored_mib=results["stored_bytes"] >> 20,
         skew=SKEW,
         concurrency=results["concurrency"],
+        limits=LIMITS[cgroups],
         runs=len(over_runs),
         quick="; quick mode" if results["quick"] else "",
-        table=markdown_table(
-            ["scenario", "budget", "system", "requests/s", "p50 ms", "p99 ms", "failures"], rows
+        table=markdown_table(HEADER, rows),
+        floor_runs=" (memory cgroup runs)" if cgroups else "",
+        over_budget=_compared(f["over_budget_throughput_ratio"], "weightdb's throughput")
+        + (
+            f", p99 {f['over_budget_p99_ratio']:.2f}x"
+            if f["over_budget_p99_ratio"] is not None
+            else ""
         ),
-        throughput_ratio=f"{f['over_budget_throughput_ratio']:.2f}",
         throughput_floor=THROUGHPUT_FLOOR,
-        p99_ratio=f"{f['over_budget_p99_ratio']:.2f}",
         throughput_met="met" if f["throughput_floor_met"] else "NOT met",
-        p50_ratio=f"{f['fits_p50_ratio']:.2f}",
+        fits=_compared(f["fits_p50_ratio"], "weightdb's p50"),
         p50_ceiling=P50_CEILING,
         p50_met="met" if f["p50_floor_met"] else "NOT met",
-        read_mib=f"{over['read_bytes'] / 2**20:.0f}",
-        round_mib=f"{over['read_bytes_per_round'] / 2**20:.2f}",
-        round_models=f"{over['models_per_round']:.1f}",
+        read=read,
         agreement=f"{results['max_abs_difference']:.1e}",
     )
