@@ -196,15 +196,42 @@ def gather_mean(
         return _mean(gather_rows(weight, indices), axes, keepdims)
     ids = _row_ids(weight, indices).reshape(indices.shape)
     summed = prod(indices.shape[a] for a in axes)
-    by_position = np.moveaxis(ids, axes, range(len(axes))).reshape(-1)
-    rows = _gathered(weight, by_position).reshape(summed, -1, weight.layout.matrix_shape[1])
-    total = rows[0].copy()
-    for position in rows[1:]:
-        total += position
+    by_position = np.moveaxis(ids, axes, range(len(axes))).reshape(summed, -1)
+    matrix = weight.resident_matrix(np.unique(by_position // weight.layout.block_rows))
+    if matrix is not None:
+        total = _bag_sums(matrix, by_position)
+    else:
+        rows = _gathered(weight, by_position.reshape(-1))
+        rows = rows.reshape(summed, -1, weight.layout.matrix_shape[1])
+        total = rows[0].copy()
+        for position in rows[1:]:
+            total += position
     total /= total.dtype.type(summed)
     kept = [1 if a in axes else size for a, size in enumerate(indices.shape)]
     shape = kept if keepdims else [s for a, s in enumerate(indices.shape) if a not in axes]
     return total.reshape(*shape, *weight.shape[1:])
+
+
+def _bag_sums(matrix: np.ndarray, by_position: np.ndarray) -> np.ndarray:
+    """For every bag (column of ``by_position``), the sum of its rows of ``matrix`` in the
+    order of the positions, as the slab sums above add them (the same bits), without writing
+    out every token's row: one position of a share of the bags at a time, the shares taken by
+    the engine's workers."""
+    positions, bags = by_position.shape
+    total = np.empty((bags, matrix.shape[1]), matrix.dtype)
+
+    def share(span: tuple[int, int]) -> None:
+        a, b = span
+        np.take(matrix, by_position[0, a:b], axis=0, out=total[a:b])
+        row = np.empty_like(total[a:b])
+        for position in range(1, positions):
+            np.take(matrix, by_position[position, a:b], axis=0, out=row)
+            total[a:b] += row
+
+    parallel = threads.worth(by_position.size * matrix.shape[1])
+    pieces = min(bags, 2 * threads.workers()) if parallel else 1
+    threads.run_all(share, list(pairwise(bags * k // pieces for k in range(pieces + 1))), parallel)
+    return total
 
 
 def _mean(x: np.ndarray, axes: tuple[int, ...], keepdims: int) -> np.ndarray:
