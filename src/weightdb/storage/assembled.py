@@ -8,11 +8,23 @@ to be evicted, is dropped first when a page needs room, and is dropped with any 
 So which pages are resident, and the bytes read, are exactly what they would be without it.
 """
 
+import mmap
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
+
+
+def anonymous_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An empty array in a memory mapping of its own. Copies are megabytes each and come and
+    go as pages need room; from malloc, freed ones stay in its heap (measured: 120 MiB beyond
+    the budget on the budgets family at 10%), while a mapping goes back to the operating
+    system when the pool drops the copy, so the process holds what the pool counts."""
+    count = prod(shape)
+    buffer = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from weightdb.storage.assembled import anonymous_array
 from weightdb.storage.blocking import BlockLayout
 from weightdb.storage.buffer_pool import BufferPool
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, Page
@@ -106,16 +107,18 @@ class StoredTensor:
         key = (axis, self.dtype.str, grid.tobytes())
         pages = frozenset(grid[:, 0].tolist())
         inner = self.layout.matrix_shape[0 if axis == "columns" else 1]
+        kept = self.pool.kept(key, sorted(pages), self.model)
+        if kept is not None:
+            return kept
         if axis == "columns":
             _, _, c0, c1 = self.layout.bounds(0, index)
-            assemble = lambda: self.region((0, inner), (c0, c1), self.dtype)  # noqa: E731
+            panel = anonymous_array((inner, c1 - c0), self.dtype)
+            self.region((0, inner), (c0, c1), self.dtype, out=panel)
         else:
             r0, r1, _, _ = self.layout.bounds(index, 0)
-            assemble = lambda: np.ascontiguousarray(  # noqa: E731
-                self.region((r0, r1), (0, inner), self.dtype).T
-            )
-        kept = self.pool.kept(key, sorted(pages), self.model)
-        return kept if kept is not None else self.pool.keep(key, pages, assemble())
+            panel = anonymous_array((inner, r1 - r0), self.dtype)
+            panel[...] = self.region((r0, r1), (0, inner), self.dtype).T
+        return self.pool.keep(key, pages, panel)
 
     def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray | None:
         """The whole matrix view as one array if the pool keeps one (``BufferPool.keep``), or
@@ -130,7 +133,10 @@ class StoredTensor:
         pages = frozenset(self.locations[..., 0].ravel().tolist())
         if not self.pool.has_room(pages, self.nbytes):
             return None
-        return self.pool.keep(key, pages, self.read().reshape(self.layout.matrix_shape))
+        rows, cols = self.layout.matrix_shape
+        matrix = anonymous_array((rows, cols), self.dtype)
+        self.region((0, rows), (0, cols), self.dtype, out=matrix)
+        return self.pool.keep(key, pages, matrix)
 
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         """Block rows grouped by the page that holds their first block, in order."""
@@ -162,14 +168,21 @@ class StoredTensor:
                     rows.append([page(int(p)).block(int(slot)) for p, slot in self.locations[i]])
             yield rows
 
-    def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
+    def region(
+        self,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        dtype: np.dtype,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Rows [r0, r1) x cols [c0, c1) of the matrix view, copied out of the blocks that cover
-        it as one contiguous array of ``dtype``. The blocks are taken page by page, each page
-        pinned once for the copies it serves, so the pool holds at most one page of this
-        tensor on our behalf."""
+        it as one contiguous array of ``dtype`` (into ``out``, of that shape, if given). The
+        blocks are taken page by page, each page pinned once for the copies it serves, so the
+        pool holds at most one page of this tensor on our behalf."""
         (r0, r1), (c0, c1) = rows, cols
         block_rows, block_cols = self.layout.block_rows, self.layout.block_cols
-        out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
+        if out is None:
+            out = np.empty((r1 - r0, c1 - c0), dtype=dtype)
         grid = self.locations[
             r0 // block_rows : -(-r1 // block_rows), c0 // block_cols : -(-c1 // block_cols)
         ]
