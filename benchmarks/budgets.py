@@ -11,7 +11,8 @@ every start, weightdb's pages dropped from the OS cache before every request, th
 watchdog), under budgets B of 10%, 25%, 50%, 75% and 100% (quick: 10%, 50%, 100%) of the
 family's model files: the working set of a server that keeps whole models.
 
-Systems: weightdb (pool budget B; its default replacement policy, and at 10%, 25% and 50% also
+Systems: weightdb (pool budget B less 64 MiB of working memory for a request, so the process
+fits B; its default replacement policy, and at 10%, 25% and 50% also
 lru, lfu and netsdb-cost, for bytes read per policy: only 10% is below what weightdb stores
 after dedup, so only there do the policies have to choose), onnxruntime and pytorch keeping
 whole models LRU while their files fit B, and numpy (``safetensors-mmap``) and pytorch
@@ -183,7 +184,8 @@ REPORT = """
 
 $description ($family). Working set: the $working_set_gib GiB of model files; weightdb stores \
 $stored_gib GiB after exact dedup. $requests requests, Zipf($skew), one at a time, every \
-system in its own process with budget B (weightdb: its pool; onnxruntime and pytorch: whole \
+system in its own process with budget B (weightdb: its pool, B less 64 MiB of working memory \
+for a request; onnxruntime and pytorch: whole \
 models LRU while their files fit B; safetensors-mmap and pytorch-mmap: the OS page cache), \
 storage cold at the start and weightdb's pages dropped from the OS cache before every \
 request. $limits One run per system and budget$quick.
