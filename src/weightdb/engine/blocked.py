@@ -135,18 +135,21 @@ def _row_ids(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
 
 
 def _gathered(weight: StoredWeight, ids: np.ndarray) -> np.ndarray:
-    """W[ids] for valid row ids, as a (len(ids), columns) array.
-
-    A weight whose whole matrix is resident as one array (in memory, or kept by the pool)
-    serves them all with one ``take``. Otherwise one sort groups the requests by block row and
-    the index arithmetic is done for all of them at once, so a block row stored back to back (a
-    (grid cols, rows, width) array) costs one ``take`` and one copy to the requests' rows,
-    under one pin per page.
-    """
-    layout = weight.layout
-    matrix = weight.resident_matrix(np.unique(ids // layout.block_rows))
+    """W[ids] for valid row ids, as a (len(ids), columns) array: one ``take`` from a weight
+    whose whole matrix is resident as one array (in memory, or kept by the pool), else block
+    row by block row."""
+    matrix = weight.resident_matrix(np.unique(ids // weight.layout.block_rows))
     if matrix is not None:
         return np.take(matrix, ids, axis=0)
+    return _gathered_by_block_row(weight, ids)
+
+
+def _gathered_by_block_row(weight: StoredWeight, ids: np.ndarray) -> np.ndarray:
+    """W[ids] read block row by block row: one sort groups the requests by block row and the
+    index arithmetic is done for all of them at once, so a block row stored back to back (a
+    (grid cols, rows, width) array) costs one ``take`` and one copy to the requests' rows,
+    under one pin per page."""
+    layout = weight.layout
     grid = layout.grid[1]
     order = np.argsort(ids, kind="stable")
     wanted = ids[order]
@@ -201,7 +204,7 @@ def gather_mean(
     if matrix is not None:
         total = _bag_sums(matrix, by_position)
     else:
-        rows = _gathered(weight, by_position.reshape(-1))
+        rows = _gathered_by_block_row(weight, by_position.reshape(-1))
         rows = rows.reshape(summed, -1, weight.layout.matrix_shape[1])
         total = rows[0].copy()
         for position in rows[1:]:

@@ -23,7 +23,8 @@ def anonymous_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     the budget on the budgets family at 10%), while a mapping goes back to the operating
     system when the pool drops the copy, so the process holds what the pool counts."""
     count = prod(shape)
-    buffer = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize))
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE  # faulted in at once
+    buffer = mmap.mmap(-1, max(1, count * np.dtype(dtype).itemsize), flags=flags)
     return np.frombuffer(buffer, dtype, count=count).reshape(shape)
 
 
