@@ -232,8 +232,7 @@ def _bag_sums(matrix: np.ndarray, by_position: np.ndarray) -> np.ndarray:
             total[a:b] += row
 
     parallel = threads.worth(by_position.size * matrix.shape[1])
-    pieces = min(bags, 2 * threads.workers()) if parallel else 1
-    threads.run_all(share, list(pairwise(bags * k // pieces for k in range(pieces + 1))), parallel)
+    threads.run_all(share, threads.shares(bags, parallel), parallel)
     return total
 
 

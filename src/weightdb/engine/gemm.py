@@ -207,12 +207,9 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.matmul(a, b)
     out = np.empty((*a.shape[:-1], b.shape[-1]), np.result_type(a, b))
     parallel = threads.worth(out.size * a.shape[-1]) and a.shape[0] > 1
-    items = a.shape[0]
-    pieces = min(items, 2 * threads.workers()) if parallel else 1
-    edges = [items * piece // pieces for piece in range(pieces + 1)]
 
     def piece(span: tuple[int, int]) -> None:
         np.matmul(a[span[0] : span[1]], b[span[0] : span[1]], out=out[span[0] : span[1]])
 
-    threads.run_all(piece, list(pairwise(edges)), parallel)
+    threads.run_all(piece, threads.shares(a.shape[0], parallel), parallel)
     return out

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
+from itertools import pairwise
 from typing import Any, TypeVar
 
 import threadpoolctl
@@ -101,6 +102,14 @@ def workers() -> int:
 def worth(work: int) -> bool:
     """Whether a product of ``work`` multiply-adds is worth sharing with the workers."""
     return _workers.get() > 1 and work >= MIN_PARALLEL_MACS
+
+
+def shares(count: int, parallel: bool) -> list[tuple[int, int]]:
+    """[0, count) cut into nearly equal spans, two per worker when ``parallel`` (so a worker
+    that gets the CPU late costs little), else one."""
+    pieces = max(1, min(count, 2 * _workers.get())) if parallel else 1
+    edges = [count * piece // pieces for piece in range(pieces + 1)]
+    return list(pairwise(edges))
 
 
 def run_all(task: Callable[[T], None], spans: Sequence[T], parallel: bool) -> None:
