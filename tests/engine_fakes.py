@@ -75,7 +75,7 @@ class CountingWeight:
     def row_groups(self, block_rows: list[int]) -> list[list[int]]:
         return [[i] for i in block_rows]
 
-    def resident_matrix(self, block_rows: np.ndarray) -> None:
+    def resident_matrix(self, rows: np.ndarray) -> None:
         """Never resident as one array: gathers read block by block."""
         return None
 

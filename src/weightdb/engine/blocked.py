@@ -138,7 +138,7 @@ def _gathered(weight: StoredWeight, ids: np.ndarray) -> np.ndarray:
     """W[ids] for valid row ids, as a (len(ids), columns) array: one ``take`` from a weight
     whose whole matrix is resident as one array (in memory, or kept by the pool), else block
     row by block row."""
-    matrix = weight.resident_matrix(np.unique(ids // weight.layout.block_rows))
+    matrix = weight.resident_matrix(ids)
     if matrix is not None:
         return np.take(matrix, ids, axis=0)
     return _gathered_by_block_row(weight, ids)
@@ -200,7 +200,7 @@ def gather_mean(
     ids = _row_ids(weight, indices).reshape(indices.shape)
     summed = prod(indices.shape[a] for a in axes)
     by_position = np.moveaxis(ids, axes, range(len(axes))).reshape(summed, -1)
-    matrix = weight.resident_matrix(np.unique(by_position // weight.layout.block_rows))
+    matrix = weight.resident_matrix(by_position)
     if matrix is not None:
         total = _bag_sums(matrix, by_position)
     else:

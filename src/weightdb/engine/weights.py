@@ -52,9 +52,9 @@ class StoredWeight(Protocol):
         one contiguous array of ``dtype``."""
         ...
 
-    def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray | None:
+    def resident_matrix(self, rows: np.ndarray) -> np.ndarray | None:
         """The whole matrix view as one array if it is resident so (kept by the pool, or in
-        memory), else None; a gather about to read ``block_rows`` asks."""
+        memory), else None; a gather about to read ``rows`` (row ids, any shape) asks."""
         ...
 
     def block_rows(
@@ -96,7 +96,7 @@ class InMemoryWeight:
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         return [list(block_rows)]
 
-    def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray:
+    def resident_matrix(self, rows: np.ndarray) -> np.ndarray:
         return self.matrix
 
     @contextmanager

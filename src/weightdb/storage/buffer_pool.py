@@ -118,15 +118,16 @@ class BufferPool:
             self._stats.misses += 1
 
     def kept(
-        self, key: Hashable, requested: Iterable[int], model: str | None = None
+        self, key: Hashable, requested: Callable[[], Iterable[int]], model: str | None = None
     ) -> np.ndarray | None:
         """The array kept under ``key`` (``keep``), if any, counting a hit on each of the
-        ``requested`` pages: those that copying it afresh would have read."""
+        ``requested()`` pages: those that copying it afresh would have read (asked only when
+        an array is kept)."""
         with self._lock:
             kept = self._assembled.get(key)
             if kept is None:
                 return None
-            for page_id in requested:
+            for page_id in requested():
                 self._requested(page_id, model, hit=True)
             return kept.array
 

@@ -3,6 +3,7 @@
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -32,6 +33,9 @@ class StoredTensor:
     )  # panel -> (page, slots) or None, from ``locations``: never shared by copies
     _pins_at_once: int | None = field(default=None, init=False, repr=False)
     _gathers: int = field(default=0, init=False, repr=False)  # by block row, while not kept
+    _panel_sources: dict[tuple[str, int], tuple[tuple, frozenset[int]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def nbytes(self) -> int:
@@ -109,13 +113,11 @@ class StoredTensor:
         yield [self._assembled_panel(axis, index) for index in group]
 
     def _assembled_panel(self, axis: PanelAxis, index: int) -> np.ndarray:
-        grid = self.locations[:, index] if axis == "columns" else self.locations[index]
-        key = (axis, self.dtype.str, grid.tobytes())
-        pages = frozenset(grid[:, 0].tolist())
-        inner = self.layout.matrix_shape[0 if axis == "columns" else 1]
-        kept = self.pool.kept(key, sorted(pages), self.model)
+        key, pages = self._panel_source(axis, index)
+        kept = self.pool.kept(key, lambda: sorted(pages), self.model)
         if kept is not None:
             return kept
+        inner = self.layout.matrix_shape[0 if axis == "columns" else 1]
         if axis == "columns":
             _, _, c0, c1 = self.layout.bounds(0, index)
             panel = anonymous_array((inner, c1 - c0), self.dtype)
@@ -126,26 +128,43 @@ class StoredTensor:
             panel[...] = self.region((r0, r1), (0, inner), self.dtype).T
         return self.pool.keep(key, pages, panel)
 
-    def resident_matrix(self, block_rows: np.ndarray) -> np.ndarray | None:
+    def _panel_source(self, axis: PanelAxis, index: int) -> tuple[tuple, frozenset[int]]:
+        """The pool's key for a copy of panel ``index`` (the blocks it holds, so models that
+        share them share the copy) and the pages it comes from, derived once."""
+        found = self._panel_sources.get((axis, index))
+        if found is None:
+            grid = self.locations[:, index] if axis == "columns" else self.locations[index]
+            found = (axis, self.dtype.str, grid.tobytes()), frozenset(grid[:, 0].tolist())
+            self._panel_sources[axis, index] = found
+        return found
+
+    def resident_matrix(self, rows: np.ndarray) -> np.ndarray | None:
         """The whole matrix view as one array if the pool keeps one (``BufferPool.keep``), or
         can now: after ``TABLE_COPY_AFTER`` gathers, every page of this tensor resident and
-        room for the copy beside them. A gather then takes its rows in one step; the pages
-        holding ``block_rows`` count as requested, as the gather would read them."""
-        key = ("matrix", self.dtype.str, self.locations.tobytes())
-        requested = np.unique(self.locations[block_rows, :, 0]).tolist()
+        room for the copy beside them. A gather of ``rows`` then takes them in one step; the
+        pages holding them count as requested, as the gather would read them."""
+        key, pages = self._matrix_source
+
+        def requested() -> list[int]:
+            block_rows = np.unique(rows // self.layout.block_rows)
+            return np.unique(self.locations[block_rows, :, 0]).tolist()
+
         kept = self.pool.kept(key, requested, self.model)
         if kept is not None:
             return kept
         self._gathers += 1
-        if self._gathers < TABLE_COPY_AFTER:
+        if self._gathers < TABLE_COPY_AFTER or not self.pool.has_room(pages, self.nbytes):
             return None
-        pages = frozenset(self.locations[..., 0].ravel().tolist())
-        if not self.pool.has_room(pages, self.nbytes):
-            return None
-        rows, cols = self.layout.matrix_shape
-        matrix = anonymous_array((rows, cols), self.dtype)
-        self.region((0, rows), (0, cols), self.dtype, out=matrix)
+        matrix_rows, cols = self.layout.matrix_shape
+        matrix = anonymous_array((matrix_rows, cols), self.dtype)
+        self.region((0, matrix_rows), (0, cols), self.dtype, out=matrix)
         return self.pool.keep(key, pages, matrix)
+
+    @cached_property
+    def _matrix_source(self) -> tuple[tuple, frozenset[int]]:
+        """The pool's key for a copy of the whole matrix view and the pages it comes from."""
+        pages = frozenset(self.locations[..., 0].ravel().tolist())
+        return ("matrix", self.dtype.str, self.locations.tobytes()), pages
 
     def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
         """Block rows grouped by the page that holds their first block, in order."""
