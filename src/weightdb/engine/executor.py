@@ -300,7 +300,6 @@ _FRESH = {
     "Add", "Sub", "Mul", "Div", "MatMul", "Gemm", "Conv", "Gelu", "Erf", "Softmax",
     "LayerNormalization", "BatchNormalization", "Relu", "Sigmoid", "Tanh", "Where",
 }  # fmt: skip
-_IN_PLACE_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 
 
 def _reusable(steps: list, releases: dict[int, list[int]], kept: set[int]) -> dict[int, Kernel]:
@@ -318,15 +317,13 @@ def _reusable(steps: list, releases: dict[int, list[int]], kept: set[int]) -> di
             readers.setdefault(r, set()).add(node.op_type)
     kernels = {}
     for k, (node, _, ins, _) in enumerate(steps):
-        if node.op_type not in _IN_PLACE_BINARY and node.op_type != "Relu":
+        in_place = _IN_PLACE.get(node.op_type)
+        if in_place is None:
             continue
         dying = set(releases.get(k, ()))
         for position, r in enumerate(ins):
             if r in dying and r in fresh and r not in kept and readers[r] <= _FRESH:
-                if node.op_type == "Relu":
-                    kernels[k] = _relu_into
-                else:
-                    kernels[k] = partial(_into, _IN_PLACE_BINARY[node.op_type], position)
+                kernels[k] = in_place(position)
                 break
     return kernels
 
@@ -344,6 +341,15 @@ def _into(ufunc: np.ufunc, position: int, a: np.ndarray, b: np.ndarray) -> np.nd
 def _relu_into(x: np.ndarray) -> np.ndarray:
     """Relu written into its dying input (the kernel's ``np.maximum(x, 0)``, in place)."""
     return np.maximum(x, np.zeros((), x.dtype), out=x)
+
+
+# op type -> the kernel that writes its result into the operand at a position
+_IN_PLACE: dict[str, Callable[[int], Kernel]] = {
+    "Add": lambda position: partial(_into, np.add, position),
+    "Sub": lambda position: partial(_into, np.subtract, position),
+    "Mul": lambda position: partial(_into, np.multiply, position),
+    "Relu": lambda position: _relu_into,
+}
 
 
 def _checked(spec: InputSpec, array: np.ndarray, bound: dict[str, tuple[int, str]]) -> np.ndarray:
