@@ -111,12 +111,11 @@ def _flexible(
         low = count
     if low > MAX_CALL_ROWS // 4:
         return None
-    small = (
-        c
-        for c in SMALL_CALLS
-        if low == FLEXIBLE_STEP and _agree(operand, rows, c, rng) == reference
-    )
-    return Tiling(next(small, low), MAX_CALL_ROWS, FLEXIBLE_STEP)
+    min_rows = low
+    if low == FLEXIBLE_STEP:  # a small batch may be one call below a step
+        agreeing = (c for c in SMALL_CALLS if _agree(operand, rows, c, rng) == reference)
+        min_rows = next(agreeing, low)
+    return Tiling(min_rows, MAX_CALL_ROWS, FLEXIBLE_STEP)
 
 
 def _agree(
