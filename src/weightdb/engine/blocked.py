@@ -16,7 +16,7 @@ from weightdb.engine import gemm, threads
 from weightdb.engine.errors import ExecutionError
 from weightdb.engine.ops import Kernel
 from weightdb.engine.ops.nn import convolve, gemm_epilogue
-from weightdb.engine.weights import StoredWeight, read_region
+from weightdb.engine.weights import StoredWeight
 from weightdb.storage.panel_order import PanelAxis
 
 
@@ -45,8 +45,8 @@ def _operand(
         return np.ascontiguousarray(run[:, span[0] - first : span[1] - first])
     if axis == "rows":
         inner = layout.matrix_shape[1]
-        return np.ascontiguousarray(read_region(weight, span, (0, inner), dtype).T)
-    return read_region(weight, (0, layout.matrix_shape[0]), span, dtype)
+        return np.ascontiguousarray(weight.region(span, (0, inner), dtype).T)
+    return weight.region((0, layout.matrix_shape[0]), span, dtype)
 
 
 def _product(
@@ -307,7 +307,7 @@ def _copy_block_row(
     back."""
     layout = weight.layout
     if weight.pins_at_once() < layout.grid[1]:
-        target[...] = read_region(weight, rows, (0, layout.matrix_shape[1]), target.dtype)
+        target[...] = weight.region(rows, (0, layout.matrix_shape[1]), target.dtype)
         return
     local = slice(rows[0] - index * layout.block_rows, rows[1] - index * layout.block_rows)
     with weight.block_rows([index]) as (blocks,):

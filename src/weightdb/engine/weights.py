@@ -127,24 +127,12 @@ class InMemoryWeight:
         return kept
 
     def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
-        """``read_region`` of this weight: a view when the region is contiguous."""
+        """The protocol's ``region``: a view when the region is contiguous."""
         (r0, r1), (c0, c1) = rows, cols
         return np.ascontiguousarray(self.matrix[r0:r1, c0:c1], dtype=dtype)
-
-
-def read_region(
-    weight: StoredWeight, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype
-) -> np.ndarray:
-    """Rows [r0, r1) x cols [c0, c1) of the matrix view as a contiguous array of ``dtype``.
-
-    An in-memory weight answers with a view when it can; a stored one copies the region out of
-    its blocks a page at a time (``StoredTensor.region``), so the buffer pool never holds more
-    than one page of this weight on our behalf.
-    """
-    return weight.region(rows, cols, dtype)
 
 
 def materialize(weight: StoredWeight) -> np.ndarray:
     """The whole tensor as an ordinary array, for small weights used by non-blocked ops."""
     rows, cols = weight.layout.matrix_shape
-    return read_region(weight, (0, rows), (0, cols), weight.dtype).reshape(weight.shape)
+    return weight.region((0, rows), (0, cols), weight.dtype).reshape(weight.shape)
