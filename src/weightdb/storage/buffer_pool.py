@@ -135,17 +135,17 @@ class BufferPool:
         """Whether ``keep`` would keep ``nbytes`` made from ``pages`` now: all of them are
         resident and the budget has that much room no page uses."""
         with self._lock:
-            fits = self.budget_bytes is None or self._resident_bytes + nbytes <= self.budget_bytes
-            return fits and pages <= self._frames.keys()
+            return self._has_room(pages, nbytes)
+
+    def _has_room(self, pages: frozenset[int], nbytes: int) -> bool:
+        fits = self.budget_bytes is None or self._resident_bytes + nbytes <= self.budget_bytes
+        return fits and pages <= self._frames.keys()
 
     def keep(self, key: Hashable, pages: frozenset[int], array: np.ndarray) -> np.ndarray:
         """Keep ``array``, assembled from ``pages``, for later requests (``kept``) while all of
         them stay resident, if it fits beside them (see ``assembled`` module); returns it."""
         with self._lock:
-            fits = self.budget_bytes is None or (
-                self._resident_bytes + array.nbytes <= self.budget_bytes
-            )
-            if fits and pages <= self._frames.keys() and self._assembled.keep(key, array, pages):
+            if self._has_room(pages, array.nbytes) and self._assembled.keep(key, array, pages):
                 self._resident_bytes += array.nbytes
         return array
 
