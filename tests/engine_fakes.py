@@ -72,22 +72,21 @@ class CountingWeight:
         """No zero-copy panels: the engine copies blocks, each pinned through ``block``."""
         yield [None] * len(group)
 
-    def row_groups(self, block_rows: list[int]) -> list[list[int]]:
-        return [[i] for i in block_rows]
-
     def resident_matrix(self, rows: np.ndarray) -> None:
         """Never resident as one array: gathers read block by block."""
         return None
 
-    @contextmanager
-    def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:
-        """Copies of the row's blocks, each pinned only for its copy."""
-        (i,) = group
-        blocks = []
-        for j in range(self.layout.grid[1]):
-            with self.block(i, j) as block:
-                blocks.append(block.copy())
-        yield [blocks]
+    def take_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Each block of a requested row copied out of, pinned only for its copy."""
+        layout = self.layout
+        out = np.empty((ids.size, layout.matrix_shape[1]), self.dtype)
+        for k, row in enumerate(ids.tolist()):
+            i = row // layout.block_rows
+            for j in range(layout.grid[1]):
+                r0, _, c0, c1 = layout.bounds(i, j)
+                with self.block(i, j) as block:
+                    out[k, c0:c1] = block[row - r0]
+        return out
 
 
 def split_initializers(

@@ -1,9 +1,6 @@
 """Blockwise kernels of the convolution and the embedding bag against plain numpy, bit for bit,
 whichever way storage hands the blocks over."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 from engine_fakes import CountingWeight, PinLedger
@@ -13,25 +10,11 @@ from weightdb.engine.blocked import gather_mean, gather_rows, kernel_operand
 from weightdb.storage.blocking import layout_for
 
 
-class StackedRows(CountingWeight):
-    """Block rows of one block width handed over as one (grid cols, rows, width) array, as
-    storage does for a block row stored back to back, in a pool that holds many pages."""
-
-    def pins_at_once(self) -> int:
-        return 1 << 20
-
-    @contextmanager
-    def block_rows(self, group: list[int]) -> Iterator[list[np.ndarray | list[np.ndarray]]]:
-        with super().block_rows(group) as rows:
-            yield [np.stack(b) if len({x.shape for x in b}) == 1 else b for b in rows]
-
-
 def _weights(table: np.ndarray, block_shape: tuple[int, int]) -> dict[str, object]:
     memory = InMemoryWeight("table", table, layout_for(table.shape, block_shape))
     return {
         "in memory": memory,
         "blocks": CountingWeight(memory, PinLedger()),
-        "stacked": StackedRows(memory, PinLedger()),
     }
 
 
@@ -70,7 +53,7 @@ def test_kernel_operand_is_the_transposed_rows_however_blocks_are_read(first, en
     matrix = np.random.default_rng(5).standard_normal((20, 27), dtype=np.float32)
     memory = InMemoryWeight("kernel", matrix.reshape(20, 3, 3, 3), layout_for((20, 27), (8, 8)))
     want = matrix[first:end].T
-    for weight in (memory, CountingWeight(memory, PinLedger()), StackedRows(memory, PinLedger())):
+    for weight in (memory, CountingWeight(memory, PinLedger())):
         got = kernel_operand(weight, first, end, np.float32)
         assert got.flags.c_contiguous
         assert got.tobytes() == np.ascontiguousarray(want).tobytes()

@@ -136,47 +136,12 @@ def _row_ids(weight: StoredWeight, indices: np.ndarray) -> np.ndarray:
 
 def _gathered(weight: StoredWeight, ids: np.ndarray) -> np.ndarray:
     """W[ids] for valid row ids, as a (len(ids), columns) array: one ``take`` from a weight
-    whose whole matrix is resident as one array (in memory, or kept by the pool), else block
-    row by block row."""
+    whose whole matrix is resident as one array (in memory, or kept by the pool), else
+    gathered by storage page by page."""
     matrix = weight.resident_matrix(ids)
     if matrix is not None:
         return np.take(matrix, ids, axis=0)
-    return _gathered_by_block_row(weight, ids)
-
-
-def _gathered_by_block_row(weight: StoredWeight, ids: np.ndarray) -> np.ndarray:
-    """W[ids] read block row by block row: one sort groups the requests by block row and the
-    index arithmetic is done for all of them at once, so a block row stored back to back (a
-    (grid cols, rows, width) array) costs one ``take`` and one copy to the requests' rows,
-    under one pin per page."""
-    layout = weight.layout
-    grid = layout.grid[1]
-    order = np.argsort(ids, kind="stable")
-    wanted = ids[order]
-    block_of = wanted // layout.block_rows
-    local = wanted - block_of * layout.block_rows
-    starts = np.flatnonzero(np.diff(block_of, prepend=-1))
-    spans = {int(block_of[a]): (int(a), int(b)) for a, b in pairwise([*starts, wanted.size])}
-    out = np.empty((ids.size, layout.matrix_shape[1]), weight.dtype)
-    uniform = layout.matrix_shape[1] % layout.block_cols == 0
-    if uniform:
-        # Block j's row r is row j * height + r of a block row's blocks stacked.
-        last = layout.matrix_shape[0] - block_of * layout.block_rows
-        heights = np.minimum(layout.block_rows, last)
-        stacked = local[:, None] + heights[:, None] * np.arange(grid)
-        by_block = out.reshape(ids.size, grid, layout.block_cols)
-    for group in weight.row_groups(list(spans)):
-        with weight.block_rows(group) as block_rows:
-            for i, row in zip(group, block_rows, strict=True):
-                a, b = spans[i]
-                if uniform and isinstance(row, np.ndarray):
-                    blocks = row.reshape(-1, layout.block_cols)
-                    by_block[order[a:b]] = np.take(blocks, stacked[a:b], axis=0, mode="clip")
-                    continue
-                for j, block in enumerate(row):
-                    _, _, c0, c1 = layout.bounds(i, j)
-                    out[order[a:b], c0:c1] = block[local[a:b]]
-    return out
+    return weight.take_rows(ids)
 
 
 def gather_mean(
@@ -204,7 +169,7 @@ def gather_mean(
     if matrix is not None:
         total = _bag_sums(matrix, by_position)
     else:
-        rows = _gathered_by_block_row(weight, by_position.reshape(-1))
+        rows = weight.take_rows(by_position.reshape(-1))
         rows = rows.reshape(summed, -1, weight.layout.matrix_shape[1])
         total = rows[0].copy()
         for position in rows[1:]:
@@ -279,7 +244,7 @@ def kernel_operand(weight: StoredWeight, first: int, end: int, dtype: np.dtype) 
     A convolution multiplies many rows (every output position) by a small kernel: one product
     over all the channels it asks for beats one per panel (measured 4x at 16-channel panels),
     and the copy is small next to the rows. A panel stored back to back is one pin; another
-    block row is one pin per page when the budget holds its pages at once, else one per block.
+    block row is taken by storage one pin per page.
     """
     block = weight.layout.block_rows
     spans = {span[0] // block: span for span in _spans(first, end, block)}
@@ -305,13 +270,7 @@ def _copy_block_row(
 ) -> None:
     """target = W[rows] (rows within block row ``index``), for a block row not stored back to
     back."""
-    layout = weight.layout
-    if weight.pins_at_once() < layout.grid[1]:
-        target[...] = weight.region(rows, (0, layout.matrix_shape[1]), target.dtype)
-        return
-    local = slice(rows[0] - index * layout.block_rows, rows[1] - index * layout.block_rows)
-    with weight.block_rows([index]) as (blocks,):
-        target[...] = np.concatenate([block[local] for block in blocks], axis=1)
+    target[...] = weight.take_rows(np.arange(*rows))
 
 
 def blocked_kernel(

@@ -1,7 +1,7 @@
 """The contract between storage and the engine: a weight tensor readable block by block.
 
 Storage hands the engine one ``StoredWeight`` per large initializer. The engine reads it only
-through ``region``, ``panels`` and ``block_rows``, so every byte flows through the buffer pool
+through ``region``, ``panels`` and ``take_rows``, so every byte flows through the buffer pool
 and is pinned only while an operator uses it. A pool that holds a model's pages holds its
 weights: panels are views of the pages, so weights shared by several models are in memory once.
 ``InMemoryWeight`` is the same contract over a numpy array, for running a graph without a
@@ -43,10 +43,6 @@ class StoredWeight(Protocol):
         holds it so, else None (the engine then copies blocks)."""
         ...
 
-    def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
-        """Block rows grouped so that each group is read under one pin per page."""
-        ...
-
     def region(self, rows: tuple[int, int], cols: tuple[int, int], dtype: np.dtype) -> np.ndarray:
         """Rows [r0, r1) x cols [c0, c1) of the matrix view, copied (or viewed, in memory) as
         one contiguous array of ``dtype``."""
@@ -57,11 +53,9 @@ class StoredWeight(Protocol):
         memory), else None; a gather about to read ``rows`` (row ids, any shape) asks."""
         ...
 
-    def block_rows(
-        self, group: list[int]
-    ) -> AbstractContextManager[list[np.ndarray | list[np.ndarray]]]:
-        """Pin a group of ``row_groups`` and yield each block row as one (grid cols, rows,
-        width) array where storage holds it so, else as the list of its blocks."""
+    def take_rows(self, ids: np.ndarray) -> np.ndarray:
+        """W[ids] for valid row ids (1-D) of the matrix view, as a (len(ids), columns) array,
+        each page pinned only while rows are copied out of it."""
         ...
 
 
@@ -93,22 +87,11 @@ class InMemoryWeight:
     def panels(self, axis: PanelAxis, group: list[int]) -> Iterator[list[np.ndarray]]:
         yield [self._panel(axis, index) for index in group]
 
-    def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
-        return [list(block_rows)]
-
     def resident_matrix(self, rows: np.ndarray) -> np.ndarray:
         return self.matrix
 
-    @contextmanager
-    def block_rows(self, group: list[int]) -> Iterator[list[list[np.ndarray]]]:
-        rows = []
-        for i in group:
-            row = []
-            for j in range(self.layout.grid[1]):
-                r0, r1, c0, c1 = self.layout.bounds(i, j)
-                row.append(self.matrix[r0:r1, c0:c1])
-            rows.append(row)
-        yield rows
+    def take_rows(self, ids: np.ndarray) -> np.ndarray:
+        return np.take(self.matrix, ids, axis=0)
 
     def _panel(self, axis: PanelAxis, index: int) -> np.ndarray:
         """The panel as storage would lay it out, copied once and kept."""

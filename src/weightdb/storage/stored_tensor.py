@@ -1,11 +1,13 @@
 """A stored tensor as the engine and export see it: a grid of blocks read through the pool."""
 
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import pairwise
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 from weightdb.storage.assembled import anonymous_array
 from weightdb.storage.blocking import BlockLayout
@@ -36,6 +38,7 @@ class StoredTensor:
     _panel_sources: dict[tuple[str, int], tuple[tuple, frozenset[int]]] = field(
         default_factory=dict, init=False, repr=False
     )
+    _segment_table: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -166,35 +169,93 @@ class StoredTensor:
         pages = frozenset(self.locations[..., 0].ravel().tolist())
         return ("matrix", self.dtype.str, self.locations.tobytes()), pages
 
-    def row_groups(self, block_rows: Sequence[int]) -> list[list[int]]:
-        """Block rows grouped by the page that holds their first block, in order."""
-        groups: dict[int, list[int]] = {}
-        for i in block_rows:
-            groups.setdefault(int(self.locations[i, 0, 0]), []).append(i)
-        return list(groups.values())
+    def take_rows(self, ids: np.ndarray) -> np.ndarray:
+        """W[ids] for valid row ids of the matrix view, as a (len(ids), columns) array.
 
-    @contextmanager
-    def block_rows(self, group: list[int]) -> Iterator[list[np.ndarray | list[np.ndarray]]]:
-        """Each block row of a ``row_groups`` group, under one pin per page: as one zero-copy
-        (grid cols, rows, width) array when its blocks lie back to back, row-major, of one
-        width; else as the list of its blocks."""
-        with ExitStack() as pins:
-            pages: dict[int, Page] = {}
+        A block's row is a run of evenly spaced elements of its page (adjacent in a row-major
+        block), so the rows are gathered page by page: one fancy index per page, under one pin,
+        where a Python step per block row or per block cost an embedding bag over a fine-tune's
+        table (blocks on many pages) 20 ms a request. Full-width and narrower last block columns
+        are taken apart, each into rows of its own width.
+        """
+        layout = self.layout
+        cols = layout.matrix_shape[1]
+        block_of = ids // layout.block_rows
+        local = ids - block_of * layout.block_rows
+        wide = cols // layout.block_cols  # block columns of the full block width
+        out = np.empty((ids.size, cols), self.dtype)
+        if wide == layout.grid[1]:
+            target = out.reshape(-1, layout.block_cols)  # a view: one row per (id, block column)
+            self._take_segments(block_of, local, range(wide), layout.block_cols, target)
+            return out
+        if wide:
+            target = np.empty((ids.size * wide, layout.block_cols), self.dtype)
+            self._take_segments(block_of, local, range(wide), layout.block_cols, target)
+            out[:, : wide * layout.block_cols] = target.reshape(ids.size, wide * layout.block_cols)
+        narrow = cols - wide * layout.block_cols
+        target = np.empty((ids.size, narrow), self.dtype)
+        self._take_segments(block_of, local, range(wide, wide + 1), narrow, target)
+        out[:, wide * layout.block_cols :] = target
+        return out
 
-            def page(page_id: int) -> Page:
-                if page_id not in pages:
-                    pages[page_id] = pins.enter_context(self.pool.pinned(page_id, self.model))
-                return pages[page_id]
-
-            rows = []
-            for i in group:
-                run = self._run("rows", i)  # the block row's blocks back to back on one page
-                view = page(run[0]).run(run[1], ROW_MAJOR) if run else None
-                if view is not None:
-                    rows.append(view.reshape(len(run[1]), -1, view.shape[1]))
+    def _take_segments(
+        self,
+        block_of: np.ndarray,
+        local: np.ndarray,
+        columns: range,
+        width: int,
+        target: np.ndarray,
+    ) -> None:
+        """target[k * len(columns) + c] = row ``local[k]`` of block (block_of[k], columns[c]),
+        ``width`` elements each, page by page."""
+        where = self.locations[block_of][:, columns.start : columns.stop].reshape(-1, 2)
+        count = len(columns)
+        blocks_i = np.repeat(block_of, count)
+        blocks_j = np.tile(np.arange(columns.start, columns.stop), block_of.size)
+        rows = np.repeat(local, count)
+        order = np.argsort(where[:, 0], kind="stable")
+        page_ids = where[order, 0]
+        edges = [*np.flatnonzero(np.diff(page_ids, prepend=-1)).tolist(), order.size]
+        span = np.arange(width)
+        for a, b in pairwise(edges):
+            chosen = order[a:b]
+            with self.pool.pinned(int(page_ids[a]), self.model) as page:
+                start, row_step, col_step = self._segments(page, blocks_i[chosen], blocks_j[chosen])
+                first = start + rows[chosen] * row_step
+                elements = np.frombuffer(page.data, self.dtype, len(page.data) // self.itemsize)
+                if (col_step == 1).all():  # rows of row-major blocks: windows of the page
+                    windows = as_strided(
+                        elements,
+                        (elements.size - width + 1, width),
+                        (self.itemsize, self.itemsize),
+                        writeable=False,
+                    )
+                    target[chosen] = windows[first]
                 else:
-                    rows.append([page(int(p)).block(int(slot)) for p, slot in self.locations[i]])
-            yield rows
+                    target[chosen] = elements[first[:, None] + span * col_step[:, None]]
+
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    def _segments(
+        self, page: Page, i: np.ndarray, j: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For blocks (i, j) on ``page``: the element where each starts and the steps between
+        its rows and between its columns, read from the page's directory once per block."""
+        if self._segment_table is None:
+            self._segment_table = np.full((*self.layout.grid, 3), -1, np.int64)
+        table = self._segment_table
+        found = table[i, j]
+        missing = found[:, 0] < 0
+        if missing.any():
+            for bi, bj in set(zip(i[missing].tolist(), j[missing].tolist(), strict=True)):
+                entry = page.entries[int(self.locations[bi, bj, 1])]
+                first = entry.offset // self.itemsize
+                row_major = entry.order == ROW_MAJOR
+                table[bi, bj] = (first, entry.cols, 1) if row_major else (first, 1, entry.rows)
+            found = table[i, j]
+        return found[:, 0], found[:, 1], found[:, 2]
 
     def region(
         self,
