@@ -86,47 +86,48 @@ def tiling(k: int, n: int, dtype: np.dtype) -> Tiling:
 @cache
 def _probed(k: int, n: int, dtype: str) -> Tiling:
     rng = np.random.default_rng(0)
-    operand = rng.standard_normal((k, n)).astype(dtype)
-    rows = [rng.standard_normal(k).astype(dtype) for _ in range(2)]
+    operand = rng.standard_normal((k, n), np.float32).astype(dtype)
+    rows = [rng.standard_normal(k, np.float32).astype(dtype) for _ in range(2)]
+    # Other rows of every call, drawn once: drawing them per call took most of a probe's time.
+    others = rng.standard_normal((MAX_CALL_ROWS, k), np.float32).astype(dtype)
     with threadpoolctl.threadpool_limits(1, user_api="blas"):
-        flexible = _flexible(operand, rows, rng)
+        flexible = _flexible(operand, rows, others)
         if flexible is not None:
             return flexible
-        tile = next(t for t in FIXED_TILES if _agree(operand, rows, t, rng))
+        tile = next(t for t in FIXED_TILES if _agree(operand, rows, t, others))
     return Tiling(tile, tile, tile)
 
 
-def _flexible(
-    operand: np.ndarray, rows: list[np.ndarray], rng: np.random.Generator
-) -> Tiling | None:
+def _flexible(operand: np.ndarray, rows: list[np.ndarray], others: np.ndarray) -> Tiling | None:
     """The flexible tiling (see above), if calls of 512 rows agree with calls of at least one
     quarter as many."""
-    reference = _agree(operand, rows, MAX_CALL_ROWS, rng)
+    reference = _agree(operand, rows, MAX_CALL_ROWS, others)
     if reference is None:
         return None
     low = MAX_CALL_ROWS
     for count in PROBED_MULTIPLES:
-        if _agree(operand, rows, count, rng) != reference:
+        if _agree(operand, rows, count, others) != reference:
             break
         low = count
     if low > MAX_CALL_ROWS // 4:
         return None
     min_rows = low
     if low == FLEXIBLE_STEP:  # a small batch may be one call below a step
-        agreeing = (c for c in SMALL_CALLS if _agree(operand, rows, c, rng) == reference)
+        agreeing = (c for c in SMALL_CALLS if _agree(operand, rows, c, others) == reference)
         min_rows = next(agreeing, low)
     return Tiling(min_rows, MAX_CALL_ROWS, FLEXIBLE_STEP)
 
 
 def _agree(
-    operand: np.ndarray, rows: list[np.ndarray], count: int, rng: np.random.Generator
+    operand: np.ndarray, rows: list[np.ndarray], count: int, others: np.ndarray
 ) -> tuple[bytes, ...] | None:
     """Each of ``rows``'s product bits if they are the same at every position of a call of
-    ``count`` rows (up to 16 positions, spread over it, among random rows), else None."""
+    ``count`` rows (up to 16 positions, spread over it, among the random ``others``), else
+    None."""
     positions = np.unique(np.linspace(0, count - 1, min(count, 16)).astype(int))
     products = []
     for row in rows:
-        x = rng.standard_normal((count, operand.shape[0])).astype(operand.dtype)
+        x = others[:count].copy()
         x[positions] = row
         bits = {product.tobytes() for product in np.matmul(x, operand)[positions]}
         if len(bits) > 1:

@@ -68,7 +68,7 @@ class DigestRows:
             "LEFT JOIN block_copies c ON c.model_id = t.model_id AND c.block_id = tb.block_id "
             "WHERE t.model_id = ? ORDER BY tb.tensor_id, tb.block_row, tb.block_col",
             (model_id,),
-        ):
+        ).fetchall():  # one call: stepping the cursor costs a Python call per block
             maps[tensor_id].update(repr(block).encode())
         return [(tensor_id, name, maps[tensor_id].digest()) for tensor_id, name in tensors]
 

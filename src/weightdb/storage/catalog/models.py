@@ -124,7 +124,7 @@ class ModelRows:
             "SELECT tensor_id, block_row, block_col, page_id, slot FROM block_reads "
             "WHERE model_id = ?",
             (model_id,),
-        ):
+        ).fetchall():
             blocks.setdefault(tensor_id, []).append(tuple(position))
         return blocks
 
