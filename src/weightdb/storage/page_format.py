@@ -39,10 +39,10 @@ Formats 1 and 2 read as pages of raw blocks (their entries are 48 bytes).
 """
 
 import struct
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from isal.isal_zlib import crc32
 
 from weightdb.errors import CorruptPageError, FormatVersionError
 from weightdb.storage import dtypes
@@ -167,7 +167,7 @@ class PageBuilder:
             self.buffer, 0, MAGIC, 0, VERSION, 0, len(self.entries), page_id, length, self._end
         )
         data = memoryview(self.buffer)[: self._end]
-        checksum = zlib.crc32(directory, zlib.crc32(data[12:]))
+        checksum = crc32(directory, crc32(data[12:]))
         struct.pack_into("<I", self.buffer, 8, checksum)
         return [data, bytes(directory)], length, checksum
 
@@ -293,7 +293,7 @@ def parse_page(data: bytes, expected_page_id: int, where: str) -> Page:
         raise CorruptPageError(f"{name} has no page header (bad magic)")
     if length != len(data):
         raise CorruptPageError(f"{name} is damaged: header says {length} bytes, read {len(data)}")
-    actual = zlib.crc32(memoryview(data)[12:])
+    actual = crc32(memoryview(data)[12:])
     if actual != checksum:
         raise CorruptPageError(
             f"{name} failed its checksum (stored {checksum:#010x}, computed {actual:#010x}); "
