@@ -194,3 +194,23 @@ def test_pinned_pages_are_never_evicted(tmp_path, rng):
                     with tensor.block(i, j):
                         assert pinned_page in db.pool.resident()
         assert db.pool.stats().evictions > 0
+
+
+def test_prefetch_asks_storage_for_missing_pages_the_budget_holds_and_changes_nothing(
+    tmp_path, rng, monkeypatch
+):
+    asked = []
+    monkeypatch.setattr(store.PageReader, "advise", lambda self, locations: asked.extend(locations))
+    with pool_db(tmp_path, rng, budget=3 * PAGE) as db:
+        tensor = db.tensors("m")["w"]
+        pages = tensor.pages()
+        with tensor.block(0, 0):
+            before = db.pool.stats()
+            db.pool.prefetch(pages)
+            assert db.pool.stats() == before  # nothing read, requested or made resident
+        resident = int(tensor.locations[0, 0, 0])
+        lengths = [db.store.locate_page(p).length for p in pages if p != resident]
+        fits = max(k for k in range(len(lengths) + 1) if sum(lengths[:k]) <= 3 * PAGE)
+        assert [location.page_id for location in asked] == [p for p in pages if p != resident][
+            :fits
+        ]

@@ -13,10 +13,13 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import onnx
+
 from weightdb.engine.executor import PreparedModel, prepare
 from weightdb.engine.row_independence import RowIndependence, row_independence
 from weightdb.errors import WeightDBError
 from weightdb.storage.store import Store
+from weightdb.storage.stored_tensor import StoredTensor
 
 
 @dataclass
@@ -72,10 +75,19 @@ class PreparedModels:
             )
         store = self._store
         tensors = store.tensors(name)
-        prepared = prepare(
-            model,
-            tensors,
-            on_run=lambda: store.pool.begin_query(name),
-            batch_invariant=self._batch_invariant,
-        )
+        streamed = _read_whole(model, tensors)
+
+        def on_run() -> None:
+            store.pool.begin_query(name)
+            store.pool.prefetch(streamed)
+
+        prepared = prepare(model, tensors, on_run=on_run, batch_invariant=self._batch_invariant)
         return prepared, row_independence(model, {n: t.shape for n, t in tensors.items()})
+
+
+def _read_whole(model: onnx.ModelProto, tensors: dict[str, StoredTensor]) -> list[int]:
+    """The pages of the weights a run reads whole, in source order: every stored weight but
+    the tables a Gather takes rows from, whose pages depend on the request."""
+    gathered = {node.input[0] for node in model.graph.node if node.op_type == "Gather"}
+    pages = (t.pages() for name, t in tensors.items() if name not in gathered)
+    return list(dict.fromkeys(page for tensor_pages in pages for page in tensor_pages))

@@ -108,6 +108,24 @@ class BufferPool:
             frame.pins += 1
             return frame.page
 
+    def prefetch(self, page_ids: Iterable[int]) -> None:
+        """Start reading the pages a request is about to pin that are not resident, in order,
+        as many as the budget holds: a model's first request then waits for storage once, with
+        the reads side by side, not for each page in turn as it is pinned. Nothing enters the
+        pool or its statistics until a page is pinned."""
+        with self._lock:
+            missing = [p for p in page_ids if p not in self._frames and p not in self._coded]
+        room = self.budget_bytes
+        locations = []
+        for page_id in missing:
+            location = self._locate(page_id)
+            if room is not None:
+                if location.length > room:
+                    break
+                room -= location.length
+            locations.append(location)
+        self._reader.advise(locations)
+
     def _requested(self, page_id: int, model: str | None, hit: bool) -> None:
         if self.recorder is not None:
             self.recorder.record(page_id, model)

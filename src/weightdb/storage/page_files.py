@@ -136,6 +136,15 @@ class PageReader:
         where = f"{self.directory / location.file} at offset {location.offset}"
         return parse_page(data, location.page_id, where)
 
+    def advise(self, locations: list[PageLocation]) -> None:
+        """Ask the operating system to start reading these pages into its cache now
+        (``POSIX_FADV_WILLNEED``): the reads run on the device while the caller computes, and
+        side by side rather than one ``pread`` after another."""
+        for location in locations:
+            os.posix_fadvise(
+                self._fd(location.file), location.offset, location.length, os.POSIX_FADV_WILLNEED
+            )
+
     def forget(self, name: str) -> None:
         """Drop the cached descriptor of a file that is about to be deleted."""
         with self._lock:

@@ -60,6 +60,10 @@ class StoredTensor:
         with self.pool.pinned(page_id, self.model) as page:
             yield page.block(slot)
 
+    def pages(self) -> list[int]:
+        """The pages holding this tensor's blocks, in the order of its first block on each."""
+        return list(dict.fromkeys(self.locations[..., 0].ravel().tolist()))
+
     def pins_at_once(self) -> int:
         """How many of this tensor's pages its pool can hold pinned at once: the engine's
         workers multiply by several panels at a time only if they all fit."""
@@ -216,6 +220,7 @@ class StoredTensor:
         order = np.argsort(where[:, 0], kind="stable")
         page_ids = where[order, 0]
         edges = [*np.flatnonzero(np.diff(page_ids, prepend=-1)).tolist(), order.size]
+        self.pool.prefetch(page_ids[edges[:-1]].tolist())
         span = np.arange(width)
         for a, b in pairwise(edges):
             chosen = order[a:b]
