@@ -214,3 +214,39 @@ def test_prefetch_asks_storage_for_missing_pages_the_budget_holds_and_changes_no
         assert [location.page_id for location in asked] == [p for p in pages if p != resident][
             :fits
         ]
+
+
+def test_a_page_being_read_blocks_neither_other_pins_nor_a_second_read(tmp_path, rng, monkeypatch):
+    """While one thread reads a page, others pin resident pages; a second thread asking for
+    the same page waits for that read instead of reading it again."""
+    import threading
+
+    reads, release = [], threading.Event()
+    real_read = store.PageReader.read
+
+    def slow_read(self, location):
+        reads.append(location.page_id)
+        if location.page_id == slow:
+            assert release.wait(10)
+        return real_read(self, location)
+
+    monkeypatch.setattr(store.PageReader, "read", slow_read)
+    with pool_db(tmp_path, rng, budget=None) as db:
+        tensor = db.tensors("m")["w"]
+        slow, resident = tensor.pages()[:2]
+        db.pool.pin(resident)
+        pinned = []
+        first = threading.Thread(target=lambda: pinned.append(db.pool.pin(slow)))
+        second = threading.Thread(target=lambda: pinned.append(db.pool.pin(slow)))
+        first.start()
+        while slow not in reads:
+            threading.Event().wait(0.01)
+        second.start()
+        assert db.pool.pin(resident) is not None  # not held up by the read in flight
+        release.set()
+        first.join(10)
+        second.join(10)
+        assert reads.count(slow) == 1 and len(pinned) == 2 and pinned[0] is pinned[1]
+        assert db.pool.resident()[slow] == 2
+        stats = db.pool.stats()
+        assert (stats.misses, stats.hits) == (2, 2)  # each page read once; the waiter hit

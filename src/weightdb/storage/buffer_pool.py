@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -64,6 +64,14 @@ class RequestRecorder(Protocol):
 
 
 @dataclass
+class _Loading:
+    """A page one thread is reading: others wait for ``done``."""
+
+    thread: int
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
 class _Frame:
     page: Page
     pins: int = 0
@@ -96,17 +104,38 @@ class BufferPool:
         self._stats = PoolStats()
         self._assembled = AssembledArrays()
         self._coded: OrderedDict[int, Page] = OrderedDict()  # evicted images' pages as read
+        self._loading: dict[int, _Loading] = {}
         self.recorder: RequestRecorder | None = None
 
     def pin(self, page_id: int, model: str | None = None) -> Page:
-        """Return the page, resident and pinned until the matching ``unpin``."""
-        with self._lock:
-            frame = self._frames.get(page_id)
-            self._requested(page_id, model, hit=frame is not None)
-            if frame is None:
-                frame = self._load(page_id)
-            frame.pins += 1
-            return frame.page
+        """Return the page, resident and pinned until the matching ``unpin``.
+
+        A miss is read, verified and decoded outside the pool's lock, so other threads pin
+        resident pages, and load others, meanwhile (a page took the lock for a read's whole
+        3 ms); a thread asking for a page another is loading waits for it, then finds it
+        resident.
+        """
+        while True:
+            with self._lock:
+                frame = self._frames.get(page_id)
+                if frame is not None:
+                    self._requested(page_id, model, hit=True)
+                    frame.pins += 1
+                    return frame.page
+                loading = self._loading.get(page_id)
+                if loading is None:
+                    self._requested(page_id, model, hit=False)
+                    loading = self._loading[page_id] = _Loading(threading.get_ident())
+                    break
+            if loading.thread == threading.get_ident():
+                raise RuntimeError(f"page {page_id} is needed to load itself")
+            loading.done.wait()
+        try:
+            return self._load(page_id).page
+        finally:
+            with self._lock:
+                del self._loading[page_id]
+            loading.done.set()
 
     def prefetch(self, page_ids: Iterable[int]) -> None:
         """Start reading the pages a request is about to pin that are not resident, in order,
@@ -199,22 +228,27 @@ class BufferPool:
             self.unpin(page_id)
 
     def _load(self, page_id: int) -> _Frame:
-        read = self._coded.pop(page_id, None)
-        if read is not None:
-            self._resident_bytes -= read.nbytes
-            self._stats.decoded_again += 1
-        else:
+        """Read (or take the kept coded copy of) and decode a page, then make room for it and
+        insert it pinned; only the bookkeeping holds the lock."""
+        with self._lock:
+            read = self._coded.pop(page_id, None)
+            if read is not None:
+                self._resident_bytes -= read.nbytes
+                self._stats.decoded_again += 1
+        if read is None:
             location = self._locate(page_id)
             read = self._reader.read(location)
-            self._stats.bytes_read += location.length
+            with self._lock:
+                self._stats.bytes_read += location.length
         page = decode_page(read, self.bases) if read.coded else read
-        if self.budget_bytes is not None:
-            self._evict_until(page.nbytes, page_id)
-        frame = _Frame(page, coded=read if read.coded else None)
-        self._frames[page_id] = frame
-        self._resident_bytes += page.nbytes
-        self.policy.on_insert(page_id, page.nbytes)
-        return frame
+        with self._lock:
+            if self.budget_bytes is not None:
+                self._evict_until(page.nbytes, page_id)
+            frame = _Frame(page, pins=1, coded=read if read.coded else None)
+            self._frames[page_id] = frame
+            self._resident_bytes += page.nbytes
+            self.policy.on_insert(page_id, page.nbytes)
+            return frame
 
     def bases(self, entries: list[BlockEntry]) -> dict[tuple[int, int], np.ndarray]:
         """The bases of the deltas among ``entries`` by (base id, order): each one's bytes laid
