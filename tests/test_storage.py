@@ -196,12 +196,16 @@ def test_pinned_pages_are_never_evicted(tmp_path, rng):
         assert db.pool.stats().evictions > 0
 
 
-def test_prefetch_asks_storage_for_missing_pages_the_budget_holds_and_changes_nothing(
-    tmp_path, rng, monkeypatch
+@pytest.mark.parametrize("budget_pages", [None, 8, 1])
+def test_prefetch_asks_for_missing_pages_in_half_the_free_room_and_changes_nothing(
+    tmp_path, rng, monkeypatch, budget_pages
 ):
+    """Unbounded, every missing page is asked for; under a budget, as many as half the pool's
+    free room holds (a full pool asks for none); the pool itself does not change."""
     asked = []
     monkeypatch.setattr(store.PageReader, "advise", lambda self, locations: asked.extend(locations))
-    with pool_db(tmp_path, rng, budget=3 * PAGE) as db:
+    budget = None if budget_pages is None else budget_pages * PAGE
+    with pool_db(tmp_path, rng, budget=budget) as db:
         tensor = db.tensors("m")["w"]
         pages = tensor.pages()
         with tensor.block(0, 0):
@@ -209,11 +213,12 @@ def test_prefetch_asks_storage_for_missing_pages_the_budget_holds_and_changes_no
             db.pool.prefetch(pages)
             assert db.pool.stats() == before  # nothing read, requested or made resident
         resident = int(tensor.locations[0, 0, 0])
-        lengths = [db.store.locate_page(p).length for p in pages if p != resident]
-        fits = max(k for k in range(len(lengths) + 1) if sum(lengths[:k]) <= 3 * PAGE)
-        assert [location.page_id for location in asked] == [p for p in pages if p != resident][
-            :fits
-        ]
+        missing = [p for p in pages if p != resident]
+        lengths = [db.store.locate_page(p).length for p in missing]
+        room = sum(lengths) if budget is None else (budget - before.resident_bytes) // 2
+        fits = max(k for k in range(len(lengths) + 1) if sum(lengths[:k]) <= room)
+        assert [location.page_id for location in asked] == missing[:fits]
+        assert (fits == 0) == (budget_pages == 1)
 
 
 def test_a_page_being_read_blocks_neither_other_pins_nor_a_second_read(tmp_path, rng, monkeypatch):

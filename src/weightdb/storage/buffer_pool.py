@@ -138,13 +138,20 @@ class BufferPool:
             loading.done.set()
 
     def prefetch(self, page_ids: Iterable[int]) -> None:
-        """Start reading the pages a request is about to pin that are not resident, in order,
-        as many as the budget holds: a model's first request then waits for storage once, with
-        the reads side by side, not for each page in turn as it is pinned. Nothing enters the
-        pool or its statistics until a page is pinned."""
+        """Start reading the pages a request is about to pin that are not resident, in order:
+        a model's first request then waits for storage once, with the reads side by side, not
+        for each page in turn as it is pinned. Nothing enters the pool or its statistics until a
+        page is pinned.
+
+        Under a budget, only half the room the pool has free is asked for: the pages wait in
+        the operating system's cache, which a memory limit counts too, and then stay there
+        beside their copies in the pool until reclaimed. A full pool prefetches nothing, so a
+        tight limit never makes the kernel drop pages read ahead before they are used.
+        """
         with self._lock:
             missing = [p for p in page_ids if p not in self._frames and p not in self._coded]
-        room = self.budget_bytes
+            free = None if self.budget_bytes is None else self.budget_bytes - self._resident_bytes
+        room = None if free is None else max(0, free // 2)
         locations = []
         for page_id in missing:
             location = self._locate(page_id)
