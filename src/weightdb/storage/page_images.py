@@ -7,6 +7,7 @@ buffer, dropped once decoded. A delta's base is never itself a delta, so a read 
 twice: the page, and no further than the base's page, which is raw or plane-coded.
 """
 
+import itertools
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -25,23 +26,66 @@ def decode_page(page: Page, bases: Bases) -> Page:
         return page
     image = np.empty(page.image_nbytes, np.uint8)  # every block's bytes are written below
     found = bases(page.entries)
+    streams: dict[int, list[int]] = {}
     for slot, entry in enumerate(page.entries):
-        decode_into(page, slot, image[entry.offset : entry.offset + entry.nbytes], found)
+        if entry.codec in codecs.FRAMED:
+            streams.setdefault(entry.stored_offset, []).append(slot)
+        else:
+            decode_into(page, slot, image[entry.offset : entry.offset + entry.nbytes], found)
+    for slots in streams.values():
+        _decode_stream(page, slots, image, found)
     return Page(memoryview(image).toreadonly(), page.entries, page.page_id, image=True)
+
+
+def _decode_stream(
+    page: Page, slots: list[int], image: np.ndarray, bases: Mapping[tuple[int, int], np.ndarray]
+) -> None:
+    """Decode the stream of blocks ``slots`` into their places in ``image`` (flat uint8, the
+    page's image): straight there when they lie back to back in it, as a page's blocks of one
+    size do, else through a buffer; then XOR the deltas' bases."""
+    entries = [page.entries[slot] for slot in slots]
+    first = entries[0]
+    nbytes = sum(entry.nbytes for entry in entries)
+    adjacent = all(b.offset == a.offset + a.nbytes for a, b in itertools.pairwise(entries))
+    out = image[first.offset : first.offset + nbytes] if adjacent else np.empty(nbytes, np.uint8)
+    itemsize = dtypes.by_name(first.dtype).itemsize
+    codecs.decode(page.stored(slots[0]), out, itemsize, codec=first.codec)
+    start = 0
+    for entry in entries:
+        block = image[entry.offset : entry.offset + entry.nbytes]
+        if not adjacent:
+            block[:] = out[start : start + entry.nbytes]
+        if entry.codec in codecs.DELTAS:
+            np.bitwise_xor(block, bases[entry.base, entry.order], out=block)
+        start += entry.nbytes
 
 
 def decode_into(
     page: Page, slot: int, out: np.ndarray, bases: Mapping[tuple[int, int], np.ndarray]
 ) -> None:
-    """Block ``slot`` of a page as read from disk, decoded into ``out`` (flat uint8)."""
+    """Block ``slot`` of a page as read from disk, decoded into ``out`` (flat uint8); a
+    block of a stream costs decoding the whole stream."""
     entry = page.entries[slot]
     stored = page.stored(slot)
     if not entry.coded:
         out[:] = np.frombuffer(stored, np.uint8)
         return
-    itemsize = dtypes.by_name(entry.dtype).itemsize
     base = bases[entry.base, entry.order] if entry.codec in codecs.DELTAS else None
-    codecs.decode(stored, out, itemsize, base, entry.codec)
+    itemsize = dtypes.by_name(entry.dtype).itemsize
+    if entry.codec not in codecs.FRAMED:
+        codecs.decode(stored, out, itemsize, base, entry.codec)
+        return
+    stream = [
+        other
+        for other in page.entries
+        if other.codec in codecs.FRAMED and other.stored_offset == entry.stored_offset
+    ]
+    decoded = np.empty(sum(other.nbytes for other in stream), np.uint8)
+    codecs.decode(stored, decoded, itemsize, codec=entry.codec)
+    start = sum(other.nbytes for other in stream[: stream.index(entry)])
+    out[:] = decoded[start : start + entry.nbytes]
+    if base is not None:
+        np.bitwise_xor(out, base, out=out)
 
 
 def block_content(page: Page, slot: int, bases: Bases) -> bytes | memoryview:
