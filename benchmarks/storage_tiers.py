@@ -287,15 +287,19 @@ def noise_floor(top_bits: np.ndarray) -> float:
 
 def bytes_by_group(db) -> dict[str, list[float]]:
     """Stored over raw bytes of each byte group (low byte first) of the coded blocks, by
-    dtype, for blocks coded alone and for deltas (``codecs.group_sizes``)."""
+    dtype, for blocks coded alone and for deltas (``codecs.group_sizes``, once per stream)."""
     sums: dict[str, list[list[int]]] = {}
     for page_id, _ in db.store.catalog.live_pages():
         page = db.store.reader.read(db.store.locate_page(page_id))
-        for slot, entry in enumerate(page.entries):
-            if not entry.coded:
-                continue
+        coded: dict[int, tuple[int, int]] = {}  # stored offset -> first slot, raw bytes
+        for slot, entry in enumerate(page.entries):  # a stream's blocks share their stored bytes
+            if entry.coded:
+                first, raw = coded.get(entry.stored_offset, (slot, 0))
+                coded[entry.stored_offset] = (first, raw + entry.nbytes)
+        for slot, nbytes in coded.values():
+            entry = page.entries[slot]
             itemsize = dtypes.by_name(entry.dtype).itemsize
-            sizes = codecs.group_sizes(page.stored(slot), entry.nbytes, itemsize, entry.codec)
+            sizes = codecs.group_sizes(page.stored(slot), nbytes, itemsize, entry.codec)
             kind = f"{entry.dtype} {'deltas' if entry.codec in codecs.DELTAS else 'alone'}"
             totals = sums.setdefault(kind, [[0, 0] for _ in sizes])
             for total, (raw, stored) in zip(totals, sizes, strict=True):
