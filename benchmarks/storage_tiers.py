@@ -15,9 +15,10 @@ coder stores a delta in fewer bits per element than the entropy of that highest 
 plus the bits below it. Where the bytes go: stored over raw bytes of each byte group, for
 blocks coded alone and for deltas.
 
-Decode throughput is one core decoding every coded page of a compressed database from memory
-(pages read from disk first, bases resident). Serving throughput runs one fine-tune in memory
-(unbounded pool, warm) from the exact database and from the compressed one; and, over budget,
+Decode throughput is every coded page of a compressed database decoded from memory (pages read
+from disk first, bases resident), per CPU second (one core) and per wall second. Serving
+throughput runs one fine-tune in memory (unbounded pool, warm) from the exact database and from
+the compressed one; and, over budget,
 every model of the family in turn with a pool halfway between the bytes stored with the tier on
 and off (the coded working set fits, the raw one does not) and the page files dropped from the
 OS cache before every request, so the tier off reads storage and the tier on decodes the coded
@@ -309,10 +310,10 @@ def bytes_by_group(db) -> dict[str, list[float]]:
 
 
 def decode_speed(db, repeats: int) -> dict:
-    """GB/s of decoded images on one thread, every coded page held encoded in memory and each
-    image dropped once made (as a pool under a budget does). Per wall second and per CPU
-    second of the thread: on a shared machine the thread waits for a core, and CPU time is
-    what one core did."""
+    """GB/s of decoded images, every coded page held encoded in memory and each image dropped
+    once made (as a pool under a budget does). Per CPU second of the process (a large stream's
+    groups decompress on helper threads, ``page_images.PARALLEL_FROM``): what one core does;
+    and per wall second, which the helpers raise where a core is free."""
     page_ids = [p for p, _ in db.store.catalog.live_pages()]
     pages = [db.store.reader.read(db.store.locate_page(p)) for p in page_ids]
     pages = [page for page in pages if page.coded]
@@ -323,11 +324,11 @@ def decode_speed(db, repeats: int) -> dict:
     image_bytes = sum(page.image_nbytes for page in pages)
     wall, cpu = [], []
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.thread_time()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for page in pages:
             decode_page(page, db.pool.bases)
         wall.append(image_bytes / (time.perf_counter() - start) / 1e9)
-        cpu.append(image_bytes / (time.thread_time() - start_cpu) / 1e9)
+        cpu.append(image_bytes / (time.process_time() - start_cpu) / 1e9)
     return {
         "image_bytes": image_bytes,
         "gb_per_s": statistics.median(cpu),
@@ -521,8 +522,8 @@ $groups
 
 $long_finetune
 
-Decoding (one core, coded pages from memory) and serving in memory, tier off and on (rows/s, \
-median of alternating runs, min-max).
+Decoding (coded pages from memory, per CPU second of all threads: one core) and serving in \
+memory, tier off and on (rows/s, median of alternating runs, min-max).
 
 $speed
 

@@ -11,7 +11,7 @@ import zstandard
 from fine_tunes import EVERY_DTYPE, base_and_tuned
 
 from weightdb.errors import FormatVersionError
-from weightdb.storage import codecs
+from weightdb.storage import codecs, page_images
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, PageBuilder, parse_page
 from weightdb.storage.page_images import block_content, decode_page
 
@@ -115,11 +115,17 @@ def test_a_page_written_by_an_old_code_path_decodes_bit_exact(dtype, path):
         assert block_content(page, slot, bases) == block.tobytes()
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["one thread", "threads"])
 @pytest.mark.parametrize("dtype", EVERY_DTYPE, ids=lambda d: np.dtype(d).name)
-def test_a_pages_coded_blocks_are_coded_as_streams_and_decode_bit_exact(dtype):
+def test_a_pages_coded_blocks_are_coded_as_streams_and_decode_bit_exact(
+    dtype, threads, monkeypatch
+):
     """Raw blocks, blocks coded alone and deltas of two itemsizes, in both storage orders and
     of several sizes, interleaved on one page: each codec and itemsize is one stream after the
-    raw blocks, and the image, every block read alone and the catalog's shares agree."""
+    raw blocks, and the image (decoded on one thread or several), every block read alone and
+    the catalog's shares agree."""
+    if threads:
+        monkeypatch.setattr(page_images, "PARALLEL_FROM", 0)
     rng = np.random.default_rng(4)
     other = np.float32 if np.dtype(dtype).itemsize != 4 else ml_dtypes.bfloat16
     blocks, laid_out = {}, {}  # block id -> (array, order, codec, base id)

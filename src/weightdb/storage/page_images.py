@@ -7,13 +7,20 @@ buffer, dropped once decoded. A delta's base is never itself a delta, so a read 
 twice: the page, and no further than the base's page, which is raw or plane-coded.
 """
 
+import functools
 import itertools
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from weightdb.storage import codecs, dtypes
 from weightdb.storage.page_format import BlockEntry, Page
+
+PARALLEL_FROM = 1 << 20
+"""Image bytes of a stream from which its groups decompress on several threads: a page of
+large blocks takes milliseconds, a handover tens of microseconds."""
 
 Bases = Callable[[list[BlockEntry]], Mapping[tuple[int, int], np.ndarray]]
 """The bases of the delta entries among some entries, by (base block id, storage order): each
@@ -49,7 +56,8 @@ def _decode_stream(
     adjacent = all(b.offset == a.offset + a.nbytes for a, b in itertools.pairwise(entries))
     out = image[first.offset : first.offset + nbytes] if adjacent else np.empty(nbytes, np.uint8)
     itemsize = dtypes.by_name(first.dtype).itemsize
-    codecs.decode(page.stored(slots[0]), out, itemsize, codec=first.codec)
+    threads = _threads() if nbytes >= PARALLEL_FROM else None
+    codecs.decode(page.stored(slots[0]), out, itemsize, codec=first.codec, threads=threads)
     start = 0
     for entry in entries:
         block = image[entry.offset : entry.offset + entry.nbytes]
@@ -58,6 +66,14 @@ def _decode_stream(
         if entry.codec in codecs.DELTAS:
             np.bitwise_xor(block, bases[entry.base, entry.order], out=block)
         start += entry.nbytes
+
+
+@functools.cache
+def _threads() -> ThreadPoolExecutor | None:
+    """The threads a large stream's groups decompress on, one per core this process may run
+    on (None on one core)."""
+    cores = len(os.sched_getaffinity(0))
+    return ThreadPoolExecutor(cores, thread_name_prefix="weightdb-decode") if cores > 1 else None
 
 
 def decode_into(
