@@ -22,6 +22,10 @@ PARALLEL_FROM = 1 << 20
 """Image bytes of a stream from which its groups decompress on several threads: a page of
 large blocks takes milliseconds, a handover tens of microseconds."""
 
+GATHER_BELOW = 1 << 15
+"""Mean block bytes of a delta stream below which its bases are gathered and XORed in one call:
+the calls per block cost more than the copy (blocks of a few KiB), not so above."""
+
 Bases = Callable[[list[BlockEntry]], Mapping[tuple[int, int], np.ndarray]]
 """The bases of the delta entries among some entries, by (base block id, storage order): each
 one's bytes laid out in that order, flat uint8 (``BufferPool.bases``, one catalog query)."""
@@ -49,7 +53,8 @@ def _decode_stream(
 ) -> None:
     """Decode the stream of blocks ``slots`` into their places in ``image`` (flat uint8, the
     page's image): straight there when they lie back to back in it, as a page's blocks of one
-    size do, else through a buffer; then XOR the deltas' bases."""
+    size do, else through a buffer; the deltas' bases XORed over it in one call when the
+    blocks are small (gathered first), else block by block (no copy)."""
     entries = [page.entries[slot] for slot in slots]
     first = entries[0]
     nbytes = sum(entry.nbytes for entry in entries)
@@ -57,13 +62,19 @@ def _decode_stream(
     out = image[first.offset : first.offset + nbytes] if adjacent else np.empty(nbytes, np.uint8)
     itemsize = dtypes.by_name(first.dtype).itemsize
     threads = _threads() if nbytes >= PARALLEL_FROM else None
-    codecs.decode(page.stored(slots[0]), out, itemsize, codec=first.codec, threads=threads)
+    each = first.codec in codecs.DELTAS  # a stream's blocks share their codec
+    gathered = None
+    if each and nbytes < GATHER_BELOW * len(entries):
+        gathered, each = np.concatenate([bases[e.base, e.order] for e in entries]), False
+    codecs.decode(page.stored(slots[0]), out, itemsize, gathered, first.codec, threads)
+    if adjacent and not each:
+        return
     start = 0
     for entry in entries:
         block = image[entry.offset : entry.offset + entry.nbytes]
         if not adjacent:
             block[:] = out[start : start + entry.nbytes]
-        if entry.codec in codecs.DELTAS:
+        if each:
             np.bitwise_xor(block, bases[entry.base, entry.order], out=block)
         start += entry.nbytes
 
