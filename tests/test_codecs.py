@@ -115,17 +115,24 @@ def test_a_page_written_by_an_old_code_path_decodes_bit_exact(dtype, path):
         assert block_content(page, slot, bases) == block.tobytes()
 
 
-@pytest.mark.parametrize("threads", [False, True], ids=["one thread", "threads"])
+DECODING = {
+    "one thread": {},
+    "groups on threads": {"PARALLEL_FROM": 0},
+    "bases XORed block by block": {"GATHER_BELOW": 0},
+}
+
+
+@pytest.mark.parametrize("decoding", DECODING)
 @pytest.mark.parametrize("dtype", EVERY_DTYPE, ids=lambda d: np.dtype(d).name)
 def test_a_pages_coded_blocks_are_coded_as_streams_and_decode_bit_exact(
-    dtype, threads, monkeypatch
+    dtype, decoding, monkeypatch
 ):
     """Raw blocks, blocks coded alone and deltas of two itemsizes, in both storage orders and
     of several sizes, interleaved on one page: each codec and itemsize is one stream after the
-    raw blocks, and the image (decoded on one thread or several), every block read alone and
-    the catalog's shares agree."""
-    if threads:
-        monkeypatch.setattr(page_images, "PARALLEL_FROM", 0)
+    raw blocks, and the image (however decoded), every block read alone and the catalog's
+    shares agree."""
+    for name, value in DECODING[decoding].items():
+        monkeypatch.setattr(page_images, name, value)
     rng = np.random.default_rng(4)
     other = np.float32 if np.dtype(dtype).itemsize != 4 else ml_dtypes.bfloat16
     blocks, laid_out = {}, {}  # block id -> (array, order, codec, base id)
