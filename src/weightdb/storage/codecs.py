@@ -42,7 +42,7 @@ NAMES = {
     RAW: "raw",
     PLANES_V1: "planes+zstd v1",
     XOR_PLANES_V1: "xor+planes+zstd v1",
-    PLANES: "planes+zstd",
+    PLANES: "planes+zstd v2",
     XOR_PLANES: "xor+planes+zstd v2",
     PAGE_PLANES: "planes+zstd",
     PAGE_XOR_PLANES: "xor+planes+zstd",
@@ -140,9 +140,9 @@ def decode(
     threads: Executor | None = None,
 ) -> None:
     """Decode into ``out`` (flat uint8, the block's bytes as stored), then XOR ``base``;
-        ``codec`` says how the block was split (the V1 codecs: one plane per byte). With
-        ``threads``, the groups decompress side by side on them (zstd releases the GIL) when
-    more than one is compressed."""
+    ``codec`` says how the block was split (the V1 codecs: one plane per byte). With
+    ``threads``, the groups decompress side by side on them (zstd releases the GIL) when more
+    than one is compressed; the bytes do not depend on it."""
     widths, header = _layout(codec, itemsize)
     count = len(out) // itemsize
     pieces, start = [], header.size

@@ -5,6 +5,12 @@ A page's image lays every block at the offset a raw page would give it (``page_f
 included. The buffer pool decodes on a miss and holds images only: an encoded page is a read
 buffer, dropped once decoded. A delta's base is never itself a delta, so a read decodes at most
 twice: the page, and no further than the base's page, which is raw or plane-coded.
+
+A page's coded blocks of one codec and itemsize are one stream (``codecs.FRAMED``): it decodes
+in one pass into the image, where such blocks lie back to back, and a large stream's byte groups
+decompress side by side on a few threads of this module's own. That is the parallelism the read
+path has: pages are pinned one at a time by their readers, so a page's own groups are what is
+there to share, and the image does not depend on it.
 """
 
 import functools
