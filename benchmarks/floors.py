@@ -241,16 +241,41 @@ def _storage_tiers(data: dict) -> list[Row]:
                 )
             )
         if "over_budget_faster" in cell:
-            over = family["serving_over_budget"]
-            rows.append(
-                (
-                    "19",
-                    f"{label}: with a pool the coded working set fits and the raw one does not, "
-                    "serving is faster with the tier on",
-                    f"{over['ratio_on_off']:.2f}x",
-                    cell["over_budget_faster"],
-                )
+            rows += _over_budget(label, cell, family["serving_over_budget"])
+    return rows
+
+
+def _over_budget(label: str, cell: dict, over: dict) -> list[Row]:
+    """Serving over budget, tier on against off: on this machine's disk (its effective read
+    bandwidth and the break-even one stated), then at each throttled bandwidth."""
+    floor = (
+        f"{label}: with a pool the coded working set fits and the raw one does not, serving is "
+        "faster with the tier on"
+    )
+
+    def bandwidth(bytes_per_s: float | None) -> str:
+        return "n/a" if bytes_per_s is None else f"{bytes_per_s / 1e6:.0f} MB/s"
+
+    native = bandwidth(over.get("native_bytes_per_s"))
+    rows = [
+        (
+            "19",
+            f"{floor}, on this machine's disk (reads at {native})",
+            f"{over['ratio_on_off']:.2f}x; faster below "
+            f"{bandwidth(over.get('break_even_bytes_per_s'))}",
+            cell["over_budget_faster"],
+        )
+    ]
+    for throttled in over.get("throttled", []):
+        at = throttled["read_bytes_per_s"]
+        rows.append(
+            (
+                "19",
+                f"{floor}, reads throttled to {bandwidth(at)}",
+                f"{throttled['ratio_on_off']:.2f}x",
+                cell["over_budget_faster_throttled"][str(at)],
             )
+        )
     return rows
 
 

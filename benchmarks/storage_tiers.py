@@ -15,17 +15,24 @@ coder stores a delta in fewer bits per element than the entropy of that highest 
 plus the bits below it. Where the bytes go: stored over raw bytes of each byte group, for
 blocks coded alone and for deltas.
 
-Decode throughput is one core decoding every coded page of a compressed database from memory
-(pages read from disk first, bases resident). Serving throughput runs one fine-tune in memory
-(unbounded pool, warm) from the exact database and from the compressed one; and, over budget,
+Decode throughput is every coded page of a compressed database decoded from memory (pages read
+from disk first, bases resident), per CPU second (one core) and per wall second. Serving
+throughput runs one fine-tune in memory (unbounded pool, warm) from the exact database and from
+the compressed one; and, over budget,
 every model of the family in turn with a pool halfway between the bytes stored with the tier on
 and off (the coded working set fits, the raw one does not) and the page files dropped from the
 OS cache before every request, so the tier off reads storage and the tier on decodes the coded
-pages its pool kept.
+pages its pool kept. Which wins depends on the disk (this one reads a dropped cache at several
+GB/s), so that runs in a child process at this disk's bandwidth and again with the child's reads
+throttled to cloud-volume bandwidths (``ReadThrottle``), and the report gives the bandwidth
+below which the tier on wins.
 """
 
+import json
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -36,8 +43,8 @@ from safetensors.numpy import load_file, save_file
 
 import weightdb
 from benchmarks.families import BENCH_DIR, MARKER, Family, copy_database, database, family
-from benchmarks.harness import markdown_table, render, spread, summary, write_results
-from weightdb.memory_limit import drop_page_cache
+from benchmarks.harness import REPO, markdown_table, render, spread, summary, write_results
+from weightdb.memory_limit import ReadThrottle, drop_page_cache, throttle_available
 from weightdb.storage import codecs, dtypes
 from weightdb.storage.page_images import decode_page
 from weightdb.units import format_size
@@ -51,6 +58,9 @@ FLOOR_DECODE_GBPS = 1.0
 FLOOR_SERVING_RATIO = 0.95
 DELTA_SAMPLE = 256  # delta blocks whose bit statistics are measured
 SAMPLE_SECONDS = 1.0  # of serving per throughput sample, so small models are timed in bulk
+THROTTLES = (250_000_000, 1_000_000_000)
+"""Read bandwidths (bytes/s) over-budget serving is measured at besides this disk's own: cloud
+volumes, a general-purpose one and a fast one."""
 
 
 def run(quick: bool, out_dir: Path) -> dict:
@@ -278,15 +288,19 @@ def noise_floor(top_bits: np.ndarray) -> float:
 
 def bytes_by_group(db) -> dict[str, list[float]]:
     """Stored over raw bytes of each byte group (low byte first) of the coded blocks, by
-    dtype, for blocks coded alone and for deltas (``codecs.group_sizes``)."""
+    dtype, for blocks coded alone and for deltas (``codecs.group_sizes``, once per stream)."""
     sums: dict[str, list[list[int]]] = {}
     for page_id, _ in db.store.catalog.live_pages():
         page = db.store.reader.read(db.store.locate_page(page_id))
-        for slot, entry in enumerate(page.entries):
-            if not entry.coded:
-                continue
+        coded: dict[int, tuple[int, int]] = {}  # stored offset -> first slot, raw bytes
+        for slot, entry in enumerate(page.entries):  # a stream's blocks share their stored bytes
+            if entry.coded:
+                first, raw = coded.get(entry.stored_offset, (slot, 0))
+                coded[entry.stored_offset] = (first, raw + entry.nbytes)
+        for slot, nbytes in coded.values():
+            entry = page.entries[slot]
             itemsize = dtypes.by_name(entry.dtype).itemsize
-            sizes = codecs.group_sizes(page.stored(slot), entry.nbytes, itemsize, entry.codec)
+            sizes = codecs.group_sizes(page.stored(slot), nbytes, itemsize, entry.codec)
             kind = f"{entry.dtype} {'deltas' if entry.codec in codecs.DELTAS else 'alone'}"
             totals = sums.setdefault(kind, [[0, 0] for _ in sizes])
             for total, (raw, stored) in zip(totals, sizes, strict=True):
@@ -296,10 +310,10 @@ def bytes_by_group(db) -> dict[str, list[float]]:
 
 
 def decode_speed(db, repeats: int) -> dict:
-    """GB/s of decoded images on one thread, every coded page held encoded in memory and each
-    image dropped once made (as a pool under a budget does). Per wall second and per CPU
-    second of the thread: on a shared machine the thread waits for a core, and CPU time is
-    what one core did."""
+    """GB/s of decoded images, every coded page held encoded in memory and each image dropped
+    once made (as a pool under a budget does). Per CPU second of the process (a large stream's
+    groups decompress on helper threads, ``page_images.PARALLEL_FROM``): what one core does;
+    and per wall second, which the helpers raise where a core is free."""
     page_ids = [p for p, _ in db.store.catalog.live_pages()]
     pages = [db.store.reader.read(db.store.locate_page(p)) for p in page_ids]
     pages = [page for page in pages if page.coded]
@@ -310,11 +324,11 @@ def decode_speed(db, repeats: int) -> dict:
     image_bytes = sum(page.image_nbytes for page in pages)
     wall, cpu = [], []
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.thread_time()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for page in pages:
             decode_page(page, db.pool.bases)
         wall.append(image_bytes / (time.perf_counter() - start) / 1e9)
-        cpu.append(image_bytes / (time.thread_time() - start_cpu) / 1e9)
+        cpu.append(image_bytes / (time.process_time() - start_cpu) / 1e9)
     return {
         "image_bytes": image_bytes,
         "gb_per_s": statistics.median(cpu),
@@ -367,16 +381,73 @@ def serving(fam: Family, exact: Path, lossless: Path, repeats: int) -> dict:
 def serving_over_budget(
     fam: Family, exact: Path, lossless: Path, budget: int, repeats: int
 ) -> dict:
-    """Rows per second serving every model in turn, storage cold, with a pool of ``budget``
-    bytes (see the module doc), tier off and on in alternating passes; bytes read per pass."""
+    """Serving over budget (``over_budget_passes``) in a child process: at this disk's own
+    bandwidth, then, where blkio cgroups are available, with the child's reads throttled to each
+    of THROTTLES. Break-even: the read bandwidth below which the tier on serves faster, the
+    bytes a tier-off pass reads over the seconds a tier-on pass takes beyond one from memory
+    (decoding); native: those bytes over the seconds a tier-off pass takes beyond one from
+    memory (reading, as this disk does)."""
+    result = _in_child(fam, exact, lossless, budget, repeats, None)
+    seconds, read = result["seconds_per_pass"], result["bytes_read_per_pass"]["off"]
+    decoding, reading = seconds["on"] - seconds["memory"], seconds["off"] - seconds["memory"]
+    result["break_even_bytes_per_s"] = read / decoding if read and decoding > 0 else None
+    result["native_bytes_per_s"] = read / reading if read and reading > 0 else None
+    result["throttled"] = [
+        _in_child(fam, exact, lossless, budget, repeats, bytes_per_s)
+        for bytes_per_s in (THROTTLES if throttle_available() else ())
+    ]
+    return result
+
+
+CHILD = (
+    "import json, sys\n"
+    "from benchmarks.storage_tiers import over_budget_passes\n"
+    "print(json.dumps(over_budget_passes(*json.loads(sys.argv[1]))))"
+)
+
+
+def _in_child(
+    fam: Family, exact: Path, lossless: Path, budget: int, repeats: int, bytes_per_s: int | None
+) -> dict:
+    """``over_budget_passes`` in a child process, its reads throttled to ``bytes_per_s`` (a
+    ``ReadThrottle`` on the disk holding the databases) unless None."""
+    args = [fam.name, fam.size, str(fam.manifest_path), str(exact), str(lossless), budget]
+    throttle = ReadThrottle("storage-tiers", lossless, bytes_per_s) if bytes_per_s else None
+    try:
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps([*args, repeats])],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+            preexec_fn=throttle and throttle.join,
+        )
+        result = json.loads(child.stdout.splitlines()[-1])
+        if throttle is not None:
+            result["read_bytes_per_s"] = bytes_per_s
+            result["disk_bytes_read"] = throttle.bytes_read
+    finally:
+        if throttle is not None:
+            throttle.close()
+    return result
+
+
+def over_budget_passes(
+    name: str, size: str, manifest: str, exact: str, lossless: str, budget: int, repeats: int
+) -> dict:
+    """Rows per second serving every model of the family in turn, storage cold, with a pool of
+    ``budget`` bytes (see the module doc), tier off and on, and from memory (the exact
+    database, unbounded pool, warm), in alternating passes; seconds and bytes read per pass."""
+    fam = Family(name, size, Path(manifest))
     batches = {model: fam.test_batch(model, 8) for model in fam.models}
     rows = sum(len(next(iter(batch.values()))) for batch in batches.values())
     dbs = {
+        "memory": weightdb.connect(exact, budget=None),
         "off": weightdb.connect(exact, budget=budget),
         "on": weightdb.connect(lossless, budget=budget),
     }
-    runs: dict[str, list[float]] = {"off": [], "on": []}
-    read: dict[str, list[int]] = {"off": [], "on": []}
+    runs: dict[str, list[float]] = {tier: [] for tier in dbs}
+    read: dict[str, list[int]] = {tier: [] for tier in dbs}
     try:
         for db in dbs.values():  # warm: plans compiled, the pool filled as serving leaves it
             for model, batch in batches.items():
@@ -391,17 +462,18 @@ def serving_over_budget(
                     start = time.perf_counter()
                     db.predict(model, batch)
                     seconds += time.perf_counter() - start
-                runs[tier].append(rows / seconds)
+                runs[tier].append(seconds)
                 read[tier].append(db.pool.stats().bytes_read - before)
     finally:
         for db in dbs.values():
             db.close()
-    rows_per_s = {tier: summary(values) for tier, values in runs.items()}
+    rows_per_s = {tier: summary([rows / s for s in values]) for tier, values in runs.items()}
     return {
         "budget_bytes": budget,
         "models": len(batches),
         "rows_per_s": rows_per_s,
         "ratio_on_off": rows_per_s["on"]["median"] / rows_per_s["off"]["median"],
+        "seconds_per_pass": {tier: statistics.median(v) for tier, v in runs.items()},
         "bytes_read_per_pass": {tier: statistics.median(v) for tier, v in read.items()},
     }
 
@@ -420,7 +492,11 @@ def floors(results: dict) -> dict:
         if "serving" in r:
             cells[label]["serving_met"] = r["serving"]["ratio_on_off"] >= FLOOR_SERVING_RATIO
         if "serving_over_budget" in r:
-            cells[label]["over_budget_faster"] = r["serving_over_budget"]["ratio_on_off"] > 1
+            over = r["serving_over_budget"]
+            cells[label]["over_budget_faster"] = over["ratio_on_off"] > 1
+            cells[label]["over_budget_faster_throttled"] = {
+                str(t["read_bytes_per_s"]): t["ratio_on_off"] > 1 for t in over["throttled"]
+            }
     return cells
 
 
@@ -446,16 +522,25 @@ $groups
 
 $long_finetune
 
-Decoding (one core, coded pages from memory) and serving in memory, tier off and on (rows/s, \
-median of alternating runs, min-max).
+Decoding (coded pages from memory, per CPU second of all threads: one core) and serving in \
+memory, tier off and on (rows/s, median of alternating runs, min-max).
 
 $speed
 
 Serving over budget: every model of the family in turn (8 rows each), the pool halfway between \
 the bytes stored with the tier on and off, page files dropped from the OS cache before every \
-request (rows/s, median of alternating passes, min-max; MiB read from storage per pass).
+request, in a child process (rows/s, median of alternating passes, min-max; MiB read from \
+storage per pass). *in memory*: the exact database with an unbounded pool, warm. *native*: \
+this disk's effective read bandwidth, the bytes a tier-off pass reads over the seconds it \
+takes beyond one in memory; *break-even*: the same bytes over the seconds a tier-on pass takes \
+beyond one in memory (decoding): on a disk slower than that, the tier on serves faster.
 
 $over_budget
+
+The same with the child's reads throttled (cgroup v1 blkio, ``read_bps_device``) to the \
+bandwidths of cloud volumes.
+
+$throttled
 """
 LONG_REPORT = """
 A longer fine-tune: $model ($steps steps) added to minilm-finetunes/small stores $exact of new \
@@ -551,17 +636,37 @@ def markdown(results: dict) -> str:
             label,
             format_size(o["budget_bytes"]),
             str(o["models"]),
-            spread(o["rows_per_s"]["off"], "{:.1f}"),
-            spread(o["rows_per_s"]["on"], "{:.1f}"),
-            f"{o['ratio_on_off']:.2f}x",
-            " / ".join(f"{b / 2**20:.0f}" for b in o["bytes_read_per_pass"].values()),
+            spread(o["rows_per_s"]["memory"], "{:.1f}"),
+            *_over_budget_cells(o),
+            _megabytes_per_s(o["native_bytes_per_s"]),
+            _megabytes_per_s(o["break_even_bytes_per_s"]),
         ]
         for label, r in fams.items()
         if (o := r.get("serving_over_budget"))
     ]
     over_budget = markdown_table(
-        ["family", "pool budget", "models", "tier off", "tier on", "on/off", "MiB read off / on"],
+        [
+            "family",
+            "pool budget",
+            "models",
+            "in memory",
+            "tier off",
+            "tier on",
+            "on/off",
+            "MiB read off / on",
+            "native",
+            "break-even",
+        ],
         over_budget_rows,
+    )
+    throttled_rows = [
+        [label, _megabytes_per_s(t["read_bytes_per_s"]), *_over_budget_cells(t)]
+        for label, r in fams.items()
+        for t in r.get("serving_over_budget", {}).get("throttled", [])
+    ]
+    throttled = markdown_table(
+        ["family", "reads at", "tier off", "tier on", "on/off", "MiB read off / on"],
+        throttled_rows,
     )
     return render(
         REPORT,
@@ -571,7 +676,22 @@ def markdown(results: dict) -> str:
         long_finetune=_long_markdown(results["long_finetune"]),
         speed=speed,
         over_budget=over_budget if over_budget_rows else "(not measured in this run)",
+        throttled=throttled if throttled_rows else "(not measured: needs root and cgroup v1 blkio)",
     )
+
+
+def _over_budget_cells(o: dict) -> list[str]:
+    """Rows/s tier off and on, their ratio, MiB read per pass off / on."""
+    return [
+        spread(o["rows_per_s"]["off"], "{:.1f}"),
+        spread(o["rows_per_s"]["on"], "{:.1f}"),
+        f"{o['ratio_on_off']:.2f}x",
+        " / ".join(f"{o['bytes_read_per_pass'][t] / 2**20:.0f}" for t in ("off", "on")),
+    ]
+
+
+def _megabytes_per_s(bytes_per_s: float | None) -> str:
+    return "n/a" if bytes_per_s is None else f"{bytes_per_s / 1e6:.0f} MB/s"
 
 
 def _decode_cells(decode: dict) -> list[str]:

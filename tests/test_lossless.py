@@ -38,7 +38,7 @@ def test_every_dtype_round_trips_bit_exact_through_coding_and_export(tmp_path, d
             c for (c,) in db.store.catalog.conn.execute("SELECT codec FROM block_codings")
         }
         if np.dtype(dtype).itemsize > 1 and np.dtype(dtype).kind == "f":
-            assert codecs.XOR_PLANES in codecs_used
+            assert codecs.PAGE_XOR_PLANES in codecs_used
         db.pool.clear()
         for name, array in (("base", base), ("tuned", tuned)):
             out = tmp_path / f"{name}.safetensors"
@@ -49,21 +49,19 @@ def test_every_dtype_round_trips_bit_exact_through_coding_and_export(tmp_path, d
         assert db.verify() == db.stats()["pages"]
 
 
-def test_codecs_round_trip_and_fall_back_to_raw_when_coding_does_not_save():
+def test_codecs_are_chosen_by_what_a_block_saves_and_fall_back_to_raw():
     rng = np.random.default_rng(0)
     base = rng.standard_normal(4096).astype(np.float32)
     tuned = base + rng.standard_normal(4096).astype(np.float32) * 1e-5
     data, against = tuned.view(np.uint8), base.view(np.uint8)
-    codec, encoded = codecs.choose(data, 4, against)
-    assert codec == codecs.XOR_PLANES and len(encoded) < 0.7 * data.nbytes
+    assert codecs.choose(data, 4, against) == codecs.PAGE_XOR_PLANES
+    noise = rng.integers(0, 256, data.nbytes, dtype=np.uint8)
+    assert codecs.choose(noise, 1, None) == codecs.RAW
+    assert codecs.choose(data, 4, noise) == codecs.PAGE_PLANES  # an unrelated base
+    encoded = codecs.encode(data, 4, against)
+    assert len(encoded) < 0.7 * data.nbytes
     out = np.empty(data.nbytes, np.uint8)
     codecs.decode(encoded, out, 4, against)
-    assert out.tobytes() == data.tobytes()
-    noise = rng.integers(0, 256, data.nbytes, dtype=np.uint8)
-    assert codecs.choose(noise, 1, None) == (codecs.RAW, None)
-    codec, encoded = codecs.choose(data, 4, noise)  # an unrelated base: planes alone win
-    assert codec == codecs.PLANES
-    codecs.decode(encoded, out, 4)
     assert out.tobytes() == data.tobytes()
 
 

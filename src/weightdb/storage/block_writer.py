@@ -13,7 +13,8 @@ Two page buffers alternate: while one fills, the other is checksummed and writte
 background thread (hashlib, zlib and writes release the GIL, so both cores work).
 
 With ``lossless`` on, a new block is stored coded when that saves enough (``codecs.choose``):
-as a delta against the ``base`` block the caller names (``lineage``), else as byte planes.
+as a delta against the ``base`` block the caller names (``lineage``), else as byte planes;
+the page codes its coded blocks together as it is built (``PageBuilder``).
 Its digest stays that of its row-major content, so duplicates are found whatever the coding.
 """
 
@@ -124,16 +125,11 @@ class BlockWriter:
         existing = self._find(digest, content)
         if existing is not None:
             return existing, digest
-        codec, encoded = codecs.RAW, None
+        codec, against = codecs.RAW, None
         if self.lossless:
             against = None if base is None else self.pool.block_bytes(base, order)
-            codec, encoded = codecs.choose(np.frombuffer(space, np.uint8), block.itemsize, against)
-        stored_nbytes = None
-        if encoded is not None:
-            space[: len(encoded)] = encoded
-            stored_nbytes = len(encoded)
-            base_id = base if codec == codecs.XOR_PLANES else None
-            self.codings.append(BlockCoding(self.next_block_id, codec, base_id, stored_nbytes))
+            codec = codecs.choose(np.frombuffer(space, np.uint8), block.itemsize, against)
+        delta = codec in codecs.DELTAS
         slot = self._page.commit(
             self.next_block_id,
             dtype,
@@ -142,8 +138,8 @@ class BlockWriter:
             block.nbytes,
             order,
             codec,
-            stored_nbytes,
-            base if codec == codecs.XOR_PLANES else 0,
+            base=base if delta else 0,
+            base_bytes=against if delta else None,
         )
         new = BlockRecord(
             self.next_block_id, digest, dtype, rows, cols, block.nbytes, self.next_page_id, slot
@@ -173,6 +169,7 @@ class BlockWriter:
             return
         page_id = self.next_page_id
         pieces, length, checksum = self._page.build(page_id)
+        self.codings += [BlockCoding(*coding) for coding in self._page.codings()]
         write = self._io.submit(self._segments.append, page_id, pieces, length, checksum)
         self._writes[page_id] = write
         self._in_flight[self._current] = write

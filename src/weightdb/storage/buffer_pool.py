@@ -354,6 +354,9 @@ class BufferPool:
 def _laid_out(page: Page, slot: int, order: int) -> np.ndarray:
     """Block ``slot`` of an image or raw page, its bytes in ``order``, flat uint8 (a view
     when it is stored so)."""
+    entry = page.entries[slot]
+    if entry.order == order:  # as stored: the common case, and the cheapest (bases of deltas)
+        return np.frombuffer(page.data, np.uint8, entry.nbytes, entry.offset)
     block = page.block(slot)
     stored = block.T if order == COLUMN_MAJOR else block
     return np.ascontiguousarray(stored).view(np.uint8).reshape(-1)

@@ -140,7 +140,7 @@ def _rewrite(
     segments = SegmentWriter(store.pages_dir, next_segment, store.settings.segment_bytes)
     builder = PageBuilder(store.settings.page_size)
     moved: dict[tuple[int, int], tuple[int, int]] = {}
-    codings: dict[int, tuple[int, int, int | None, int]] = {}
+    codings: dict[int, tuple[int, int, int | None, int]] = {}  # a block with copies: once
     written = []
     try:
         total = sum(length for _, length in pages)
@@ -151,22 +151,15 @@ def _rewrite(
                         continue
                     space = builder.reserve(entry.nbytes)
                     space[:] = page.block_bytes(slot)
-                    codec, encoded = codecs.RAW, None
+                    codec, against = codecs.RAW, None
                     if lossless:
                         base = bases.get(entry.block_id)
                         against = (
                             None if base is None else store.pool.block_bytes(base, entry.order)
                         )
                         itemsize = page.block(slot).itemsize
-                        codec, encoded = codecs.choose(
-                            np.frombuffer(space, np.uint8), itemsize, against
-                        )
-                    stored, base_id = None, None
-                    if encoded is not None:
-                        space[: len(encoded)] = encoded
-                        stored = len(encoded)
-                        base_id = bases[entry.block_id] if codec == codecs.XOR_PLANES else None
-                        codings[entry.block_id] = (entry.block_id, codec, base_id, stored)
+                        codec = codecs.choose(np.frombuffer(space, np.uint8), itemsize, against)
+                    delta = codec in codecs.DELTAS
                     new_slot = builder.commit(
                         entry.block_id,
                         entry.dtype,
@@ -175,12 +168,13 @@ def _rewrite(
                         entry.nbytes,
                         entry.order,
                         codec,
-                        stored,
-                        base_id or 0,
+                        base=bases[entry.block_id] if delta else 0,
+                        base_bytes=against if delta else None,
                     )
                     moved[page_id, slot] = (next_page, new_slot)
             if len(builder):
                 written.append(segments.append(next_page, *builder.build(next_page)))
+                codings.update((coding[0], coding) for coding in builder.codings())
                 next_page += 1
                 builder.reset()
             if progress:

@@ -36,6 +36,12 @@ be were every block raw, which is what the buffer pool decodes a coded page into
 blocks, runs and panels read from an image exactly as from a raw page. The page size bounds
 the image's data area, so a coded page holds the blocks its raw twin would, in fewer bytes.
 Formats 1 and 2 read as pages of raw blocks (their entries are 48 bytes).
+
+Blocks of codecs 5 and 6 (``codecs.FRAMED``) are coded together: those of one codec and
+itemsize form one stream, written after the other blocks' bytes. Each records the stream's
+stored offset and nbytes; its bytes are the stream's decoded bytes after those of the blocks
+before it (in slot order) in the same stream. A weightdb that knows no codec 5 refuses such a
+page by its codec.
 """
 
 import struct
@@ -45,7 +51,7 @@ import numpy as np
 from isal.isal_zlib import crc32
 
 from weightdb.errors import CorruptPageError, FormatVersionError
-from weightdb.storage import dtypes
+from weightdb.storage import codecs, dtypes
 
 MAGIC = b"WDBPAGE\0"
 VERSION = 3
@@ -54,7 +60,7 @@ HEADER = struct.Struct("<8sIHHIQQQ20x")
 DATA_START = HEADER.size
 ENTRY = struct.Struct("<QQQQQBBB5xQQQ")
 RAW_ENTRY = struct.Struct("<QQQQQBB6x")  # formats 1 and 2
-RAW = 0  # ``codecs.RAW``
+RAW = codecs.RAW
 ROW_MAJOR, COLUMN_MAJOR = 0, 1
 ALIGN = 64
 # On-disk dtype codes: append only, never renumber.
@@ -102,8 +108,11 @@ class PageBuilder:
     """Fills one reusable page buffer: ``reserve`` space, write a block there, ``commit`` it.
 
     A block that turns out to be a duplicate is simply not committed; the next reservation
-    reuses its space. A coded block is committed with the bytes it was coded into (written
-    over its reservation): the page's image still reserves its raw size.
+    reuses its space. A block coded on its own (codecs 1-4, as a repack copies it) is committed
+    with the bytes it was coded into (written over its reservation): the page's image still
+    reserves its raw size. A block of a ``codecs.FRAMED`` codec is committed raw, with its
+    base's bytes if a delta; ``build`` codes those blocks into streams, written
+    after the other blocks, whose bytes move up to close the gaps.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -112,6 +121,8 @@ class PageBuilder:
         self.entries: list[tuple[int, ...]] = []
         self._end = DATA_START  # of the stored bytes
         self._image_end = DATA_START
+        self._framed: dict[int, np.ndarray | None] = {}  # slot -> base bytes, until ``build``
+        self._shares: dict[int, int] = {}  # slot -> stored bytes attributed, after ``build``
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -138,20 +149,28 @@ class PageBuilder:
         codec: int = RAW,
         stored_nbytes: int | None = None,
         base: int = 0,
+        base_bytes: np.ndarray | None = None,
     ) -> int:
         """Keep the bytes last written to ``reserve``: ``stored_nbytes`` of them if the block
-        is coded, else ``nbytes``. Returns the block's slot."""
+        is coded on its own, else ``nbytes`` (raw, or to be coded in a stream: a delta's
+        ``base_bytes`` are its base's bytes in ``order``). Returns the block's slot."""
         stored = nbytes if stored_nbytes is None else stored_nbytes
         image_place = (self._image_end, nbytes)
         shape = (rows, cols, _CODE_OF[dtype], order)
         self.entries.append((block_id, *image_place, *shape, codec, self._end, stored, base))
+        if codec in codecs.FRAMED:
+            self._framed[len(self.entries) - 1] = base_bytes
         self._end = min(_align(self._end + stored), len(self.buffer))
         self._image_end = min(_align(self._image_end + nbytes), len(self.buffer))
         return len(self.entries) - 1
 
     def page(self, page_id: int) -> "Page":
-        """The blocks committed so far, as a page read back (valid until ``reset``)."""
-        entries = [_entry(fields) for fields in self.entries]
+        """The blocks committed so far, as a page read back (valid until ``reset``); blocks
+        still to be coded in a stream read as the raw blocks they are until ``build``."""
+        entries = [
+            _entry((*fields[:7], RAW, *fields[8:10], 0)) if slot in self._framed else _entry(fields)
+            for slot, fields in enumerate(self.entries)
+        ]
         return Page(memoryview(self.buffer)[: self._end], entries, page_id)
 
     def build(self, page_id: int) -> tuple[list[memoryview | bytes], int, int]:
@@ -159,22 +178,77 @@ class PageBuilder:
 
         The pieces point into this builder's buffer: write them before calling ``reset``.
         """
+        streams = self._code_streams()
+        data = memoryview(self.buffer)[: self._end]
+        directory_at = self._end + sum(len(stream) for stream in streams)
         directory = bytearray(ENTRY.size * len(self.entries))
         for slot, entry in enumerate(self.entries):
             ENTRY.pack_into(directory, slot * ENTRY.size, *entry)
-        length = self._end + len(directory)
+        length = directory_at + len(directory)
         HEADER.pack_into(
-            self.buffer, 0, MAGIC, 0, VERSION, 0, len(self.entries), page_id, length, self._end
+            self.buffer, 0, MAGIC, 0, VERSION, 0, len(self.entries), page_id, length, directory_at
         )
-        data = memoryview(self.buffer)[: self._end]
-        checksum = crc32(directory, crc32(data[12:]))
+        checksum = crc32(data[12:])
+        for piece in (*streams, directory):
+            checksum = crc32(piece, checksum)
         struct.pack_into("<I", self.buffer, 8, checksum)
-        return [data, bytes(directory)], length, checksum
+        return [data, *streams, bytes(directory)], length, checksum
+
+    def _code_streams(self) -> list[bytes]:
+        """Code the framed blocks into one stream per codec and itemsize (a delta's noise
+        bits and a lone block's differ, so each stream keeps or stores its byte groups), move
+        the other blocks' bytes up over theirs, and point the framed entries at their stream,
+        which follows the data (each block of a stream records its offset and length)."""
+        if not self._framed:
+            return []
+        buffer = np.frombuffer(self.buffer, np.uint8)
+        kinds: dict[tuple[int, int], list[int]] = {}
+        for slot in self._framed:
+            itemsize = dtypes.by_name(DTYPE_CODES[self.entries[slot][5]]).itemsize
+            kinds.setdefault((self.entries[slot][7], itemsize), []).append(slot)
+        streams = []
+        for (_, itemsize), slots in kinds.items():
+            blocks = []
+            for slot in slots:
+                start, nbytes = self.entries[slot][8:10]
+                blocks.append((buffer[start : start + nbytes], self._framed[slot]))
+            streams.append((slots, codecs.encode_stream(blocks, itemsize)))
+        end = DATA_START
+        for slot, entry in enumerate(self.entries):
+            if slot in self._framed:
+                continue
+            start, stored = entry[8:10]
+            buffer[end : end + stored] = buffer[start : start + stored]  # numpy minds overlap
+            self.entries[slot] = (*entry[:8], end, stored, entry[10])
+            end = _align(end + stored)
+        self._end = min(end, len(self.buffer))
+        offset = self._end
+        for slots, stream in streams:
+            raw = sum(self.entries[slot][2] for slot in slots)
+            for slot in slots:
+                entry = self.entries[slot]
+                self.entries[slot] = (*entry[:8], offset, len(stream), entry[10])
+                self._shares[slot] = len(stream) * entry[2] // raw
+            self._shares[slots[-1]] += len(stream) - sum(self._shares[s] for s in slots)
+            offset += len(stream)
+        self._framed = {}
+        return [stream for _, stream in streams]
+
+    def codings(self) -> list[tuple[int, int, int | None, int]]:
+        """(block id, codec, base block id or None, stored bytes) of each coded block of the
+        page ``build`` made: a stream's bytes are shared among its blocks by raw size."""
+        return [
+            (entry[0], entry[7], entry[10] or None, self._shares.get(slot, entry[9]))
+            for slot, entry in enumerate(self.entries)
+            if entry[7] != RAW
+        ]
 
     def reset(self) -> None:
         self.entries = []
         self._end = DATA_START
         self._image_end = DATA_START
+        self._framed = {}
+        self._shares = {}
 
 
 def _entry(fields: tuple[int, ...]) -> BlockEntry:

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from weightdb.packing import DEFAULT_ALGORITHM, DEFAULT_TIME_LIMIT, Instance, Layout, solve
 from weightdb.progress import Progress
+from weightdb.storage import codecs
 from weightdb.storage.blocking import BlockLayout, panel_runs
 from weightdb.storage.page_files import PageLocation, SegmentWriter
 from weightdb.storage.page_format import Page, PageBuilder
@@ -260,9 +261,10 @@ def _write_layout(
 ) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
     """Copy every occurrence into the new pages, pages and blocks in ``order``; a layout page
     whose blocks exceed the page size in bytes (wide dtypes) continues on a further page of the
-    same blocks' readers. Coded blocks (the lossless tier) are copied as stored, codec and
-    base with them. Returns where each occurrence went (page id, slot) and the pages
-    written."""
+    same blocks' readers. Coded blocks (the lossless tier) keep their codec and base: those
+    coded on their own are copied as stored, those of a page's stream are coded again in the
+    new page's (their ``block_codings`` bytes stay those of the compress that coded them).
+    Returns where each occurrence went (page id, slot) and the pages written."""
     where = store.catalog.block_places()
     _, next_page, next_segment = store.next_ids()
     segments = SegmentWriter(store.pages_dir, next_segment, store.settings.segment_bytes)
@@ -288,15 +290,19 @@ def _write_layout(
                 dtype, rows, cols, nbytes, old_page, old_slot = where[block_id]
                 if not builder.fits(nbytes):
                     flush()
-                if block_id in coded:  # copied as stored: the pool holds it decoded
+                if block_id in coded:
                     if old_page not in as_stored:
                         as_stored = {old_page: store.reader.read(store.locate_page(old_page))}
                     entry = as_stored[old_page].entries[old_slot]
+                base_bytes = None
+                if block_id in coded and entry.codec not in codecs.FRAMED:  # copied as stored
                     builder.reserve(entry.stored_nbytes)[:] = as_stored[old_page].stored(old_slot)
-                else:
+                else:  # raw, or coded again in the new page's stream: copied decoded
                     with store.pool.pinned(old_page) as source:
                         entry = source.entries[old_slot]
                         builder.reserve(nbytes)[:] = source.block_bytes(old_slot)
+                    if entry.codec in codecs.DELTAS:
+                        base_bytes = store.pool.block_bytes(entry.base, entry.order)
                 slot = builder.commit(
                     block_id,
                     dtype,
@@ -305,8 +311,9 @@ def _write_layout(
                     nbytes,
                     entry.order,
                     entry.codec,
-                    entry.stored_nbytes,
+                    None if entry.codec in codecs.FRAMED else entry.stored_nbytes,
                     entry.base,
+                    base_bytes,
                 )
                 locations[index, block_id] = (next_page, slot)
             flush()

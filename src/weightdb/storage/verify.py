@@ -9,7 +9,7 @@ from weightdb.errors import CatalogCorruptError, CorruptPageError
 from weightdb.progress import Progress
 from weightdb.storage.block_writer import block_digest
 from weightdb.storage.catalog import RESTORE, damaged
-from weightdb.storage.page_images import block_content
+from weightdb.storage.page_images import decode_page
 from weightdb.storage.store import Store
 
 SHOWN = 10
@@ -43,6 +43,7 @@ def _verify_pages(store: Store, progress: Progress | None) -> int:
     for page_id, _ in pages:
         location = store.locate_page(page_id)
         page = store.reader.read(location)
+        image = decode_page(page, store.pool.bases)  # once: a stream decodes as a whole
         for block_id, slot, nbytes, digest, dtype, rows, cols in catalog.blocks_on_page(page_id):
             entry = page.entries[slot] if slot < len(page.entries) else None
             if entry is None or entry.block_id != block_id or entry.nbytes != nbytes:
@@ -50,7 +51,7 @@ def _verify_pages(store: Store, progress: Progress | None) -> int:
                     f"page {page_id} in {location.file} does not hold block {block_id} at "
                     f"slot {slot} as the catalog records"
                 )
-            content = block_content(page, slot, store.pool.bases)
+            content = image.block_content(slot)
             if block_digest(dtype, rows, cols, content) != digest:
                 if entry.coded:
                     raise CorruptPageError(
