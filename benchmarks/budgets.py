@@ -24,10 +24,17 @@ the page cache the mapped baselines live on is bound like weightdb's pool: the c
 reported beside bytes read. Unlimited runs (no cgroup: the mapped baselines have the machine's
 memory) are kept for reference at 25% and 100% (quick: 50%), labelled as such.
 
+This machine's disk reads a dropped cache at several GB/s, faster than most servers' volumes
+(a cloud block volume gives 125-1000 MB/s). So at 25% and 50% (quick: 50%) every system also
+runs with its reads of that disk throttled to ``DISK_BYTES_PER_S`` (``ReadThrottle``, cgroup v1
+blkio, where available), in the same memory cgroup: what reading fewer bytes is worth on such a
+disk.
+
 Floors (issue 17), cgroup runs: weightdb's throughput at least 1.5x the best baseline's at 25%
-and 50%, 1.0x at 10%, 0.9x at 100%. Per system and budget: median request latency (min-max),
-throughput (requests per second of serving, setup excluded, one request at a time) with ratios,
-and a plot of both against B (``budgets.png``).
+and 50%, 1.0x at 10%, 0.9x at 100%; the same floors are reported for the throttled runs. Per
+system and budget: median request latency (min-max), throughput (requests per second of
+serving, setup excluded, one request at a time) with ratios, and a plot of both against B
+(``budgets.png``).
 """
 
 import tempfile
@@ -45,17 +52,19 @@ from benchmarks.harness import (
 )
 from benchmarks.serve_sequence import POLICY_RUNS, SKEW, serve, write_config
 from weightdb.memory_limit import available as cgroups_available
-from weightdb.memory_limit import drop_page_cache
+from weightdb.memory_limit import disk_of, drop_page_cache, throttle_available
 
 BASELINES = ("onnxruntime", "pytorch", "safetensors-mmap", "pytorch-mmap")
 SYSTEMS = ("weightdb", *BASELINES)
 FLOORS = {0.10: 1.0, 0.25: 1.5, 0.50: 1.5, 1.00: 0.9}  # weightdb over the best baseline
 POLICY_FRACTIONS = (0.10, 0.25, 0.50)
+DISK_BYTES_PER_S = 250 * 10**6  # a general-purpose cloud block volume
 MODES = {  # family total and models, budgets as shares of the working set, requests per budget
     "full": {"total": "4GiB", "models": 16, "fractions": (0.10, 0.25, 0.50, 0.75, 1.00),
-             "unlimited": (0.25, 1.00), "requests": 32, "timeout": 900.0},
+             "unlimited": (0.25, 1.00), "throttled": (0.25, 0.50), "requests": 32,
+             "timeout": 900.0},
     "quick": {"total": "2GiB", "models": 16, "fractions": (0.10, 0.50, 1.00),
-              "unlimited": (0.50,), "requests": 12, "timeout": 600.0},
+              "unlimited": (0.50,), "throttled": (0.50,), "requests": 12, "timeout": 600.0},
 }  # fmt: skip
 
 
@@ -70,22 +79,26 @@ def run(quick: bool, out_dir: Path) -> dict:
     sequence = request_sequence(fam.models, mode["requests"], SKEW, seed=0)
     cap = watchdog_cap()
     limited = cgroups_available()
+    # The throttle binds one disk: the models' files and the database must share it.
+    throttled = limited and throttle_available() and disk_of(db_path) == disk_of(fam.manifest_path)
     rows = []
     for fraction in mode["fractions"]:
         budget = int(working_set * fraction)
-        runs = [(system, limited) for system in SYSTEMS]
+        runs = [(system, limited, None) for system in SYSTEMS]
         if fraction in POLICY_FRACTIONS:
-            runs += [(f"weightdb-{policy}", limited) for policy in POLICY_RUNS]
+            runs += [(f"weightdb-{policy}", limited, None) for policy in POLICY_RUNS]
         if limited and fraction in mode["unlimited"]:
-            runs += [(system, False) for system in SYSTEMS]
+            runs += [(system, False, None) for system in SYSTEMS]
+        if throttled and fraction in mode["throttled"]:
+            runs += [(system, True, DISK_BYTES_PER_S) for system in SYSTEMS]
         with tempfile.TemporaryDirectory(prefix="weightdb-budgets-") as tmp:
             config = write_config(fam, db_path, sequence, budget, Path(tmp))
-            for system, cgroup in runs:
+            for system, cgroup, disk in runs:
                 drop_page_cache(fam.manifest_path.parent / "models")
                 drop_page_cache(db_path)
                 limit = budget if cgroup else None
-                outcome = serve(system, config, cap, mode["timeout"], limit)
-                rows.append(_row(system, fraction, budget, outcome))
+                outcome = serve(system, config, cap, mode["timeout"], limit, disk)
+                rows.append(_row(system, fraction, budget, outcome, disk))
                 print(f"budgets: {system} at {fraction:.0%}: {_cell(rows[-1])}", flush=True)
     results = {
         "quick": quick,
@@ -98,6 +111,7 @@ def run(quick: bool, out_dir: Path) -> dict:
         "rss_cap_bytes": cap,
         "fractions": mode["fractions"],
         "cgroups": limited,
+        "disk_bytes_per_s": DISK_BYTES_PER_S if throttled else None,
         "rows": rows,
     }
     results["floors"] = _floors(results)
@@ -107,8 +121,11 @@ def run(quick: bool, out_dir: Path) -> dict:
     return results
 
 
-def _row(system: str, fraction: float, budget: int, outcome: dict) -> dict[str, Any]:
+def _row(
+    system: str, fraction: float, budget: int, outcome: dict, disk: int | None
+) -> dict[str, Any]:
     seconds = outcome["request_seconds"]
+    limit = "cgroup" if outcome["cgroup"] else "unlimited"
     return {
         "system": system,
         "fraction": fraction,
@@ -121,20 +138,31 @@ def _row(system: str, fraction: float, budget: int, outcome: dict) -> dict[str, 
         "peak_anon_bytes": outcome["peak_anon_bytes"],
         "loads": outcome["loads"],
         "load_before": outcome["load_before"],
-        "limit": "cgroup" if outcome["cgroup"] else "unlimited",
+        "limit": limit if disk is None else f"{limit}, disk {disk / 1e6:.0f} MB/s",
+        "disk_bytes_per_s": disk,
         "cgroup": outcome["cgroup"],
     }
 
 
-def _limited(results: dict) -> dict[tuple[str, float], dict]:
-    """The cgroup runs (or, without cgroups, the only runs) by (system, fraction)."""
+def _limited(results: dict, throttled: bool = False) -> dict[tuple[str, float], dict]:
+    """The cgroup runs (or, without cgroups, the only runs) by (system, fraction), on the
+    machine's disk or, ``throttled``, on the throttled one."""
     wanted = "cgroup" if results["cgroups"] else "unlimited"
+    if throttled:
+        wanted = f"{wanted}, disk {results['disk_bytes_per_s'] / 1e6:.0f} MB/s"
     return {(r["system"], r["fraction"]): r for r in results["rows"] if r["limit"] == wanted}
 
 
 def _floors(results: dict) -> list[dict]:
-    """weightdb's throughput over the best baseline's at each budget the issue sets a floor."""
-    runs = _limited(results)
+    """weightdb's throughput over the best baseline's at each budget the issue sets a floor,
+    on this machine's disk and then on the throttled one."""
+    floors = _floors_of(_limited(results), None)
+    if results.get("disk_bytes_per_s"):
+        floors += _floors_of(_limited(results, throttled=True), results["disk_bytes_per_s"])
+    return floors
+
+
+def _floors_of(runs: dict[tuple[str, float], dict], disk: int | None) -> list[dict]:
     floors = []
     for fraction, floor in FLOORS.items():
         if ("weightdb", fraction) not in runs:
@@ -146,6 +174,7 @@ def _floors(results: dict) -> list[dict]:
         floors.append(
             {
                 "fraction": fraction,
+                "disk_bytes_per_s": disk,
                 "floor": floor,
                 "best_baseline": best["system"] if best else None,
                 "ratio": ratio,
@@ -173,6 +202,15 @@ def _policies(results: dict) -> list[dict]:
     return table
 
 
+FLOOR_HEADER = [
+    "budget", "disk", "floor: weightdb / best baseline", "best baseline", "measured", "met",
+]  # fmt: skip
+
+
+def _disk(bytes_per_s: int | None) -> str:
+    return "this machine's" if bytes_per_s is None else f"read at {bytes_per_s / 1e6:.0f} MB/s"
+
+
 def _cell(row: dict) -> str:
     if not row["ok"]:
         return f"failed ({row['error']})"
@@ -197,7 +235,7 @@ more requests per second (against weightdb's run under the same kind of limit). 
 process's block input from storage (rusage). cgroup peak: the most memory, RSS and page cache, \
 the run's cgroup held. load: 1-minute load average before the run (2 CPUs).
 
-Floors (issue 17, cgroup runs):
+Floors (issue 17, cgroup runs; "read at": the same runs with every system's reads throttled):
 
 $floors
 
@@ -217,11 +255,9 @@ HEADER = [
 
 
 def _markdown(results: dict) -> str:
-    limited = _limited(results)
     table = []
     for row in results["rows"]:
-        ours = limited.get(("weightdb", row["fraction"])) if row["limit"] != "unlimited" else None
-        ours = ours or next(
+        ours = next(
             r
             for r in results["rows"]
             if r["system"] == "weightdb"
@@ -246,6 +282,7 @@ def _markdown(results: dict) -> str:
     floors = [
         [
             f"{f['fraction']:.0%}",
+            _disk(f["disk_bytes_per_s"]),
             f"{f['floor']}x",
             f["best_baseline"] or "none finished",
             f"{f['ratio']:.2f}x" if f["ratio"] is not None else "-",
@@ -281,7 +318,7 @@ def _markdown(results: dict) -> str:
         quick="; quick mode" if results["quick"] else "",
         table=markdown_table(HEADER, table),
         floors=markdown_table(
-            ["budget", "floor: weightdb / best baseline", "best baseline", "measured", "met"],
+            FLOOR_HEADER,
             floors,
         ),
         policies=markdown_table(policy_header, policies) if policies else "(not run at this size)",

@@ -191,13 +191,19 @@ def _budgets(data: dict) -> list[Row]:
     return [
         (
             "17",
-            f"budgets family at {f['fraction']:.0%} ({limit}): weightdb at least {f['floor']}x "
-            "the best baseline's throughput",
+            f"budgets family at {f['fraction']:.0%} ({limit}{_disk(f)}): weightdb at least "
+            f"{f['floor']}x the best baseline's throughput",
             f"{f['ratio']:.2f}x {f['best_baseline']}" if f["ratio"] is not None else "-",
             f["met"],
         )
         for f in data.get("floors", [])
     ]
+
+
+def _disk(floor: dict) -> str:
+    """How fast the budgets run read its disk, if throttled."""
+    at = floor.get("disk_bytes_per_s")
+    return f", reads throttled to {at / 1e6:.0f} MB/s" if at else ""
 
 
 def _storage_tiers(data: dict) -> list[Row]:

@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from weightdb.memory_limit import MemoryLimit
+from weightdb.memory_limit import MemoryLimit, ReadThrottle
 
 RESULTS_DIR = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -190,16 +190,23 @@ def run_watched(
     timeout: float,
     memory_limit: int | None = None,
     ready: Path | None = None,
+    disk: tuple[Path, int] | None = None,
 ) -> Watched:
     """Run ``command`` (child ``name``) from the repository, killing it if its anonymous RSS
     passes ``cap`` bytes or it runs past ``timeout`` seconds, so no system drives the machine
     into the OOM killer.
 
     With ``memory_limit``, the child runs in its own memory cgroup limited to ``memory_limit``
-    plus the idle RSS it writes to ``ready`` (``report_idle_and_wait``) before it serves."""
+    plus the idle RSS it writes to ``ready`` (``report_idle_and_wait``) before it serves. With
+    ``disk`` (a folder, bytes per second), its reads of the disk holding that folder are
+    throttled to that rate (``ReadThrottle``)."""
     group = MemoryLimit(name) if memory_limit is not None else None
+    throttle = ReadThrottle(name, *disk) if disk is not None else None
+    joined = [cgroup.join for cgroup in (group, throttle) if cgroup is not None]
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env=env, preexec_fn=group and group.join)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, preexec_fn=lambda: [join() for join in joined]
+    )
     try:
         idle = _limit_when_idle(process, group, ready, memory_limit) if group and ready else None
         killed, usage, peak_anon = _watch(process, cap, timeout)
@@ -217,6 +224,8 @@ def run_watched(
             process.wait()
         if group:
             group.close()
+        if throttle:
+            throttle.close()
     wall = time.perf_counter() - start
     return Watched(process.returncode, killed, usage, peak_anon, wall, cgroup)
 

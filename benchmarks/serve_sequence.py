@@ -72,10 +72,17 @@ def write_config(fam, db_path: Path, sequence: list[str], budget: int, folder: P
 
 
 def serve(
-    system: str, config_path: Path, cap: int, timeout: float, memory_limit: int | None = None
+    system: str,
+    config_path: Path,
+    cap: int,
+    timeout: float,
+    memory_limit: int | None = None,
+    disk_bytes_per_s: int | None = None,
 ) -> dict:
     """Run ``system`` over the sequence in a watched child (see ``harness.run_watched``; with
-    ``memory_limit``, in a memory cgroup of that plus its idle RSS) and collect its outcome."""
+    ``memory_limit``, in a memory cgroup of that plus its idle RSS; with ``disk_bytes_per_s``,
+    reading the disk that holds the models and the database at that rate at most) and collect
+    its outcome."""
     from benchmarks.engine import THREAD_VARIABLES, THREADS
 
     load = os.getloadavg()[0]
@@ -84,10 +91,12 @@ def serve(
     if memory_limit is not None:
         command.append("--handshake")
     ready = config_path.parent / f"{system}.ready"
-    watched = run_watched(command, system, env, cap, timeout, memory_limit, ready)
+    config = json.loads(config_path.read_text())
+    disk = (Path(config["db"]), disk_bytes_per_s) if disk_bytes_per_s else None
+    watched = run_watched(command, system, env, cap, timeout, memory_limit, ready, disk)
     result_path = config_path.parent / f"{system}.json"
     record = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    requests = len(json.loads(config_path.read_text())["sequence"])
+    requests = len(config["sequence"])
     seconds = [r["seconds"] for r in record.get("requests", [])]
     error = watched.killed or record.get("error")
     if error is None and watched.returncode != 0:
