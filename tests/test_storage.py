@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 import weightdb
 from weightdb.errors import BudgetExceededError, CorruptPageError
-from weightdb.storage import block_writer, store
+from weightdb.storage import block_writer, read_ahead, store
+from weightdb.storage.page_files import PageLocation
 from weightdb.storage.page_format import HEADER
 
 
@@ -196,29 +197,50 @@ def test_pinned_pages_are_never_evicted(tmp_path, rng):
         assert db.pool.stats().evictions > 0
 
 
-@pytest.mark.parametrize("budget_pages", [None, 8, 1])
-def test_prefetch_asks_for_missing_pages_in_half_the_free_room_and_changes_nothing(
-    tmp_path, rng, monkeypatch, budget_pages
+def test_prefetch_asks_for_missing_pages_a_window_ahead_and_changes_nothing(
+    tmp_path, rng, monkeypatch
 ):
-    """Unbounded, every missing page is asked for; under a budget, as many as half the pool's
-    free room holds (a full pool asks for none); the pool itself does not change."""
+    """The pages a request will pin are asked of storage ahead of the pins, at most a window's
+    bytes at a time (more when half the pool's free room is more), each once, resident ones
+    never; the pool itself does not change."""
     asked = []
     monkeypatch.setattr(store.PageReader, "advise", lambda self, locations: asked.extend(locations))
-    budget = None if budget_pages is None else budget_pages * PAGE
-    with pool_db(tmp_path, rng, budget=budget) as db:
+    monkeypatch.setattr(read_ahead, "WINDOW_BYTES", 3 * PAGE)
+    with pool_db(tmp_path, rng, budget=5 * PAGE) as db:  # half its free room: under a window
         tensor = db.tensors("m")["w"]
         pages = tensor.pages()
-        with tensor.block(0, 0):
+        with db.pool.pinned(pages[1]):
             before = db.pool.stats()
             db.pool.prefetch(pages)
             assert db.pool.stats() == before  # nothing read, requested or made resident
-        resident = int(tensor.locations[0, 0, 0])
-        missing = [p for p in pages if p != resident]
-        lengths = [db.store.locate_page(p).length for p in missing]
-        room = sum(lengths) if budget is None else (budget - before.resident_bytes) // 2
-        fits = max(k for k in range(len(lengths) + 1) if sum(lengths[:k]) <= room)
-        assert [location.page_id for location in asked] == missing[:fits]
-        assert (fits == 0) == (budget_pages == 1)
+            missing = [p for p in pages if p != pages[1]]
+            assert [location.page_id for location in asked] == missing[:3]
+            for page_id in missing:
+                with db.pool.pinned(page_id):
+                    pass
+        assert [location.page_id for location in asked] == missing
+
+
+def test_read_ahead_keeps_a_window_skips_what_is_present_and_lets_a_gather_go_first():
+    lengths = {page: 10 for page in range(10)}
+    ahead = read_ahead.ReadAhead(lambda page: PageLocation(page, "f", 0, lengths[page], 0), 30)
+    present = {1}
+
+    def ask(locations):
+        return [location.page_id for location in locations]
+
+    absent = lambda page: page not in present  # noqa: E731
+    full = 0  # the pool has no free room: the least window
+    assert ask(ahead.expect([0, 1, 2, 3, 4, 5], absent, full)) == [0, 2, 3]
+    assert ask(ahead.arrived(2, absent, full)) == [4]  # loaded out of order: room for one more
+    assert ask(ahead.expect([8, 9], absent, full, first=True)) == []  # the window is full
+    present.update({0, 3})
+    assert ask(ahead.arrived(0, absent, full)) == [8]
+    assert ask(ahead.arrived(3, absent, full)) == [9]
+    assert ask(ahead.arrived(8, absent, full)) == [5]
+    assert ask(ahead.expect([7, 4, 6], absent, full)) == [7, 4, 6]  # a new run, a new window
+    assert ask(ahead.expect([0, 2, 3, 4, 5, 6], absent, 100)) == [2, 4, 5, 6]  # half of 100
+    assert ask(ahead.expect(range(10), absent, None)) == [2, 4, 5, 6, 7, 8, 9]  # no budget
 
 
 def test_a_page_being_read_blocks_neither_other_pins_nor_a_second_read(tmp_path, rng, monkeypatch):

@@ -33,6 +33,7 @@ from weightdb.storage.page_format import COLUMN_MAJOR, BlockEntry, Page
 from weightdb.storage.page_images import decode_page
 from weightdb.storage.policies import ReplacementPolicy
 from weightdb.storage.policies.lru import LRUPolicy
+from weightdb.storage.read_ahead import ReadAhead
 from weightdb.units import format_size
 
 
@@ -105,6 +106,7 @@ class BufferPool:
         self._assembled = AssembledArrays()
         self._coded: OrderedDict[int, Page] = OrderedDict()  # evicted images' pages as read
         self._loading: dict[int, _Loading] = {}
+        self._read_ahead = ReadAhead(locate)
         self.recorder: RequestRecorder | None = None
 
     def pin(self, page_id: int, model: str | None = None) -> Page:
@@ -137,30 +139,23 @@ class BufferPool:
                 del self._loading[page_id]
             loading.done.set()
 
-    def prefetch(self, page_ids: Iterable[int]) -> None:
-        """Start reading the pages a request is about to pin that are not resident, in order:
-        a model's first request then waits for storage once, with the reads side by side, not
-        for each page in turn as it is pinned. Nothing enters the pool or its statistics until a
-        page is pinned.
-
-        Under a budget, only half the room the pool has free is asked for: the pages wait in
-        the operating system's cache, which a memory limit counts too, and then stay there
-        beside their copies in the pool until reclaimed. A full pool prefetches nothing, so a
-        tight limit never makes the kernel drop pages read ahead before they are used.
-        """
+    def prefetch(self, page_ids: Iterable[int], first: bool = False) -> None:
+        """A request is about to pin ``page_ids`` in order (with ``first``, before the pages
+        it was expected to pin): the missing ones are asked of storage a window at a time
+        (``read_ahead``). Nothing enters the pool or its statistics until a page is pinned."""
         with self._lock:
-            missing = [p for p in page_ids if p not in self._frames and p not in self._coded]
-            free = None if self.budget_bytes is None else self.budget_bytes - self._resident_bytes
-        room = None if free is None else max(0, free // 2)
-        locations = []
-        for page_id in missing:
-            location = self._locate(page_id)
-            if room is not None:
-                if location.length > room:
-                    break
-                room -= location.length
-            locations.append(location)
-        self._reader.advise(locations)
+            asked = self._read_ahead.expect(page_ids, self._absent, self._free(), first)
+        self._reader.advise(asked)
+
+    def _free(self) -> int | None:
+        return None if self.budget_bytes is None else self.budget_bytes - self._resident_bytes
+
+    def _absent(self, page_id: int) -> bool:
+        return (
+            page_id not in self._frames
+            and page_id not in self._coded
+            and (page_id not in self._loading)
+        )
 
     def _requested(self, page_id: int, model: str | None, hit: bool) -> None:
         if self.recorder is not None:
@@ -255,7 +250,9 @@ class BufferPool:
             self._frames[page_id] = frame
             self._resident_bytes += page.nbytes
             self.policy.on_insert(page_id, page.nbytes)
-            return frame
+            asked = self._read_ahead.arrived(page_id, self._absent, self._free())
+        self._reader.advise(asked)
+        return frame
 
     def bases(self, entries: list[BlockEntry]) -> dict[tuple[int, int], np.ndarray]:
         """The bases of the deltas among ``entries`` by (base id, order): each one's bytes laid

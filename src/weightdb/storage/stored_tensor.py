@@ -220,7 +220,7 @@ class StoredTensor:
         order = np.argsort(where[:, 0], kind="stable")
         page_ids = where[order, 0]
         edges = [*np.flatnonzero(np.diff(page_ids, prepend=-1)).tolist(), order.size]
-        self.pool.prefetch(page_ids[edges[:-1]].tolist())
+        self.pool.prefetch(page_ids[edges[:-1]].tolist(), first=True)
         span = np.arange(width)
         for a, b in pairwise(edges):
             chosen = order[a:b]
