@@ -214,30 +214,19 @@ class StoredTensor:
         ``width`` elements each, page by page."""
         where = self.locations[block_of][:, columns.start : columns.stop].reshape(-1, 2)
         count = len(columns)
-        blocks_i = np.repeat(block_of, count)
-        blocks_j = np.tile(np.arange(columns.start, columns.stop), block_of.size)
-        rows = np.repeat(local, count)
         order = np.argsort(where[:, 0], kind="stable")
         page_ids = where[order, 0]
+        blocks_i = np.repeat(block_of, count)[order]
+        blocks_j = np.tile(np.arange(columns.start, columns.stop), block_of.size)[order]
+        rows = np.repeat(local, count)[order]
         edges = [*np.flatnonzero(np.diff(page_ids, prepend=-1)).tolist(), order.size]
         self.pool.prefetch(page_ids[edges[:-1]].tolist(), first=True)
-        span = np.arange(width)
         for a, b in pairwise(edges):
-            chosen = order[a:b]
             with self.pool.pinned(int(page_ids[a]), self.model) as page:
-                start, row_step, col_step = self._segments(page, blocks_i[chosen], blocks_j[chosen])
-                first = start + rows[chosen] * row_step
+                start, row_step, col_step = self._segments(page, blocks_i[a:b], blocks_j[a:b])
                 elements = np.frombuffer(page.data, self.dtype, len(page.data) // self.itemsize)
-                if (col_step == 1).all():  # rows of row-major blocks: windows of the page
-                    windows = as_strided(
-                        elements,
-                        (elements.size - width + 1, width),
-                        (self.itemsize, self.itemsize),
-                        writeable=False,
-                    )
-                    target[chosen] = windows[first]
-                else:
-                    target[chosen] = elements[first[:, None] + span * col_step[:, None]]
+                first = start + rows[a:b] * row_step
+                target[order[a:b]] = _runs(elements, first, col_step, width)
 
     @property
     def itemsize(self) -> int:
@@ -318,3 +307,26 @@ class StoredTensor:
             matrix[row : row + band.shape[0]] = band
             row += band.shape[0]
         return matrix.reshape(self.shape)
+
+
+def _runs(elements: np.ndarray, first: np.ndarray, step: np.ndarray, width: int) -> np.ndarray:
+    """Row k: ``width`` elements of ``elements`` from ``first[k]``, ``step[k]`` apart.
+
+    Rows of row-major blocks (step 1) whose starts are a whole number of rows apart, as blocks
+    of whole rows lie on a page, are rows of one (n, width) view: a plain ``take``. Other runs of
+    step 1 are rows of a view of overlapping windows; the rest are indexed one by one.
+    """
+    if (step == 1).all():
+        offset = int(first[0]) % width
+        if (first % width == offset).all():
+            whole = (elements.size - offset) // width * width
+            rows = elements[offset : offset + whole].reshape(-1, width)
+            return np.take(rows, (first - offset) // width, axis=0)
+        windows = as_strided(
+            elements,
+            (elements.size - width + 1, width),
+            (elements.itemsize, elements.itemsize),
+            writeable=False,
+        )
+        return windows[first]
+    return elements[first[:, None] + np.arange(width) * step[:, None]]
