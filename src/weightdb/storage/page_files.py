@@ -139,11 +139,14 @@ class PageReader:
     def advise(self, locations: list[PageLocation]) -> None:
         """Ask the operating system to start reading these pages into its cache now
         (``POSIX_FADV_WILLNEED``): the reads run on the device while the caller computes, and
-        side by side rather than one ``pread`` after another."""
+        side by side rather than one ``pread`` after another. A hint: a page that cannot be
+        asked for (its file retired meanwhile) is left to the read that needs it, if any."""
         for location in locations:
-            os.posix_fadvise(
-                self._fd(location.file), location.offset, location.length, os.POSIX_FADV_WILLNEED
-            )
+            try:
+                fd = self._fd(location.file)
+                os.posix_fadvise(fd, location.offset, location.length, os.POSIX_FADV_WILLNEED)
+            except (OSError, CorruptPageError):
+                continue
 
     def forget(self, name: str) -> None:
         """Drop the cached descriptor of a file that is about to be deleted."""
