@@ -187,56 +187,56 @@ class StoredTensor:
         """W[ids] for valid row ids of the matrix view, as a (len(ids), columns) array.
 
         A block's row is a run of evenly spaced elements of its page (adjacent in a row-major
-        block), so the rows are gathered page by page: one fancy index per page, under one pin,
-        where a Python step per block row or per block cost an embedding bag over a fine-tune's
-        table (blocks on many pages) 20 ms a request. Full-width and narrower last block columns
-        are taken apart, each into rows of its own width.
+        block), so the rows are gathered page by page, one ``take`` per page and block width
+        under one pin, where a Python step per block row or per block cost an embedding bag over
+        a fine-tune's table (blocks on many pages) 20 ms a request.
         """
-        layout = self.layout
-        cols = layout.matrix_shape[1]
-        block_of = ids // layout.block_rows
-        local = ids - block_of * layout.block_rows
-        wide = cols // layout.block_cols  # block columns of the full block width
-        out = np.empty((ids.size, cols), self.dtype)
-        if wide == layout.grid[1]:
-            target = out.reshape(-1, layout.block_cols)  # a view: one row per (id, block column)
-            self._take_segments(block_of, local, range(wide), layout.block_cols, target)
-            return out
-        if wide:
-            target = np.empty((ids.size * wide, layout.block_cols), self.dtype)
-            self._take_segments(block_of, local, range(wide), layout.block_cols, target)
-            out[:, : wide * layout.block_cols] = target.reshape(ids.size, wide * layout.block_cols)
-        narrow = cols - wide * layout.block_cols
-        target = np.empty((ids.size, narrow), self.dtype)
-        self._take_segments(block_of, local, range(wide, wide + 1), narrow, target)
-        out[:, wide * layout.block_cols :] = target
+        out = np.empty((ids.size, self.layout.matrix_shape[1]), self.dtype)
+        block_of = ids // self.layout.block_rows
+        self._take(
+            block_of, ids - block_of * self.layout.block_rows, range(self.layout.grid[1]), out
+        )
         return out
 
-    def _take_segments(
-        self,
-        block_of: np.ndarray,
-        local: np.ndarray,
-        columns: range,
-        width: int,
-        target: np.ndarray,
+    def _take(
+        self, block_of: np.ndarray, local: np.ndarray, columns: range, out: np.ndarray
     ) -> None:
-        """target[k * len(columns) + c] = row ``local[k]`` of block (block_of[k], columns[c]),
-        ``width`` elements each, page by page."""
+        """out[k] = row ``local[k]`` of block row ``block_of[k]``, over block columns
+        ``columns`` (whose widths ``out``'s columns add up to), page by page."""
+        width = self.layout.block_cols
+        full = min(len(columns), (self.layout.matrix_shape[1] - columns.start * width) // width)
+        by_block = out[:, : full * width].reshape(out.shape[0], full, width)  # a view
         where = self.locations[block_of][:, columns.start : columns.stop].reshape(-1, 2)
-        count = len(columns)
         order = np.argsort(where[:, 0], kind="stable")
         page_ids = where[order, 0]
-        blocks_i = np.repeat(block_of, count)[order]
-        blocks_j = np.tile(np.arange(columns.start, columns.stop), block_of.size)[order]
-        rows = np.repeat(local, count)[order]
+        count = len(columns)
+        requests = np.repeat(np.arange(block_of.size), count)[order]
+        places = np.tile(np.arange(count), block_of.size)[order]  # index into ``columns``
+        blocks_i, rows = block_of[requests], local[requests]
         edges = [*np.flatnonzero(np.diff(page_ids, prepend=-1)).tolist(), order.size]
         self.pool.prefetch(page_ids[edges[:-1]].tolist(), first=True)
         for a, b in pairwise(edges):
             with self.pool.pinned(int(page_ids[a]), self.model) as page:
-                start, row_step, col_step = self._segments(page, blocks_i[a:b], blocks_j[a:b])
                 elements = np.frombuffer(page.data, self.dtype, len(page.data) // self.itemsize)
+                blocks_j = places[a:b] + columns.start
+                start, row_step, col_step = self._segments(page, blocks_i[a:b], blocks_j)
                 first = start + rows[a:b] * row_step
-                target[order[a:b]] = _runs(elements, first, col_step, width)
+                wide = places[a:b] < full
+                if wide.all():
+                    taken = _runs(elements, first, col_step, width)
+                    if full == count:  # rows of ``out`` are whole blocks' rows: one flat index
+                        out.reshape(-1, width)[order[a:b]] = taken
+                    else:
+                        by_block[requests[a:b], places[a:b]] = taken
+                    continue
+                narrow = ~wide
+                if wide.any():
+                    taken = _runs(elements, first[wide], col_step[wide], width)
+                    by_block[requests[a:b][wide], places[a:b][wide]] = taken
+                taken = _runs(
+                    elements, first[narrow], col_step[narrow], out.shape[1] - full * width
+                )
+                out[requests[a:b][narrow], full * width :] = taken
 
     @property
     def itemsize(self) -> int:
