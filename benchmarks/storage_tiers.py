@@ -58,6 +58,9 @@ FLOOR_DECODE_GBPS = 1.0
 FLOOR_SERVING_RATIO = 0.95
 DELTA_SAMPLE = 256  # delta blocks whose bit statistics are measured
 SAMPLE_SECONDS = 1.0  # of serving per throughput sample, so small models are timed in bulk
+BANDWIDTH_FROM_BYTES = 1 << 20
+"""Bytes a tier-off pass must read for the bandwidths derived from it: below, the seconds the
+reads take are lost in the noise (digits-cnn and xml-mlp read a few KiB per pass)."""
 THROTTLES = (100_000_000, 250_000_000, 1_000_000_000)
 """Read bandwidths (bytes/s) over-budget serving is measured at besides this disk's own: cloud
 volumes, a throughput HDD one, a general-purpose SSD one and a fast one."""
@@ -390,8 +393,9 @@ def serving_over_budget(
     result = _in_child(fam, exact, lossless, budget, repeats, None)
     seconds, read = result["seconds_per_pass"], result["bytes_read_per_pass"]["off"]
     decoding, reading = seconds["on"] - seconds["memory"], seconds["off"] - seconds["memory"]
-    result["break_even_bytes_per_s"] = read / decoding if read and decoding > 0 else None
-    result["native_bytes_per_s"] = read / reading if read and reading > 0 else None
+    measurable = read >= BANDWIDTH_FROM_BYTES
+    result["break_even_bytes_per_s"] = read / decoding if measurable and decoding > 0 else None
+    result["native_bytes_per_s"] = read / reading if measurable and reading > 0 else None
     result["throttled"] = [
         _in_child(fam, exact, lossless, budget, repeats, bytes_per_s)
         for bytes_per_s in (THROTTLES if throttle_available() else ())
