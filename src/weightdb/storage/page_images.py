@@ -93,6 +93,9 @@ def _threads() -> ThreadPoolExecutor | None:
     return ThreadPoolExecutor(cores, thread_name_prefix="weightdb-decode") if cores > 1 else None
 
 
+os.register_at_fork(after_in_child=_threads.cache_clear)  # a child has none of these threads
+
+
 def decode_into(
     page: Page, slot: int, out: np.ndarray, bases: Mapping[tuple[int, int], np.ndarray]
 ) -> None:
