@@ -293,6 +293,49 @@ def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_pa
                 assert stats.resident_bytes == held + stats.coded_bytes <= smallest_budget
 
 
+class Requests:
+    """A pool's request recorder: every (page, model) asked for."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str | None]] = []
+
+    def record(self, page_id: int, model: str | None) -> None:
+        self.seen.append((page_id, model))
+
+    def start_query(self) -> int:
+        return 0
+
+
+def test_the_base_pages_a_models_read_decodes_with_are_requests_of_that_model(tmp_path):
+    """The policy learns that a fine-tune reads its parent's pages: without it, they looked
+    unread and were evicted between the fine-tunes that all decode against them."""
+    models = family(np.random.default_rng(11))
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name, arrays in models.items():
+            db.import_arrays(name, arrays)
+        base_pages = {
+            page_id
+            for (page_id,) in db.store.catalog.conn.execute(
+                "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings c "
+                "ON c.base_block_id = b.block_id"
+            )
+        }
+        own_pages = {
+            page_id
+            for (page_id,) in db.store.catalog.conn.execute(
+                "SELECT DISTINCT b.page_id FROM blocks b JOIN tensor_blocks USING (block_id) "
+                "JOIN tensors USING (tensor_id) JOIN models m USING (model_id) WHERE m.name = 'a'"
+            )
+        }
+        assert base_pages and not base_pages & own_pages
+        db.pool.clear()
+        db.pool.recorder = requests = Requests()
+        for tensor in db.tensors("a").values():
+            tensor.read()
+        assert {model for _, model in requests.seen} == {"a"}
+        assert base_pages <= {page for page, _ in requests.seen}
+
+
 def test_cli_imports_with_a_parent_compresses_and_shows_parents_and_tiers(tmp_path):
     rng = np.random.default_rng(10)
     models = family(rng)

@@ -14,7 +14,8 @@ Whether decoding beats reading depends on the disk: this machine's reads a dropp
 several GB/s, a cloud volume at a few hundred MB/s. ``ReadThrottle`` (v1 blkio controller) caps
 the bytes per second its processes read from one disk, buffered reads included (v1 charges a
 page-cache miss to the task that reads), so a benchmark can serve at the bandwidths of other
-disks.
+disks. It caps an average, not every read: a cgroup that was idle may read a slice's worth
+(100 ms of its bandwidth on a rotational disk) at once.
 
 Tests never need this: only benchmarks and the demo create cgroups, and only when
 ``available()`` (``throttle_available()``).

@@ -133,7 +133,7 @@ class BufferPool:
                 raise RuntimeError(f"page {page_id} is needed to load itself")
             loading.done.wait()
         try:
-            return self._load(page_id).page
+            return self._load(page_id, model).page
         finally:
             with self._lock:
                 del self._loading[page_id]
@@ -229,7 +229,7 @@ class BufferPool:
         finally:
             self.unpin(page_id)
 
-    def _load(self, page_id: int) -> _Frame:
+    def _load(self, page_id: int, model: str | None) -> _Frame:
         """Read (or take the kept coded copy of) and decode a page, then make room for it and
         insert it pinned; only the bookkeeping holds the lock."""
         with self._lock:
@@ -242,7 +242,7 @@ class BufferPool:
             read = self._reader.read(location)
             with self._lock:
                 self._stats.bytes_read += location.length
-        page = decode_page(read, self.bases) if read.coded else read
+        page = decode_page(read, lambda entries: self.bases(entries, model)) if read.coded else read
         with self._lock:
             if self.budget_bytes is not None:
                 self._evict_until(page.nbytes, page_id)
@@ -254,10 +254,14 @@ class BufferPool:
         self._reader.advise(asked)
         return frame
 
-    def bases(self, entries: list[BlockEntry]) -> dict[tuple[int, int], np.ndarray]:
+    def bases(
+        self, entries: list[BlockEntry], model: str | None = None
+    ) -> dict[tuple[int, int], np.ndarray]:
         """The bases of the deltas among ``entries`` by (base id, order): each one's bytes laid
         out in that order, flat uint8 (see ``page_images.Bases``). Each base page is pinned
-        once, however many of its blocks are bases here."""
+        once, however many of its blocks are bases here, as a request of ``model``: the model
+        whose read decodes the deltas reads their bases too, and the policy must know it (the
+        base pages of a family's fine-tunes are read by every one of them)."""
         wanted = {(entry.base, entry.order) for entry in entries if entry.base}
         where = self._where(sorted({base for base, _ in wanted}))
         by_page: dict[int, list[tuple[int, int]]] = {}
@@ -265,7 +269,7 @@ class BufferPool:
             by_page.setdefault(where[base][0], []).append((base, order))
         found = {}
         for page_id, keys in by_page.items():
-            with self.pinned(page_id) as page:
+            with self.pinned(page_id, model) as page:
                 for base, order in keys:
                     found[base, order] = _laid_out(page, where[base][1], order)
         return found

@@ -2,9 +2,10 @@
 
 A page's image lays every block at the offset a raw page would give it (``page_format``), so
 ``Page.block``, ``run`` and ``block_content`` read an image as they read a raw page, panels
-included. The buffer pool decodes on a miss and holds images only: an encoded page is a read
-buffer, dropped once decoded. A delta's base is never itself a delta, so a read decodes at most
-twice: the page, and no further than the base's page, which is raw or plane-coded.
+included. The buffer pool decodes on a miss and holds the image (and, once the image is
+evicted, the page as read: see ``buffer_pool``). A delta's base is never itself a delta, so
+a read decodes at most twice: the page, and no further than the base's page, which is raw or
+plane-coded.
 
 A page's coded blocks of one codec and itemsize are one stream (``codecs.FRAMED``): it decodes
 in one pass into the image, where such blocks lie back to back, and a large stream's byte groups
@@ -91,6 +92,9 @@ def _threads() -> ThreadPoolExecutor | None:
     on (None on one core)."""
     cores = len(os.sched_getaffinity(0))
     return ThreadPoolExecutor(cores, thread_name_prefix="weightdb-decode") if cores > 1 else None
+
+
+os.register_at_fork(after_in_child=_threads.cache_clear)  # a child has none of these threads
 
 
 def decode_into(
