@@ -134,8 +134,8 @@ CREATE INDEX IF NOT EXISTS block_replacements_by_tensor ON block_replacements(te
 -- delta's base is never itself a delta, and lives (refs or not) while a delta refers to it.
 CREATE TABLE IF NOT EXISTS block_codings (
     block_id INTEGER PRIMARY KEY REFERENCES blocks(block_id) ON DELETE CASCADE,
-    codec INTEGER NOT NULL,         -- codecs.PLANES | codecs.XOR_PLANES
-    base_block_id INTEGER REFERENCES blocks(block_id),  -- XOR_PLANES only
+    codec INTEGER NOT NULL,         -- a codecs number other than RAW (codecs.NAMES)
+    base_block_id INTEGER REFERENCES blocks(block_id),  -- deltas (codecs.DELTAS) only
     stored_nbytes INTEGER NOT NULL  -- bytes on the page, against blocks.nbytes decoded
 );
 CREATE INDEX IF NOT EXISTS block_codings_by_base ON block_codings(base_block_id);
