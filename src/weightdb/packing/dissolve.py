@@ -28,6 +28,7 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -79,9 +80,12 @@ class _DissolveSearch:
         self.member_words = _words(list(self.members.values()), self.models)
         """Type rank -> its models as bit mask words, so that many candidate types are
         checked at once."""
-        holds = np.unpackbits(
-            self.member_words.view(np.uint8), axis=1, count=self.models, bitorder="little"
+        self.holds = np.unpackbits(
+            self.member_words.view(np.uint8), axis=1, count=self.models + 1, bitorder="little"
         ).astype(bool)
+        """Type rank -> model index -> whether the type holds the model; the extra last
+        column is always False (the padding of every signature's own model list)."""
+        holds = self.holds[:, : self.models]
         rarest = np.where(holds, holds.sum(axis=0), len(self.types) + 1).argmin(axis=1)
         self.by_rarest_model = np.argsort(rarest, kind="stable")
         """Type ranks grouped by their model found in the fewest types: a subset of a
@@ -89,10 +93,19 @@ class _DissolveSearch:
         self.rarest_model_starts = np.searchsorted(
             rarest[self.by_rarest_model], np.arange(self.models + 1)
         ).tolist()
-        self.subset_types: dict[Signature, tuple[np.ndarray, np.ndarray, int]] = {}
+        self.subset_types: dict[Signature, _SubsetTypes] = {}
         """Signature -> the open types that are subsets of it, the only ones that may take over
-        readers of its blocks: their ranks (ascending), their member words, and the number of
-        types closed when the list was last pruned of full types."""
+        readers of its blocks (pruned of full types now and then)."""
+        self.free = self.slack.copy()
+        """Type rank -> free slots left for the dissolve under way: ``slack`` less the slots
+        its planned moves take, and none on the type being dissolved."""
+        self._lowest = -(self.capacity + 1) * len(self.types) * self.models
+        self.priority = np.where(
+            self.free > 0, self.free * len(self.types) - np.arange(len(self.types)), self._lowest
+        )
+        """Type rank -> how a greedy cover ranks the type among those covering as many
+        readers: more free slots first, then lower rank; below every usable type when it has
+        no free slot (kept in step with ``free``)."""
         self.closed = 0
         """Types whose last page filled up or went away so far (they never reopen)."""
         self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
@@ -100,6 +113,9 @@ class _DissolveSearch:
         that ties break the same way in every process)."""
         for signature in groups:
             self.users[signature][signature] = None
+        self.uncoverable: set[tuple[Signature, Pattern, Signature]] = set()
+        """(signature, pattern, page type) moves whose readers no open types could cover
+        when no slots were reserved: free slots only shrink, so they never become possible."""
         self.changed: set[Signature] = set()
         """The types whose blocks changed pattern in this pass: the ones worth another try."""
 
@@ -134,7 +150,24 @@ class _DissolveSearch:
         )
 
     def _dissolve(self, page_type: Signature) -> bool:
-        """Empty the last page of ``page_type`` into free slots elsewhere, or change nothing.
+        """Empty the last page of ``page_type`` into free slots elsewhere, or change nothing."""
+        excess = self.load[page_type] % self.capacity
+        if not excess:
+            return False
+        touched = {self.rank[page_type]}
+        self._set_free(self.rank[page_type], 0)
+        moves = self._plan(page_type, excess, touched)
+        for move in moves or ():
+            self._apply(*move)
+        for rank in touched:
+            self._set_free(rank, int(self.slack[rank]))
+        return moves is not None
+
+    def _plan(
+        self, page_type: Signature, excess: int, touched: set[int]
+    ) -> list[tuple[Signature, Pattern, Pattern, int]] | None:
+        """Moves that take ``excess`` blocks off ``page_type``, or None if there are none;
+        the ranks of the types whose free slots they take are added to ``touched``.
 
         Candidate moves wait in a heap by copies added, cheapest first (ties: first seen).
         A move's cost is computed when it reaches the top, starting from a lower bound (none
@@ -143,19 +176,20 @@ class _DissolveSearch:
         other types less attractive, so its cover stays the same); it goes back if it now
         costs more.
         """
-        excess = self.load[page_type] % self.capacity
-        if not excess:
-            return False
         available = Counter(
             {
                 (signature, pattern): count
                 for signature in self.users[page_type]
                 for pattern, count in self.patterns[signature].items()
-                if page_type in pattern and count
+                if page_type in pattern
+                and count
+                and (signature, pattern, page_type) not in self.uncoverable
             }
         )
-        reserved = np.zeros(len(self.types), np.int64)
-        """Type rank -> slots taken by the moves planned so far."""
+        movable = sum(available.values())
+        """Blocks that the moves not yet found impossible could still take off the page."""
+        if movable < excess:
+            return None
         needs = {pair: self._need(pair[1], page_type) for pair in available}
         heap: list[tuple[int, int, Signature, Pattern, Pattern | None, int]] = [
             (1 if needs[pair] else 0, order, *pair, None, -1)
@@ -166,13 +200,15 @@ class _DissolveSearch:
         last_taken: dict[Signature, int] = {}
         """Type -> the index of the last planned move that took free slots on it."""
         while excess:
-            if not heap:
-                return False
             cost, order, signature, pattern, new, seen = heapq.heappop(heap)
             if new is None or any(last_taken.get(t, -1) >= seen for t in new - pattern):
-                need = needs[signature, pattern]
-                new = self._recover(pattern, page_type, signature, need, reserved)
+                new = self._recover(pattern, page_type, signature, needs[signature, pattern])
                 if new is None:
+                    if not moves:  # no slots reserved: impossible for good
+                        self.uncoverable.add((signature, pattern, page_type))
+                    movable -= available[signature, pattern]
+                    if movable < excess:
+                        return None
                     continue
                 if len(new - pattern) > cost:
                     heapq.heappush(
@@ -181,18 +217,19 @@ class _DissolveSearch:
                     continue
             added = new - pattern
             taken = [self.rank[t] for t in added]
-            free = (self.slack[taken] - reserved[taken]).tolist()
+            free = self.free[taken].tolist()
             units = min([excess, available[signature, pattern], *free])
             moves.append((signature, pattern, new, units))
             available[signature, pattern] -= units
-            reserved[taken] += units
+            for rank, slots in zip(taken, free, strict=True):
+                self._set_free(rank, slots - units)
+            touched.update(taken)
             last_taken.update(dict.fromkeys(added, len(moves) - 1))
             excess -= units
+            movable -= units
             if available[signature, pattern]:
                 heapq.heappush(heap, (cost, order, signature, pattern, new, len(moves) - 1))
-        for signature, pattern, new, units in moves:
-            self._apply(signature, pattern, new, units)
-        return True
+        return moves
 
     def _need(self, pattern: Pattern, dropped: Signature) -> int:
         """The readers of ``dropped`` that the rest of ``pattern`` does not cover (bit mask)."""
@@ -203,12 +240,7 @@ class _DissolveSearch:
         return need
 
     def _recover(
-        self,
-        pattern: Pattern,
-        dropped: Signature,
-        signature: Signature,
-        need: int,
-        reserved: np.ndarray,
+        self, pattern: Pattern, dropped: Signature, signature: Signature, need: int
     ) -> Pattern | None:
         """``pattern`` without ``dropped``, its readers ``need`` (those the rest of ``pattern``
         does not cover) covered by types with free slots that are subsets of ``signature``
@@ -216,29 +248,25 @@ class _DissolveSearch:
         kept = pattern - {dropped}
         if not need:
             return kept
-        ranks, words = self._open_subset_types(signature)
-        free = self.slack[ranks] - reserved[ranks]
-        free[np.searchsorted(ranks, self.rank[dropped])] = 0  # ``dropped`` is a subset too
-        # One integer orders the candidates: readers covered, then free slots, then rank;
-        # types without free slots fall below every usable one.
-        types = len(self.types)
-        scale = (self.capacity + 1) * types
-        ties = np.where(free > 0, free * types - ranks, -scale * self.models)
+        subset = self._open_subset_types(signature)
+        priority = self.priority[subset.ranks]
+        uncovered = self._local_mask(need, subset.positions)
+        scale = (self.capacity + 1) * len(self.types)
         chosen = []
         while need:
-            covered = _shared_bits(words, need)
-            best = int(np.argmax(covered * scale + ties))
-            if not covered[best] or not free[best]:
+            covered = _shared_bits(subset.words, uncovered)
+            best = int(np.argmax(covered * scale + priority))
+            if not covered[best] or priority[best] == self._lowest:
                 return None
-            rank = int(ranks[best])
+            rank = int(subset.ranks[best])
             chosen.append(self.types[rank])
             need &= ~self.members_by_rank[rank]
+            uncovered &= ~subset.words[:, best]
         return kept | frozenset(chosen)
 
-    def _open_subset_types(self, signature: Signature) -> tuple[np.ndarray, np.ndarray]:
-        """The ranks (ascending) and member words of the types that are subsets of
-        ``signature`` and were open recently: full types are pruned once a few more closed
-        (they have no free slots, so they are never chosen anyway)."""
+    def _open_subset_types(self, signature: Signature) -> "_SubsetTypes":
+        """The types that are subsets of ``signature`` and were open recently: full types are
+        pruned once a few more closed (they have no free slots, so they are never chosen)."""
         entry = self.subset_types.get(signature)
         if entry is None:
             starts, mask = self.rarest_model_starts, self.members[signature]
@@ -250,14 +278,31 @@ class _DissolveSearch:
                 ]
             )
             outside = (1 << self.models) - 1 & ~mask
-            ranks = np.sort(ranks[_shared_bits(self.member_words[ranks], outside) == 0])
-            entry = ranks, self.member_words[ranks], -len(self.types)
-        ranks, words, closed = entry
-        if self.closed - closed > len(self.types) // 64:
-            open_ = self.slack[ranks] > 0
-            ranks, words = ranks[open_], words[open_]
-            self.subset_types[signature] = ranks, words, self.closed
-        return ranks, words
+            ranks = np.sort(ranks[_shared_bits_of_mask(self.member_words[ranks], outside) == 0])
+            positions = np.flatnonzero(self.holds[self.rank[signature]])
+            positions = np.concatenate(
+                [positions, np.full(-len(positions) % 64, self.models, positions.dtype)]
+            )
+            holds = self.holds[ranks].take(positions, axis=1)  # faster than one 2-D index
+            local = np.packbits(holds, axis=1, bitorder="little")
+            words = np.ascontiguousarray(local.view("<u8").T)
+            entry = _SubsetTypes(ranks, words, positions, -len(self.types))
+        if self.closed - entry.closed > len(self.types) // 64:
+            open_ = self.slack[entry.ranks] > 0
+            words = np.ascontiguousarray(entry.words[:, open_])
+            entry = _SubsetTypes(entry.ranks[open_], words, entry.positions, self.closed)
+            self.subset_types[signature] = entry
+        return entry
+
+    def _local_mask(self, mask: int, positions: np.ndarray) -> np.ndarray:
+        """A bit mask of models as words over a signature's own models (``positions``)."""
+        data = mask.to_bytes(8 * (self.models // 64 + 1), "little")
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        return np.packbits(bits[positions], bitorder="little").view("<u8")
+
+    def _set_free(self, rank: int, slots: int) -> None:
+        self.free[rank] = slots
+        self.priority[rank] = slots * len(self.types) - rank if slots > 0 else self._lowest
 
     def _apply(self, signature: Signature, old: Pattern, new: Pattern, units: int) -> None:
         self.patterns[signature][old] -= units
@@ -278,6 +323,19 @@ class _DissolveSearch:
         self.closed += bool(was_open and not self.slack[rank])
 
 
+class _SubsetTypes(NamedTuple):
+    """The open types that are subsets of one signature, as of the last pruning."""
+
+    ranks: np.ndarray
+    """Their ranks, ascending."""
+    words: np.ndarray
+    """Column c holds their models among the signature's own as bit words (word, type)."""
+    positions: np.ndarray
+    """The signature's model indices, padded to whole words with an index that is never set."""
+    closed: int
+    """How many types had closed when the list was last pruned of full types."""
+
+
 def _words(masks: list[int], bits: int) -> np.ndarray:
     """Bit masks as rows of 64-bit words (lowest word first), ``bits`` bits wide."""
     width = max(1, -(-bits // 64))
@@ -285,7 +343,17 @@ def _words(masks: list[int], bits: int) -> np.ndarray:
     return np.frombuffer(data, "<u8").reshape(len(masks), width)
 
 
-def _shared_bits(words: np.ndarray, mask: int) -> np.ndarray:
+def _shared_bits(words: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """For each column of bit mask words (a row per word), how many bits it shares with
+    the words of ``mask``."""
+    counts = np.bitwise_count(words[0] & mask[0]).astype(np.int64)
+    for row in range(1, len(words)):
+        if mask[row]:
+            counts += np.bitwise_count(words[row] & mask[row])
+    return counts
+
+
+def _shared_bits_of_mask(words: np.ndarray, mask: int) -> np.ndarray:
     """For each row of bit mask words, how many bits it shares with ``mask`` (a column at a
     time: much faster than reducing along rows)."""
     counts = np.zeros(len(words), np.int64)
