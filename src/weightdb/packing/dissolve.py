@@ -28,7 +28,6 @@ import heapq
 import math
 import time
 from collections import Counter, defaultdict
-from typing import NamedTuple
 
 import numpy as np
 
@@ -80,22 +79,18 @@ class _DissolveSearch:
         self.member_words = _words(list(self.members.values()), self.models)
         """Type rank -> its models as bit mask words, so that many candidate types are
         checked at once."""
-        self.holds = np.unpackbits(
-            self.member_words.view(np.uint8), axis=1, count=self.models + 1, bitorder="little"
+        holds = np.unpackbits(
+            self.member_words.view(np.uint8), axis=1, count=self.models, bitorder="little"
         ).astype(bool)
-        """Type rank -> model index -> whether the type holds the model; the extra last
-        column is always False (the padding of every signature's own model list)."""
-        holds = self.holds[:, : self.models]
-        rarest = np.where(holds, holds.sum(axis=0), len(self.types) + 1).argmin(axis=1)
-        self.by_rarest_model = np.argsort(rarest, kind="stable")
-        """Type ranks grouped by their model found in the fewest types: a subset of a
-        signature has that model in the signature, so only those groups need checking."""
-        self.rarest_model_starts = np.searchsorted(
-            rarest[self.by_rarest_model], np.arange(self.models + 1)
-        ).tolist()
-        self.subset_types: dict[Signature, _SubsetTypes] = {}
+        self.member_columns = np.ascontiguousarray(self.member_words.T)
+        """Word -> type rank -> that word of the type's bit mask (a row per word: counting
+        shared bits a word at a time is much faster than along rows)."""
+        self.subsets = _subsets(holds, self.member_columns)
+        """Type rank -> the ranks of the types that are subsets of it (itself included)."""
+        self.subset_types: dict[Signature, tuple[np.ndarray, np.ndarray, int]] = {}
         """Signature -> the open types that are subsets of it, the only ones that may take over
-        readers of its blocks (pruned of full types now and then)."""
+        readers of its blocks: their ranks, their member words, and the number of
+        types closed when the list was last pruned of full types."""
         self.free = self.slack.copy()
         """Type rank -> free slots left for the dissolve under way: ``slack`` less the slots
         its planned moves take, and none on the type being dissolved."""
@@ -248,57 +243,34 @@ class _DissolveSearch:
         kept = pattern - {dropped}
         if not need:
             return kept
-        subset = self._open_subset_types(signature)
-        priority = self.priority[subset.ranks]
-        uncovered = self._local_mask(need, subset.positions)
+        ranks, words = self._open_subset_types(signature)
+        priority = self.priority[ranks]
         scale = (self.capacity + 1) * len(self.types)
         chosen = []
         while need:
-            covered = _shared_bits(subset.words, uncovered)
+            covered = _shared_bits(words, need)
             best = int(np.argmax(covered * scale + priority))
             if not covered[best] or priority[best] == self._lowest:
                 return None
-            rank = int(subset.ranks[best])
+            rank = int(ranks[best])
             chosen.append(self.types[rank])
             need &= ~self.members_by_rank[rank]
-            uncovered &= ~subset.words[:, best]
         return kept | frozenset(chosen)
 
-    def _open_subset_types(self, signature: Signature) -> "_SubsetTypes":
-        """The types that are subsets of ``signature`` and were open recently: full types are
-        pruned once a few more closed (they have no free slots, so they are never chosen)."""
+    def _open_subset_types(self, signature: Signature) -> tuple[np.ndarray, np.ndarray]:
+        """The ranks and member words (a row per word) of the types that are
+        subsets of ``signature`` and were open recently: full types are pruned once a few
+        more closed (they have no free slots, so they are never chosen anyway)."""
         entry = self.subset_types.get(signature)
         if entry is None:
-            starts, mask = self.rarest_model_starts, self.members[signature]
-            ranks = np.concatenate(
-                [
-                    self.by_rarest_model[starts[model] : starts[model + 1]]
-                    for model in range(mask.bit_length())
-                    if mask >> model & 1
-                ]
-            )
-            outside = (1 << self.models) - 1 & ~mask
-            ranks = np.sort(ranks[_shared_bits_of_mask(self.member_words[ranks], outside) == 0])
-            positions = np.flatnonzero(self.holds[self.rank[signature]])
-            positions = np.concatenate(
-                [positions, np.full(-len(positions) % 64, self.models, positions.dtype)]
-            )
-            holds = self.holds[ranks].take(positions, axis=1)  # faster than one 2-D index
-            local = np.packbits(holds, axis=1, bitorder="little")
-            words = np.ascontiguousarray(local.view("<u8").T)
-            entry = _SubsetTypes(ranks, words, positions, -len(self.types))
-        if self.closed - entry.closed > len(self.types) // 64:
-            open_ = self.slack[entry.ranks] > 0
-            words = np.ascontiguousarray(entry.words[:, open_])
-            entry = _SubsetTypes(entry.ranks[open_], words, entry.positions, self.closed)
-            self.subset_types[signature] = entry
-        return entry
-
-    def _local_mask(self, mask: int, positions: np.ndarray) -> np.ndarray:
-        """A bit mask of models as words over a signature's own models (``positions``)."""
-        data = mask.to_bytes(8 * (self.models // 64 + 1), "little")
-        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
-        return np.packbits(bits[positions], bitorder="little").view("<u8")
+            ranks = self.subsets[self.rank[signature]]
+            entry = ranks, self.member_columns[:, ranks], -len(self.types)
+        ranks, words, closed = entry
+        if self.closed - closed > len(self.types) // 64:
+            open_ = self.slack[ranks] > 0
+            ranks, words = ranks[open_], words[:, open_]
+            self.subset_types[signature] = ranks, words, self.closed
+        return ranks, words
 
     def _set_free(self, rank: int, slots: int) -> None:
         self.free[rank] = slots
@@ -323,17 +295,36 @@ class _DissolveSearch:
         self.closed += bool(was_open and not self.slack[rank])
 
 
-class _SubsetTypes(NamedTuple):
-    """The open types that are subsets of one signature, as of the last pruning."""
+def _subsets(holds: np.ndarray, columns: np.ndarray) -> list[np.ndarray]:
+    """Type rank -> the ranks of the types that are its subsets (``holds``: type -> model ->
+    whether the type has it; ``columns``: the types' bit mask words, a row per word).
 
-    ranks: np.ndarray
-    """Their ranks, ascending."""
-    words: np.ndarray
-    """Column c holds their models among the signature's own as bit words (word, type)."""
-    positions: np.ndarray
-    """The signature's model indices, padded to whole words with an index that is never set."""
-    closed: int
-    """How many types had closed when the list was last pruned of full types."""
+    A subset of a type holds its own rarest model (the one found in the fewest types), and
+    that model is in the type, so each group of types with one rarest model is checked only
+    against the types that hold the model, all pairs at once.
+    """
+    types, models = holds.shape
+    rarest = np.where(holds, holds.sum(axis=0), types + 1).argmin(axis=1)
+    parts, wholes = [], []
+    for model in range(models):
+        parts_here = np.flatnonzero(rarest == model)
+        if not len(parts_here):
+            continue
+        holders = np.flatnonzero(holds[:, model])
+        step = max(1, (1 << 20) // len(parts_here))  # pairs checked at once: a few MB
+        for start in range(0, len(holders), step):
+            chunk = holders[start : start + step]
+            outside = np.zeros((len(parts_here), len(chunk)), np.uint64)
+            for row in columns:
+                outside |= row[parts_here, None] & ~row[None, chunk]
+            part, whole = np.nonzero(outside == 0)
+            parts.append(parts_here[part])
+            wholes.append(chunk[whole])
+    part, whole = np.concatenate(parts), np.concatenate(wholes)
+    order = np.argsort(whole, kind="stable")
+    bounds = np.searchsorted(whole[order], np.arange(types + 1)).tolist()
+    part = part[order]
+    return [part[bounds[rank] : bounds[rank + 1]] for rank in range(types)]
 
 
 def _words(masks: list[int], bits: int) -> np.ndarray:
@@ -343,21 +334,11 @@ def _words(masks: list[int], bits: int) -> np.ndarray:
     return np.frombuffer(data, "<u8").reshape(len(masks), width)
 
 
-def _shared_bits(words: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """For each column of bit mask words (a row per word), how many bits it shares with
-    the words of ``mask``."""
-    counts = np.bitwise_count(words[0] & mask[0]).astype(np.int64)
-    for row in range(1, len(words)):
-        if mask[row]:
-            counts += np.bitwise_count(words[row] & mask[row])
-    return counts
-
-
-def _shared_bits_of_mask(words: np.ndarray, mask: int) -> np.ndarray:
-    """For each row of bit mask words, how many bits it shares with ``mask`` (a column at a
-    time: much faster than reducing along rows)."""
-    counts = np.zeros(len(words), np.int64)
-    for column in range(words.shape[1]):
-        if part := mask >> 64 * column & 0xFFFF_FFFF_FFFF_FFFF:
-            counts += np.bitwise_count(words[:, column] & np.uint64(part))
+def _shared_bits(words: np.ndarray, mask: int) -> np.ndarray:
+    """For each column of bit mask words (a row per word, lowest first), how many bits it
+    shares with ``mask`` (words of ``mask`` that are zero are skipped)."""
+    counts = np.zeros(words.shape[1], np.int64)
+    for row in range(len(words)):
+        if part := mask >> 64 * row & 0xFFFF_FFFF_FFFF_FFFF:
+            counts += np.bitwise_count(words[row] & part)
     return counts
