@@ -132,10 +132,7 @@ class _DissolveSearch:
         return True
 
     def assignment(self) -> dict[Signature, list[tuple[Pattern, int]]]:
-        return {
-            signature: [(pattern, count) for pattern, count in counts.items() if count]
-            for signature, counts in self.patterns.items()
-        }
+        return {signature: list(counts.items()) for signature, counts in self.patterns.items()}
 
     def _dissolve_order(self, page_type: Signature) -> tuple[int, float, int]:
         return (
@@ -176,9 +173,7 @@ class _DissolveSearch:
                 (signature, pattern): count
                 for signature in self.users[page_type]
                 for pattern, count in self.patterns[signature].items()
-                if page_type in pattern
-                and count
-                and (signature, pattern, page_type) not in self.uncoverable
+                if page_type in pattern and (signature, pattern, page_type) not in self.uncoverable
             }
         )
         movable = sum(available.values())
@@ -249,7 +244,7 @@ class _DissolveSearch:
         chosen = []
         while need:
             covered = _shared_bits(words, need)
-            best = int(np.argmax(covered * scale + priority))
+            best = int((covered * scale + priority).argmax())
             if not covered[best] or priority[best] == self._lowest:
                 return None
             rank = int(ranks[best])
@@ -277,8 +272,11 @@ class _DissolveSearch:
         self.priority[rank] = slots * len(self.types) - rank if slots > 0 else self._lowest
 
     def _apply(self, signature: Signature, old: Pattern, new: Pattern, units: int) -> None:
-        self.patterns[signature][old] -= units
-        self.patterns[signature][new] += units
+        patterns = self.patterns[signature]
+        patterns[old] -= units
+        if not patterns[old]:  # most patterns empty soon: planning then skips them
+            del patterns[old]
+        patterns[new] += units
         self.changed.update(old | new)
         for page_type in old - new:
             self._add_load(page_type, -units)
@@ -336,9 +334,15 @@ def _words(masks: list[int], bits: int) -> np.ndarray:
 
 def _shared_bits(words: np.ndarray, mask: int) -> np.ndarray:
     """For each column of bit mask words (a row per word, lowest first), how many bits it
-    shares with ``mask`` (words of ``mask`` that are zero are skipped)."""
-    counts = np.zeros(words.shape[1], np.int64)
+    shares with ``mask``, which must share some (words of ``mask`` that are zero are
+    skipped)."""
+    counts = None
     for row in range(len(words)):
         if part := mask >> 64 * row & 0xFFFF_FFFF_FFFF_FFFF:
-            counts += np.bitwise_count(words[row] & part)
+            shared = np.bitwise_count(words[row] & np.uint64(part))
+            if counts is None:
+                counts = shared.astype(np.int64)
+            else:
+                counts += shared
+    assert counts is not None, "an empty mask shares no bits"
     return counts
