@@ -94,7 +94,9 @@ class _DissolveSearch:
         self.free = self.slack.copy()
         """Type rank -> free slots left for the dissolve under way: ``slack`` less the slots
         its planned moves take, and none on the type being dissolved."""
-        self._lowest = -(self.capacity + 1) * len(self.types) * self.models
+        self._scale = (self.capacity + 1) * len(self.types)
+        """Readers covered weigh more than any difference in priority."""
+        self._lowest = -self._scale * self.models
         self.priority = np.where(
             self.free > 0, self.free * len(self.types) - np.arange(len(self.types)), self._lowest
         )
@@ -191,7 +193,9 @@ class _DissolveSearch:
         """Type -> the index of the last planned move that took free slots on it."""
         while excess:
             cost, order, signature, pattern, new, seen = heapq.heappop(heap)
-            if new is None or any(last_taken.get(t, -1) >= seen for t in new - pattern):
+            if new is None or (
+                last_taken and any(last_taken.get(t, -1) >= seen for t in new - pattern)
+            ):
                 new = self._recover(pattern, page_type, signature, needs[signature, pattern])
                 if new is None:
                     if not moves:  # no slots reserved: impossible for good
@@ -224,6 +228,8 @@ class _DissolveSearch:
     def _need(self, pattern: Pattern, dropped: Signature) -> int:
         """The readers of ``dropped`` that the rest of ``pattern`` does not cover (bit mask)."""
         need = self.members[dropped]
+        if len(pattern) == 1:  # stored once, on ``dropped``
+            return need
         for page_type in pattern:
             if page_type != dropped:
                 need &= ~self.members[page_type]
@@ -235,12 +241,11 @@ class _DissolveSearch:
         """``pattern`` without ``dropped``, its readers ``need`` (those the rest of ``pattern``
         does not cover) covered by types with free slots that are subsets of ``signature``
         (greedy set cover: most readers covered, then most free slots, then lowest rank)."""
-        kept = pattern - {dropped}
         if not need:
-            return kept
+            return pattern - {dropped}
         ranks, words = self._open_subset_types(signature)
         priority = self.priority[ranks]
-        scale = (self.capacity + 1) * len(self.types)
+        scale = self._scale
         chosen = []
         while need:
             covered = _shared_bits(words, need)
@@ -250,7 +255,7 @@ class _DissolveSearch:
             rank = int(ranks[best])
             chosen.append(self.types[rank])
             need &= ~self.members_by_rank[rank]
-        return kept | frozenset(chosen)
+        return pattern - {dropped} | frozenset(chosen)
 
     def _open_subset_types(self, signature: Signature) -> tuple[np.ndarray, np.ndarray]:
         """The ranks and member words (a row per word) of the types that are
@@ -261,7 +266,7 @@ class _DissolveSearch:
             ranks = self.subsets[self.rank[signature]]
             entry = ranks, self.member_columns[:, ranks], -len(self.types)
         ranks, words, closed = entry
-        if self.closed - closed > len(self.types) // 64:
+        if self.closed - closed > len(self.types) // 16:
             open_ = self.slack[ranks] > 0
             ranks, words = ranks[open_], words[:, open_]
             self.subset_types[signature] = ranks, words, self.closed
@@ -280,7 +285,7 @@ class _DissolveSearch:
         self.changed.update(old | new)
         for page_type in old - new:
             self._add_load(page_type, -units)
-        for page_type in sorted(new - old, key=self.rank.__getitem__):
+        for page_type in new - old:  # each type's own users: the order does not matter
             self._add_load(page_type, units)
             self.users[page_type][signature] = None
 
