@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from weightdb.packing import (
     pack,
     solve,
 )
+from weightdb.packing.dissolve import _subsets, _words
 from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
 from weightdb.packing.synthetic import fine_tune_families, lineage
 
@@ -365,16 +367,28 @@ def test_cli_rejects_bad_input(tmp_path: Path) -> None:
     assert "is not valid JSON" in str(broken.exception)
 
 
-def test_dissolve_reports_its_progress_up_to_the_types_it_tried() -> None:
-    """`pack` and `packing-study solve` show this count on long runs: every type once, then
-    the retries, the total growing as retries are found and reached at the end."""
+def test_dissolve_reports_its_progress_over_every_type() -> None:
+    """`pack` and `packing-study solve` show this count on long runs: each page type is tried
+    once, so the total is known from the start."""
     instance = lineage(models=10, distinct_blocks=1_000)
     calls: list[tuple[int, int]] = []
     result = solve(instance, "dissolve", progress=lambda n, total: calls.append((n, total)))
     assert result.search_finished
-    totals = [total for _, total in calls]
-    assert totals == sorted(totals) and totals[0] == len(instance.signature_groups())
-    assert sum(n for n, _ in calls) == totals[-1] == len(calls)
+    types = len(instance.signature_groups())
+    assert calls == [(1, types)] * types
+
+
+@settings(max_examples=40, deadline=None)
+@given(masks=st.lists(st.integers(1, 2**130 - 1), min_size=1, max_size=30, unique=True))
+def test_dissolve_finds_every_subset_type_at_once(masks: list[int]) -> None:
+    """The subset types the packer may move blocks to, found a rarest-model group at a time
+    over bit-mask words spanning several words, are exactly the pairwise subsets."""
+    words = _words(masks, 130)
+    holds = np.unpackbits(words.view(np.uint8), axis=1, count=130, bitorder="little")
+    subsets = _subsets(holds.astype(bool), np.ascontiguousarray(words.T))
+    for whole, mask in enumerate(masks):
+        expected = [part for part, other in enumerate(masks) if other & ~mask == 0]
+        assert sorted(subsets[whole].tolist()) == expected
 
 
 @pytest.mark.parametrize("algorithm", HEURISTICS)
