@@ -25,7 +25,7 @@ from weightdb.packing import (
     pack,
     solve,
 )
-from weightdb.packing.dissolve import _subsets, _words
+from weightdb.packing.dissolve import _bit_words, _subsets
 from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
 from weightdb.packing.synthetic import fine_tune_families, lineage
 
@@ -383,9 +383,8 @@ def test_dissolve_reports_its_progress_over_every_type() -> None:
 def test_dissolve_finds_every_subset_type_at_once(masks: list[int]) -> None:
     """The subset types the packer may move blocks to, found a rarest-model group at a time
     over bit-mask words spanning several words, are exactly the pairwise subsets."""
-    words = _words(masks, 130)
-    holds = np.unpackbits(words.view(np.uint8), axis=1, count=130, bitorder="little")
-    subsets = _subsets(holds.astype(bool), np.ascontiguousarray(words.T))
+    holds = np.array([[mask >> bit & 1 for bit in range(130)] for mask in masks], bool)
+    subsets = _subsets(holds, np.ascontiguousarray(_bit_words(holds).T))
     for whole, mask in enumerate(masks):
         expected = [part for part, other in enumerate(masks) if other & ~mask == 0]
         assert sorted(subsets[whole].tolist()) == expected

@@ -55,8 +55,9 @@ def dissolve(
 class _DissolveSearch:
     def __init__(self, instance: Instance, groups: dict[Signature, list[int]]) -> None:
         self.capacity = instance.blocks_per_page
+        frequency = {model: instance.frequency(model) for model in set().union(*groups)}
         self.weight = {
-            signature: math.fsum(map(instance.frequency, signature)) for signature in groups
+            signature: math.fsum(map(frequency.__getitem__, signature)) for signature in groups
         }
         self.rank = {signature: index for index, signature in enumerate(groups)}
         """Ties between equally good covers go to the type seen first, in every process."""
@@ -69,20 +70,24 @@ class _DissolveSearch:
         self.slack = np.array([-len(b) % self.capacity for b in groups.values()], np.int64)
         """Type rank -> free slots on its last page (none: the type is full and never reopens,
         since slots are only taken up to what is free)."""
-        model_index: dict[str, int] = {}
-        for signature in groups:
-            for model in sorted(signature):
-                model_index.setdefault(model, len(model_index))
-        self.members = {s: sum(1 << model_index[model] for model in s) for s in groups}
-        """Type -> its models as a bit mask (small: one bit per model)."""
-        self.members_by_rank = list(self.members.values())
-        self.models = len(model_index)
-        self.member_words = _words(list(self.members.values()), self.models)
+        names = sorted(set().union(*groups))
+        index = {name: bit for bit, name in enumerate(names)}
+        holds = np.zeros((len(groups), len(names)), bool)
+        """Type rank -> model -> whether the type holds the model."""
+        holds[
+            np.repeat(np.arange(len(groups)), [len(s) for s in groups]),
+            [index[model] for signature in groups for model in signature],
+        ] = True
+        holds = holds[:, _model_order(holds, [len(blocks) for blocks in groups.values()])]
+        self.models = len(names)
+        self.member_words = _bit_words(holds)
         """Type rank -> its models as bit mask words, so that many candidate types are
         checked at once."""
-        holds = np.unpackbits(
-            self.member_words.view(np.uint8), axis=1, count=self.models, bitorder="little"
-        ).astype(bool)
+        self.members_by_rank = [
+            int.from_bytes(row.tobytes(), "little") for row in self.member_words
+        ]
+        self.members = dict(zip(groups, self.members_by_rank, strict=True))
+        """Type -> its models as a bit mask (small: one bit per model)."""
         self.member_columns = np.ascontiguousarray(self.member_words.T)
         """Word -> type rank -> that word of the type's bit mask (a row per word: counting
         shared bits a word at a time is much faster than along rows)."""
@@ -281,6 +286,40 @@ class _DissolveSearch:
         self.closed += bool(was_open and not self.slack[rank])
 
 
+def _model_order(holds: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """The models (columns of ``holds``, types by models; ``sizes``: blocks per type) in the
+    order to number them: models that share many blocks get nearby bits, so that a
+    signature's bits span few 64-bit words and covers skip the others.
+
+    The order walks, depth first, a maximum spanning tree of blocks shared between models: on
+    a lineage, close to the tree of fine-tunes, whose subtrees then take consecutive bits.
+    With many more models or types (the matrices would be large) the order stays as given.
+    """
+    types, models = holds.shape
+    if models > 1024 or types * models > 1 << 24:
+        return np.arange(models)
+    held = holds.astype(np.float32)
+    shared = (held * np.array(sizes, np.float32)[:, None]).T @ held  # exact below 2**24
+    start = int(np.argmax(np.diag(shared)))
+    np.fill_diagonal(shared, -1.0)
+    attached = np.zeros(models, bool)
+    attached[start] = True
+    closest, parent = shared[start].copy(), np.full(models, start)
+    children: list[list[int]] = [[] for _ in range(models)]
+    for _ in range(models - 1):  # Prim: attach the model sharing the most with the tree
+        model = int(np.argmax(np.where(attached, -np.inf, closest)))
+        attached[model] = True
+        children[parent[model]].append(model)
+        closer = (shared[model] > closest) & ~attached
+        closest[closer], parent[closer] = shared[model][closer], model
+    order, stack = [], [start]
+    while stack:
+        model = stack.pop()
+        order.append(model)
+        stack.extend(reversed(children[model]))
+    return np.array(order)
+
+
 def _subsets(holds: np.ndarray, columns: np.ndarray) -> list[np.ndarray]:
     """Type rank -> the ranks of the types that are its subsets (``holds``: type -> model ->
     whether the type has it; ``columns``: the types' bit mask words, a row per word).
@@ -309,17 +348,20 @@ def _subsets(holds: np.ndarray, columns: np.ndarray) -> list[np.ndarray]:
             parts.append(parts_here[part])
             wholes.append(chunk[whole])
     part, whole = np.concatenate(parts), np.concatenate(wholes)
-    order = np.argsort(whole, kind="stable")
+    # stable sorts of 16-bit keys are radix sorts: several times faster
+    order = np.argsort(whole.astype(np.uint16) if types <= 1 << 16 else whole, kind="stable")
     bounds = np.searchsorted(whole[order], np.arange(types + 1)).tolist()
     part = part[order]
     return [part[bounds[rank] : bounds[rank + 1]] for rank in range(types)]
 
 
-def _words(masks: list[int], bits: int) -> np.ndarray:
-    """Bit masks as rows of 64-bit words (lowest word first), ``bits`` bits wide."""
-    width = max(1, -(-bits // 64))
-    data = b"".join(mask.to_bytes(8 * width, "little") for mask in masks)
-    return np.frombuffer(data, "<u8").reshape(len(masks), width)
+def _bit_words(bits: np.ndarray) -> np.ndarray:
+    """Rows of booleans as rows of 64-bit words (lowest bit and word first)."""
+    packed = np.packbits(bits, axis=1, bitorder="little")
+    width = max(1, -(-bits.shape[1] // 64))
+    padded = np.zeros((len(bits), 8 * width), np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view("<u8")
 
 
 def _shared_bits(words: np.ndarray, mask: int) -> np.ndarray:
