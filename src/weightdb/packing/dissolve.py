@@ -12,8 +12,8 @@ popular models are the ones that read fewer pages. Among covers, fewer copies wi
 
 Lineages of fine-tunes have thousands of signatures, so the search avoids scanning them: the
 types that are subsets of each signature (the only ones that may take over its blocks'
-readers) are found for all signatures at once, and each list is pruned of full types as they
-close (free slots never reopen); a greedy cover scores a list at once with numpy over bit-mask
+readers) are found for all signatures at once, keeping those still open when a list is first
+needed (free slots never reopen); a greedy cover scores a list at once with numpy over bit-mask
 words of the types' models, reading free slots and tie-break priorities kept per type. A
 candidate move is costed only when it reaches the top of a heap, and costed again only when a
 later move took slots of a type it chose (slots taken elsewhere only make other types less
@@ -93,24 +93,23 @@ class _DissolveSearch:
         shared bits a word at a time is much faster than along rows)."""
         self.subsets = _subsets(holds, self.member_columns)
         """Type rank -> the ranks of the types that are subsets of it (itself included)."""
-        self.subset_types: dict[Signature, tuple[np.ndarray, np.ndarray, int]] = {}
-        """Signature -> the open types that are subsets of it, the only ones that may take over
-        readers of its blocks: their ranks, their member words, and the number of
-        types closed when the list was last pruned of full types."""
+        self.subset_types: dict[Signature, tuple[np.ndarray, np.ndarray]] = {}
+        """Signature -> the types that are subsets of it and were open when its blocks first
+        needed a cover (the only ones that may take over their readers): ranks, member words."""
         self.free = self.slack.copy()
         """Type rank -> free slots left for the dissolve under way: ``slack`` less the slots
         its planned moves take, and none on the type being dissolved."""
-        self._scale = (self.capacity + 1) * len(self.types)
+        self._scale = np.int64((self.capacity + 1) * len(self.types))
         """Readers covered weigh more than any difference in priority."""
-        self._lowest = -self._scale * self.models
+        self._lowest = -int(self._scale) * self.models
+        self._uncovering = self.capacity * len(self.types)
+        """A cover's best score at most this: the type covers no reader or has no free slot."""
         self.priority = np.where(
             self.free > 0, self.free * len(self.types) - np.arange(len(self.types)), self._lowest
         )
         """Type rank -> how a greedy cover ranks the type among those covering as many
         readers: more free slots first, then lower rank; below every usable type when it has
         no free slot (kept in step with ``free``)."""
-        self.closed = 0
-        """Types whose last page filled up or went away so far (they never reopen)."""
         self.users: dict[Signature, dict[Signature, None]] = defaultdict(dict)
         """Page type -> the signatures with blocks on pages of that type (an ordered set, so
         that ties break the same way in every process)."""
@@ -234,12 +233,12 @@ class _DissolveSearch:
             return pattern - {dropped}
         ranks, words = self._open_subset_types(signature)
         priority = self.priority[ranks]
-        scale = self._scale
         chosen = []
         while need:
-            covered = _shared_bits(words, need)
-            best = int((covered * scale + priority).argmax())
-            if not covered[best] or priority[best] == self._lowest:
+            score = _shared_bits(words, need, self._scale)
+            score += priority
+            best = int(score.argmax())
+            if score[best] <= self._uncovering:  # covers no reader, or has no free slot
                 return None
             rank = int(ranks[best])
             chosen.append(self.types[rank])
@@ -247,19 +246,16 @@ class _DissolveSearch:
         return pattern - {dropped} | frozenset(chosen)
 
     def _open_subset_types(self, signature: Signature) -> tuple[np.ndarray, np.ndarray]:
-        """The ranks and member words (a row per word) of the types that are
-        subsets of ``signature`` and were open recently: full types are pruned once a few
-        more closed (they have no free slots, so they are never chosen anyway)."""
+        """The ranks and member words (a row per word) of the types that are subsets of
+        ``signature`` and were open when first asked: types that close later stay in the
+        list (they have no free slots, so they are never chosen), since pruning them again
+        cost more than scoring them."""
         entry = self.subset_types.get(signature)
         if entry is None:
             ranks = self.subsets[self.rank[signature]]
-            entry = ranks, self.member_columns[:, ranks], -len(self.types)
-        ranks, words, closed = entry
-        if self.closed - closed > len(self.types) // 16:
-            open_ = self.slack[ranks] > 0
-            ranks, words = ranks[open_], words[:, open_]
-            self.subset_types[signature] = ranks, words, self.closed
-        return ranks, words
+            ranks = ranks[self.slack[ranks] > 0]
+            entry = self.subset_types[signature] = ranks, self.member_columns[:, ranks]
+        return entry
 
     def _set_free(self, rank: int, slots: int) -> None:
         self.free[rank] = slots
@@ -280,10 +276,7 @@ class _DissolveSearch:
     def _add_load(self, page_type: Signature, units: int) -> None:
         """Change a type's load; once its last page is full (or gone) it never reopens."""
         self.load[page_type] += units
-        rank = self.rank[page_type]
-        was_open = self.slack[rank] > 0
-        self.slack[rank] = -self.load[page_type] % self.capacity
-        self.closed += bool(was_open and not self.slack[rank])
+        self.slack[self.rank[page_type]] = -self.load[page_type] % self.capacity
 
 
 def _model_order(holds: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -364,16 +357,15 @@ def _bit_words(bits: np.ndarray) -> np.ndarray:
     return padded.view("<u8")
 
 
-def _shared_bits(words: np.ndarray, mask: int) -> np.ndarray:
-    """For each column of bit mask words (a row per word, lowest first), how many bits it
-    shares with ``mask``, which must share some (words of ``mask`` that are zero are
-    skipped)."""
+def _shared_bits(words: np.ndarray, mask: int, weight: np.int64) -> np.ndarray:
+    """For each column of bit mask words (a row per word, lowest first), ``weight`` times the
+    bits it shares with ``mask``, which must share some (zero words of ``mask`` are skipped)."""
     counts = None
     for row in range(len(words)):
         if part := mask >> 64 * row & 0xFFFF_FFFF_FFFF_FFFF:
-            shared = np.bitwise_count(words[row] & np.uint64(part))
+            shared = np.bitwise_count(words[row] & np.uint64(part)) * weight
             if counts is None:
-                counts = shared.astype(np.int64)
+                counts = shared
             else:
                 counts += shared
     assert counts is not None, "an empty mask shares no bits"
