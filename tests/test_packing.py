@@ -25,7 +25,7 @@ from weightdb.packing import (
     pack,
     solve,
 )
-from weightdb.packing.dissolve import _bit_words, _subsets
+from weightdb.packing.dissolve import _bit_words, _model_order, _subsets
 from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
 from weightdb.packing.synthetic import fine_tune_families, lineage
 
@@ -376,6 +376,15 @@ def test_dissolve_reports_its_progress_over_every_type() -> None:
     assert result.search_finished
     types = len(instance.signature_groups())
     assert calls == [(1, types)] * types
+
+
+def test_dissolve_numbers_models_along_the_chain_of_shared_blocks() -> None:
+    """Models sharing the most blocks get neighbouring bits: a depth-first walk from the model
+    in most blocks along the heaviest links (here the chain 2-0-4-1-3)."""
+    types = [({2}, 100), ({2, 0}, 10), ({0, 4}, 9), ({4, 1}, 8), ({1, 3}, 7), ({0, 3}, 1)]
+    holds = np.array([[model in members for model in range(5)] for members, _ in types])
+    order = _model_order(holds, [size for _, size in types])
+    assert order.tolist() == [2, 0, 4, 1, 3]
 
 
 @settings(max_examples=40, deadline=None)
