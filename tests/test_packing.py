@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from weightdb.packing import (
     pack,
     solve,
 )
+from weightdb.packing.dissolve import _bit_words, _model_order, _subsets
 from weightdb.packing.instance import REFERENCE_INSTANCES, parse_instance
 from weightdb.packing.synthetic import fine_tune_families, lineage
 
@@ -365,16 +367,36 @@ def test_cli_rejects_bad_input(tmp_path: Path) -> None:
     assert "is not valid JSON" in str(broken.exception)
 
 
-def test_dissolve_reports_its_progress_up_to_the_types_it_tried() -> None:
-    """`pack` and `packing-study solve` show this count on long runs: every type once, then
-    the retries, the total growing as retries are found and reached at the end."""
+def test_dissolve_reports_its_progress_over_every_type() -> None:
+    """`pack` and `packing-study solve` show this count on long runs: each page type is tried
+    once, so the total is known from the start."""
     instance = lineage(models=10, distinct_blocks=1_000)
     calls: list[tuple[int, int]] = []
     result = solve(instance, "dissolve", progress=lambda n, total: calls.append((n, total)))
     assert result.search_finished
-    totals = [total for _, total in calls]
-    assert totals == sorted(totals) and totals[0] == len(instance.signature_groups())
-    assert sum(n for n, _ in calls) == totals[-1] == len(calls)
+    types = len(instance.signature_groups())
+    assert calls == [(1, types)] * types
+
+
+def test_dissolve_numbers_models_along_the_chain_of_shared_blocks() -> None:
+    """Models sharing the most blocks get neighbouring bits: a depth-first walk from the model
+    in most blocks along the heaviest links (here the chain 2-0-4-1-3)."""
+    types = [({2}, 100), ({2, 0}, 10), ({0, 4}, 9), ({4, 1}, 8), ({1, 3}, 7), ({0, 3}, 1)]
+    holds = np.array([[model in members for model in range(5)] for members, _ in types])
+    order = _model_order(holds, [size for _, size in types])
+    assert order.tolist() == [2, 0, 4, 1, 3]
+
+
+@settings(max_examples=40, deadline=None)
+@given(masks=st.lists(st.integers(1, 2**130 - 1), min_size=1, max_size=30, unique=True))
+def test_dissolve_finds_every_subset_type_at_once(masks: list[int]) -> None:
+    """The subset types the packer may move blocks to, found a rarest-model group at a time
+    over bit-mask words spanning several words, are exactly the pairwise subsets."""
+    holds = np.array([[mask >> bit & 1 for bit in range(130)] for mask in masks], bool)
+    subsets = _subsets(holds, np.ascontiguousarray(_bit_words(holds).T))
+    for whole, mask in enumerate(masks):
+        expected = [part for part, other in enumerate(masks) if other & ~mask == 0]
+        assert sorted(subsets[whole].tolist()) == expected
 
 
 @pytest.mark.parametrize("algorithm", HEURISTICS)

@@ -39,7 +39,7 @@ def test_the_dissolve_search_reports_every_type_it_tries_once() -> None:
     assert result.search_finished and calls
     assert all(n == 1 for n, _ in calls)
     totals = [total for _, total in calls]
-    assert totals == sorted(totals)  # the total only grows, as types get another try
+    assert totals == sorted(totals)  # the total never shrinks (each type is tried once)
     assert len(calls) == totals[-1]  # at the end, every type to try was tried
 
 
