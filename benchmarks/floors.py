@@ -253,7 +253,10 @@ def _storage_tiers(data: dict) -> list[Row]:
 
 def _over_budget(label: str, cell: dict, over: dict) -> list[Row]:
     """Serving over budget, tier on against off: on this machine's disk (its effective read
-    bandwidth and the break-even one stated), then at each throttled bandwidth."""
+    bandwidth and the break-even one stated), then at each throttled bandwidth. Where the tier-off
+    pass reads almost nothing (no native bandwidth: the small families, a few KiB), there is no
+    read for the tier to save: n/a at this size."""
+    applies = over.get("native_bytes_per_s") is not None
     floor = (
         f"{label}: with a pool the coded working set fits and the raw one does not, serving is "
         "faster with the tier on"
@@ -269,7 +272,7 @@ def _over_budget(label: str, cell: dict, over: dict) -> list[Row]:
             f"{floor}, on this machine's disk (reads at {native})",
             f"{over['ratio_on_off']:.2f}x; faster below "
             f"{bandwidth(over.get('break_even_bytes_per_s'))}",
-            cell["over_budget_faster"],
+            cell["over_budget_faster"] if applies else None,
         )
     ]
     for throttled in over.get("throttled", []):
@@ -279,7 +282,7 @@ def _over_budget(label: str, cell: dict, over: dict) -> list[Row]:
                 "19",
                 f"{floor}, reads throttled to {bandwidth(at)}",
                 f"{throttled['ratio_on_off']:.2f}x",
-                cell["over_budget_faster_throttled"][str(at)],
+                cell["over_budget_faster_throttled"][str(at)] if applies else None,
             )
         )
     return rows
