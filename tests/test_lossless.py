@@ -264,17 +264,19 @@ def test_pages_of_formats_1_and_2_read_as_raw_pages():
         assert np.array_equal(parsed.block(0), expected)
 
 
+def page_ids(db: weightdb.Database, query: str) -> set[int]:
+    """The page ids a catalog query selects."""
+    return {page_id for (page_id,) in db.store.catalog.conn.execute(query)}
+
+
 def test_the_pool_holds_decoded_images_and_counts_them_against_its_budget(tmp_path):
     models = family(np.random.default_rng(9))
     with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
         for name, arrays in models.items():
             db.import_arrays(name, arrays)
-        coded = {
-            page_id
-            for (page_id,) in db.store.catalog.conn.execute(
-                "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings USING (block_id)"
-            )
-        }
+        coded = page_ids(
+            db, "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings USING (block_id)"
+        )
         smallest_budget = 3 * (page_format.DATA_START + SETTINGS.page_size)
     with weightdb.connect(tmp_path / "db", budget=smallest_budget) as db:
         for name, arrays in models.items():
@@ -313,20 +315,16 @@ def test_the_base_pages_a_models_read_decodes_with_are_requests_of_that_model(tm
     with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
         for name, arrays in models.items():
             db.import_arrays(name, arrays)
-        base_pages = {
-            page_id
-            for (page_id,) in db.store.catalog.conn.execute(
-                "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings c "
-                "ON c.base_block_id = b.block_id"
-            )
-        }
-        own_pages = {
-            page_id
-            for (page_id,) in db.store.catalog.conn.execute(
-                "SELECT DISTINCT b.page_id FROM blocks b JOIN tensor_blocks USING (block_id) "
-                "JOIN tensors USING (tensor_id) JOIN models m USING (model_id) WHERE m.name = 'a'"
-            )
-        }
+        base_pages = page_ids(
+            db,
+            "SELECT DISTINCT b.page_id FROM blocks b JOIN block_codings c "
+            "ON c.base_block_id = b.block_id",
+        )
+        own_pages = page_ids(
+            db,
+            "SELECT DISTINCT b.page_id FROM blocks b JOIN tensor_blocks USING (block_id) "
+            "JOIN tensors USING (tensor_id) JOIN models m USING (model_id) WHERE m.name = 'a'",
+        )
         assert base_pages and not base_pages & own_pages
         db.pool.clear()
         db.pool.recorder = requests = Requests()
