@@ -191,52 +191,43 @@ class StoredTensor:
         under one pin, where a Python step per block row or per block cost an embedding bag over
         a fine-tune's table (blocks on many pages) 20 ms a request.
         """
-        out = np.empty((ids.size, self.layout.matrix_shape[1]), self.dtype)
-        block_of = ids // self.layout.block_rows
-        self._take(
-            block_of, ids - block_of * self.layout.block_rows, range(self.layout.grid[1]), out
-        )
-        return out
-
-    def _take(
-        self, block_of: np.ndarray, local: np.ndarray, columns: range, out: np.ndarray
-    ) -> None:
-        """out[k] = row ``local[k]`` of block row ``block_of[k]``, over block columns
-        ``columns`` (whose widths ``out``'s columns add up to), page by page."""
-        width = self.layout.block_cols
-        full = min(len(columns), (self.layout.matrix_shape[1] - columns.start * width) // width)
-        by_block = out[:, : full * width].reshape(out.shape[0], full, width)  # a view
-        where = self.locations[block_of][:, columns.start : columns.stop].reshape(-1, 2)
+        layout = self.layout
+        width, count = layout.block_cols, layout.grid[1]
+        full = layout.matrix_shape[1] // width  # block columns of the full width
+        out = np.empty((ids.size, layout.matrix_shape[1]), self.dtype)
+        by_block = out[:, : full * width].reshape(ids.size, full, width)  # a view
+        block_of = ids // layout.block_rows
+        where = self.locations[block_of].reshape(-1, 2)  # (id, block column) pairs
         order = np.argsort(where[:, 0], kind="stable")
         page_ids = where[order, 0]
-        count = len(columns)
-        requests = np.repeat(np.arange(block_of.size), count)[order]
-        places = np.tile(np.arange(count), block_of.size)[order]  # index into ``columns``
-        blocks_i, rows = block_of[requests], local[requests]
+        requests = np.repeat(np.arange(ids.size), count)[order]
+        columns = np.tile(np.arange(count), ids.size)[order]
+        blocks_i = block_of[requests]
+        rows = ids[requests] - blocks_i * layout.block_rows
         edges = [*np.flatnonzero(np.diff(page_ids, prepend=-1)).tolist(), order.size]
         self.pool.prefetch(page_ids[edges[:-1]].tolist(), first=True)
         for a, b in pairwise(edges):
             with self.pool.pinned(int(page_ids[a]), self.model) as page:
                 elements = np.frombuffer(page.data, self.dtype, len(page.data) // self.itemsize)
-                blocks_j = places[a:b] + columns.start
-                start, row_step, col_step = self._segments(page, blocks_i[a:b], blocks_j)
+                start, row_step, col_step = self._segments(page, blocks_i[a:b], columns[a:b])
                 first = start + rows[a:b] * row_step
-                wide = places[a:b] < full
+                wide = columns[a:b] < full
                 if wide.all():
                     taken = _runs(elements, first, col_step, width)
                     if full == count:  # rows of ``out`` are whole blocks' rows: one flat index
                         out.reshape(-1, width)[order[a:b]] = taken
                     else:
-                        by_block[requests[a:b], places[a:b]] = taken
+                        by_block[requests[a:b], columns[a:b]] = taken
                     continue
                 narrow = ~wide
                 if wide.any():
                     taken = _runs(elements, first[wide], col_step[wide], width)
-                    by_block[requests[a:b][wide], places[a:b][wide]] = taken
+                    by_block[requests[a:b][wide], columns[a:b][wide]] = taken
                 taken = _runs(
                     elements, first[narrow], col_step[narrow], out.shape[1] - full * width
                 )
                 out[requests[a:b][narrow], full * width :] = taken
+        return out
 
     @property
     def itemsize(self) -> int:
