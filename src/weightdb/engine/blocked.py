@@ -243,8 +243,8 @@ def kernel_operand(weight: StoredWeight, first: int, end: int, dtype: np.dtype) 
 
     A convolution multiplies many rows (every output position) by a small kernel: one product
     over all the channels it asks for beats one per panel (measured 4x at 16-channel panels),
-    and the copy is small next to the rows. A panel stored back to back is one pin; another
-    block row is taken by storage one pin per page.
+    and the copy is small next to the rows. A panel is one pin; the rows of block rows that
+    come as no panel are taken by storage, one pin per page.
     """
     block = weight.layout.block_rows
     spans = {span[0] // block: span for span in _spans(first, end, block)}
@@ -259,18 +259,10 @@ def kernel_operand(weight: StoredWeight, first: int, end: int, dtype: np.dtype) 
                     continue
                 offset = start - index * block
                 out[:, start - first : stop - first] = run[:, offset : offset + stop - start]
-    for index in scattered:
-        start, stop = spans[index]
-        _copy_block_row(weight, index, (start, stop), out[:, start - first : stop - first].T)
+    if scattered:  # block rows not handed over as panels: their rows, taken in one pass
+        rows = np.concatenate([np.arange(*spans[index]) for index in scattered])
+        out[:, rows - first] = weight.take_rows(rows).T
     return out
-
-
-def _copy_block_row(
-    weight: StoredWeight, index: int, rows: tuple[int, int], target: np.ndarray
-) -> None:
-    """target = W[rows] (rows within block row ``index``), for a block row not stored back to
-    back."""
-    target[...] = weight.take_rows(np.arange(*rows))
 
 
 def blocked_kernel(
