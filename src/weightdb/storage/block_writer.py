@@ -9,8 +9,8 @@ Each block is copied once, from its source straight into a page buffer, and hash
 (a block stored column-major, see ``page_format``, is hashed in row-major order, so its
 digest and duplicate check do not depend on how it is stored). ``start_run`` keeps a run of
 blocks the engine reads as one operand on one page when a page can hold it.
-Two page buffers alternate: while one fills, the other is checksummed and written by a
-background thread (hashlib, zlib and writes release the GIL, so both cores work).
+Two page buffers alternate: while one fills, the other is written by a background thread
+(hashing and writes release the GIL, so both cores work).
 
 With ``lossless`` on, a new block is stored coded when that saves enough (``codecs.choose``):
 as a delta against the ``base`` block the caller names (``lineage``), else as byte planes;

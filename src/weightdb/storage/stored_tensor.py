@@ -16,9 +16,9 @@ from weightdb.storage.buffer_pool import BufferPool
 from weightdb.storage.page_format import COLUMN_MAJOR, ROW_MAJOR, Page
 from weightdb.storage.panel_order import PanelAxis
 
-# Gathers by block row before a table is copied whole: copying the budgets family's 168 MB table
-# costs about as much as 16 to 30 of its gathers save (measured 0.3-0.6 s against 15 ms each),
-# so a model asked a few times only keeps its pages.
+# Gathers from pages before a table is copied whole: copying the budgets family's 168 MB table
+# costs about as much as 16 to 30 of its gathers save (measured 0.3-0.6 s against 15 ms each
+# when gathers went block row by block row), so a model asked a few times only keeps its pages.
 TABLE_COPY_AFTER = 16
 
 
@@ -35,7 +35,7 @@ class StoredTensor:
         default_factory=dict, init=False, repr=False
     )  # panel -> (page, slots) or None, from ``locations``: never shared by copies
     _pins_at_once: int | None = field(default=None, init=False, repr=False)
-    _gathers: int = field(default=0, init=False, repr=False)  # by block row, while not kept
+    _gathers: int = field(default=0, init=False, repr=False)  # from pages, while not kept
     _panel_sources: dict[tuple[str, int], tuple[tuple, frozenset[int]]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -180,8 +180,7 @@ class StoredTensor:
     @cached_property
     def _matrix_source(self) -> tuple[tuple, frozenset[int]]:
         """The pool's key for a copy of the whole matrix view and the pages it comes from."""
-        pages = frozenset(self.locations[..., 0].ravel().tolist())
-        return ("matrix", self.dtype.str, self.locations.tobytes()), pages
+        return ("matrix", self.dtype.str, self.locations.tobytes()), frozenset(self.pages())
 
     def take_rows(self, ids: np.ndarray) -> np.ndarray:
         """W[ids] for valid row ids of the matrix view, as a (len(ids), columns) array.
