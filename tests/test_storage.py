@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import weightdb
 from weightdb.errors import BudgetExceededError, CorruptPageError
-from weightdb.storage import block_writer, read_ahead, store
+from weightdb.storage import block_writer, page_files, read_ahead, store
 from weightdb.storage.page_files import PageLocation
 from weightdb.storage.page_format import HEADER
 
@@ -279,9 +279,20 @@ def test_a_page_being_read_blocks_neither_other_pins_nor_a_second_read(tmp_path,
         assert (stats.misses, stats.hits) == (2, 2)  # each page read once; the waiter hit
 
 
-def test_prefetch_of_a_page_whose_file_is_gone_is_only_a_missed_hint(tmp_path, rng):
+def test_prefetch_of_a_page_whose_file_is_gone_is_only_a_missed_hint(tmp_path, rng, monkeypatch):
+    """No error, and the pages after it are still asked for."""
+    advised = []
+    real_advise = page_files.os.posix_fadvise
+
+    def recording(fd, offset, length, advice):
+        advised.append(offset)
+        real_advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(page_files.os, "posix_fadvise", recording)
     with pool_db(tmp_path, rng, budget=None) as db:
         tensor = db.tensors("m")["w"]
         missing = PageLocation(-1, "seg-99999999.pages", 0, PAGE, 0)
-        db.store.reader.advise([missing, db.store.locate_page(tensor.pages()[0])])
+        present = db.store.locate_page(tensor.pages()[0])
+        db.store.reader.advise([missing, present])
+        assert advised == [present.offset]
         assert np.array_equal(tensor.read()[:2], tensor.take_rows(np.arange(2)))
