@@ -12,7 +12,7 @@ import pytest
 import weightdb
 from weightdb.errors import CatalogCorruptError, WeightDBError
 from weightdb.storage import verify
-from weightdb.storage.catalog import CATALOG_VERSION
+from weightdb.storage.catalog import CATALOG_VERSION, Catalog
 from weightdb.storage.settings import Settings
 
 SMALL = Settings(block_rows=16, block_cols=8, page_size=8192)
@@ -151,3 +151,27 @@ def test_config_values_of_the_wrong_type_or_size_are_refused(db_path, key, value
     config.write_text(text)
     with pytest.raises(WeightDBError, match=re.escape(message)):
         weightdb.connect(db_path, create=False)
+
+
+def test_weights_are_read_from_the_rows_a_second_look_found_intact(db_path, monkeypatch):
+    """Readers run outside transactions: a writer may commit between two looks at the rows.
+    Damage the second look does not confirm is not reported, and the block places come from
+    the rows that look checked, not from the damaged ones."""
+    original = np.random.default_rng(7).standard_normal((30, 20)).astype(np.float32)
+    tamper(db_path, TAMPERING["block position"])
+    moved_back = TAMPERING["block position"].replace(
+        "block_row = 99 WHERE block_row = 1", "block_row = 1 WHERE block_row = 99"
+    )
+    real, looks = Catalog._mapped_tensors, []
+
+    def mend_after_first_look(catalog, model_id):
+        found = real(catalog, model_id)
+        looks.append(model_id)
+        if len(looks) == 1:
+            tamper(db_path, moved_back)  # a writer's commit between the looks
+        return found
+
+    with weightdb.connect(db_path, create=False) as db:
+        monkeypatch.setattr(Catalog, "_mapped_tensors", mend_after_first_look)
+        assert np.array_equal(db.tensors("m")["w"].read(), original)
+    assert len(looks) == 2

@@ -199,8 +199,9 @@ class Store:
             if layout.num_blocks == 0:  # stored by a build that gave empty tensors a tall grid
                 layout = layout_for(layout.shape, self.settings.block_shape)
             locations = np.zeros((*layout.grid, 2), dtype=np.int64)
-            for i, j, page_id, slot in blocks.get(row.tensor_id, ()):
-                locations[i, j] = (page_id, slot)
+            reads = blocks.get(row.tensor_id)
+            if reads is not None:
+                locations[reads[:, 0], reads[:, 1]] = reads[:, 2:]
             result[row.name] = StoredTensor(
                 row.name,
                 dtypes.by_name(row.dtype).numpy,

@@ -3,6 +3,8 @@
 import sqlite3
 from dataclasses import dataclass
 
+import numpy as np
+
 from weightdb.errors import ModelNotFoundError
 from weightdb.names import check_model_name
 
@@ -115,18 +117,18 @@ class ModelRows:
             )
         ]
 
-    def block_reads(self, model_id: int) -> dict[int, list[tuple[int, int, int, int]]]:
-        """Tensor id -> (block row, block col, page id, slot) the model reads each block from,
-        once every row that maps them is checked against its digests."""
-        self.check_tensors(model_id)
-        blocks: dict[int, list[tuple[int, int, int, int]]] = {}
-        for tensor_id, *position in self.conn.execute(
-            "SELECT tensor_id, block_row, block_col, page_id, slot FROM block_reads "
-            "WHERE model_id = ?",
-            (model_id,),
-        ).fetchall():
-            blocks.setdefault(tensor_id, []).append(tuple(position))
-        return blocks
+    def block_reads(self, model_id: int) -> dict[int, np.ndarray]:
+        """Tensor id -> (block row, block col, page id, slot) of each block the model reads, an
+        (n, 4) array, from rows checked against their digests (``checked_block_rows``)."""
+        rows = self.checked_block_rows(model_id)
+        if not rows:
+            return {}
+        table = np.array([(r[0], r[1], r[2], r[-2], r[-1]) for r in rows], np.int64)
+        starts = np.flatnonzero(np.diff(table[:, 0], prepend=-1))  # rows come by tensor
+        return {
+            int(table[a, 0]): table[a:b, 1:]
+            for a, b in zip(starts.tolist(), [*starts[1:].tolist(), len(table)], strict=True)
+        }
 
     def insert_model(
         self,
