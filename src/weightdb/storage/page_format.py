@@ -46,6 +46,7 @@ page by its codec.
 
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from isal.isal_zlib import crc32
@@ -297,6 +298,18 @@ class Page:
     @property
     def nbytes(self) -> int:
         return len(self.data)
+
+    @cached_property
+    def strides(self) -> np.ndarray:
+        """For each slot: the element its block starts at, counted in elements of its dtype,
+        and the elements between its rows and between its columns (the matrix's view), an
+        (n, 3) array, so many blocks' elements are found in one indexing step."""
+        table = np.empty((len(self.entries), 3), np.int64)
+        for slot, entry in enumerate(self.entries):
+            first = entry.offset // dtypes.by_name(entry.dtype).numpy.itemsize
+            row_major = entry.order == ROW_MAJOR
+            table[slot] = (first, entry.cols, 1) if row_major else (first, 1, entry.rows)
+        return table
 
     def block(self, slot: int) -> np.ndarray:
         """Block ``slot`` as the matrix has it (a transposed view if stored column-major)."""

@@ -236,19 +236,16 @@ class StoredTensor:
         self, page: Page, i: np.ndarray, j: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For blocks (i, j) on ``page``: the element where each starts and the steps between
-        its rows and between its columns, read from the page's directory once per block."""
+        its rows and between its columns (``Page.strides``), kept per block once found."""
         if self._segment_table is None:
             self._segment_table = np.full((*self.layout.grid, 3), -1, np.int64)
         table = self._segment_table
         found = table[i, j]
         missing = found[:, 0] < 0
         if missing.any():
-            for bi, bj in set(zip(i[missing].tolist(), j[missing].tolist(), strict=True)):
-                entry = page.entries[int(self.locations[bi, bj, 1])]
-                first = entry.offset // self.itemsize
-                row_major = entry.order == ROW_MAJOR
-                table[bi, bj] = (first, entry.cols, 1) if row_major else (first, 1, entry.rows)
-            found = table[i, j]
+            i, j = i[missing], j[missing]
+            table[i, j] = page.strides[self.locations[i, j, 1]]
+            found[missing] = table[i, j]
         return found[:, 0], found[:, 1], found[:, 2]
 
     def region(
