@@ -3,9 +3,10 @@ whichever way storage hands the blocks over."""
 
 import numpy as np
 import pytest
+import threadpoolctl
 from engine_fakes import CountingWeight, PinLedger
 
-from weightdb.engine import InMemoryWeight
+from weightdb.engine import InMemoryWeight, threads
 from weightdb.engine.blocked import gather_mean, gather_rows, kernel_operand
 from weightdb.storage.blocking import layout_for
 
@@ -46,6 +47,23 @@ def test_a_bag_gets_the_same_bits_in_any_batch():
         whole = gather_mean(weight, ids, axes=(1,), keepdims=0)
         alone = [gather_mean(weight, ids[k : k + 1], axes=(1,), keepdims=0) for k in range(40)]
         assert np.concatenate(alone).tobytes() == whole.tobytes(), how
+
+
+def test_a_bag_shared_among_workers_gets_the_same_bits():
+    """Bags large enough to be gathered by two workers (``threads.worth_gathering``) are
+    split between them, never within a bag, so every bag sums its rows in the same order."""
+    rng = np.random.default_rng(5)
+    table = rng.standard_normal((1000, 512), dtype=np.float32)
+    ids = rng.integers(0, 1000, (130, 33))
+    assert ids.size * table.shape[1] >= threads.MIN_PARALLEL_ELEMENTS
+    weight = InMemoryWeight("table", table, layout_for(table.shape, (64, 64)))
+    with threadpoolctl.threadpool_limits(1):
+        alone = gather_mean(weight, ids, axes=(1,), keepdims=0)
+    with threadpoolctl.threadpool_limits(2), threads.engine_threads():
+        assert threads.workers() == 2
+        shared = gather_mean(weight, ids, axes=(1,), keepdims=0)
+    assert shared.tobytes() == alone.tobytes()
+    assert alone.tobytes() == np.mean(table[ids], axis=1).tobytes()
 
 
 @pytest.mark.parametrize("first, end", [(0, 20), (3, 17), (8, 16)])

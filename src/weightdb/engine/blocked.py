@@ -189,14 +189,16 @@ def _bag_sums(matrix: np.ndarray, by_position: np.ndarray) -> np.ndarray:
     total = np.empty((bags, matrix.shape[1]), matrix.dtype)
 
     def share(span: tuple[int, int]) -> None:
+        # The ids are checked (``_row_ids``): with the default mode="raise" numpy would also
+        # write each take to a scratch array before ``out`` (0.8 ms of 1.8 ms per 8,192 rows).
         a, b = span
-        np.take(matrix, by_position[0, a:b], axis=0, out=total[a:b])
+        np.take(matrix, by_position[0, a:b], axis=0, out=total[a:b], mode="clip")
         row = np.empty_like(total[a:b])
         for position in range(1, positions):
-            np.take(matrix, by_position[position, a:b], axis=0, out=row)
+            np.take(matrix, by_position[position, a:b], axis=0, out=row, mode="clip")
             total[a:b] += row
 
-    parallel = threads.worth(by_position.size * matrix.shape[1])
+    parallel = threads.worth_gathering(by_position.size * matrix.shape[1])
     threads.run_all(share, threads.shares(bags, parallel), parallel)
     return total
 
