@@ -396,3 +396,52 @@ def test_evicted_images_keep_their_coded_pages_so_a_coded_working_set_is_not_rea
     assert second.misses > first.misses  # images were evicted and needed again...
     assert second.bytes_read == first.bytes_read  # ...and came from the coded pages kept
     assert second.decoded_again - first.decoded_again == second.misses - first.misses
+
+
+def assert_stream_bytes_add_up(db: weightdb.Database) -> None:
+    """Every coded block's stored bytes (``block_codings``, what ``stats`` counts) are its
+    share of the bytes its page stores it in: a page stream's blocks add up to the stream."""
+    store = db.store
+    rows = store.catalog.conn.execute(
+        "SELECT b.page_id, b.slot, c.stored_nbytes FROM block_codings c JOIN blocks b "
+        "USING (block_id)"
+    ).fetchall()
+    by_page: dict[int, list[tuple[int, int]]] = {}
+    for page_id, slot, stored in rows:
+        by_page.setdefault(page_id, []).append((slot, stored))
+    assert by_page
+    for page_id, blocks in by_page.items():
+        page = store.reader.read(store.locate_page(page_id))
+        streams: dict[int, int] = {}  # stored offset -> bytes counted for its blocks
+        for slot, stored in blocks:
+            streams[page.entries[slot].stored_offset] = (
+                streams.get(page.entries[slot].stored_offset, 0) + stored
+            )
+        lengths = {e.stored_offset: e.stored_nbytes for e in page.entries if e.coded}
+        assert streams == {offset: lengths[offset] for offset in streams}, page_id
+
+
+def coded_pages(db: weightdb.Database) -> set[tuple[int, ...]]:
+    """The coded blocks of each page, as sets of block ids."""
+    groups: dict[int, list[int]] = {}
+    for page_id, block_id in db.store.catalog.conn.execute(
+        "SELECT b.page_id, b.block_id FROM block_codings JOIN blocks b USING (block_id)"
+    ):
+        groups.setdefault(page_id, []).append(block_id)
+    return {tuple(sorted(blocks)) for blocks in groups.values()}
+
+
+def test_the_stored_bytes_of_coded_blocks_follow_them_to_their_new_pages(tmp_path):
+    """A repack codes stream blocks again in their new page's stream; what ``stats`` counts of
+    each block is then its share of that stream, not of the one compress wrote."""
+    models = family(np.random.default_rng(9))
+    with weightdb.connect(tmp_path / "db", settings=SETTINGS) as db:
+        for name in ("a", "c", "base", "b"):  # import order is page order; c shares base's l0
+            db.import_arrays(name, models[name])
+        db.compress()
+        assert_stream_bytes_add_up(db)
+        compressed = coded_pages(db)
+        db.pack(force=True)
+        assert coded_pages(db) != compressed  # blocks were grouped anew
+        assert_stream_bytes_add_up(db)
+        assert_intact(db, models)

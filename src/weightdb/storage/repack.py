@@ -149,7 +149,7 @@ def repack(
         live = catalog.live_pages()
         old_pages = {p for p, _ in live}
         bytes_before = sum(length for _, length in live)
-        locations, new_pages = _write_layout(store, _reading_order(store, placement))
+        locations, new_pages, stored = _write_layout(store, _reading_order(store, placement))
         candidate = {
             "weighted_pages_read": _weighted(instance, _stored_reads(placement, locations)),
             "pages": len(new_pages),
@@ -161,7 +161,7 @@ def repack(
         if kept:
             store.collect_garbage()  # the new pages' files, which no page refers to
         else:
-            _commit(store, placement, locations, new_pages, old_pages)
+            _commit(store, placement, locations, stored, new_pages, old_pages)
         after = catalog.pages_read()
         bytes_after = catalog.page_bytes()
     return RepackReport(
@@ -190,22 +190,32 @@ def _commit(
     store: Store,
     placement: Placement,
     locations: dict[Occurrence, tuple[int, int]],
+    stored: dict[tuple[int, int], int],
     new_pages: list[PageLocation],
     old_pages: set[int],
 ) -> None:
     """Switch the catalog to the new pages in one transaction and retire the old ones; the
-    models' digests, checked before planning (``repack``), are recorded anew."""
+    models' digests, checked before planning (``repack``), are recorded anew. A coded block's
+    stored bytes become those of its primary place (``stored``: (page id, block id) -> bytes)."""
     catalog = store.catalog
     model_ids = catalog.model_ids()
+    primaries = [(*locations[index, block], block) for block, index in placement.primary.items()]
     with catalog.transaction():
         catalog.place_blocks(
             new_pages,
-            [(*locations[index, block], block) for block, index in placement.primary.items()],
+            primaries,
             [
                 (model_ids[model], block, *locations[index, block])
                 for model, block, index in placement.copies
             ],
             old_pages,
+        )
+        catalog.set_stored_bytes(
+            [
+                (stored[page_id, block], block)
+                for page_id, _, block in primaries
+                if (page_id, block) in stored
+            ]
         )
     store.pool.discard(old_pages)
 
@@ -258,24 +268,28 @@ def _reading_order(store: Store, placement: Placement) -> list[Occurrence]:
 
 def _write_layout(
     store: Store, order: list[Occurrence]
-) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation]]:
+) -> tuple[dict[Occurrence, tuple[int, int]], list[PageLocation], dict[tuple[int, int], int]]:
     """Copy every occurrence into the new pages, pages and blocks in ``order``; a layout page
     whose blocks exceed the page size in bytes (wide dtypes) continues on a further page of the
     same blocks' readers. Coded blocks (the lossless tier) keep their codec and base: those
     coded on their own are copied as stored, those of a page's stream are coded again in the
-    new page's (their ``block_codings`` bytes stay those of the compress that coded them).
-    Returns where each occurrence went (page id, slot) and the pages written."""
+    new page's. Returns where each occurrence went (page id, slot), the pages written, and the
+    stored bytes of each coded block on each page ((page id, block id) -> bytes: a stream's
+    are shared among its blocks, ``PageBuilder.codings``)."""
     where = store.catalog.block_places()
     _, next_page, next_segment = store.next_ids()
     segments = SegmentWriter(store.pages_dir, next_segment, store.settings.segment_bytes)
     builder = PageBuilder(store.settings.page_size)
     locations: dict[Occurrence, tuple[int, int]] = {}
     written: list[PageLocation] = []
+    stored: dict[tuple[int, int], int] = {}
 
     def flush() -> None:
         nonlocal next_page
         if len(builder):
             written.append(segments.append(next_page, *builder.build(next_page)))
+            for block_id, _, _, nbytes in builder.codings():
+                stored[next_page, block_id] = nbytes
             next_page += 1
             builder.reset()
 
@@ -321,4 +335,4 @@ def _write_layout(
     except BaseException:
         segments.abort()
         raise
-    return locations, written
+    return locations, written, stored

@@ -157,6 +157,13 @@ class BlockRows:
         )
         self._finish_relayout(old_pages)
 
+    def set_stored_bytes(self, rows: Iterable[tuple[int, int]]) -> None:
+        """Inside a transaction: coded blocks' stored bytes, rows of (bytes, block id), after a
+        repack coded them again in their new pages' streams."""
+        self.conn.executemany(
+            "UPDATE block_codings SET stored_nbytes = ? WHERE block_id = ?", list(rows)
+        )
+
     def move_slots(
         self,
         new_pages: list[PageLocation],
