@@ -39,11 +39,36 @@ def throttle_available() -> bool:
     return os.geteuid() == 0 and os.access(BLKIO / "cgroup.procs", os.W_OK)
 
 
+def _remove_abandoned(root: Path) -> None:
+    """Remove our empty cgroups whose creating process is gone: a run killed before it could
+    ``close`` them leaves them behind, one per system it was running."""
+    for path in root.glob("weightdb-*-*"):
+        pid = path.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if not (path / "cgroup.procs").read_text().split():
+                path.rmdir()
+        except OSError:  # a process joined it meanwhile, or another sweep removed it
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _Cgroup:
     """A cgroup of one v1 controller (``root``), named after its use and this process."""
 
     def __init__(self, root: Path, name: str) -> None:
         self.root = root
+        _remove_abandoned(root)
         self.path = root / f"weightdb-{name}-{os.getpid()}"
         self.path.mkdir(exist_ok=True)
 
