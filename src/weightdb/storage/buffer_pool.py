@@ -154,7 +154,7 @@ class BufferPool:
         return (
             page_id not in self._frames
             and page_id not in self._coded
-            and (page_id not in self._loading)
+            and page_id not in self._loading
         )
 
     def _requested(self, page_id: int, model: str | None, hit: bool) -> None:

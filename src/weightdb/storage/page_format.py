@@ -306,7 +306,7 @@ class Page:
         (n, 3) array, so many blocks' elements are found in one indexing step."""
         table = np.empty((len(self.entries), 3), np.int64)
         for slot, entry in enumerate(self.entries):
-            first = entry.offset // dtypes.by_name(entry.dtype).numpy.itemsize
+            first = entry.offset // dtypes.by_name(entry.dtype).itemsize
             row_major = entry.order == ROW_MAJOR
             table[slot] = (first, entry.cols, 1) if row_major else (first, 1, entry.rows)
         return table

@@ -39,7 +39,6 @@ class StoredTensor:
     _panel_sources: dict[tuple[str, int], tuple[tuple, frozenset[int]]] = field(
         default_factory=dict, init=False, repr=False
     )
-    _segment_table: np.ndarray | None = field(default=None, init=False, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -236,16 +235,8 @@ class StoredTensor:
         self, page: Page, i: np.ndarray, j: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """For blocks (i, j) on ``page``: the element where each starts and the steps between
-        its rows and between its columns (``Page.strides``), kept per block once found."""
-        if self._segment_table is None:
-            self._segment_table = np.full((*self.layout.grid, 3), -1, np.int64)
-        table = self._segment_table
-        found = table[i, j]
-        missing = found[:, 0] < 0
-        if missing.any():
-            i, j = i[missing], j[missing]
-            table[i, j] = page.strides[self.locations[i, j, 1]]
-            found[missing] = table[i, j]
+        its rows and between its columns (``Page.strides``)."""
+        found = page.strides[self.locations[i, j, 1]]
         return found[:, 0], found[:, 1], found[:, 2]
 
     def region(
